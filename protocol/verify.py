@@ -1,0 +1,208 @@
+"""The one verification checklist that every download passes, in a fixed order.
+
+Like python-tuf's trusted metadata set, these functions take raw bytes, touch
+neither disk nor network, and check in the same order every time:
+
+    parse → trusted keys → signature → binding (device / digest / hardware)
+          → expiry → version or sequence → length → hash
+
+Each refusal raises its own ``ProtocolError`` subclass with a stable ``code``;
+nothing is returned (and so nothing can be persisted) before every check passed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ferry.protocol.documents import BundleManifest, DesiredState, Keyring, Role
+from ferry.protocol.errors import (
+    BadSignatureError,
+    DigestMismatchError,
+    ExpiredDesiredStateError,
+    ExpiredKeyringError,
+    HashMismatchError,
+    IncompatibleHardwareError,
+    KeyringRollbackError,
+    LengthExceededError,
+    SequenceRollbackError,
+    TruncatedError,
+    UntrustedKeyError,
+    VersionDowngradeError,
+    WrongDeviceError,
+)
+from ferry.protocol.keys import PublicKey
+from ferry.protocol.signing import Envelope, parse_envelope
+from ferry.protocol.timefmt import parse_time
+
+Raw = bytes | dict[str, Any]
+
+
+def check_signatures(
+    envelope: Envelope, keys: dict[str, PublicKey], threshold: int, what: str
+) -> None:
+    """Trusted keys, then signatures: ``threshold`` distinct trusted keys must have signed.
+
+    A signature claiming a trusted key id that does not verify is a bad signature
+    (tampering), not merely an untrusted one.
+    """
+    trusted = [sig for sig in envelope.signatures if sig.keyid in keys]
+    if not trusted:
+        raise UntrustedKeyError(f"{what} is not signed by any trusted key")
+    valid: set[str] = set()
+    for sig in trusted:
+        if not keys[sig.keyid].verify(sig.sig, envelope.signed_bytes):
+            raise BadSignatureError(f"{what}: signature by key {sig.keyid[:12]}… does not verify")
+        valid.add(sig.keyid)
+    if len(valid) < threshold:
+        raise UntrustedKeyError(f"{what}: {len(valid)} of {threshold} required trusted signatures")
+
+
+def trust_first_keyring(raw: Raw, now: datetime, pinned_root_keyids: set[str] | None = None) -> Keyring:
+    """Accept the first keyring a device sees (at enrolment): it must be signed by its own root.
+
+    When the operator passed root key ids out of band, the root must be among them;
+    otherwise this is trust on first use and the root is pinned from now on.
+    """
+    envelope = parse_envelope(raw)
+    keyring = Keyring.from_dict(envelope.signed)
+    root = keyring.roles[Role.ROOT]
+    if pinned_root_keyids is not None and not set(root.keyids) <= pinned_root_keyids:
+        raise UntrustedKeyError("keyring root is not the root key pinned for this server")
+    check_signatures(envelope, keyring.keys_for(Role.ROOT), root.threshold, "keyring")
+    _check_keyring_expiry(keyring, now)
+    return keyring
+
+
+def verify_keyring(raw: Raw, trusted: Keyring, now: datetime | None) -> Keyring:
+    """Verify a newer keyring against the trusted one.
+
+    It must be signed by the trusted root; when it rotates the root, by the new
+    root as well (proof that the new root key exists and is held). ``now=None``
+    skips the expiry check, for the intermediate steps of a walk over versions.
+    """
+    envelope = parse_envelope(raw)
+    keyring = Keyring.from_dict(envelope.signed)
+    old_root = trusted.roles[Role.ROOT]
+    check_signatures(envelope, trusted.keys_for(Role.ROOT), old_root.threshold, "keyring")
+    new_root = keyring.roles[Role.ROOT]
+    if new_root != old_root:
+        check_signatures(envelope, keyring.keys_for(Role.ROOT), new_root.threshold, "keyring (new root)")
+    if now is not None:
+        _check_keyring_expiry(keyring, now)
+    if keyring.version < trusted.version:
+        raise KeyringRollbackError(
+            f"keyring version {keyring.version} is lower than trusted version {trusted.version}"
+        )
+    if keyring.version == trusted.version and keyring != trusted:
+        raise KeyringRollbackError(f"a different keyring reuses version {keyring.version}")
+    return keyring
+
+
+def _check_keyring_expiry(keyring: Keyring, now: datetime) -> None:
+    if parse_time(keyring.expires) <= now:
+        raise ExpiredKeyringError(f"keyring version {keyring.version} expired at {keyring.expires}")
+
+
+def verify_desired_state(
+    raw: Raw,
+    keyring: Keyring,
+    *,
+    device_id: str,
+    last_sequence: int,
+    last_digest: str | None,
+    now: datetime,
+) -> DesiredState:
+    """Verify the per-device directive: director key, this device, not expired, not replayed.
+
+    The same document again (same sequence, same digest) is accepted: polling
+    fetches it repeatedly. A different document with a sequence not above the
+    last accepted one is a replay.
+    """
+    envelope = parse_envelope(raw)
+    state = DesiredState.from_dict(envelope.signed)
+    director = keyring.roles[Role.DIRECTOR]
+    check_signatures(envelope, keyring.keys_for(Role.DIRECTOR), director.threshold, "desired state")
+    if state.device_id != device_id:
+        raise WrongDeviceError(f"desired state is for device {state.device_id!r}, not {device_id!r}")
+    if parse_time(state.expires_at) <= now:
+        raise ExpiredDesiredStateError(f"desired state expired at {state.expires_at}")
+    replay = state.sequence < last_sequence or (
+        state.sequence == last_sequence and envelope.digest != last_digest
+    )
+    if replay:
+        raise SequenceRollbackError(
+            f"desired state sequence {state.sequence} is not newer than accepted {last_sequence}"
+        )
+    return state
+
+
+def verify_manifest(
+    raw: Raw,
+    keyring: Keyring,
+    *,
+    expected_sha256: str,
+    hardware: str,
+    installed_version: int | None,
+    allow_downgrade: bool,
+) -> BundleManifest:
+    """Verify a bundle manifest: bundles key, the digest the directive named, hardware, version.
+
+    ``installed_version`` is the version of the same model this slot runs now
+    (None when none); going below it needs ``allow_downgrade`` from the signed
+    desired state, i.e. an explicitly signed rollback.
+    """
+    envelope = parse_envelope(raw)
+    manifest = BundleManifest.from_dict(envelope.signed)
+    bundles = keyring.roles[Role.BUNDLES]
+    check_signatures(envelope, keyring.keys_for(Role.BUNDLES), bundles.threshold, "manifest")
+    if envelope.digest != expected_sha256:
+        raise DigestMismatchError(
+            f"manifest digest {envelope.digest[:12]}… is not the {expected_sha256[:12]}… directed"
+        )
+    if not manifest.supports(hardware):
+        raise IncompatibleHardwareError(
+            f"{manifest.full_name} v{manifest.version} supports {list(manifest.hardware)}, "
+            f"not {hardware!r}"
+        )
+    if installed_version is not None and manifest.version < installed_version and not allow_downgrade:
+        raise VersionDowngradeError(
+            f"{manifest.full_name} v{manifest.version} is older than installed v{installed_version}"
+        )
+    return manifest
+
+
+class FileVerifier:
+    """Length and hash of a streamed file: refuses a byte past the declared size at once."""
+
+    def __init__(self, size: int, sha256: str, what: str = "file") -> None:
+        self.size = size
+        self.sha256 = sha256
+        self.what = what
+        self.received = 0
+        self._hash = hashlib.sha256()
+
+    def update(self, chunk: bytes | memoryview) -> None:
+        """Feed the next bytes; raises before hashing anything beyond ``size``."""
+        if self.received + len(chunk) > self.size:
+            raise LengthExceededError(f"{self.what}: more than the declared {self.size} bytes")
+        self.received += len(chunk)
+        self._hash.update(chunk)
+
+    def finish(self) -> None:
+        """Check that exactly ``size`` bytes arrived and that they hash right."""
+        if self.received < self.size:
+            raise TruncatedError(f"{self.what}: {self.received} of {self.size} bytes")
+        if self._hash.hexdigest() != self.sha256:
+            raise HashMismatchError(f"{self.what}: sha256 {self._hash.hexdigest()[:12]}… is wrong")
+
+
+def verify_file(path: Path, size: int, sha256: str, chunk_size: int = 1 << 20) -> None:
+    """Stream a file from disk through a :class:`FileVerifier`."""
+    verifier = FileVerifier(size, sha256, what=str(path))
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            verifier.update(chunk)
+    verifier.finish()

@@ -1,0 +1,1 @@
+"""Shared test support: signing fixtures and simulators used by several parts' tests."""

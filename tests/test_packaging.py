@@ -1,0 +1,56 @@
+"""The device side installs without the server stack, and the layout stays honest."""
+
+import re
+import subprocess
+import sys
+from importlib.metadata import requires
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVER_ONLY = {"fastapi", "sqlmodel", "uvicorn", "alembic", "typer", "rich", "numpy", "psycopg"}
+
+
+def _name(requirement: str) -> str:
+    for sep in "<>=!~[; ":
+        requirement = requirement.split(sep)[0]
+    return requirement.lower()
+
+
+def test_base_install_pulls_no_server_dependency() -> None:
+    base = [r for r in requires("ferry") or [] if "extra ==" not in r]
+    assert base, "ferry declares no base dependencies"
+    assert not {_name(r) for r in base} & SERVER_ONLY
+
+
+def test_protocol_and_agent_import_without_the_server_stack() -> None:
+    # httpx imports rich for its own CLI when rich happens to be installed; on a
+    # device it is not, so only what ferry itself adds on top of its deps counts.
+    code = (
+        "import sys, importlib, pkgutil, httpx, paho.mqtt.client, tenacity, cryptography\n"
+        "baseline = set(sys.modules)\n"
+        "import ferry.protocol, ferry.agent\n"
+        "for pkg in (ferry.protocol, ferry.agent):\n"
+        "    for mod in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
+        "        importlib.import_module(mod.name)\n"
+        f"bad = sorted(m for m in {sorted(SERVER_ONLY)!r} if m in sys.modules and m not in baseline)\n"
+        "print(','.join(bad))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+
+
+def test_protocol_never_imports_server_or_agent() -> None:
+    importing = re.compile(r"^\s*(from|import)\s+ferry\.(server|agent|client|cli)\b", re.M)
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "protocol").rglob("*.py")
+        if importing.search(path.read_text("utf-8"))
+    ]
+    assert offenders == []
+
+
+def test_readme_opens_with_the_two_commands() -> None:
+    head = (ROOT / "README.md").read_text("utf-8")[:1500]
+    assert "make demo" in head and "make test" in head
+    makefile = (ROOT / "Makefile").read_text("utf-8")
+    assert "\ndemo:" in makefile and "\ntest:" in makefile
