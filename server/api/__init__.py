@@ -1,0 +1,1 @@
+"""HTTP layer: dependencies, schemas and one router module per resource."""

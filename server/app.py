@@ -1,0 +1,163 @@
+"""The FastAPI application factory.
+
+`create_app` prepares the data directory (migrations, keys, keyring, audit head,
+bootstrap admin token) and returns an app serving ``/healthz``, ``/metrics`` and
+the API under ``/api/v1``. Other parts add their router with one line in
+`API_ROUTERS`; their tables go in ``server/tables/`` and their migrations in
+``server/migrations/versions/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+from sqlalchemy.engine import Engine
+
+from ferry.server import audit
+from ferry.server.api.deps import AppContext
+from ferry.server.api.routes import audit as audit_routes
+from ferry.server.api.routes import (
+    blobs,
+    deltas,
+    device_api,
+    devices,
+    enrollment,
+    models,
+    namespaces,
+    rollouts,
+    status,
+    system,
+    tokens,
+    webhooks,
+)
+from ferry.server.api.routes import trust as trust_routes
+from ferry.server.api.schemas import ErrorBody
+from ferry.server.auth import ServerRole, create_token, has_any_token
+from ferry.server.blobs import LocalBlobStore
+from ferry.server.config import Settings
+from ferry.server.db import make_engine, make_read_engine, migrate, session_scope
+from ferry.server.delta_jobs import DeltaJobs
+from ferry.server.deltas import DeltaService
+from ferry.server.errors import install_error_handlers
+from ferry.server.events import RetryPolicy, WebhookWorker
+from ferry.server.fleet import wiring as fleet_wiring
+from ferry.server.fleet.runtime import runtime_of
+from ferry.server.mqtt import start_mqtt, stop_mqtt
+from ferry.server.observability import Metrics, ObservabilityMiddleware, configure_logging
+from ferry.server.trust import KeySource
+
+API_PREFIX = "/api/v1"
+API_ROUTERS: list[APIRouter] = [
+    tokens.router,
+    namespaces.router,
+    models.router,
+    blobs.router,
+    trust_routes.router,
+    audit_routes.router,
+    webhooks.router,
+    enrollment.router, device_api.router, devices.router, rollouts.router, status.router,
+    deltas.router,
+]
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {400: "bad request", 401: "no or unknown token",
+                                403: "role or namespace not allowed", 404: "not found",
+                                409: "conflict", 413: "too large",
+                                416: "range not satisfiable", 422: "validation error"}.items()
+}
+BOOTSTRAP_TOKEN_NAME = "bootstrap-admin"
+
+log = logging.getLogger("ferry.server")
+
+
+def prepare(settings: Settings) -> Engine:
+    """Migrate the schema and create first-start state; safe to run on every start."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate(settings.database_url)
+    engine = make_engine(settings.database_url)
+    KeySource(engine, settings.key_dir).initialise(settings.keyring_expiry_days)
+    with session_scope(engine) as session:
+        audit.ensure_head(session)
+    _bootstrap_admin(engine, settings)
+    return engine
+
+
+def _bootstrap_admin(engine: Engine, settings: Settings) -> None:
+    """With no tokens at all, mint one admin token, print it once and save it 0600."""
+    with session_scope(engine) as session:
+        if has_any_token(session):
+            return
+        row, secret = create_token(session, name=BOOTSTRAP_TOKEN_NAME, role=ServerRole.ADMIN,
+                                   namespaces=["*"])
+        audit.append(session, actor="server", action="token.create", target=f"token:{row.id}",
+                     details={"name": row.name, "role": row.role, "bootstrap": True})
+    path = settings.admin_token_path
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    if settings.print_admin_token:
+        print(f"ferry: created admin token (shown once, also saved to {path}):\n{secret}",
+              file=sys.stderr, flush=True)
+
+
+def _start_deltas(app: FastAPI, ctx: AppContext) -> DeltaJobs | None:
+    """The delta service and its background builds; also the rollout-start precompute hook."""
+    settings = ctx.settings
+    if not settings.deltas_enabled:
+        return None
+    service = DeltaService(settings.delta_dir, max_fraction=settings.delta_max_fraction,
+                           max_concurrent_builds=settings.delta_build_workers)
+    jobs = DeltaJobs(service, ctx.blobs, ctx.engine, ctx.metrics, settings.delta_build_workers)
+    app.state.deltas = jobs
+    runtime_of(app).start_hook = jobs
+    return jobs
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    configure_logging()
+    engine = prepare(settings)
+    metrics = Metrics()
+    read_engine = make_read_engine(settings.database_url, engine)
+    ctx = AppContext(settings=settings, engine=engine, read_engine=read_engine,
+                     blobs=LocalBlobStore(settings.blob_dir),
+                     keys=KeySource(engine, settings.key_dir), metrics=metrics)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        worker = WebhookWorker(engine, RetryPolicy(settings.webhook_max_attempts,
+                                                   settings.webhook_backoff_seconds,
+                                                   settings.webhook_timeout_seconds),
+                               settings.webhook_poll_seconds)
+        task = asyncio.create_task(worker.run()) if settings.start_webhook_worker else None
+        mqtt = await start_mqtt(app, ctx)
+        jobs = _start_deltas(app, ctx)
+        rollout_engine = fleet_wiring.start_engine(app)
+        try:
+            yield
+        finally:
+            await fleet_wiring.stop_engine(rollout_engine)
+            if jobs is not None:
+                await jobs.close()
+            await stop_mqtt(mqtt)
+            worker.stop()
+            if task is not None:
+                await task
+            engine.dispose()
+            read_engine.dispose()
+
+    app = FastAPI(title="Ferry registry", version="1", lifespan=lifespan)
+    app.state.ctx = ctx
+    fleet_wiring.install(app, ctx)
+    install_error_handlers(app)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+    app.include_router(system.router)
+    for router in API_ROUTERS:
+        app.include_router(router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
+    return app

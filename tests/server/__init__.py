@@ -1,0 +1,1 @@
+"""Tests of the registry server (ferry.server) and its host commands."""
