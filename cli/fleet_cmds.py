@@ -1,0 +1,400 @@
+"""Fleet commands: `ferry devices`, `ferry enrollment-token`, `ferry rollout`, `ferry status`.
+
+`ferry rollout show ID --watch` and `ferry status --watch` redraw in place with rich
+Live until Ctrl-C. Guide: docs/rollouts.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+from rich.console import Group, RenderableType
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from ferry.cli._common import (
+    client,
+    fields,
+    handle_errors,
+    out,
+    parse_pairs,
+    parse_version_ref,
+    print_json,
+    table,
+)
+from ferry.client import InputError
+from ferry.client._fleet import Device, Gates, Rollout
+
+devices_app = typer.Typer(help="List, show, tag and revoke enrolled devices.", no_args_is_help=True)
+token_app = typer.Typer(help="Create, list and revoke device enrolment tokens.",
+                        no_args_is_help=True)
+rollout_app = typer.Typer(help="Roll versions out to devices in waves, and steer them.",
+                          no_args_is_help=True)
+status_app = typer.Typer(help="Fleet-wide sync status.")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+NsOpt = Annotated[str | None, typer.Option("--namespace", "-n", help="Only this namespace.")]
+WatchOpt = Annotated[bool, typer.Option("--watch", "-w", help="Refresh live until Ctrl-C.")]
+IntervalOpt = Annotated[float, typer.Option(help="Seconds between refreshes with --watch.",
+                                            min=0.2)]
+STATE_COLUMNS = ("pending", "downloading", "installing", "committed", "failed", "rolled_back",
+                 "timed_out")
+
+
+def _parse_waves(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise InputError(f"--waves {text!r}: give cumulative percentages like 1,10,50,100") from exc
+
+
+def _watch(render: Callable[[], RenderableType], interval: float) -> None:
+    with Live(render(), console=out, auto_refresh=False) as live:
+        try:
+            while True:
+                time.sleep(interval)
+                live.update(render(), refresh=True)
+        except KeyboardInterrupt:
+            pass
+
+
+# --- enrolment tokens ---------------------------------------------------------------------
+
+
+@token_app.command("create", epilog="Example: ferry enrollment-token create vision line-3 "
+                                    "--max-uses 50 --expires-in 86400 --tag site=lyon")
+@handle_errors
+def token_create(
+    namespace: Annotated[str, typer.Argument(help="Namespace the devices join.")],
+    name: Annotated[str, typer.Argument(help="What the token is for, e.g. line-3.")],
+    max_uses: Annotated[int | None, typer.Option(help="Devices it may enrol (default 1).")] = 1,
+    unlimited: Annotated[bool, typer.Option(help="Any number of devices until it expires.")] = False,
+    expires_in: Annotated[int | None, typer.Option(help="Seconds until it expires.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="KEY=VALUE given to each device (repeat).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an enrolment token (operator); the secret is printed once."""
+    tags = {k: str(v) for k, v in parse_pairs(tag or [], "--tag", numeric=False).items()}
+    with client() as ferry:
+        row = ferry.create_enrollment_token(namespace, name, max_uses=None if unlimited else max_uses,
+                                            expires_in_s=expires_in, tags=tags)
+    if as_json:
+        print_json(row.to_json())
+        return
+    out.print(f"created enrolment token {row.id} for namespace {row.namespace} "
+              f"(uses: {row.max_uses or 'unlimited'}, expires: {row.expires_at or 'never'})")
+    out.print(escape(row.token or ""), soft_wrap=True)
+
+
+@token_app.command("list", epilog="Example: ferry enrollment-token list -n vision")
+@handle_errors
+def token_list(namespace: NsOpt = None, as_json: JsonOpt = False) -> None:
+    """List enrolment tokens (never their secrets)."""
+    with client() as ferry:
+        rows = ferry.list_enrollment_tokens(namespace)
+    if as_json:
+        print_json([r.to_json() for r in rows])
+        return
+    table(["id", "namespace", "name", "uses", "expires", "revoked"],
+          [(r.id, r.namespace, r.name, f"{r.uses}/{r.max_uses or '∞'}", r.expires_at,
+            r.revoked_at) for r in rows])
+
+
+@token_app.command("revoke", epilog="Example: ferry enrollment-token revoke 3")
+@handle_errors
+def token_revoke(token_id: Annotated[int, typer.Argument(help="Token id from `list`.")]) -> None:
+    """Revoke an enrolment token; devices already enrolled are not affected."""
+    with client() as ferry:
+        ferry.revoke_enrollment_token(token_id)
+    out.print(f"revoked enrolment token {token_id}")
+
+
+# --- devices ------------------------------------------------------------------------------
+
+
+@devices_app.command("list", epilog="Example: ferry devices list -n vision --selector hw=jetson-orin")
+@handle_errors
+def devices_list(
+    namespace: NsOpt = None,
+    selector: Annotated[str, typer.Option(help="key=value[,key=value] the devices carry.")] = "",
+    include_revoked: Annotated[bool, typer.Option(help="Also list revoked devices.")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 1000,
+    as_json: JsonOpt = False,
+) -> None:
+    """List enrolled devices."""
+    with client() as ferry:
+        rows = ferry.list_devices(namespace, selector=selector, include_revoked=include_revoked,
+                                  limit=limit)
+    if as_json:
+        print_json([d.to_json() for d in rows])
+        return
+    table(["device", "namespace", "hardware", "tags", "installed", "last seen", "revoked"],
+          [(d.id, d.namespace, d.hardware, _tags(d), _installed(d), d.last_seen_at, d.revoked_at)
+           for d in rows])
+
+
+def _tags(device: Device) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(device.tags.items()))
+
+
+def _installed(device: Device) -> str:
+    return ", ".join(f"{s['slot']}: {s['model']}@{s['installed_version']}" for s in device.slots
+                     if s.get("installed_version") is not None)
+
+
+@devices_app.command("show", epilog="Example: ferry devices show cam-17")
+@handle_errors
+def devices_show(device_id: Annotated[str, typer.Argument(help="Device id.")],
+                 history: Annotated[int, typer.Option(help="Status reports to show.")] = 20,
+                 as_json: JsonOpt = False) -> None:
+    """Show a device: tags, groups, slots and its status history."""
+    with client() as ferry:
+        device = ferry.get_device(device_id, history=history)
+    if as_json:
+        print_json(device.to_json())
+        return
+    fields([("device", device.id), ("namespace", device.namespace), ("hardware", device.hardware),
+            ("agent", device.agent_version), ("tags", _tags(device)),
+            ("groups", ", ".join(device.groups)), ("enrolled", device.enrolled_at),
+            ("last seen", device.last_seen_at), ("revoked", device.revoked_at),
+            ("desired seq", device.desired_sequence)])
+    table(["slot", "model", "installed", "staged", "state", "updated"],
+          [(s["slot"], s["model"], s["installed_version"], s["staged_version"], s["state"],
+            s["updated_at"]) for s in device.slots], title="slots")
+    table(["at", "slot", "state", "from", "to", "error", "rollout"],
+          [(h["at"], h["slot"], h["state"], h["from_version"], h["to_version"], h["error_code"],
+            h["rollout_id"]) for h in device.history], title="status history")
+
+
+@devices_app.command("tag", epilog="Example: ferry devices tag cam-17 region=eu channel=canary")
+@handle_errors
+def devices_tag(device_id: Annotated[str, typer.Argument(help="Device id.")],
+                tags: Annotated[list[str], typer.Argument(help="KEY=VALUE pairs.")]) -> None:
+    """Add or change tags of a device (operator)."""
+    pairs = {k: str(v) for k, v in parse_pairs(tags, "tag", numeric=False).items()}
+    with client() as ferry:
+        device = ferry.tag_device(device_id, add=pairs)
+    out.print(f"{device.id}: {_tags(device)}")
+
+
+@devices_app.command("untag", epilog="Example: ferry devices untag cam-17 channel")
+@handle_errors
+def devices_untag(device_id: Annotated[str, typer.Argument(help="Device id.")],
+                  keys: Annotated[list[str], typer.Argument(help="Tag keys to remove.")]) -> None:
+    """Remove tags from a device (operator)."""
+    with client() as ferry:
+        device = ferry.tag_device(device_id, remove=keys)
+    out.print(f"{device.id}: {_tags(device)}")
+
+
+@devices_app.command("revoke", epilog="Example: ferry devices revoke cam-17")
+@handle_errors
+def devices_revoke(device_id: Annotated[str, typer.Argument(help="Device id.")]) -> None:
+    """Revoke a device: 401 on every device endpoint, broker login withdrawn (operator)."""
+    with client() as ferry:
+        device = ferry.revoke_device(device_id)
+    out.print(f"revoked {device.id} at {device.revoked_at}")
+
+
+# --- rollouts -----------------------------------------------------------------------------
+
+
+@rollout_app.command("create", epilog="Example: ferry rollout create vision/detector@7 "
+                                      "--selector hw=jetson-orin,region=eu --waves 1,10,50,100 "
+                                      "--bake 1800 --min-success 98 --max-failures 2")
+@handle_errors
+def rollout_create(
+    target: Annotated[str, typer.Argument(help="NS/MODEL@VERSION or NS/MODEL@ALIAS.")],
+    selector: Annotated[str, typer.Option(help="Devices: key=value[,key=value]; empty = all.")] = "",
+    waves: Annotated[str, typer.Option(help="Cumulative percentages.")] = "1,10,50,100",
+    slot: Annotated[str, typer.Option(help="Model slot on the device.")] = "main",
+    bake: Annotated[int, typer.Option(help="Seconds each wave bakes before the gate.")] = 0,
+    min_success: Annotated[int, typer.Option(help="Percent committed needed to advance.")] = 100,
+    max_failures: Annotated[int | None, typer.Option(help="Halt beyond this many failures.")] = None,
+    max_failure_pct: Annotated[int | None, typer.Option(help="Halt beyond this % failed.")] = 5,
+    retries: Annotated[int, typer.Option(help="Retries per failed device.")] = 0,
+    retry_backoff: Annotated[int, typer.Option(help="Seconds before the first retry (doubles).")] = 60,
+    timeout: Annotated[int, typer.Option(help="Seconds in progress before timed_out.")] = 1800,
+    auto_rollback: Annotated[bool, typer.Option(help="Roll back automatically on halt.")] = False,
+    start_at: Annotated[str | None, typer.Option(help="Start time, e.g. 2026-11-26T02:00:00Z.")] = None,
+    paused: Annotated[bool, typer.Option(help="Create paused; start with `rollout resume`.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a rollout (operator): Production versions, or Staging on channel=canary."""
+    ns, model, ref = parse_version_ref(target)
+    gates = Gates(bake_s=bake, min_success_pct=min_success, max_failures=max_failures,
+                  max_failure_pct=max_failure_pct, max_retries=retries,
+                  retry_backoff_s=retry_backoff, in_progress_timeout_s=timeout)
+    with client() as ferry:
+        rollout = ferry.create_rollout(ns, model, ref, selector=selector, waves=_parse_waves(waves),
+                                       slot=slot, gates=gates, auto_rollback=auto_rollback,
+                                       start_at=start_at, start_paused=paused)
+    _print_rollout(rollout, as_json)
+
+
+@rollout_app.command("list", epilog="Example: ferry rollout list -n vision --state running")
+@handle_errors
+def rollout_list(namespace: NsOpt = None,
+                 state: Annotated[str | None, typer.Option(help="Only rollouts in this state.")] = None,
+                 as_json: JsonOpt = False) -> None:
+    """List rollouts, newest first."""
+    with client() as ferry:
+        rows = ferry.list_rollouts(namespace, state=state)
+    if as_json:
+        print_json([r.to_json() for r in rows])
+        return
+    table(["id", "model", "version", "slot", "selector", "state", "wave", "created"],
+          [(r.id, r.model, r.version, r.slot, r.selector or "all", r.state,
+            _wave_label(r), r.created_at) for r in rows])
+
+
+def _wave_label(rollout: Rollout) -> str:
+    if rollout.wave < 0:
+        return "-"
+    return f"{rollout.wave + 1}/{len(rollout.waves)} ({rollout.waves[rollout.wave]}%)"
+
+
+def _print_rollout(rollout: Rollout, as_json: bool) -> None:
+    if as_json:
+        print_json(rollout.to_json())
+        return
+    fields([("rollout", rollout.id), ("model", f"{rollout.model}@{rollout.version}"),
+            ("slot", rollout.slot), ("selector", rollout.selector or "all devices"),
+            ("waves", ",".join(map(str, rollout.waves))), ("state", rollout.state),
+            ("wave", _wave_label(rollout)), ("reason", rollout.reason),
+            ("gates", rollout.gates), ("auto rollback", "yes" if rollout.auto_rollback else ""),
+            ("start at", rollout.start_at), ("created", f"{rollout.created_at} by {rollout.created_by}")])
+
+
+def status_view(status: dict[str, Any]) -> RenderableType:
+    """The rollout dashboard: header, one row per wave, the gate."""
+    r = status["rollout"]
+    head = Text.assemble((f"{r['id']} ", "bold"), f"{r['model']}@{r['version']} → ",
+                         (r["selector"] or "all devices"), f"   state: {r['state']}",
+                         f"   wave {r['wave'] + 1}/{len(r['waves'])}" if r["wave"] >= 0 else "",
+                         f"   in wave {status['time_in_wave_s']}s"
+                         if status.get("time_in_wave_s") is not None else "")
+    grid = Table("wave", "%", *STATE_COLUMNS, "total", "success", show_edge=False,
+                 header_style="bold")
+    for wave in status["waves"]:
+        marker = "▶ " if wave["wave"] == r["wave"] else "  "
+        grid.add_row(f"{marker}{wave['wave'] + 1}", str(wave["percent"]),
+                     *(str(wave["counts"][s]) for s in STATE_COLUMNS), str(wave["total"]),
+                     f"{wave['success_rate']}%")
+    gate = status["gate"]
+    gate_line = Text(" ".join(f"{k}={v}" for k, v in gate.items() if v is not None),
+                     style="green" if gate.get("status") == "passing" else "")
+    return Group(head, grid, Text.assemble(("gate: ", "bold"), gate_line))
+
+
+@rollout_app.command("show", epilog="Example: ferry rollout show r-12 --watch")
+@handle_errors
+def rollout_show(rollout_id: Annotated[str, typer.Argument(help="Rollout id, e.g. r-12.")],
+                 watch: WatchOpt = False, interval: IntervalOpt = 2.0,
+                 as_json: JsonOpt = False) -> None:
+    """Show a rollout's sync status per wave: counts by state, success rate, gate."""
+    with client() as ferry:
+        if as_json:
+            print_json(ferry.rollout_status(rollout_id))
+            return
+        if watch:
+            _watch(lambda: status_view(ferry.rollout_status(rollout_id)), interval)
+        else:
+            out.print(status_view(ferry.rollout_status(rollout_id)))
+
+
+def _action(name: str, verb: str) -> None:
+    @rollout_app.command(name, epilog=f"Example: ferry rollout {name} r-12")
+    @handle_errors
+    def command(rollout_id: Annotated[str, typer.Argument(help="Rollout id, e.g. r-12.")]) -> None:
+        with client() as ferry:
+            rollout = ferry.rollout_action(rollout_id, name)
+        out.print(f"{rollout.id}: {rollout.state}, wave {_wave_label(rollout)}")
+
+    command.__doc__ = verb
+
+
+_action("pause", "Pause: no wave opens until `resume` (devices keep what they have).")
+_action("resume", "Resume (or start a planned rollout at wave 1); the bake clock restarts.")
+_action("advance", "Open the next wave now, without waiting for the gate.")
+_action("cancel", "Cancel: no new device takes the version; those that did keep it.")
+_action("rollback", "Send every device that took the version its previous one (signed).")
+
+
+@rollout_app.command("bind", epilog="Example: ferry rollout bind vision/detector production "
+                                    "--selector hw=jetson-orin --waves 5,50,100 --bake 3600")
+@handle_errors
+def rollout_bind(
+    model: Annotated[str, typer.Argument(help="NS/MODEL.")],
+    alias: Annotated[str, typer.Argument(help="Alias whose moves plan rollouts.")],
+    selector: Annotated[str, typer.Option(help="Devices: key=value[,key=value].")] = "",
+    waves: Annotated[str, typer.Option(help="Cumulative percentages.")] = "1,10,50,100",
+    bake: Annotated[int, typer.Option(help="Seconds each wave bakes.")] = 0,
+    min_success: Annotated[int, typer.Option(help="Percent committed needed.")] = 100,
+    auto_start: Annotated[bool, typer.Option(help="Start planned rollouts at once.")] = False,
+    auto_rollback: Annotated[bool, typer.Option(help="Roll back automatically on halt.")] = False,
+) -> None:
+    """Bind an alias: moving it plans a rollout of its new version (operator)."""
+    ns, name = _ns_model(model)
+    with client() as ferry:
+        ferry.bind_alias(ns, name, alias, selector=selector, waves=_parse_waves(waves),
+                         gates=Gates(bake_s=bake, min_success_pct=min_success),
+                         auto_start=auto_start, auto_rollback=auto_rollback)
+    out.print(f"bound {ns}/{name}:{alias} → rollouts at {selector or 'all devices'}")
+
+
+@rollout_app.command("unbind", epilog="Example: ferry rollout unbind vision/detector production")
+@handle_errors
+def rollout_unbind(model: Annotated[str, typer.Argument(help="NS/MODEL.")],
+                   alias: Annotated[str, typer.Argument(help="Bound alias.")]) -> None:
+    """Remove an alias binding; moving the alias then plans nothing."""
+    ns, name = _ns_model(model)
+    with client() as ferry:
+        ferry.unbind_alias(ns, name, alias)
+    out.print(f"unbound {ns}/{name}:{alias}")
+
+
+def _ns_model(text: str) -> tuple[str, str]:
+    ns, sep, name = text.partition("/")
+    if not sep or not ns or not name or "@" in name:
+        raise InputError(f"{text!r} is not NS/MODEL, e.g. vision/detector")
+    return ns, name
+
+
+# --- fleet status -------------------------------------------------------------------------
+
+
+def fleet_view(status: dict[str, Any]) -> RenderableType:
+    head = Text(f"devices: {status['devices']}   online (last {status['online_window_s']}s): "
+                f"{status['online']}   revoked: {status['revoked']}   at {status['at']}")
+    grid = Table("model", "slot", "installed versions (devices)", show_edge=False,
+                 header_style="bold")
+    for model in status["models"]:
+        spread = ", ".join(f"v{v}: {n}" for v, n in sorted(model["versions"].items(),
+                                                             key=_version_order))
+        grid.add_row(model["model"], model["slot"], spread)
+    return Group(head, grid)
+
+
+def _version_order(item: tuple[str, int]) -> tuple[int, int]:
+    """Numbers in numeric order; "none" (nothing installed) first."""
+    return (1, int(item[0])) if item[0].isdigit() else (0, 0)
+
+
+@status_app.callback(invoke_without_command=True, epilog="Example: ferry status -n vision --watch")
+@handle_errors
+def fleet_status(namespace: NsOpt = None, watch: WatchOpt = False, interval: IntervalOpt = 2.0,
+                 as_json: JsonOpt = False) -> None:
+    """Fleet-wide status: devices online, installed versions per model."""
+    with client() as ferry:
+        if as_json:
+            print_json(ferry.fleet_status(namespace))
+        elif watch:
+            _watch(lambda: fleet_view(ferry.fleet_status(namespace)), interval)
+        else:
+            out.print(fleet_view(ferry.fleet_status(namespace)))

@@ -1,0 +1,143 @@
+"""Commands that run on the server host: start the server, mint tokens, rotate keys,
+verify the audit chain. They talk to the data directory and database directly.
+
+``ferry.cli.main`` merges `app` into the ``ferry`` command; ``python -m
+ferry.cli.server_cmds`` runs the same commands without the client part.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ferry.protocol.documents import Role
+from ferry.server.config import Settings
+
+app = typer.Typer(help="Server-host commands.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+admin_app = typer.Typer(help="Administer tokens directly on the server host.",
+                        no_args_is_help=True)
+keys_app = typer.Typer(help="Manage the signing keys and the keyring.", no_args_is_help=True)
+audit_app = typer.Typer(help="Check the audit log on the server host.", no_args_is_help=True)
+app.add_typer(admin_app, name="admin")
+app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", envvar="FERRY_DATA_DIR",
+                                              help="Server data directory (default: ./data).")]
+DatabaseUrl = Annotated[str | None, typer.Option(
+    "--database-url", envvar="FERRY_DATABASE_URL",
+    help="SQLAlchemy URL (default: sqlite:///<data-dir>/ferry.db).")]
+
+
+def _settings(data_dir: Path | None, database_url: str | None, **extra: object) -> Settings:
+    return Settings.from_env().with_overrides(data_dir=data_dir, database_url=database_url,
+                                              **extra)
+
+
+def serve(data_dir: Path | None = None, host: str | None = None, port: int | None = None,
+          database_url: str | None = None) -> None:
+    """Migrate, create keys and the first admin token if needed, then run uvicorn."""
+    import uvicorn
+
+    from ferry.server.app import create_app
+
+    settings = _settings(data_dir, database_url, host=host, port=port)
+    os.environ.setdefault("FERRY_MQTT_ENABLED", "true")  # embedded broker unless told otherwise
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                access_log=False, log_level="warning", timeout_graceful_shutdown=5)
+
+
+@app.command("server")
+def server_command(
+    data_dir: DataDir = None,
+    host: Annotated[str | None, typer.Option(envvar="FERRY_HOST", help="Listen address (default: 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(envvar="FERRY_PORT", help="Listen port (default: 8080).")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Run the registry server (SQLite and blobs under the data directory by default)."""
+    serve(data_dir, host, port, database_url)
+
+
+@admin_app.command("create-token", epilog="Example: ferry admin create-token --role publisher "
+                   "--namespace vision --name ci-pipeline")
+def create_token_command(
+    role: Annotated[str, typer.Option(help="admin, publisher, approver, operator or viewer")],
+    name: Annotated[str, typer.Option(help="A name for the token (shown in the audit log).")],
+    namespace: Annotated[list[str] | None, typer.Option(
+        help="Namespace the token may act in; repeat for several (default: * = all).")] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create an API token and print it once."""
+    from ferry.server import audit
+    from ferry.server.auth import ServerRole, create_token
+    from ferry.server.db import make_engine, migrate, session_scope
+
+    allowed = [r.value for r in ServerRole if r is not ServerRole.DEVICE]
+    if role not in allowed:
+        raise typer.BadParameter(f"role must be one of {', '.join(allowed)}", param_hint="--role")
+    settings = _settings(data_dir, database_url)
+    migrate(settings.database_url)
+    engine = make_engine(settings.database_url)
+    with session_scope(engine) as session:
+        audit.ensure_head(session)
+        row, secret = create_token(session, name=name, role=ServerRole(role),
+                                   namespaces=namespace or ["*"])
+        audit.append(session, actor="server-cli", action="token.create", target=f"token:{row.id}",
+                     details={"name": name, "role": role, "namespaces": row.namespaces})
+    engine.dispose()
+    typer.echo(secret)
+
+
+@keys_app.command("rotate", epilog="Example: ferry keys rotate --role bundles")
+def rotate_command(
+    role: Annotated[Role, typer.Option(help="Which key to replace.")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    expiry_days: Annotated[int | None, typer.Option(help="Keyring lifetime (default: 365).")] = None,
+) -> None:
+    """Replace one key and publish a new keyring version signed by the root
+    (by the old and the new root when the root itself rotates)."""
+    from ferry.server import audit, trust
+    from ferry.server.db import make_engine, migrate, session_scope
+
+    settings = _settings(data_dir, database_url, keyring_expiry_days=expiry_days)
+    migrate(settings.database_url)
+    engine = make_engine(settings.database_url)
+    with session_scope(engine) as session:
+        trust.ensure_keyring(session, settings.key_dir, settings.keyring_expiry_days)
+        audit.ensure_head(session)
+        version = trust.rotate(session, settings.key_dir, role, settings.keyring_expiry_days)
+        audit.append(session, actor="server-cli", action="keys.rotate", target=f"keyring:{version}",
+                     details={"role": role.value})
+    engine.dispose()
+    typer.echo(f"keyring version {version}: new {role.value} key")
+
+
+@audit_app.command("verify", epilog="Example: ferry audit verify --data-dir ./data")
+def audit_verify_command(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Recompute the audit hash chain; exit 1 and name the first bad entry if it is broken."""
+    from ferry.server.audit import verify_chain
+    from ferry.server.db import make_engine, migrate
+
+    settings = _settings(data_dir, database_url)
+    migrate(settings.database_url)
+    engine = make_engine(settings.database_url)
+    from sqlmodel import Session
+
+    with Session(engine) as session:
+        report = verify_chain(session)
+    engine.dispose()
+    if report.ok:
+        typer.echo(f"audit chain ok: {report.entries} entries")
+        return
+    typer.echo(f"audit chain BROKEN at entry {report.first_bad_id}: {report.reason}", err=True)
+    raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

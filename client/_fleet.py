@@ -1,0 +1,225 @@
+"""Fleet and rollout methods of the SDK, mixed into `FerryClient` (docs/rollouts.md).
+
+Devices, enrolment tokens, rollouts and their actions, alias bindings and sync
+status. Status answers are returned as the server's JSON (documented shape), since
+they are read by people and dashboards rather than passed back to the API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from ferry.client._models import _Record
+
+ROLLOUT_ACTIONS = ("pause", "resume", "advance", "cancel", "rollback")
+
+
+@dataclass(frozen=True)
+class EnrollmentToken(_Record):
+    """A device enrolment token; ``token`` (the secret) is only set in the answer to a create."""
+
+    id: int
+    namespace: str
+    name: str
+    max_uses: int | None
+    uses: int
+    expires_at: str | None
+    tags: dict[str, str] = field(default_factory=dict)
+    created_by: str = ""
+    created_at: str = ""
+    revoked_at: str | None = None
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class Device(_Record):
+    """An enrolled device; ``history`` (newest first) is filled by `get_device`."""
+
+    id: str
+    namespace: str
+    hardware: str
+    agent_version: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    groups: list[str] = field(default_factory=list)
+    enrolled_at: str = ""
+    last_seen_at: str | None = None
+    revoked_at: str | None = None
+    desired_sequence: int = 0
+    slots: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Rollout(_Record):
+    """A rollout; ``wave`` is -1 until it first runs."""
+
+    id: str
+    namespace: str
+    model: str
+    version: int
+    state: str
+    wave: int
+    waves: list[int]
+    slot: str = "main"
+    selector: str = ""
+    manifest_sha256: str = ""
+    wave_started_at: str | None = None
+    reason: str = ""
+    gates: dict[str, Any] = field(default_factory=dict)
+    auto_rollback: bool = False
+    start_at: str | None = None
+    created_by: str = ""
+    created_at: str = ""
+    updated_at: str = ""
+
+
+@dataclass(frozen=True)
+class RolloutBinding(_Record):
+    """Moving ``alias`` of ``namespace/model`` plans a rollout at ``selector``."""
+
+    namespace: str
+    model: str
+    alias: str
+    selector: str
+    template: dict[str, Any] = field(default_factory=dict)
+    created_by: str = ""
+    created_at: str = ""
+
+
+def _seg(value: object) -> str:
+    return quote(str(value), safe="")
+
+
+def _drop_none(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Gates:
+    """Per-wave gate settings (server defaults when left as they are)."""
+
+    bake_s: int = 0
+    min_success_pct: int = 100
+    max_failures: int | None = None
+    max_failure_pct: int | None = 5
+    max_retries: int = 0
+    retry_backoff_s: int = 60
+    in_progress_timeout_s: int = 1800
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bake_s": self.bake_s, "min_success_pct": self.min_success_pct,
+                "max_failures": self.max_failures, "max_failure_pct": self.max_failure_pct,
+                "max_retries": self.max_retries, "retry_backoff_s": self.retry_backoff_s,
+                "in_progress_timeout_s": self.in_progress_timeout_s}
+
+
+class FleetMixin:
+    """Fleet methods; `FerryClient` provides ``_json`` and ``_send``."""
+
+    _json: Callable[..., Any]
+    _send: Callable[..., Any]
+
+    # --- enrolment tokens -------------------------------------------------------------
+
+    def create_enrollment_token(self, namespace: str, name: str, *, max_uses: int | None = 1,
+                                expires_in_s: int | None = None, expires_at: str | None = None,
+                                tags: Mapping[str, str] | None = None) -> EnrollmentToken:
+        """One-time by default; ``max_uses=None`` allows any number until it expires."""
+        body = {"namespace": namespace, "name": name, "max_uses": max_uses,
+                "expires_in_s": expires_in_s, "expires_at": expires_at, "tags": dict(tags or {})}
+        body = {k: v for k, v in body.items() if v is not None or k == "max_uses"}
+        return EnrollmentToken.from_json(self._json("POST", "/enrollment-tokens", json=body))
+
+    def list_enrollment_tokens(self, namespace: str | None = None) -> list[EnrollmentToken]:
+        params = _drop_none({"namespace": namespace})
+        return [EnrollmentToken.from_json(t)
+                for t in self._json("GET", "/enrollment-tokens", params=params)]
+
+    def revoke_enrollment_token(self, token_id: int) -> None:
+        self._send("DELETE", f"/api/v1/enrollment-tokens/{_seg(token_id)}")
+
+    # --- devices ----------------------------------------------------------------------
+
+    def list_devices(self, namespace: str | None = None, *, selector: str = "",
+                     include_revoked: bool = False, limit: int = 1000,
+                     offset: int = 0) -> list[Device]:
+        params = _drop_none({"namespace": namespace, "selector": selector or None,
+                             "include_revoked": include_revoked, "limit": limit,
+                             "offset": offset})
+        return [Device.from_json(d) for d in self._json("GET", "/devices", params=params)]
+
+    def get_device(self, device_id: str, *, history: int = 50) -> Device:
+        return Device.from_json(self._json("GET", f"/devices/{_seg(device_id)}",
+                                           params={"history": history}))
+
+    def tag_device(self, device_id: str, add: Mapping[str, str] | None = None,
+                   remove: Sequence[str] = ()) -> Device:
+        body = {"add": dict(add or {}), "remove": list(remove)}
+        return Device.from_json(self._json("POST", f"/devices/{_seg(device_id)}/tags", json=body))
+
+    def revoke_device(self, device_id: str) -> Device:
+        """The device's credential stops working at once; its broker login goes too."""
+        return Device.from_json(self._json("POST", f"/devices/{_seg(device_id)}/revoke"))
+
+    # --- rollouts ---------------------------------------------------------------------
+
+    def create_rollout(self, namespace: str, model: str, version: int | str, *,
+                       selector: str = "", waves: Sequence[int] = (1, 10, 50, 100),
+                       slot: str = "main", gates: Gates | None = None,
+                       auto_rollback: bool = False, start_at: str | None = None,
+                       start_paused: bool = False) -> Rollout:
+        """Roll ``version`` (a number or an alias) out to the devices ``selector`` matches."""
+        body = {"namespace": namespace, "model": model, "version": str(version),
+                "selector": selector, "waves": list(waves), "slot": slot,
+                "auto_rollback": auto_rollback, "start_at": start_at,
+                "start_paused": start_paused, **(gates or Gates()).to_json()}
+        body = {k: v for k, v in body.items() if v is not None or k.startswith("max_failure")}
+        return Rollout.from_json(self._json("POST", "/rollouts", json=body))
+
+    def list_rollouts(self, namespace: str | None = None, *, state: str | None = None,
+                      limit: int = 100) -> list[Rollout]:
+        params = _drop_none({"namespace": namespace, "state": state, "limit": limit})
+        return [Rollout.from_json(r) for r in self._json("GET", "/rollouts", params=params)]
+
+    def get_rollout(self, rollout_id: str) -> Rollout:
+        return Rollout.from_json(self._json("GET", f"/rollouts/{_seg(rollout_id)}"))
+
+    def rollout_action(self, rollout_id: str, action: str) -> Rollout:
+        """``pause``, ``resume``, ``advance``, ``cancel`` or ``rollback`` (409 when illegal)."""
+        if action not in ROLLOUT_ACTIONS:
+            raise ValueError(f"unknown rollout action {action!r}; one of {ROLLOUT_ACTIONS}")
+        return Rollout.from_json(self._json("POST",
+                                            f"/rollouts/{_seg(rollout_id)}/{action}"))
+
+    def rollout_status(self, rollout_id: str) -> dict[str, Any]:
+        """Counts per wave and state, success rate, gate status, time in wave."""
+        return dict(self._json("GET", f"/rollouts/{_seg(rollout_id)}/status"))
+
+    def fleet_status(self, namespace: str | None = None) -> dict[str, Any]:
+        """Device counts and the installed versions per model."""
+        return dict(self._json("GET", "/fleet/status",
+                               params=_drop_none({"namespace": namespace})))
+
+    # --- alias bindings ---------------------------------------------------------------
+
+    def bind_alias(self, namespace: str, model: str, alias: str, *, selector: str = "",
+                   waves: Sequence[int] = (1, 10, 50, 100), slot: str = "main",
+                   gates: Gates | None = None, auto_rollback: bool = False,
+                   auto_start: bool = False) -> RolloutBinding:
+        """From now on, moving ``alias`` plans a rollout of the new version."""
+        body = {"selector": selector, "waves": list(waves), "slot": slot,
+                "gates": (gates or Gates()).to_json(), "auto_rollback": auto_rollback,
+                "auto_start": auto_start}
+        path = f"/alias-bindings/{_seg(namespace)}/{_seg(model)}/{_seg(alias)}"
+        return RolloutBinding.from_json(self._json("PUT", path, json=body))
+
+    def list_alias_bindings(self, namespace: str | None = None) -> list[RolloutBinding]:
+        params = _drop_none({"namespace": namespace})
+        return [RolloutBinding.from_json(b)
+                for b in self._json("GET", "/alias-bindings", params=params)]
+
+    def unbind_alias(self, namespace: str, model: str, alias: str) -> None:
+        self._send("DELETE", f"/api/v1/alias-bindings/{_seg(namespace)}/{_seg(model)}/{_seg(alias)}")
