@@ -1,0 +1,169 @@
+"""Fetch a verified manifest's files into staging: Range resume, size caps, deltas.
+
+Every byte passes through a ``FileVerifier`` while it streams, so a server that
+sends more than the manifest declares is cut off at the first chunk past the
+size (``length_exceeded``) and nothing beyond it reaches the disk. A file is
+renamed from ``.part`` to its name only after its length and sha256 matched and
+its data was fsynced.
+
+Deltas plug in per file: when the running version has a file at the same path,
+``GET /deltas/{old sha256}/{new sha256}`` is tried first and applied with
+``ferry.protocol.delta``; any failure falls back to the full download.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ferry.agent.errors import AgentError, DiskFullError, StopRequestedError
+from ferry.agent.installer import Installed
+from ferry.agent.storage import fsync_dir
+from ferry.agent.transport import DeviceApi
+from ferry.protocol.documents import BundleManifest, FileEntry
+from ferry.protocol.errors import LengthExceededError, ProtocolError, VerificationError
+from ferry.protocol.verify import FileVerifier, verify_file
+
+log = logging.getLogger("ferry.agent.download")
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class DownloadOptions:
+    """Knobs from the ``[install]`` config table."""
+
+    chunk_bytes: int = 1 << 20
+    reserve_bytes: int = 0
+    use_deltas: bool = True
+
+
+def part_path(final: Path) -> Path:
+    return final.with_name(final.name + ".part")
+
+
+class Downloader:
+    """Brings every file of a manifest into a staging folder, resuming what is there."""
+
+    def __init__(
+        self, api: DeviceApi, options: DownloadOptions, stopping: Callable[[], bool] = lambda: False
+    ) -> None:
+        self.api = api
+        self.options = options
+        self.stopping = stopping
+
+    def fetch(
+        self, manifest: BundleManifest, staging: Path, old: Installed | None, progress: Progress
+    ) -> None:
+        """Download (or rebuild from a delta) each file not yet complete in ``staging``."""
+        staging.mkdir(parents=True, exist_ok=True)
+        self._check_space(manifest, staging)
+        old_files = {e.path: e for e in old.manifest.files} if old else {}
+        for entry in manifest.files:
+            final = staging / entry.path
+            if final.exists() and final.stat().st_size == entry.size:
+                continue  # complete before a restart; VERIFYING hashes it again
+            final.parent.mkdir(parents=True, exist_ok=True)
+            base = old_files.get(entry.path)
+            rebuilt = (
+                old is not None
+                and base is not None
+                and self._delta_worthwhile(base, entry, final)
+                and self._try_delta(old.path / entry.path, base, entry, final, progress)
+            )
+            if not rebuilt:
+                self._download(entry, final, progress)
+
+    def _check_space(self, manifest: BundleManifest, staging: Path) -> None:
+        """Refuse before downloading rather than fill the disk halfway."""
+        needed = 0
+        for entry in manifest.files:
+            final = staging / entry.path
+            have = final.stat().st_size if final.exists() else 0
+            part = part_path(final)
+            have = max(have, part.stat().st_size if part.exists() else 0)
+            needed += max(entry.size - have, 0)
+        free = shutil.disk_usage(staging).free - self.options.reserve_bytes
+        if needed > free:
+            raise DiskFullError(f"bundle needs {needed} more bytes, {max(free, 0)} are free")
+
+    def _delta_worthwhile(self, base: FileEntry, entry: FileEntry, final: Path) -> bool:
+        return (
+            self.options.use_deltas
+            and base.sha256 != entry.sha256
+            and not part_path(final).exists()  # a resumed full download keeps going
+        )
+
+    def _try_delta(
+        self, old_file: Path, base: FileEntry, entry: FileEntry, final: Path, progress: Progress
+    ) -> bool:
+        """Rebuild ``final`` from the old file and a delta; False means "download it whole"."""
+        from ferry.protocol.delta import apply_delta_file  # zstandard + bsdiff4: only when used
+
+        try:
+            with self.api.delta(base.sha256, entry.sha256, self.options.chunk_bytes) as chunks:
+                capped = _capped(chunks, entry.size, progress)
+                apply_delta_file(old_file, capped, final, entry.size, entry.sha256)
+            verify_file(final, entry.size, entry.sha256)
+        except (AgentError, ProtocolError, OSError) as exc:
+            final.unlink(missing_ok=True)
+            log.info("delta_fallback", extra={"fields": {"file": entry.path, "reason": str(exc)}})
+            return False
+        fsync_dir(final.parent)
+        return True
+
+    def _download(self, entry: FileEntry, final: Path, progress: Progress) -> None:
+        """Stream one file with Range resume; verification errors delete the partial file."""
+        part = part_path(final)
+        try:
+            self._stream_into(entry, part, progress)
+        except VerificationError:
+            part.unlink(missing_ok=True)
+            raise
+        os.replace(part, final)
+        fsync_dir(final.parent)
+
+    def _stream_into(self, entry: FileEntry, part: Path, progress: Progress) -> None:
+        have = part.stat().st_size if part.exists() else 0
+        verifier = FileVerifier(entry.size, entry.sha256, what=entry.path)
+        blob = self.api.blob(
+            entry.sha256, have if have <= entry.size else 0, self.options.chunk_bytes
+        )
+        with blob as (offset, chunks), open(part, "ab") as sink:
+            sink.truncate(offset)  # the server may ignore Range: then start over
+            _hash_prefix(part, verifier, offset, self.options.chunk_bytes)
+            try:
+                for chunk in chunks:
+                    verifier.update(chunk)  # raises before a byte past the size is written
+                    sink.write(chunk)
+                    progress(len(chunk))
+                    if self.stopping():
+                        raise StopRequestedError("stopping: the download resumes at the next start")
+            finally:
+                sink.flush()
+                os.fsync(sink.fileno())  # what a resume will trust as its prefix is on disk
+        verifier.finish()
+
+
+def _hash_prefix(part: Path, verifier: FileVerifier, size: int, chunk_bytes: int) -> None:
+    """Feed the already-downloaded prefix of a resumed file to the verifier."""
+    with open(part, "rb") as handle:
+        remaining = size
+        while remaining and (block := handle.read(min(chunk_bytes, remaining))):
+            verifier.update(block)
+            remaining -= len(block)
+
+
+def _capped(chunks: Iterator[bytes], cap: int, progress: Progress) -> Iterator[bytes]:
+    """A delta larger than the file it rebuilds is refused while it streams."""
+    received = 0
+    for chunk in chunks:
+        received += len(chunk)
+        if received > cap:
+            raise LengthExceededError(f"delta is larger than the {cap}-byte file it rebuilds")
+        progress(len(chunk))
+        yield chunk

@@ -1,0 +1,86 @@
+"""Enrolment: register the device, store its credential (0600) and pin the server's root.
+
+The first keyring is trusted only if its own root signed it (and, when the
+operator passed ``--root-keyid``, only if that root is the expected one). On
+re-enrolment the already pinned root stays in charge: the new keyring must
+verify against it, so a re-enrolment cannot swap the root.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ferry.agent import __version__
+from ferry.agent.config import AgentConfig
+from ferry.agent.errors import AgentError, EnrollmentError, NotEnrolledError
+from ferry.agent.identity import DeviceFiles, Identity, TrustState
+from ferry.agent.transport import DeviceApi
+from ferry.protocol.endpoints import DEVICE_TOKEN_PREFIX
+from ferry.protocol.errors import ProtocolError
+from ferry.protocol.timefmt import utcnow
+from ferry.protocol.verify import trust_first_keyring, verify_keyring
+
+
+def enroll(
+    config: AgentConfig, server_url: str, token: str, root_keyids: set[str] | None
+) -> Identity:
+    """Register with the server and persist identity and trust; raises EnrollmentError."""
+    api = DeviceApi(
+        server_url, None, timeout_s=config.server.timeout_s, verify=config.server.ca_file or True
+    )
+    body = {
+        "enrollment_token": token,
+        "device_id": config.device_id,
+        "hardware": config.hardware,
+        "agent_version": __version__,
+        "tags": config.tags,
+    }
+    try:
+        answer = api.enroll(body)
+    except AgentError as exc:
+        raise EnrollmentError(f"enrolment at {server_url} failed: {exc}") from exc
+    finally:
+        api.close()
+    files = DeviceFiles(config.state_dir)
+    trust = _pin_keyring(files, answer.get("keyring"), root_keyids)
+    identity = _identity(answer, server_url)
+    files.save_identity(identity)
+    files.save_trust(trust)
+    return identity
+
+
+def _pin_keyring(files: DeviceFiles, envelope: Any, root_keyids: set[str] | None) -> TrustState:
+    now = utcnow()
+    try:
+        previous = files.load_trust()
+    except NotEnrolledError:
+        previous = None
+    try:
+        if previous is None:
+            trust_first_keyring(envelope, now, root_keyids)
+            return TrustState(envelope)
+        verify_keyring(envelope, previous.keyring, now)
+    except ProtocolError as exc:
+        raise EnrollmentError(f"the server's keyring was refused ({exc.code}): {exc}") from exc
+    if envelope != previous.keyring_envelope:
+        previous.keyring_envelope = envelope
+    return previous
+
+
+def _identity(answer: dict[str, Any], server_url: str) -> Identity:
+    credential = answer.get("credential")
+    device_id = answer.get("device_id")
+    if not isinstance(credential, str) or not credential.startswith(DEVICE_TOKEN_PREFIX):
+        raise EnrollmentError("the server's answer has no device credential")
+    if not isinstance(device_id, str) or not device_id:
+        raise EnrollmentError("the server's answer has no device id")
+    groups = answer.get("groups") or []
+    mqtt = answer.get("mqtt")
+    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+        raise EnrollmentError("the server's answer has malformed groups")
+    if mqtt is not None and not (isinstance(mqtt, dict) and isinstance(mqtt.get("url"), str)):
+        raise EnrollmentError("the server's answer has a malformed mqtt section")
+    interval = answer.get("poll_interval_s", 300)
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
+        raise EnrollmentError("the server's answer has a malformed poll_interval_s")
+    return Identity(device_id, server_url, tuple(groups), mqtt, float(interval), credential)

@@ -1,0 +1,371 @@
+"""The installer state machine of one slot, persisted before every step (Mender-style).
+
+    idle → downloading → verifying → staged → switching → probing → committed
+                 │            │          │          │           └──→ rolled_back
+                 └────────────┴──────────┴──────────┴──────────────→ failed / rolled_back
+
+One object per state. ``State.enter`` is the only way in: it writes the record
+(temp file + fsync + ``os.replace`` + folder fsync), queues the status report and
+only then runs the step, so no step can run without its state on disk first.
+Every step is idempotent; recovery after a crash is one table lookup
+(:data:`RECOVERY`) that never resumes past a step whose input was not verified.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ferry.agent.config import AgentConfig
+from ferry.agent.download import Downloader
+from ferry.agent.errors import (
+    AgentError,
+    InstallError,
+    RebootLoopError,
+    error_code,
+    is_transient,
+)
+from ferry.agent.installer import Slot
+from ferry.agent.probe import ProbeTarget, run_probe
+from ferry.agent.reports import ReportQueue
+from ferry.agent.storage import read_json, write_json
+from ferry.protocol.documents import AgentState, BundleManifest, StatusReport
+from ferry.protocol.errors import ProtocolError
+from ferry.protocol.signing import parse_envelope
+from ferry.protocol.timefmt import format_time, utcnow
+from ferry.protocol.verify import verify_file
+
+log = logging.getLogger("ferry.agent.machine")
+
+SCHEMA = 1
+HALT_ENV = "FERRY_AGENT_TEST_HALT_AT"
+POST_SWITCH = (AgentState.SWITCHING, AgentState.PROBING)
+TERMINAL = (AgentState.COMMITTED, AgentState.ROLLED_BACK, AgentState.FAILED)
+DETAIL_LIMIT = 4000
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Services:
+    """What the steps need from the agent: config, device id, downloader, report queue."""
+
+    config: AgentConfig
+    device_id: str
+    downloader: Downloader
+    reports: ReportQueue
+    on_report: Callable[[], None] | None = None  # wakes the report sender
+
+
+class SlotMachine:
+    """Runs and persists the update of one slot; the record lives in ``<state>/slots/<slot>.json``."""
+
+    def __init__(self, services: Services, slot: Slot) -> None:
+        self.services = services
+        self.slot = slot
+        self.path = services.config.state_dir / "slots" / f"{slot.name}.json"
+        self.record: dict[str, Any] = read_json(self.path) or self._idle_record(last=None)
+        if self.record.get("schema") != SCHEMA:
+            raise InstallError(f"{self.path}: unknown state schema {self.record.get('schema')!r}")
+
+    # --- record ---------------------------------------------------------------------
+
+    def _idle_record(self, last: dict[str, Any] | None) -> dict[str, Any]:
+        return {"schema": SCHEMA, "slot": self.slot.name, "state": AgentState.IDLE.value,
+                "resumes": 0, "update": None, "error_code": None, "detail": "", "last": last}  # fmt: skip
+
+    @property
+    def state(self) -> AgentState:
+        return AgentState(self.record["state"])
+
+    @property
+    def update(self) -> dict[str, Any]:
+        return self.record["update"]
+
+    @property
+    def manifest(self) -> BundleManifest:
+        return BundleManifest.from_dict(parse_envelope(self.update["manifest"]).signed)
+
+    def persist(self, state: AgentState, resumed: bool) -> None:
+        """Write the record for ``state``; the reboot-loop counter grows only on recovery."""
+        self.record["state"] = state.value
+        self.record["resumes"] = self.record["resumes"] + 1 if resumed else 0
+        write_json(self.path, self.record)
+
+    def set_error(self, exc: BaseException) -> None:
+        self.record["error_code"] = error_code(exc)
+        self.record["detail"] = str(exc)[:DETAIL_LIMIT]
+
+    def finish(self) -> None:
+        """Back to idle, remembering the outcome so the same directive is not retried."""
+        update = self.update or {}
+        last = {
+            "state": self.record["state"],
+            "digest": update.get("digest"),
+            "sequence": update.get("sequence"),
+            "to_version": update.get("to_version"),
+            "error_code": self.record["error_code"],
+        }
+        self.record = self._idle_record(last)
+        write_json(self.path, self.record)
+
+    # --- reports --------------------------------------------------------------------
+
+    def report(self, state: AgentState) -> None:
+        update = self.update or {}
+        timings = dict(update.get("timings", {}))
+        if state in TERMINAL and "started_ms" in update:
+            timings["total_ms"] = max(_now_ms() - update["started_ms"], 0)
+        report = StatusReport(
+            report_id=str(uuid.uuid4()),
+            device_id=self.services.device_id,
+            slot=self.slot.name,
+            state=state,
+            at=format_time(utcnow()),
+            from_version=update.get("from_version"),
+            to_version=update.get("to_version"),
+            error_code=self.record["error_code"],
+            detail=self.record["detail"],
+            sequence=update.get("sequence"),
+            rollout_id=update.get("rollout_id"),
+            bytes_downloaded=update.get("bytes_downloaded", 0),
+            timings=timings,
+        )
+        self.services.reports.put(report)
+        if self.services.on_report is not None:
+            self.services.on_report()
+        fields = {"slot": self.slot.name, "state": state.value, "to_version": report.to_version}
+        if report.error_code:
+            fields["error_code"] = report.error_code
+        log.info("transition", extra={"fields": fields})
+
+    def mark_step(self, name: str) -> None:
+        """Close the timing of the step that just ended (wall clock: it survives restarts)."""
+        update = self.update
+        now = _now_ms()
+        update["timings"][f"{name}_ms"] = max(now - update.get("step_started_ms", now), 0)
+        update["step_started_ms"] = now
+
+    # --- driving --------------------------------------------------------------------
+
+    def start(self, update: dict[str, Any]) -> None:
+        """Begin a new update whose manifest was verified; runs until a terminal state."""
+        update.setdefault("timings", {})
+        update.setdefault("bytes_downloaded", 0)
+        update["step_started_ms"] = update["started_ms"] = _now_ms()
+        self.record.update(update=update, error_code=None, detail="")
+        self.run(Downloading())
+
+    def refuse(self, update: dict[str, Any], exc: BaseException) -> None:
+        """Record and report an update refused before anything was downloaded."""
+        update.setdefault("timings", {})
+        self.record.update(update=update)
+        self.set_error(exc)
+        self.run(Failed())
+
+    def run(self, state: State | None, resumed: bool = False, announce: bool = True) -> None:
+        while state is not None:
+            state = state.enter(self, resumed, announce)
+            resumed, announce = False, True
+
+    def retry(self) -> None:
+        """Carry on after a transient error in this process: same state, no second report."""
+        self.run(RECOVERY[self.state](), announce=False)
+
+    def recover(self) -> None:
+        """After a restart: finish or undo whatever the saved state says was under way."""
+        saved = self.state
+        if saved is AgentState.IDLE:
+            return
+        log.info("recover", extra={"fields": {"slot": self.slot.name, "state": saved.value}})
+        if self.record["resumes"] >= self.services.config.install.max_resumes:
+            loop = RebootLoopError(
+                f"restarted {self.record['resumes']} times in state {saved.value}"
+            )
+            self.set_error(loop)
+            self.run(RolledBack() if saved in POST_SWITCH else Failed())
+            return
+        self.run(RECOVERY[saved](), resumed=True)
+
+    def abandon(self) -> None:
+        """Drop an unfinished download that the desired state no longer asks for."""
+        self.slot.clear_staging()
+        self.record.update(error_code="superseded", detail="the desired state changed")
+        self.finish()
+
+
+class State:
+    """One state of the machine; subclasses implement ``run`` and never persist themselves."""
+
+    name: ClassVar[AgentState]
+
+    def enter(self, machine: SlotMachine, resumed: bool, announce: bool = True) -> State | None:
+        """Persist, report, then run: the order that makes crash recovery possible."""
+        machine.persist(self.name, resumed)
+        if announce:
+            machine.report(self.name)
+        if os.environ.get(HALT_ENV) == self.name.value:
+            os.kill(os.getpid(), signal.SIGKILL)  # test hook: a power cut right here
+        try:
+            return self.run(machine)
+        except (AgentError, ProtocolError, OSError) as exc:
+            if is_transient(exc):
+                raise  # stays in this state; the daemon retries with backoff
+            machine.set_error(exc)
+            return self.on_error(machine)
+
+    def run(self, machine: SlotMachine) -> State | None:
+        raise NotImplementedError
+
+    def on_error(self, machine: SlotMachine) -> State | None:
+        return Failed()
+
+
+class Downloading(State):
+    name = AgentState.DOWNLOADING
+
+    def run(self, machine: SlotMachine) -> State | None:
+        update = machine.update
+
+        def progress(count: int) -> None:
+            update["bytes_downloaded"] += count
+
+        try:
+            machine.services.downloader.fetch(
+                machine.manifest,
+                machine.slot.staging(update["digest"]),
+                machine.slot.current(),
+                progress,
+            )
+        finally:
+            write_json(machine.path, machine.record)  # keep the byte count across retries
+        machine.mark_step("download")
+        return Verifying()
+
+
+class Verifying(State):
+    name = AgentState.VERIFYING
+
+    def run(self, machine: SlotMachine) -> State | None:
+        staging = machine.slot.staging(machine.update["digest"])
+        for entry in machine.manifest.files:
+            verify_file(staging / entry.path, entry.size, entry.sha256)
+        machine.mark_step("verify")
+        return Staged()
+
+
+class Staged(State):
+    name = AgentState.STAGED
+
+    def run(self, machine: SlotMachine) -> State | None:
+        update = machine.update
+        machine.slot.stage(update["digest"], update["to_name"], update["manifest"])
+        machine.mark_step("stage")
+        return Switching()
+
+
+class Switching(State):
+    name = AgentState.SWITCHING
+
+    def run(self, machine: SlotMachine) -> State | None:
+        update = machine.update
+        machine.slot.switch(update["to_name"], update["from_name"])
+        machine.mark_step("switch")
+        return Probing()
+
+    def on_error(self, machine: SlotMachine) -> State | None:
+        return RolledBack()
+
+
+class Probing(State):
+    name = AgentState.PROBING
+
+    def run(self, machine: SlotMachine) -> State | None:
+        update = machine.update
+        manifest = machine.manifest
+        target = ProbeTarget(
+            slot=machine.slot.name,
+            model=manifest.full_name,
+            version=manifest.version,
+            model_dir=machine.slot.version_dir(update["to_name"]),
+            manifest_path=machine.slot.versions / f"{update['to_name']}.manifest.json",
+        )
+        run_probe(machine.services.config.probe, target)
+        machine.mark_step("probe")
+        return Committed()
+
+    def on_error(self, machine: SlotMachine) -> State | None:
+        return RolledBack()
+
+
+class Committed(State):
+    name = AgentState.COMMITTED
+
+    def run(self, machine: SlotMachine) -> State | None:
+        machine.slot.clear_staging()
+        machine.slot.prune(machine.services.config.install.keep_versions)
+        machine.finish()
+        return None
+
+    def on_error(self, machine: SlotMachine) -> State | None:
+        machine.finish()  # the new version runs; failing to clean up is not worth undoing it
+        return None
+
+
+class RolledBack(State):
+    name = AgentState.ROLLED_BACK
+
+    def run(self, machine: SlotMachine) -> State | None:
+        update = machine.update
+        machine.slot.switch_back(update.get("from_name"))
+        if update.get("to_name") and update["to_name"] != update.get("from_name"):
+            machine.slot.remove(update["to_name"])
+        machine.slot.clear_staging()
+        machine.finish()
+        return None
+
+    def on_error(self, machine: SlotMachine) -> State | None:
+        machine.finish()
+        return None
+
+
+class Failed(State):
+    name = AgentState.FAILED
+
+    def run(self, machine: SlotMachine) -> State | None:
+        machine.slot.clear_staging()
+        machine.finish()
+        return None
+
+    def on_error(self, machine: SlotMachine) -> State | None:
+        machine.finish()
+        return None
+
+
+# A download or a verification interrupted by a crash starts again from downloading
+# (complete files are kept, partial ones resumed) and is verified again in full.
+RECOVERY: dict[AgentState, type[State]] = {
+    AgentState.DOWNLOADING: Downloading,
+    AgentState.VERIFYING: Downloading,
+    AgentState.STAGED: Staged,
+    AgentState.SWITCHING: Switching,
+    AgentState.PROBING: Probing,
+    AgentState.COMMITTED: Committed,
+    AgentState.ROLLED_BACK: RolledBack,
+    AgentState.FAILED: Failed,
+}
+
+
+def slot_names(config: AgentConfig) -> list[str]:
+    """Slots that have a saved record (for recovery and ``status``)."""
+    folder: Path = config.state_dir / "slots"
+    return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []

@@ -1,0 +1,153 @@
+"""HTTP to the server's Device API; httpx errors are translated here, once.
+
+Every response body is read with a cap: a metadata document larger than
+``max_document_bytes`` is refused while streaming, and blob reads are capped by
+the caller at the size the signed manifest declares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+
+from ferry.agent.errors import (
+    DocumentTooLargeError,
+    NotFoundError,
+    ServerError,
+    ServerUnreachableError,
+    TransportError,
+    UnauthorizedError,
+)
+from ferry.protocol import endpoints
+from ferry.protocol.canonical import parse_json
+
+
+def _check_status(response: httpx.Response, what: str) -> None:
+    """Map an unsuccessful status onto the agent's transport errors."""
+    status = response.status_code
+    if status < 400:
+        return
+    if status in (401, 403):
+        raise UnauthorizedError(f"{what}: the server refused the device credential ({status})")
+    if status == 404:
+        raise NotFoundError(f"{what}: not found on the server")
+    if status >= 500 or status == 429:
+        raise ServerError(f"{what}: server answered {status}")
+    raise TransportError(f"{what}: server answered {status}")
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """Turn httpx's exceptions into transient agent errors at the boundary."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise ServerUnreachableError(f"{what}: timed out") from exc
+    except httpx.HTTPError as exc:
+        raise ServerUnreachableError(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+class DeviceApi:
+    """The device's view of the server: documents, blobs, deltas and status ingest."""
+
+    def __init__(
+        self,
+        base_url: str,
+        credential: str | None,
+        *,
+        timeout_s: float = 30.0,
+        max_document_bytes: int = 1 << 20,
+        verify: str | bool = True,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {credential}"} if credential else {}
+        if not base_url.startswith("https://"):
+            verify = (
+                False  # no TLS to verify; skips loading the CA bundle (memory on small devices)
+            )
+        self._client = httpx.Client(
+            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s, verify=verify
+        )
+        self._max_document = max_document_bytes
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _document(self, path: str, what: str) -> bytes:
+        """GET a JSON document, refusing it once it grows past the cap."""
+        with _translated(what), self._client.stream("GET", path) as response:
+            _check_status(response, what)
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                if len(body) + len(chunk) > self._max_document:
+                    raise DocumentTooLargeError(f"{what}: larger than {self._max_document} bytes")
+                body += chunk
+            return bytes(body)
+
+    def keyring(self, version: int | None = None) -> bytes:
+        if version is None:
+            return self._document(endpoints.KEYRING, "keyring")
+        return self._document(
+            endpoints.KEYRING_VERSION.format(version=version), f"keyring v{version}"
+        )
+
+    def desired_state(self) -> bytes:
+        return self._document(endpoints.DESIRED_STATE, "desired state")
+
+    def manifest(self, sha256: str) -> bytes:
+        return self._document(endpoints.MANIFEST.format(sha256=sha256), f"manifest {sha256[:12]}")
+
+    @contextmanager
+    def blob(
+        self, sha256: str, start: int, chunk_bytes: int
+    ) -> Iterator[tuple[int, Iterator[bytes]]]:
+        """Stream a blob from byte ``start``; yields (offset the body starts at, chunks)."""
+        what = f"blob {sha256[:12]}"
+        headers = {"Range": f"bytes={start}-"} if start else {}
+        with (
+            _translated(what),
+            self._client.stream(
+                "GET", endpoints.BLOB.format(sha256=sha256), headers=headers
+            ) as response,
+        ):
+            if response.status_code == 416:
+                raise ServerError(f"{what}: range from {start} not satisfiable")
+            _check_status(response, what)
+            offset = start if response.status_code == 206 else 0
+            yield offset, _guarded(response.iter_raw(chunk_bytes), what)
+
+    @contextmanager
+    def delta(
+        self, from_sha256: str, to_sha256: str, chunk_bytes: int
+    ) -> Iterator[Iterator[bytes]]:
+        """Stream the delta between two file digests; NotFoundError when the server has none."""
+        what = f"delta {from_sha256[:12]}→{to_sha256[:12]}"
+        path = endpoints.DELTA.format(from_sha256=from_sha256, to_sha256=to_sha256)
+        with _translated(what), self._client.stream("GET", path) as response:
+            _check_status(response, what)
+            yield _guarded(response.iter_raw(chunk_bytes), what)
+
+    def post_status(self, reports: list[dict[str, Any]]) -> set[str]:
+        """Send reports; returns the ids the server has now (accepted or already known)."""
+        with _translated("status"):
+            response = self._client.post(endpoints.STATUS, json={"reports": reports})
+        _check_status(response, "status")
+        body = parse_json(response.content)
+        return set(body.get("accepted", [])) | set(body.get("duplicates", []))
+
+    def enroll(self, body: dict[str, Any]) -> dict[str, Any]:
+        with _translated("enroll"):
+            response = self._client.post(endpoints.ENROLL, json=body)
+        _check_status(response, "enroll")
+        result = parse_json(response.content)
+        if not isinstance(result, dict):
+            raise TransportError("enroll: the server's answer is not a JSON object")
+        return result
+
+
+def _guarded(chunks: Iterator[bytes], what: str) -> Iterator[bytes]:
+    """Translate errors raised while iterating a body (a connection drop mid-stream)."""
+    with _translated(what):
+        yield from chunks

@@ -1,0 +1,175 @@
+"""Crash tests: SIGKILL a real ``ferry-agent run`` at every state, restart it, check the model.
+
+``FERRY_AGENT_TEST_HALT_AT=<state>`` makes the agent kill itself with SIGKILL right
+after persisting that state (a power cut at the worst moment). After every kill
+and after the restart, the slot must run the old or the new version, complete and
+matching its signed manifest, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from ferry.agent.machine import HALT_ENV
+from ferry.protocol.verify import verify_file
+from tests.agent.conftest import Device
+from tests.support.device_repository import CORRUPT, SLOW, DeviceRepository
+
+V1 = {"model.onnx": b"\x01" * 200_000, "config.json": b'{"v": 1}'}
+V2 = {"model.onnx": b"\x02" * 200_000, "config.json": b'{"v": 2}'}
+FAILING_PROBE = (
+    '[probe]\ncommand = ["sh", "-c", "test \\"$FERRY_MODEL_VERSION\\" = 1"]\ntimeout_s = 10\n'
+)
+PASSING_PROBE = (
+    '[probe]\ncommand = ["sh", "-c", "test -f \\"$FERRY_MODEL_DIR/model.onnx\\""]\ntimeout_s = 10\n'
+)
+
+
+@dataclass(frozen=True)
+class Crash:
+    """Kill at ``state`` in a scenario that ends in ``outcome`` with ``final_version`` running."""
+
+    state: str
+    outcome: str
+    final_version: int
+    config: str = PASSING_PROBE
+    corrupt: bool = False
+
+
+CRASHES = [
+    Crash("downloading", "committed", 2),
+    Crash("verifying", "committed", 2),
+    Crash("staged", "committed", 2),
+    Crash("switching", "committed", 2),
+    Crash("probing", "committed", 2),
+    Crash("committed", "committed", 2),
+    Crash("rolled_back", "rolled_back", 1, config=FAILING_PROBE),
+    Crash("failed", "failed", 1, corrupt=True),
+]
+
+
+def assert_consistent(device: Device, versions: tuple[int, ...]) -> int:
+    """The slot runs one of ``versions``, every file complete and matching its manifest."""
+    current = device.slot().current()
+    assert current is not None, "the slot lost its model"
+    assert current.manifest.version in versions
+    for entry in current.manifest.files:
+        verify_file(current.path / entry.path, entry.size, entry.sha256)
+    return current.manifest.version
+
+
+def slot_record(device: Device) -> dict[str, Any]:
+    path = device.config.state_dir / "slots" / "main.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def wait_until_idle(device: Device, repo: DeviceRepository, outcome: str) -> None:
+    def settled() -> bool:
+        record = slot_record(device)
+        return record.get("state") == "idle" and (record.get("last") or {}).get("state") == outcome
+
+    repo.wait_for(settled, what=f"the slot to settle in {outcome}")
+
+
+def _install_v1(device: Device, repo: DeviceRepository) -> None:
+    repo.target({"main": repo.add_bundle(V1, version=1)})
+    device.sync()
+    assert device.current_version() == 1
+
+
+@pytest.mark.parametrize("crash", CRASHES, ids=[c.state for c in CRASHES])
+def test_kill_at_every_state_then_restart(
+    crash: Crash, make_device: Any, repo: DeviceRepository
+) -> None:
+    device = make_device(crash.config)
+    _install_v1(device, repo)
+    v2 = repo.add_bundle(V2, version=2)
+    if crash.corrupt:
+        repo.blob_mode[next(e.sha256 for e in v2.manifest.files if e.path == "model.onnx")] = (
+            CORRUPT
+        )
+    repo.target({"main": v2})
+
+    device.start(env={HALT_ENV: crash.state})
+    assert device.wait_exit() == -signal.SIGKILL, device.log()
+    assert slot_record(device)["state"] == crash.state
+    assert_consistent(device, (1, 2))
+
+    device.start()
+    wait_until_idle(device, repo, crash.outcome)
+    device.stop()
+    assert assert_consistent(device, (crash.final_version,)) == crash.final_version
+    assert not any(device.slot().staging_root.iterdir()), "staging must be cleaned up"
+
+
+def test_kill_mid_download_resumes_with_range(make_device: Any, repo: DeviceRepository) -> None:
+    device = make_device()
+    _install_v1(device, repo)
+    big = {"model.onnx": bytes(range(256)) * 16_384}  # 4 MiB, served slowly
+    v2 = repo.add_bundle(big, version=2)
+    sha = v2.manifest.files[0].sha256
+    repo.blob_mode[sha] = SLOW
+    repo.target({"main": v2})
+    part = device.slot().staging(v2.digest) / "model.onnx.part"
+
+    device.start()
+    repo.wait_for(
+        lambda: part.exists() and part.stat().st_size > 256 << 10, what="a partial download"
+    )
+    device.kill()
+    assert_consistent(device, (1,))
+
+    repo.blob_mode[sha] = "honest"
+    device.start()
+    wait_until_idle(device, repo, "committed")
+    device.stop()
+    assert assert_consistent(device, (2,)) == 2
+    ranges = [rng for _, path, rng in repo.requests if path.endswith(sha) and rng]
+    assert ranges and int(ranges[-1].removeprefix("bytes=").rstrip("-")) > 0
+
+
+def test_sigterm_mid_download_stops_between_chunks_and_resumes(
+    make_device: Any, repo: DeviceRepository
+) -> None:
+    device = make_device()
+    _install_v1(device, repo)
+    v2 = repo.add_bundle({"model.onnx": bytes(range(256)) * 16_384}, version=2)
+    sha = v2.manifest.files[0].sha256
+    repo.blob_mode[sha] = SLOW
+    repo.target({"main": v2})
+    part = device.slot().staging(v2.digest) / "model.onnx.part"
+
+    device.start()
+    repo.wait_for(
+        lambda: part.exists() and part.stat().st_size > 256 << 10, what="a partial download"
+    )
+    device.stop()
+    assert device.process is not None and device.process.returncode == 0, device.log()
+    assert slot_record(device)["state"] == "downloading" and part.exists()
+    assert_consistent(device, (1,))
+
+    repo.blob_mode[sha] = "honest"
+    device.start()
+    wait_until_idle(device, repo, "committed")
+    device.stop()
+    assert assert_consistent(device, (2,)) == 2
+
+
+def test_reboot_loop_in_probing_rolls_back(make_device: Any, repo: DeviceRepository) -> None:
+    device = make_device(PASSING_PROBE + "[install]\nmax_resumes = 2\n")
+    _install_v1(device, repo)
+    repo.target({"main": repo.add_bundle(V2, version=2)})
+    for _ in range(3):  # the first run and two recoveries all die in the probe
+        device.start(env={HALT_ENV: "probing"})
+        assert device.wait_exit() == -signal.SIGKILL, device.log()
+        assert_consistent(device, (1, 2))
+    device.start()
+    wait_until_idle(device, repo, "rolled_back")
+    device.stop()
+    assert assert_consistent(device, (1,)) == 1
+    assert slot_record(device)["last"]["error_code"] == "reboot_loop"
