@@ -1,0 +1,84 @@
+"""Registry → fleet: an alias bound to a selector and a rollout template.
+
+Moving a bound alias (``PUT /models/{ns}/{name}/aliases/{alias}``) plans a rollout
+of the new version in the same transaction: created paused for an operator to
+start, or running at once when the template says ``auto_start``. The plan checks
+hardware compatibility and the input/output signature against what the targeted
+devices run; a refusal refuses the alias move too, with the reasons listed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from ferry.protocol.timefmt import utcnow
+from ferry.server import audit
+from ferry.server.errors import NotFoundError
+from ferry.server.fleet.selectors import format_selector
+from ferry.server.rollouts.service import (
+    RolloutSpec,
+    check_waves,
+    create_rollout,
+    model_ref,
+    resolve_model,
+)
+from ferry.server.tables.registry import ModelVersion, RegisteredModel
+from ferry.server.tables.rollouts import AliasBinding, Rollout
+
+TEMPLATE_FIELDS = ("waves", "slot", "bake_s", "min_success_pct", "max_failures",
+                   "max_failure_pct", "max_retries", "retry_backoff_s", "in_progress_timeout_s",
+                   "auto_rollback")
+
+
+def set_binding(session: Session, actor: str, *, namespace: str, model: str, alias: str,
+                selector: dict[str, str], template: dict[str, Any]) -> AliasBinding:
+    check_waves(list(template.get("waves", [])))
+    row_model = resolve_model(session, namespace, model)
+    assert row_model.id is not None
+    row = session.get(AliasBinding, (row_model.id, alias)) or AliasBinding(
+        model_id=row_model.id, alias=alias, namespace=namespace, model=model, created_by=actor)
+    row.selector, row.template = selector, template
+    session.add(row)
+    session.flush()
+    audit.append(session, actor=actor, action="alias_binding.set",
+                 target=f"{namespace}/{model}:{alias}",
+                 details={"selector": format_selector(selector), "template": template})
+    return row
+
+
+def list_bindings(session: Session, namespace: str | None) -> Sequence[AliasBinding]:
+    stmt = select(AliasBinding).order_by(col(AliasBinding.namespace), col(AliasBinding.model),
+                                         col(AliasBinding.alias))
+    if namespace:
+        stmt = stmt.where(AliasBinding.namespace == namespace)
+    return session.exec(stmt).all()
+
+
+def delete_binding(session: Session, actor: str, *, namespace: str, model: str,
+                   alias: str) -> None:
+    row_model = resolve_model(session, namespace, model)
+    row = session.get(AliasBinding, (row_model.id, alias))
+    if row is None:
+        raise NotFoundError(f"alias '{alias}' of {namespace}/{model} is not bound")
+    session.delete(row)
+    session.flush()
+    audit.append(session, actor=actor, action="alias_binding.delete",
+                 target=f"{namespace}/{model}:{alias}")
+
+
+def on_alias_set(session: Session, actor: str, model: RegisteredModel, alias: str,
+                 version: ModelVersion, now: datetime | None = None) -> Rollout | None:
+    """Called by the registry when ``alias`` moves; plans a rollout when it is bound."""
+    binding = session.get(AliasBinding, (model.id, alias))
+    if binding is None:
+        return None
+    namespace = model_ref(session, model).split("/", 1)[0]
+    template = {k: v for k, v in binding.template.items() if k in TEMPLATE_FIELDS}
+    spec = RolloutSpec(namespace=namespace, model=model.name, version=str(version.version),
+                       selector=dict(binding.selector),
+                       start_paused=not binding.template.get("auto_start", False), **template)
+    return create_rollout(session, actor, spec, now or utcnow(), check_signature=True)

@@ -1,0 +1,89 @@
+"""The rollout state machine: states, legal moves, and the per-device states.
+
+    scheduled ──▶ running(wave k) ──▶ completed ──▶ rolled_back
+        │          │  ▲   │  │
+        │          ▼  │   │  └──▶ halted ──▶ running | rolled_back | cancelled
+        └──▶ paused ◀─┘   └──▶ cancelled | rolled_back
+                 └──▶ cancelled | rolled_back
+
+Every change goes through `transition`, which refuses an illegal move with a 409.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from ferry.protocol.documents import AgentState
+from ferry.server.errors import ConflictError
+
+
+class RolloutState(StrEnum):
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    PAUSED = "paused"
+    HALTED = "halted"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    ROLLED_BACK = "rolled_back"
+
+
+class DeviceState(StrEnum):
+    """A device's progress in one rollout, as counted by the gates."""
+
+    PENDING = "pending"
+    DOWNLOADING = "downloading"
+    INSTALLING = "installing"
+    COMMITTED = "committed"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    TIMED_OUT = "timed_out"
+
+
+S = RolloutState
+TRANSITIONS: dict[RolloutState, frozenset[RolloutState]] = {
+    S.SCHEDULED: frozenset({S.RUNNING, S.PAUSED, S.CANCELLED}),
+    S.RUNNING: frozenset({S.RUNNING, S.PAUSED, S.HALTED, S.COMPLETED, S.CANCELLED,
+                          S.ROLLED_BACK}),
+    S.PAUSED: frozenset({S.RUNNING, S.CANCELLED, S.ROLLED_BACK}),
+    S.HALTED: frozenset({S.RUNNING, S.CANCELLED, S.ROLLED_BACK}),
+    S.COMPLETED: frozenset({S.ROLLED_BACK}),
+    S.CANCELLED: frozenset(),
+    S.ROLLED_BACK: frozenset(),
+}
+# A rollout in one of these blocks another on the same model and overlapping devices.
+ACTIVE = frozenset({S.SCHEDULED, S.RUNNING, S.PAUSED, S.HALTED})
+IN_PROGRESS = (DeviceState.DOWNLOADING, DeviceState.INSTALLING)
+FAILURES = (DeviceState.FAILED, DeviceState.ROLLED_BACK, DeviceState.TIMED_OUT)
+TOOK_VERSION = (DeviceState.DOWNLOADING, DeviceState.INSTALLING, DeviceState.COMMITTED)
+
+AGENT_TO_DEVICE: dict[AgentState, DeviceState] = {
+    AgentState.DOWNLOADING: DeviceState.DOWNLOADING,
+    AgentState.VERIFYING: DeviceState.DOWNLOADING,
+    AgentState.STAGED: DeviceState.INSTALLING,
+    AgentState.SWITCHING: DeviceState.INSTALLING,
+    AgentState.PROBING: DeviceState.INSTALLING,
+    AgentState.COMMITTED: DeviceState.COMMITTED,
+    AgentState.ROLLED_BACK: DeviceState.ROLLED_BACK,
+    AgentState.FAILED: DeviceState.FAILED,
+}
+
+
+class IllegalTransitionError(ConflictError):
+    """The rollout's current state does not allow the requested move (409 conflict)."""
+
+
+def check_transition(current: str, target: RolloutState) -> None:
+    if target not in TRANSITIONS[RolloutState(current)]:
+        legal = sorted(s.value for s in TRANSITIONS[RolloutState(current)])
+        raise IllegalTransitionError(f"a {current} rollout cannot become {target.value}",
+                                     {"state": current, "legal": legal})
+
+
+def public_id(rollout_pk: int) -> str:
+    return f"r-{rollout_pk}"
+
+
+def parse_id(text: str) -> int | None:
+    """``r-12`` (or ``12``) → 12; anything else → None."""
+    digits = text.removeprefix("r-")
+    return int(digits) if digits.isdigit() and len(digits) <= 15 else None

@@ -1,0 +1,363 @@
+"""Creating rollouts and the operator actions on them.
+
+Every function runs inside the caller's transaction and records the change in
+the audit log and as a ``rollout.state_changed`` event in that transaction. The
+row is read ``FOR UPDATE`` before any change, so an operator action and the gate
+engine on another replica never both act on one state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import pairwise
+from typing import Any
+
+from sqlalchemy import insert, update
+from sqlmodel import Session, col, select
+
+from ferry.protocol.errors import MalformedError
+from ferry.protocol.timefmt import format_time, parse_time
+from ferry.protocol.waves import wave_index
+from ferry.server import audit
+from ferry.server.auth import Principal
+from ferry.server.errors import ConflictError, NotFoundError, ValidationFailedError
+from ferry.server.events import ROLLOUT_STATE_CHANGED, emit_event
+from ferry.server.fleet.selectors import canary_only, format_selector, matches, selectors_overlap
+from ferry.server.rollouts.machine import (
+    ACTIVE,
+    FAILURES,
+    DeviceState,
+    IllegalTransitionError,
+    RolloutState,
+    check_transition,
+    parse_id,
+    public_id,
+)
+from ferry.server.tables.fleet import Device, DeviceSlot
+from ferry.server.tables.registry import ModelAlias, ModelVersion, Namespace, RegisteredModel
+from ferry.server.tables.rollouts import Rollout, RolloutDevice
+
+ENGINE_ACTOR = "server:rollout-engine"
+MAX_LISTED = 50
+INSERT_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    """What an operator (or an alias binding's template) asks for."""
+
+    namespace: str
+    model: str
+    version: str  # a number or an alias
+    selector: dict[str, str]
+    waves: list[int]
+    slot: str = "main"
+    bake_s: int = 0
+    min_success_pct: int = 100
+    max_failures: int | None = None
+    max_failure_pct: int | None = None
+    max_retries: int = 0
+    retry_backoff_s: int = 60
+    in_progress_timeout_s: int = 1800
+    auto_rollback: bool = False
+    start_at: str | None = None
+    start_paused: bool = False
+
+
+# --- lookups ------------------------------------------------------------------------
+
+
+def resolve_model(session: Session, namespace: str, name: str) -> RegisteredModel:
+    model = session.exec(select(RegisteredModel).join(
+        Namespace, col(Namespace.id) == col(RegisteredModel.namespace_id))
+        .where(Namespace.name == namespace, RegisteredModel.name == name)).first()
+    if model is None:
+        raise NotFoundError(f"model '{namespace}/{name}' does not exist")
+    return model
+
+
+def resolve_version(session: Session, model: RegisteredModel, ref: str) -> ModelVersion:
+    """``ref`` is a version number or an alias of ``model``."""
+    stmt = select(ModelVersion).where(ModelVersion.model_id == model.id)
+    if ref.isdigit() and len(ref) <= 15:
+        stmt = stmt.where(ModelVersion.version == int(ref))
+    else:
+        stmt = stmt.join(ModelAlias, col(ModelAlias.version_id) == col(ModelVersion.id)).where(
+            ModelAlias.alias == ref)
+    row = session.exec(stmt).first()
+    if row is None:
+        raise NotFoundError(f"model '{model.name}' has no version or alias '{ref}'")
+    return row
+
+
+def get_rollout(session: Session, viewer: Principal, rollout_id: str, *,
+                lock: bool = False) -> Rollout:
+    """The rollout, read FOR UPDATE when ``lock``; 404 outside the viewer's namespaces."""
+    pk = parse_id(rollout_id)
+    row = None
+    if pk is not None:
+        stmt = select(Rollout).where(Rollout.id == pk)
+        row = session.exec(stmt.with_for_update() if lock else stmt).first()
+    if row is None or not viewer.in_namespace(row.namespace):
+        raise NotFoundError(f"rollout '{rollout_id}' does not exist")
+    return row
+
+
+def list_rollouts(session: Session, viewer: Principal, *, namespace: str | None,
+                  state: str | None, limit: int) -> list[Rollout]:
+    stmt = select(Rollout).order_by(col(Rollout.id).desc())
+    if namespace:
+        stmt = stmt.where(Rollout.namespace == namespace)
+    if state:
+        stmt = stmt.where(Rollout.state == state)
+    if not viewer.in_namespace(None):  # scoped tokens see their namespaces only
+        stmt = stmt.where(col(Rollout.namespace).in_(viewer.namespaces))
+    return list(session.exec(stmt.limit(limit)).all())
+
+
+def selected_devices(session: Session, namespace: str, selector: dict[str, str]) -> list[Device]:
+    """Live devices of ``namespace`` carrying every tag of ``selector``."""
+    stmt = select(Device).where(Device.namespace == namespace, col(Device.revoked_at).is_(None))
+    if "hw" in selector:
+        stmt = stmt.where(Device.hardware == selector["hw"])
+    return [d for d in session.exec(stmt.order_by(col(Device.id))).all()
+            if matches(selector, d.tags)]
+
+
+# --- checks before a rollout exists -------------------------------------------------
+
+
+def check_waves(waves: list[int]) -> None:
+    if not waves or any(not 1 <= p <= 100 for p in waves) or any(
+            b <= a for a, b in pairwise(waves)):
+        raise ValidationFailedError("waves are strictly increasing cumulative percentages in "
+                                    "1..100, e.g. 1,10,50,100", {"waves": waves})
+
+
+def check_spec(spec: RolloutSpec) -> None:
+    check_waves(spec.waves)
+    if spec.start_at is not None:
+        try:
+            parse_time(spec.start_at, "start_at")
+        except MalformedError as exc:
+            raise ValidationFailedError(str(exc)) from exc
+
+
+def check_policy(version: ModelVersion, selector: dict[str, str], model: str) -> None:
+    """Production versions go anywhere; Staging versions only to ``channel=canary`` devices."""
+    if version.stage == "Production":
+        return
+    if version.stage == "Staging" and canary_only(selector):
+        return
+    hint = ("add channel=canary to the selector or promote it to Production"
+            if version.stage == "Staging" else "promote it to Production first")
+    raise ConflictError(f"{model}@{version.version} is in stage {version.stage}; a rollout may "
+                        f"target only a Production version, or a Staging version on "
+                        f"channel=canary devices — {hint}",
+                        {"stage": version.stage, "selector": format_selector(selector)})
+
+
+def check_no_overlap(session: Session, model: RegisteredModel, selector: dict[str, str]) -> None:
+    """Two active rollouts of one model may not reach the same devices."""
+    active = session.exec(select(Rollout).where(Rollout.model_id == model.id,
+                                                col(Rollout.state).in_(list(ACTIVE)))).all()
+    clash = [r for r in active if selectors_overlap(r.selector, selector)]
+    if clash:
+        ids = [public_id(r.id or 0) for r in clash]
+        raise ConflictError(f"rollout {', '.join(ids)} of this model is still active on "
+                            f"overlapping devices ({format_selector(clash[0].selector) or 'all'})"
+                            "; cancel or finish it first, or choose a disjoint selector",
+                            {"rollouts": ids})
+
+
+def check_hardware(version: ModelVersion, devices: Sequence[Device], model: str) -> None:
+    """Refuse a version that some targeted device cannot run (empty list = any hardware)."""
+    if not version.hardware:
+        return
+    bad = [d for d in devices if d.hardware not in version.hardware]
+    if bad:
+        raise ConflictError(
+            f"{model}@{version.version} supports hardware {version.hardware}, but "
+            f"{len(bad)} targeted device(s) are not compatible; narrow the selector",
+            {"incompatible_devices": [{"device_id": d.id, "hardware": d.hardware}
+                                      for d in bad[:MAX_LISTED]],
+             "count": len(bad)})
+
+
+def signature_differences(session: Session, model: RegisteredModel, slot: str,
+                          version: ModelVersion, devices: Sequence[Device]) -> list[dict[str, Any]]:
+    """How the new version's inputs/outputs differ from the versions the devices run."""
+    ids, ref = [d.id for d in devices], model_ref(session, model)
+    installed: set[int] = set()
+    for start in range(0, len(ids), INSERT_BATCH):
+        installed.update(v for v in session.exec(
+            select(DeviceSlot.installed_version).distinct()
+            .where(col(DeviceSlot.device_id).in_(ids[start:start + INSERT_BATCH]),
+                   DeviceSlot.slot == slot, DeviceSlot.model == ref))
+            if v is not None)
+    rows = session.exec(select(ModelVersion).where(
+        ModelVersion.model_id == model.id, col(ModelVersion.version).in_(sorted(installed)))).all()
+    diffs = []
+    for row in rows:
+        for part in ("inputs", "outputs"):
+            old, new = row.signature.get(part), version.signature.get(part)
+            if old != new:
+                diffs.append({"installed_version": row.version, "part": part,
+                              "installed": old, "new": new})
+    return diffs
+
+
+def model_ref(session: Session, model: RegisteredModel) -> str:
+    namespace = session.get(Namespace, model.namespace_id)
+    assert namespace is not None
+    return f"{namespace.name}/{model.name}"
+
+
+# --- creation -----------------------------------------------------------------------
+
+
+def create_rollout(session: Session, actor: str, spec: RolloutSpec, now: datetime,
+                   *, check_signature: bool = False) -> Rollout:
+    """Check policy, overlap and compatibility, then persist the rollout and its devices."""
+    check_spec(spec)
+    model = resolve_model(session, spec.namespace, spec.model)
+    version = resolve_version(session, model, spec.version)
+    ref = f"{spec.namespace}/{spec.model}"
+    check_policy(version, spec.selector, ref)
+    check_no_overlap(session, model, spec.selector)
+    devices = selected_devices(session, spec.namespace, spec.selector)
+    check_hardware(version, devices, ref)
+    if check_signature:
+        diffs = signature_differences(session, model, spec.slot, version, devices)
+        if diffs:
+            raise ConflictError(f"{ref}@{version.version} changes the input/output signature "
+                                "of what the targeted devices run; use an explicit rollout "
+                                "after updating the applications", {"signature_differences": diffs})
+    stamp = format_time(now)
+    assert model.id is not None
+    rollout = Rollout(namespace=spec.namespace, model=ref, model_id=model.id, slot=spec.slot,
+                      version=version.version, manifest_sha256=version.manifest_sha256,
+                      hardware=list(version.hardware), selector=spec.selector, waves=spec.waves, bake_s=spec.bake_s,
+                      min_success_pct=spec.min_success_pct, max_failures=spec.max_failures,
+                      max_failure_pct=spec.max_failure_pct, max_retries=spec.max_retries,
+                      retry_backoff_s=spec.retry_backoff_s,
+                      in_progress_timeout_s=spec.in_progress_timeout_s,
+                      auto_rollback=spec.auto_rollback, start_at=spec.start_at,
+                      created_by=actor, created_at=stamp, updated_at=stamp)
+    session.add(rollout)
+    session.flush()
+    _add_members(session, rollout, model, devices, stamp)
+    audit.append(session, actor=actor, action="rollout.create", target=public_id(rollout.id or 0),
+                 details={"model": ref, "version": version.version, "slot": spec.slot,
+                          "selector": format_selector(spec.selector), "waves": spec.waves,
+                          "devices": len(devices)})
+    _emit(session, rollout, actor, previous=None)
+    if spec.start_paused:
+        transition(session, rollout, RolloutState.PAUSED, actor=actor, now=now,
+                   reason="planned; waiting for an operator")
+    elif spec.start_at is None or spec.start_at <= stamp:
+        transition(session, rollout, RolloutState.RUNNING, actor=actor, now=now, wave=0)
+    return rollout
+
+
+def _add_members(session: Session, rollout: Rollout, model: RegisteredModel,
+                 devices: Sequence[Device], stamp: str) -> None:
+    """One row per targeted device, inserted in batches: the aggregates GROUP BY these."""
+    rid = public_id(rollout.id or 0)
+    manifests = dict(session.exec(select(ModelVersion.version, ModelVersion.manifest_sha256)
+                                  .where(ModelVersion.model_id == model.id)).all())
+    current = dict(session.exec(select(DeviceSlot.device_id, DeviceSlot.installed_version)
+                                .where(DeviceSlot.slot == rollout.slot,
+                                       DeviceSlot.model == rollout.model)).all())
+    rows = [member_row(rollout, rid, d.id, current.get(d.id), manifests, stamp) for d in devices]
+    for start in range(0, len(rows), INSERT_BATCH):
+        session.execute(insert(RolloutDevice), rows[start:start + INSERT_BATCH])
+
+
+def member_row(rollout: Rollout, rid: str, device_id: str, from_version: int | None,
+               manifests: dict[int, str], stamp: str) -> dict[str, Any]:
+    return {"rollout_id": rollout.id, "device_id": device_id,
+            "wave": wave_index(rid, device_id, rollout.waves), "state": "pending",
+            "attempts": 0, "from_version": from_version,
+            "from_manifest": manifests.get(from_version) if from_version else None,
+            "updated_at": stamp, "last_report_at": ""}
+
+
+# --- transitions --------------------------------------------------------------------
+
+
+def transition(session: Session, rollout: Rollout, target: RolloutState, *, actor: str,
+               now: datetime, reason: str = "", wave: int | None = None) -> None:
+    """The one place a rollout changes state: check, apply, audit, emit."""
+    check_transition(rollout.state, target)
+    previous = rollout.state
+    stamp = format_time(now)
+    rollout.state = target.value
+    if wave is not None:
+        rollout.wave, rollout.wave_started_at = wave, stamp
+    rollout.reason, rollout.updated_at = reason, stamp
+    session.add(rollout)
+    session.flush()
+    audit.append(session, actor=actor, action=f"rollout.{target.value}",
+                 target=public_id(rollout.id or 0),
+                 details={"from": previous, "wave": rollout.wave, "reason": reason})
+    _emit(session, rollout, actor, previous=previous)
+
+
+def _emit(session: Session, rollout: Rollout, actor: str, previous: str | None) -> None:
+    emit_event(session, ROLLOUT_STATE_CHANGED, {
+        "rollout_id": public_id(rollout.id or 0), "namespace": rollout.namespace,
+        "model": rollout.model, "version": rollout.version, "from": previous,
+        "state": rollout.state, "wave": rollout.wave, "reason": rollout.reason, "actor": actor})
+
+
+def pause(session: Session, actor: str, rollout: Rollout, now: datetime) -> None:
+    transition(session, rollout, RolloutState.PAUSED, actor=actor, now=now, reason="paused")
+
+
+def resume(session: Session, actor: str, rollout: Rollout, now: datetime) -> None:
+    """Start a planned rollout at wave 0, or continue the current wave with a fresh bake.
+
+    Resuming a halted rollout gives its failed devices one more try; without that
+    the failures that halted it would halt it again at the next tick.
+    """
+    if rollout.state == RolloutState.HALTED:
+        _retry_failures(session, rollout, now)
+    transition(session, rollout, RolloutState.RUNNING, actor=actor, now=now,
+               wave=max(rollout.wave, 0), reason="resumed")
+
+
+def advance(session: Session, actor: str, rollout: Rollout, now: datetime,
+            reason: str = "advanced by hand") -> None:
+    """Open the next wave (or complete after the last one) without waiting for the gate."""
+    if rollout.state not in (RolloutState.RUNNING, RolloutState.PAUSED):
+        raise IllegalTransitionError(f"a {rollout.state} rollout cannot advance",
+                                     {"state": rollout.state, "legal": ["running", "paused"]})
+    if rollout.wave + 1 >= len(rollout.waves):
+        transition(session, rollout, RolloutState.COMPLETED, actor=actor, now=now, reason=reason)
+    else:
+        transition(session, rollout, RolloutState.RUNNING, actor=actor, now=now,
+                   wave=rollout.wave + 1, reason=reason)
+
+
+def _retry_failures(session: Session, rollout: Rollout, now: datetime) -> None:
+    stamp = format_time(now)
+    session.exec(update(RolloutDevice)  # type: ignore[call-overload]
+                 .where(col(RolloutDevice.rollout_id) == rollout.id,
+                        col(RolloutDevice.wave) <= rollout.wave,
+                        col(RolloutDevice.state).in_([s.value for s in FAILURES]))
+                 .values(state=DeviceState.PENDING.value, attempts=RolloutDevice.attempts + 1,
+                         updated_at=stamp, last_report_at=stamp))
+    rollout.retry_generation += 1
+
+
+def cancel(session: Session, actor: str, rollout: Rollout, now: datetime) -> None:
+    transition(session, rollout, RolloutState.CANCELLED, actor=actor, now=now, reason="cancelled")
+
+
+def rollback(session: Session, actor: str, rollout: Rollout, now: datetime,
+             reason: str = "rolled back") -> None:
+    """Every device that took the new version is sent its previous one (signed downgrade)."""
+    transition(session, rollout, RolloutState.ROLLED_BACK, actor=actor, now=now, reason=reason)
