@@ -1,0 +1,50 @@
+"""Ferry's model-aware binary deltas: container format, descriptor and the device-side decoder.
+
+Standard library plus ``zstandard`` and ``bsdiff4`` only (no numpy), so it runs on
+the device. The server's encoder lives in :mod:`ferry.server.deltas`.
+"""
+
+from ferry.protocol.delta._apply import apply_delta_file, decode_chunk
+from ferry.protocol.delta._descriptor import DeltaDescriptor
+from ferry.protocol.delta._errors import (
+    DeltaCorruptError,
+    DeltaError,
+    DeltaResultMismatchError,
+    DeltaTooLargeError,
+    DeltaTruncatedError,
+    DeltaUnsupportedError,
+    DeltaWrongBaseError,
+)
+from ferry.protocol.delta._format import (
+    DEFAULT_LIMITS,
+    FORMAT_VERSION,
+    MAGIC,
+    ChunkRecord,
+    Codec,
+    DeltaHeader,
+    DeltaLimits,
+    payload_cap,
+)
+from ferry.protocol.delta.codec import Op
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "FORMAT_VERSION",
+    "MAGIC",
+    "ChunkRecord",
+    "Codec",
+    "DeltaCorruptError",
+    "DeltaDescriptor",
+    "DeltaError",
+    "DeltaHeader",
+    "DeltaLimits",
+    "DeltaResultMismatchError",
+    "DeltaTooLargeError",
+    "DeltaTruncatedError",
+    "DeltaUnsupportedError",
+    "DeltaWrongBaseError",
+    "Op",
+    "apply_delta_file",
+    "decode_chunk",
+    "payload_cap",
+]

@@ -1,0 +1,174 @@
+"""Cut the new artifact into chunks and pair each with its best old counterpart.
+
+Tensors are cut individually from their own start, so a tensor that moved in the
+file still lines up with itself in the old one (same name, same byte length,
+same element width → *aligned*: lane-wise XOR/difference is possible). A tensor
+whose shape changed keeps a proportional window of its old bytes as a
+*counterpart* for bsdiff or a zstd prefix. Bytes outside tensors (headers,
+padding) and files with no readable layout pair with the same offsets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ferry.protocol.delta import Op
+from ferry.server.deltas._layout import Tensor
+
+RAW_WIDTH = 4  # unknown bytes are most often float32 weights
+RAW_OPS = (Op.XOR,)
+SMALL_TENSOR = 64 << 10  # tensors below this are grouped with their small neighbours
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """One chunk of the new file and what in the old file it may be coded against."""
+
+    offset: int
+    length: int
+    width: int
+    ops: tuple[Op, ...]
+    tensor: bool  # element-typed bytes: byte planes are worth trying even without a base
+    baseless_ops: tuple[Op, ...]
+    aligned: int | None  # old offset of a same-length, same-dtype range
+    cp_offset: int = 0  # counterpart window for bsdiff / zstd prefix (cp_length 0: none)
+    cp_length: int = 0
+
+
+def plan_chunks(
+    new_layout: list[Tensor] | None,
+    new_size: int,
+    old_layout: list[Tensor] | None,
+    old_size: int | None,
+    chunk_size: int,
+) -> list[ChunkPlan]:
+    """Every byte of the new file in exactly one chunk, in file order."""
+    if chunk_size % 8:
+        raise ValueError("chunk_size must be a multiple of 8 so lanes never straddle chunks")
+    if new_layout is None:
+        return list(_raw(0, new_size, old_size, chunk_size))
+    old_by_name = {t.name: t for t in old_layout or ()}
+    plans: list[ChunkPlan] = []
+    position = 0
+    for tensor in _group_small(new_layout, old_by_name, chunk_size):
+        plans += _raw(position, tensor.offset, old_size, chunk_size)
+        plans += _tensor(tensor, old_by_name.get(tensor.name), chunk_size)
+        position = tensor.offset + tensor.length
+    plans += _raw(position, new_size, old_size, chunk_size)
+    return plans
+
+
+def _group_small(
+    new_layout: list[Tensor], old_by_name: dict[str, Tensor], chunk_size: int
+) -> list[Tensor]:
+    """Merge runs of small adjacent tensors (biases, norms, scales) into one chunk each.
+
+    A chunk per 1 kB bias wastes its record and zstd frame and compresses cold;
+    a run qualifies when its tensors are adjacent in both files, in the same order
+    (so the old bytes are one aligned range too), or are all new. Merged runs are
+    added to ``old_by_name`` under a name no real tensor has.
+    """
+    out: list[Tensor] = []
+    run: list[Tensor] = []
+    for tensor in new_layout:
+        if run and not _joins(run, tensor, old_by_name, chunk_size):
+            out.append(_merged(run, old_by_name))
+            run = []
+        if tensor.length < SMALL_TENSOR:
+            run.append(tensor)
+        else:
+            out.append(tensor)
+    if run:
+        out.append(_merged(run, old_by_name))
+    return out
+
+
+def _aligned_old(tensor: Tensor, old_by_name: dict[str, Tensor]) -> Tensor | None:
+    old = old_by_name.get(tensor.name)
+    return old if old and old.length == tensor.length and old.width == tensor.width else None
+
+
+def _joins(
+    run: list[Tensor], tensor: Tensor, old_by_name: dict[str, Tensor], chunk_size: int
+) -> bool:
+    last = run[-1]
+    if tensor.length >= SMALL_TENSOR or tensor.offset != last.offset + last.length:
+        return False
+    if (tensor.width, tensor.is_float) != (last.width, last.is_float):
+        return False
+    if sum(t.length for t in run) + tensor.length > chunk_size:
+        return False
+    old, last_old = _aligned_old(tensor, old_by_name), _aligned_old(last, old_by_name)
+    if old is None or last_old is None:
+        return tensor.name not in old_by_name and last.name not in old_by_name
+    return old.offset == last_old.offset + last_old.length
+
+
+def _merged(run: list[Tensor], old_by_name: dict[str, Tensor]) -> Tensor:
+    if len(run) == 1:
+        return run[0]
+    name = "\x00".join(t.name for t in run)
+    first, length = run[0], sum(t.length for t in run)
+    old = _aligned_old(first, old_by_name)
+    if old is not None:
+        old_by_name[name] = Tensor(name, old.width, old.is_float, old.offset, length)
+    return Tensor(name, first.width, first.is_float, first.offset, length)
+
+
+def _raw(start: int, end: int, old_size: int | None, chunk_size: int) -> Iterator[ChunkPlan]:
+    for offset in range(start, end, chunk_size):
+        length = min(chunk_size, end - offset)
+        aligned = offset if old_size is not None and offset + length <= old_size else None
+        cp_offset, cp_length = _window(
+            offset - chunk_size, offset + length + chunk_size, 0, old_size or 0
+        )
+        yield ChunkPlan(
+            offset, length, RAW_WIDTH, RAW_OPS, False, (Op.NONE,), aligned, cp_offset, cp_length
+        )
+
+
+def _tensor(new: Tensor, old: Tensor | None, chunk_size: int) -> Iterator[ChunkPlan]:
+    same = old is not None and old.length == new.length and old.width == new.width
+    for rel in range(0, new.length, chunk_size):
+        length = min(chunk_size, new.length - rel)
+        if old is None:
+            yield ChunkPlan(
+                new.offset + rel, length, new.width, new.ops, True, new.baseless_ops, None
+            )
+        elif same:
+            at = old.offset + rel
+            yield ChunkPlan(
+                new.offset + rel, length, new.width, new.ops, True, new.baseless_ops, at, at, length
+            )
+        else:
+            centre = old.offset + rel * old.length // new.length
+            cp_offset, cp_length = _window(
+                centre - chunk_size,
+                centre + length + chunk_size,
+                old.offset,
+                old.offset + old.length,
+            )
+            yield ChunkPlan(
+                new.offset + rel,
+                length,
+                new.width,
+                new.ops,
+                True,
+                new.baseless_ops,
+                None,
+                cp_offset,
+                cp_length,
+            )
+
+
+def _window(start: int, end: int, low: int, high: int) -> tuple[int, int]:
+    start, end = max(start, low), min(end, high)
+    return (start, end - start) if end > start else (0, 0)
+
+
+def old_pieces(
+    old_layout: list[Tensor] | None, old_size: int, chunk_size: int
+) -> list[tuple[int, int]]:
+    """The old file cut the way the new one is, so identical chunks are found by hash."""
+    return [(p.offset, p.length) for p in plan_chunks(old_layout, old_size, None, None, chunk_size)]

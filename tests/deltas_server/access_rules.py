@@ -1,0 +1,9 @@
+"""Access rule of the delta route, merged into tests/server/test_auth_walk.py."""
+
+from __future__ import annotations
+
+READ = {"admin", "publisher", "approver", "operator", "viewer"}  # and devices, like blobs
+
+ACCESS: dict[tuple[str, str], str | set[str]] = {
+    ("GET", "/api/v1/deltas/{from_sha256}/{to_sha256}"): READ,
+}
