@@ -1,0 +1,157 @@
+"""Rollout of a 10 MB model to a simulated fleet: seconds from create to 100 % committed.
+
+    .venv/bin/python bench/bench_rollout.py [--devices 1000 10000] [--plans 100 1,10,50,100]
+                                            [--postgres] [--quick]
+
+Real processes: Mosquitto (the example ACL and per-device logins, on a free
+port), ``ferry server`` (SQLite, or with ``--postgres`` a scratch PostgreSQL database
+created and dropped by the run; local blobs; deltas off) pointed at it, and one
+``ferry simulate`` process for the whole fleet (push only: a long poll period,
+zero time per state; 1 % of the devices download and hash the 10 MB bundle, the
+rest HEAD it). For every wave plan (cumulative percentages), a fresh 10 MB version is rolled out with
+zero bake time and the clock runs from ``POST /rollouts`` until every device has
+reported ``committed``. Printed per run: seconds, broker messages per wave
+(notices published, status messages received), server CPU seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.e2e._stack import Stack
+
+MODEL_BYTES = 10 * 1024 * 1024
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+TIMEOUT_S = 1800.0
+
+
+def _plan(text: str) -> list[int]:
+    """A wave plan as cumulative percentages, e.g. ``1,10,50,100``; it must end at 100."""
+    waves = [int(part) for part in text.split(",")]
+    if waves != sorted(set(waves)) or waves[-1] != 100 or waves[0] < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: cumulative percentages rising to 100")
+    return waves
+
+
+def _server_cpu(stack: Stack) -> float:
+    assert stack.server.process is not None
+    times = psutil.Process(stack.server.process.pid).cpu_times()
+    return float(times.user + times.system)
+
+
+@contextmanager
+def scratch_postgres() -> Iterator[str]:
+    """A PostgreSQL database created for this run and dropped after it."""
+    import psycopg
+
+    name = f"ferry_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def run_fleet(devices: int, plans: list[list[int]], workdir: Path,
+              database_url: str = "") -> Iterator[dict[str, object]]:
+    """One fleet; yields a row per rollout as soon as it has finished."""
+    stack = Stack(workdir)
+    stack.server.env["FERRY_DELTAS_ENABLED"] = "false"  # simulated devices fetch full bundles
+    if database_url:
+        stack.server.env["FERRY_DATABASE_URL"] = database_url
+    stack.start()
+    assert stack.op is not None
+    op = stack.op
+    try:
+        versions = op.publish_model(workdir / "bundles", [False] * len(plans),
+                                    MODEL_BYTES)
+        started = time.monotonic()
+        stack.simulate(devices, "bench", "--step-delay", "0", "--poll-interval", "600",
+                       "--verify-sample", "0.01")
+        stack.wait(lambda: op.fleet_status()["devices"] >= devices, "enrolment", TIMEOUT_S)
+        enrolled_s = time.monotonic() - started
+        time.sleep(max(5.0, devices / 1000))  # let every device finish its MQTT login
+        for plan, version in zip(plans, versions, strict=True):
+            yield {**_one_rollout(stack, devices, plan, version), "enrol_s": round(enrolled_s, 1)}
+    finally:
+        stack.stop()
+
+
+def _one_rollout(stack: Stack, devices: int, plan: list[int], version: int) -> dict[str, object]:
+    assert stack.op is not None
+    notices = stack.metric("ferry_mqtt_notices_published_total", kind="group")
+    statuses = stack.metric("ferry_mqtt_status_messages_total", outcome="accepted")
+    cpu = _server_cpu(stack)
+    started = time.monotonic()
+    rollout = stack.op.create_rollout(version, plan, min_success_pct=100,
+                                      max_failure_pct=100)
+
+    def done() -> bool:
+        assert stack.op is not None
+        try:
+            status = stack.op.rollout_status(rollout["id"])
+        except httpx.HTTPError:  # a saturated server answers late: ask again
+            return False
+        finished = status["rollout"]["state"] == "completed"
+        return finished and status["totals"]["committed"] >= devices
+
+    stack.wait(done, f"{devices} devices to commit v{version}", TIMEOUT_S)
+    seconds = time.monotonic() - started
+    waves = len(plan)
+    notices = stack.metric("ferry_mqtt_notices_published_total", kind="group") - notices
+    statuses = stack.metric("ferry_mqtt_status_messages_total", outcome="accepted") - statuses
+    return {"devices": devices, "waves": ",".join(map(str, plan)), "seconds": round(seconds, 1),
+            "notices_per_wave": round(notices / waves, 1),
+            "status_msgs_per_wave": round(statuses / waves),
+            "server_cpu_s": round(_server_cpu(stack) - cpu, 1)}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--plans", type=_plan, nargs="+", default=[[100], [1, 10, 50, 100]],
+                        help="wave plans as cumulative percentages (default: 100 and 1,10,50,100)")
+    parser.add_argument("--quick", action="store_true", help="200 devices")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--postgres", action="store_true",
+                        help="metadata in a scratch PostgreSQL database (127.0.0.1:5432)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.devices = [200]
+    rows: list[dict[str, object]] = []
+    for devices in args.devices:
+        with tempfile.TemporaryDirectory(prefix="ferry-bench-rollout-") as tmp, \
+                (scratch_postgres() if args.postgres else nullcontext("")) as database_url:
+            for row in run_fleet(devices, args.plans, Path(tmp), database_url):
+                row["database"] = "postgresql" if database_url else "sqlite"
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    print(f"\n{'database':>10} {'devices':>8} {'waves':>12} {'seconds':>8} {'notices/wave':>13} "
+          f"{'status msgs/wave':>17} {'server CPU s':>13} {'enrol s':>8}")
+    for row in rows:
+        print(f"{row['database']:>10} {row['devices']:>8} {row['waves']:>12} {row['seconds']:>8} "
+              f"{row['notices_per_wave']:>13} {row['status_msgs_per_wave']:>17} "
+              f"{row['server_cpu_s']:>13} {row['enrol_s']:>8}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
