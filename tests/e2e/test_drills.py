@@ -5,6 +5,7 @@ Short ticks, zero bake times and small bundles keep each drill to seconds.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +49,14 @@ def _baseline(stack: Stack, version: int, prefix: str, count: int) -> None:
                _all_on(stack, version, prefix, count), f"everyone on v{version}")
 
 
+def _reconnected(stack: Stack, log_mark: int, prefix: str) -> set[str]:
+    """Device ids that Mosquitto logged as connected since byte ``log_mark`` of its log."""
+    with stack.broker.log_path.open("rb") as log:
+        log.seek(log_mark)
+        text = log.read().decode(errors="replace")
+    return set(re.findall(rf"New client connected from \S+ as ({re.escape(prefix)}-\d+)", text))
+
+
 def test_broker_outage_devices_converge_by_polling_then_push_resumes(stack: Stack,
                                                                     tmp_path: Path) -> None:
     assert stack.op is not None
@@ -61,7 +70,10 @@ def test_broker_outage_devices_converge_by_polling_then_push_resumes(stack: Stac
                "convergence on v2 by HTTP polling while the broker is down")
 
     accepted = stack.metric("ferry_mqtt_status_messages_total", outcome="accepted")
+    log_mark = stack.broker.log_path.stat().st_size
     stack.start_broker()
+    stack.wait(lambda: len(_reconnected(stack, log_mark, "outage")) == 12,
+               "every device to reconnect to the broker (jittered backoff)")
     watcher = Peer(stack.broker.url, "ferry-server", SERVER_PASSWORD)
     assert watcher.connect()
     watcher.subscribe(topics.group_notice("all"))
