@@ -18,8 +18,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 from sqlalchemy.engine import Engine
+from starlette.types import Receive, Scope, Send
 
 from ferry.server import audit
+from ferry.server.api.cached_checkin import answer_cached_checkin
 from ferry.server.api.deps import AppContext
 from ferry.server.api.routes import audit as audit_routes
 from ferry.server.api.routes import (
@@ -119,6 +121,15 @@ def _start_deltas(app: FastAPI, ctx: AppContext) -> DeltaJobs | None:
     return jobs
 
 
+class FerryApp(FastAPI):
+    """FastAPI, with cached device check-ins answered ahead of the middleware stack."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if await answer_cached_checkin(self.state, scope, send):
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
     configure_logging()
@@ -138,11 +149,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         task = asyncio.create_task(worker.run()) if settings.start_webhook_worker else None
         mqtt = await start_mqtt(app, ctx)
         jobs = _start_deltas(app, ctx)
-        rollout_engine = fleet_wiring.start_engine(app)
+        fleet_tasks = fleet_wiring.start_tasks(app)
         try:
             yield
         finally:
-            await fleet_wiring.stop_engine(rollout_engine)
+            await fleet_wiring.stop_tasks(fleet_tasks)
             if jobs is not None:
                 await jobs.close()
             await stop_mqtt(mqtt)
@@ -152,7 +163,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine.dispose()
             read_engine.dispose()
 
-    app = FastAPI(title="Ferry registry", version="1", lifespan=lifespan)
+    app = FerryApp(title="Ferry registry", version="1", lifespan=lifespan)
     app.state.ctx = ctx
     fleet_wiring.install(app, ctx)
     install_error_handlers(app)

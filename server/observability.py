@@ -17,6 +17,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ferry.protocol.endpoints import API, DESIRED_STATE
+
 access_log = logging.getLogger("ferry.server.access")
 
 
@@ -40,6 +42,14 @@ class Metrics:
         self.delta_builds = Counter("ferry_delta_builds", "Background delta builds by outcome "
                                     "(offered, not_worth_it, failed, dropped)", ["outcome"],
                                     registry=self.registry)
+
+        self.checkin_cache_hits = Counter("ferry_checkin_cache_hits", "Device check-ins "
+                                          "answered from the check-in cache",
+                                          registry=self.registry)
+        # Bound once (cached check-ins are the hottest path); same labels as the routed ones.
+        route = DESIRED_STATE.removeprefix(API)
+        self.cached_checkin_requests = self.requests.labels("GET", route, "200")
+        self.cached_checkin_latency = self.latency.labels("GET", route)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -40,7 +40,8 @@ class AppContext:
     authenticators: dict[str, Authenticator] = field(default_factory=dict)
 
 
-def get_ctx(request: Request) -> AppContext:
+async def get_ctx(request: Request) -> AppContext:
+    """Async because it does no I/O: FastAPI runs a sync dependency on a worker thread."""
     ctx: AppContext = request.app.state.ctx
     return ctx
 
@@ -108,7 +109,7 @@ ADMINS = (ServerRole.ADMIN,)
 def require(*roles: ServerRole, namespace_param: str | None = "ns") -> Callable[..., Principal]:
     """A dependency: the principal must hold one of ``roles`` (in the path's namespace)."""
 
-    def check(request: Request, principal: CurrentPrincipal) -> Principal:
+    async def check(request: Request, principal: CurrentPrincipal) -> Principal:
         namespace = request.path_params.get(namespace_param) if namespace_param else None
         principal.require(roles, namespace)
         return principal

@@ -10,8 +10,11 @@ ran before, signed with ``allow_downgrade``. Rules for the sequence number:
   or signed by a director key since rotated → sequence + 1, fresh
   ``issued_at``/``expires_at``, new signature.
 
-The device row is locked (FOR UPDATE; on SQLite the immediate transaction) while
-this runs, so two replicas cannot hand out two documents with one sequence.
+Most check-ins find the stored document still right. `stored_envelope` checks
+that in a read-only transaction (no write lock, so check-ins do not queue behind
+each other on SQLite); only when it says no does `desired_state_envelope` lock
+the device row (FOR UPDATE; on SQLite the immediate transaction), recompute and
+sign, so two replicas cannot hand out two documents with one sequence.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from sqlalchemy import and_
 from sqlmodel import Session, col, select
@@ -42,6 +46,13 @@ S = RolloutState
 _TARGETING = [S.RUNNING, S.PAUSED, S.HALTED, S.COMPLETED, S.CANCELLED, S.ROLLED_BACK]
 _JOINING = (S.RUNNING, S.PAUSED, S.COMPLETED)  # a late-enrolled matching device joins these
 _TOOK = (DeviceState.DOWNLOADING, DeviceState.INSTALLING, DeviceState.COMMITTED)
+
+
+class Served(NamedTuple):
+    """The canonical envelope bytes to serve and the document's expiry."""
+
+    body: bytes
+    expires_at: str
 
 
 @dataclass(frozen=True)
@@ -100,8 +111,14 @@ def _may_join(rollout: Rollout, device: Device) -> bool:
             and (not rollout.hardware or device.hardware in rollout.hardware))
 
 
-def compute_claims(session: Session, device: Device, now: datetime) -> dict[str, Claim]:
-    """Per slot, the claim of the newest rollout that claims this device."""
+def compute_claims(session: Session, device: Device, now: datetime, *,
+                   join: bool = True) -> dict[str, Claim] | None:
+    """Per slot, the claim of the newest rollout that claims this device.
+
+    A device that should join a rollout (enrolled or retagged after it began)
+    gets a membership row; with ``join=False`` (read-only callers) that case
+    returns None instead.
+    """
     rows = session.exec(
         select(Rollout, RolloutDevice)
         .outerjoin(RolloutDevice, and_(col(RolloutDevice.rollout_id) == col(Rollout.id),
@@ -115,6 +132,8 @@ def compute_claims(session: Session, device: Device, now: datetime) -> dict[str,
         if member is None:
             if not _may_join(rollout, device):
                 continue
+            if not join:
+                return None
             member = _join(session, rollout, device, format_time(now))
         claim = _claim(rollout, member)
         if claim is not None:
@@ -135,20 +154,39 @@ def _signer(envelope: str) -> str:
     return str(signatures[0]["keyid"]) if signatures else ""
 
 
+def _reusable(device: Device, digest: str, now: datetime, ttl_s: int, keyid: str) -> bool:
+    """The stored document has this content, is far from expiry and has a current signer."""
+    margin = timedelta(seconds=ttl_s // 4)
+    return (bool(device.ds_envelope) and digest == device.ds_content_digest
+            and device.ds_expires_at > format_time(now + margin)
+            and _signer(device.ds_envelope) == keyid)
+
+
+def stored_envelope(session: Session, device_id: str, now: datetime, ttl_s: int,
+                    director_key: Callable[[], SigningKey]) -> Served | None:
+    """The stored envelope when it is still the one to serve, found without writing."""
+    device = session.get(Device, device_id)
+    if device is None or device.revoked_at is not None:
+        raise UnauthenticatedError("unknown or revoked device")
+    claims = compute_claims(session, device, now, join=False)
+    if claims is None or not _reusable(device, _content_digest(claims), now, ttl_s,
+                                       director_key().public.keyid):
+        return None
+    return Served(device.ds_envelope.encode("utf-8"), device.ds_expires_at)
+
+
 def desired_state_envelope(session: Session, device_id: str, now: datetime, ttl_s: int,
-                           director_key: Callable[[], SigningKey]) -> bytes:
+                           director_key: Callable[[], SigningKey]) -> Served:
     """The canonical signed envelope to serve; persists a new one when needed."""
     device = lock_device(session, device_id)
     device.last_seen_at = format_time(now)
     session.add(device)
     claims = compute_claims(session, device, now)
+    assert claims is not None  # joining is allowed here
     digest = _content_digest(claims)
     key = director_key()
-    margin = timedelta(seconds=ttl_s // 4)
-    fresh = (bool(device.ds_envelope) and device.ds_expires_at > format_time(now + margin)
-             and _signer(device.ds_envelope) == key.public.keyid)
-    if digest == device.ds_content_digest and fresh:
-        return device.ds_envelope.encode("utf-8")
+    if _reusable(device, digest, now, ttl_s, key.public.keyid):
+        return Served(device.ds_envelope.encode("utf-8"), device.ds_expires_at)
     newest = next(iter(claims.values()), None)
     document = DesiredState(
         device_id=device.id, sequence=device.ds_sequence + 1, issued_at=format_time(now),
@@ -160,4 +198,4 @@ def desired_state_envelope(session: Session, device_id: str, now: datetime, ttl_
     device.ds_envelope, device.ds_expires_at = envelope.decode("utf-8"), document.expires_at
     session.add(device)
     session.flush()
-    return envelope
+    return Served(envelope, document.expires_at)

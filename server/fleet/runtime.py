@@ -17,6 +17,7 @@ from datetime import datetime
 from fastapi import FastAPI, Request
 
 from ferry.protocol.timefmt import utcnow
+from ferry.server.fleet.last_seen import LastSeen
 from ferry.server.rollouts.notifier import (
     BrokerSync,
     Notifier,
@@ -38,11 +39,14 @@ class FleetSettings:
     poll_interval_s: int = 60
     mqtt_url: str = ""
     start_rollout_engine: bool = True
+    last_seen_flush_s: float = 2.0
+    checkin_cache_poll_s: float = 0.5
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> FleetSettings:
         """``FERRY_ROLLOUT_TICK_S``, ``FERRY_DESIRED_STATE_TTL_S``, ``FERRY_POLL_INTERVAL_S``,
-        ``FERRY_MQTT_URL``, ``FERRY_START_ROLLOUT_ENGINE``."""
+        ``FERRY_MQTT_URL``, ``FERRY_START_ROLLOUT_ENGINE``, ``FERRY_LAST_SEEN_FLUSH_S``,
+        ``FERRY_CHECKIN_CACHE_POLL_S``."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
         for item in fields(cls):
@@ -63,6 +67,7 @@ class FleetRuntime:
     notifier: Notifier = field(default_factory=NullNotifier)
     broker_sync: BrokerSync = field(default_factory=NullBrokerSync)
     start_hook: StartHook = field(default_factory=NullStartHook)  # delta precompute
+    last_seen: LastSeen = field(default_factory=LastSeen)
 
     def now(self) -> datetime:
         return self.clock().replace(microsecond=0)
@@ -73,5 +78,5 @@ def runtime_of(app: FastAPI) -> FleetRuntime:
     return runtime
 
 
-def get_runtime(request: Request) -> FleetRuntime:
+async def get_runtime(request: Request) -> FleetRuntime:
     return runtime_of(request.app)

@@ -89,3 +89,15 @@ class DeviceReport(SQLModel, table=True):
     sequence: int | None = None
     timings: dict[str, Any] = json_field(dict)
     received_at: str = Field(default_factory=utc_now)
+
+
+class FleetEpoch(SQLModel, table=True):
+    """One row whose ``value`` every change that can alter a desired state bumps.
+
+    Replicas poll it to empty their check-in caches (`ferry.server.fleet.checkin_cache`).
+    """
+
+    __tablename__ = "fleet_epoch"
+
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    value: int = 0

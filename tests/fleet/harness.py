@@ -216,12 +216,14 @@ def report_doc(device_id: str, state: str, *, to_version: int | None, at: str,
 
 
 def build_fleet(data_dir: Path, database_url: str = "") -> tuple[Fleet, TestClient]:
-    """An app with the rollout engine off (tests tick by hand) and a frozen clock."""
+    """An app with the rollout engine and the last-seen writer idle (tests tick and flush by
+    hand) and a frozen clock."""
     settings = Settings(data_dir=data_dir, database_url=database_url, print_admin_token=False,
                         start_webhook_worker=False)
     app = create_app(settings)
     clock, notifier, broker = FrozenClock(), RecordingNotifier(), RecordingBrokerSync()
-    app.state.fleet = FleetRuntime(settings=FleetSettings(start_rollout_engine=False),
+    app.state.fleet = FleetRuntime(settings=FleetSettings(start_rollout_engine=False,
+                                                          last_seen_flush_s=3600),
                                    clock=clock, notifier=notifier, broker_sync=broker)
     client = TestClient(app)
     admin = bearer(settings.admin_token_path.read_text().strip())

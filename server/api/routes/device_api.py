@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
+from sqlmodel import Session
 
 from ferry.protocol.documents import Role, StatusReport
 from ferry.protocol.errors import MalformedError
+from ferry.protocol.timefmt import parse_time
 from ferry.server.api.deps import CtxDep, SessionDep, require
 from ferry.server.auth import Principal, ServerRole
+from ferry.server.db import session_scope
 from ferry.server.errors import ForbiddenError, ValidationFailedError
+from ferry.server.fleet.checkin_cache import CheckinCache, Entry, credential_key
 from ferry.server.fleet.credentials import device_id_of
-from ferry.server.fleet.desired import desired_state_envelope
+from ferry.server.fleet.desired import desired_state_envelope, stored_envelope
 from ferry.server.fleet.ingest import ingest_reports
 from ferry.server.fleet.runtime import FleetRuntime, get_runtime
 from ferry.server.fleet.schemas import StatusAccepted, StatusBatch
@@ -21,8 +25,8 @@ router = APIRouter(tags=["device"])
 RuntimeDep = Annotated[FleetRuntime, Depends(get_runtime)]
 
 
-def _device(principal: Annotated[Principal, Depends(require(ServerRole.DEVICE,
-                                                            namespace_param=None))]) -> str:
+async def _device(principal: Annotated[Principal, Depends(require(ServerRole.DEVICE,
+                                                                  namespace_param=None))]) -> str:
     """The calling device's id; admin tokens pass `require` but are not devices."""
     if principal.role is not ServerRole.DEVICE:
         raise ForbiddenError("this endpoint is for devices (an frd_ credential from enrolment)")
@@ -35,13 +39,32 @@ ENVELOPE = {200: {"content": {"application/json": {"schema": {"type": "object"}}
 
 
 @router.get("/device/desired-state", response_class=Response, responses=ENVELOPE)
-def desired_state(device_id: DeviceId, session: SessionDep, ctx: CtxDep,
+def desired_state(request: Request, device_id: DeviceId, ctx: CtxDep,
                   runtime: RuntimeDep) -> Response:
-    body = desired_state_envelope(session, device_id, runtime.now(),
-                                  runtime.settings.desired_state_ttl_s,
-                                  lambda: ctx.keys.key(session, Role.DIRECTOR))
-    session.commit()
-    return Response(body, media_type="application/json")
+    """Compute (or re-sign) the document and remember it for the check-in cache.
+
+    Unchanged documents are read without the write lock; a change is signed under
+    the device's row lock. Sessions are opened here rather than through session
+    dependencies, each of which would cost two more worker-thread hops.
+    """
+    cache: CheckinCache = request.app.state.checkin_cache
+    generation = cache.generation  # before reading: a change committed meanwhile voids the entry
+    now, ttl_s = runtime.now(), runtime.settings.desired_state_ttl_s
+    with Session(ctx.read_engine) as reader:
+        served = stored_envelope(reader, device_id, now, ttl_s,
+                                 lambda: ctx.keys.key(reader, Role.DIRECTOR))
+        reader.rollback()
+    if served is None:
+        with session_scope(ctx.engine) as writer:
+            served = desired_state_envelope(writer, device_id, now, ttl_s,
+                                            lambda: ctx.keys.key(writer, Role.DIRECTOR))
+    else:
+        runtime.last_seen.touch(device_id, now)
+    if runtime.settings.checkin_cache_poll_s > 0:
+        secret = request.headers["authorization"].split(" ", 1)[1].strip()
+        cache.store(credential_key(secret),
+                    Entry(device_id, served.body, parse_time(served.expires_at), generation))
+    return Response(served.body, media_type="application/json")
 
 
 @router.post("/device/status")
