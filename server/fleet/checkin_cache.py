@@ -12,7 +12,8 @@ device credential, the envelope it last served, stamped with a **generation**:
   session events, bumps ``fleet_epoch.value`` in the same transaction, and on
   commit bumps this replica's generation, emptying its cache at once;
 * `EpochPoller` reads ``fleet_epoch`` every ``checkin_cache_poll_s`` and bumps
-  the generation when another replica committed such a change.
+  the generation when another replica committed such a change (a failed read
+  empties the cache too, so nothing unverified is served).
 
 An entry is served only while its generation is current and its document is
 further than a quarter of its lifetime from expiry. A replica therefore sees its
@@ -23,16 +24,13 @@ Anything not in the cache goes through the full route, which fills it.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import logging
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from weakref import WeakKeyDictionary
 
-import anyio
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
@@ -40,8 +38,6 @@ from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 from ferry.server.tables.fleet import Device
 from ferry.server.tables.rollouts import Rollout, RolloutDevice
 from ferry.server.tables.trust import KeyringVersion
-
-log = logging.getLogger("ferry.server.fleet")
 
 MAX_ENTRIES = 200_000  # ~1 KB each: a bound on memory, far above one replica's fleet share
 # Per table, the columns a desired state, an authentication or a signer depends on
@@ -190,14 +186,12 @@ def _after_rollback(session: Session) -> None:
 
 
 class EpochPoller:
-    """The lifespan task: read ``fleet_epoch``; a new value empties this replica's cache."""
+    """Reads ``fleet_epoch``; a new value empties this replica's cache (run by `Periodic`)."""
 
-    def __init__(self, cache: CheckinCache, engine: Engine, interval_s: float) -> None:
+    def __init__(self, cache: CheckinCache, engine: Engine) -> None:
         self.cache = cache
         self.engine = engine
-        self.interval_s = interval_s
         self._seen: Any = None
-        self._stop = asyncio.Event()
 
     def check(self) -> bool:
         """One poll; True when the epoch moved since the last one."""
@@ -208,18 +202,3 @@ class EpochPoller:
         if moved:
             self.cache.invalidate()
         return moved
-
-    async def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await anyio.to_thread.run_sync(self.check)
-            except Exception:  # keep polling; the cache is emptied so nothing stale is served
-                self.cache.invalidate()
-                log.exception("reading fleet_epoch failed")
-            try:
-                await asyncio.wait_for(self._stop.wait(), self.interval_s)
-            except TimeoutError:
-                pass
-
-    def stop(self) -> None:
-        self._stop.set()

@@ -4,20 +4,17 @@ A steady-state check-in only reads: the device's stored desired state is still
 right, so serving it needs no write transaction — except to record that the
 device was seen. Writing that per request would serialise every check-in on
 SQLite's single writer (and cost a row lock and a commit on PostgreSQL). So the
-fast path only notes the time here, and `LastSeenFlusher` writes the notes
-every ``last_seen_flush_s`` seconds in one transaction. ``last_seen_at`` is
+fast path only notes the time here, and a `ferry.server.periodic.Periodic` task
+writes the notes every ``last_seen_flush_s`` seconds in one transaction. ``last_seen_at`` is
 therefore up to that long behind; a crash loses at most that much of it, never
 anything a rollout decides on (reports are written at once).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import threading
 from datetime import datetime
 
-import anyio
 from sqlalchemy import bindparam, or_, update
 from sqlalchemy.engine import Engine
 
@@ -25,7 +22,6 @@ from ferry.protocol.timefmt import format_time
 from ferry.server.db import session_scope
 from ferry.server.tables.fleet import Device
 
-log = logging.getLogger("ferry.server.fleet")
 _DEVICES = Device.__table__  # type: ignore[attr-defined]
 
 
@@ -68,27 +64,3 @@ class LastSeen:
         """Put notes back after a failed write, keeping any newer one taken meanwhile."""
         for device_id, moment in pending.items():
             self.touch(device_id, moment)
-
-
-class LastSeenFlusher:
-    """The lifespan task: flush, sleep, repeat; flush once more when stopped."""
-
-    def __init__(self, last_seen: LastSeen, engine: Engine, interval_s: float) -> None:
-        self.last_seen = last_seen
-        self.engine = engine
-        self.interval_s = interval_s
-        self._stop = asyncio.Event()
-
-    async def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await asyncio.wait_for(self._stop.wait(), self.interval_s)
-            except TimeoutError:
-                pass
-            try:
-                await anyio.to_thread.run_sync(self.last_seen.flush, self.engine)
-            except Exception:  # a database hiccup must not kill the loop; notes are kept
-                log.exception("writing last_seen_at failed; retrying")
-
-    def stop(self) -> None:
-        self._stop.set()

@@ -1,7 +1,8 @@
 """How the fleet part plugs into the app: the device authenticator, the runtime, its tasks.
 
 `create_app` calls `install` once and `start_tasks` / `stop_tasks` around its
-lifespan (the rollout engine and the ``last_seen_at`` writer); everything else of
+lifespan (the rollout engine, the ``last_seen_at`` writer and the epoch poller, each a
+`ferry.server.periodic.Periodic`); everything else of
 the fleet part hangs off ``app.state.fleet``, except the check-in cache
 (``app.state.checkin_cache``), which belongs to the app's database engine.
 """
@@ -16,12 +17,11 @@ from ferry.protocol.endpoints import DEVICE_TOKEN_PREFIX
 from ferry.server.api.deps import AppContext
 from ferry.server.fleet.checkin_cache import CheckinCache, EpochPoller, track_changes
 from ferry.server.fleet.credentials import authenticate_device
-from ferry.server.fleet.last_seen import LastSeenFlusher
 from ferry.server.fleet.runtime import FleetRuntime, runtime_of
-from ferry.server.rollouts.engine import RolloutTicker
+from ferry.server.periodic import Periodic
+from ferry.server.rollouts.engine import tick
 
-Loop = RolloutTicker | LastSeenFlusher | EpochPoller
-Started = list[tuple[Loop, asyncio.Task[None]]]
+Started = list[tuple[Periodic, asyncio.Task[None]]]
 
 
 def install(app: FastAPI, ctx: AppContext, runtime: FleetRuntime | None = None) -> FleetRuntime:
@@ -36,15 +36,17 @@ def install(app: FastAPI, ctx: AppContext, runtime: FleetRuntime | None = None) 
 def start_tasks(app: FastAPI) -> Started:
     """Start the ``last_seen_at`` writer, the epoch poller (other replicas' changes), and
     the gate-evaluation loop unless ``FERRY_START_ROLLOUT_ENGINE`` is off."""
-    runtime = runtime_of(app)
-    ctx = app.state.ctx
-    engine = ctx.engine
-    loops: list[Loop] = [
-        LastSeenFlusher(runtime.last_seen, engine, runtime.settings.last_seen_flush_s),
-        EpochPoller(app.state.checkin_cache, ctx.read_engine,
-                    runtime.settings.checkin_cache_poll_s)]
-    if runtime.settings.start_rollout_engine:
-        loops.append(RolloutTicker(engine, runtime))
+    runtime, ctx, cache = runtime_of(app), app.state.ctx, app.state.checkin_cache
+    settings = runtime.settings
+    loops = [Periodic(lambda: runtime.last_seen.flush(ctx.engine), settings.last_seen_flush_s,
+                      "writing last_seen_at", final_step=True)]
+    if settings.checkin_cache_poll_s > 0:
+        loops.append(Periodic(EpochPoller(cache, ctx.read_engine).check,
+                              settings.checkin_cache_poll_s, "reading fleet_epoch",
+                              on_error=cache.invalidate))
+    if settings.start_rollout_engine:
+        loops.append(Periodic(lambda: tick(ctx.engine, runtime), settings.rollout_tick_s,
+                              "rollout tick"))
     return [(loop, asyncio.create_task(loop.run())) for loop in loops]
 
 

@@ -11,12 +11,10 @@ Nothing is kept in memory between ticks: a restarted server carries on.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import anyio
 from sqlalchemy import ColumnElement, String, cast, func, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -202,26 +200,3 @@ def _set_mark(engine: Engine, pk: int, old: str, new: str) -> bool:
                               .where(col(Rollout.id) == pk, col(Rollout.announced) == old)
                               .values(announced=new))
         return bool(result.rowcount == 1)
-
-
-class RolloutTicker:
-    """The lifespan task: tick, sleep, repeat, until stopped."""
-
-    def __init__(self, engine: Engine, runtime: FleetRuntime) -> None:
-        self.engine = engine
-        self.runtime = runtime
-        self._stop = asyncio.Event()
-
-    async def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await anyio.to_thread.run_sync(tick, self.engine, self.runtime)
-            except Exception:  # a database hiccup must not kill the loop
-                log.exception("rollout tick failed")
-            try:
-                await asyncio.wait_for(self._stop.wait(), self.runtime.settings.rollout_tick_s)
-            except TimeoutError:
-                pass
-
-    def stop(self) -> None:
-        self._stop.set()

@@ -112,7 +112,7 @@ def test_a_document_near_expiry_is_not_served_from_the_cache(fleet: Fleet) -> No
 def test_another_replicas_change_is_seen_after_one_epoch_poll(fleet: Fleet, tmp_path: Path
                                                               ) -> None:
     (agent,) = fleet.devices(1)
-    poller = EpochPoller(_cache(fleet), fleet.app.state.ctx.read_engine, 0.5)
+    poller = EpochPoller(_cache(fleet), fleet.app.state.ctx.read_engine)
     poller.check()
     fleet.desired(agent)
     other_dir = tmp_path / "replica-b"
