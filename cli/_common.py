@@ -17,13 +17,6 @@ from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 import typer
-from ferry.client import (
-    ClientError,
-    FerryClient,
-    InputError,
-    TransferProgress,
-    load_config,
-)
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -36,6 +29,14 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+
+from ferry.client import (
+    ClientError,
+    FerryClient,
+    InputError,
+    TransferProgress,
+    load_config,
+)
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)

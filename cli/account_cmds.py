@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from ferry.cli._common import client, fields, handle_errors, out, print_json, table
 from ferry.client import InputError, load_config, save_config
 

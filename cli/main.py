@@ -12,6 +12,7 @@ from importlib.metadata import version as package_version
 from typing import Annotated
 
 import typer
+
 from ferry.cli import account_cmds, fleet_cmds, registry_cmds, simulate, transfer_cmds
 
 HELP = """Ferry: push, promote and pull signed ML model bundles.

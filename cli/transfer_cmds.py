@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 import yaml
+
 from ferry.cli._common import (
     as_ref,
     client,

@@ -16,6 +16,8 @@ from typing import IO, Any, Self
 from urllib.parse import quote
 
 import httpx
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
 from ferry.client._config import ClientConfig, TrustStore, load_config
 from ferry.client._errors import ApiError, InputError, TransportError, api_error
 from ferry.client._fleet import FleetMixin
@@ -33,7 +35,6 @@ from ferry.client._models import (
 )
 from ferry.client._search import MetricFilters, metric_params
 from ferry.client._transfer import download_bundle, file_digest, iter_file, tick
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 API = "/api/v1"
 CHUNK = 1024 * 1024

@@ -40,7 +40,7 @@ def test_protocol_and_agent_import_without_the_server_stack() -> None:
 
 
 def test_protocol_never_imports_server_or_agent() -> None:
-    importing = re.compile(r"^\s*(from|import)\s+ferry\.(server|agent|client|cli)\b", re.M)
+    importing = re.compile(r"^\s*(from|import)\s+ferry\.(server|agent|client|cli)\b", re.MULTILINE)
     offenders = [
         str(path.relative_to(ROOT))
         for path in (ROOT / "protocol").rglob("*.py")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from ferry.client import FerryClient, MemoryTrustStore
 
+from ferry.client import FerryClient, MemoryTrustStore
 from tests.client.helpers import FERRY, Server, free_port
 
 _counter = itertools.count(1)

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 import typer
-from ferry.cli.main import app
-from ferry.client import FerryClient
 from typer.testing import CliRunner, Result
 
+from ferry.cli.main import app
+from ferry.client import FerryClient
 from tests.client.helpers import FERRY, SIGNATURE, Server, free_port
 
 PUSH_FLAGS = ["--format", "onnx", "--flavor", "onnxruntime", "--hardware", "x86_64",

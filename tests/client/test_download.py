@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from ferry.client import (
     MANIFEST_NAME,
     FerryClient,
@@ -20,7 +21,6 @@ from ferry.client import (
     VerificationError,
     Version,
 )
-
 from tests.client.helpers import FERRY, Server, push_metadata
 
 Rewrite = Callable[[httpx.Request, bytes], bytes]

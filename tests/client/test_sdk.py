@@ -6,9 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import ferry.client
 import httpx
 import pytest
+
+import ferry.client
 from ferry.client import (
     ConflictError,
     FerryClient,
@@ -20,7 +21,6 @@ from ferry.client import (
     UnauthenticatedError,
     ValidationError,
 )
-
 from tests.client.helpers import Server, free_port, push_metadata
 
 

@@ -4,7 +4,12 @@ import pytest
 
 from ferry.protocol.documents import AgentState, StatusReport
 from ferry.protocol.errors import MalformedError
-from ferry.protocol.topics import device_id_from_status_topic, device_notice, device_status, group_notice
+from ferry.protocol.topics import (
+    device_id_from_status_topic,
+    device_notice,
+    device_status,
+    group_notice,
+)
 from ferry.protocol.waves import wave_bucket, wave_index
 
 
