@@ -9,8 +9,9 @@ device credential, the envelope it last served, stamped with a **generation**:
 * every write transaction that can change a desired state, an authentication
   or a signer — rollouts, rollout membership, a device's tags, groups, hardware,
   namespace, credential or revocation, the keyring — marks itself in SQLAlchemy
-  session events, bumps ``fleet_epoch.value`` in the same transaction, and on
-  commit bumps this replica's generation, emptying its cache at once;
+  session events, bumps ``fleet_epoch.value`` as its last statement before
+  commit, and once committed bumps this replica's generation, emptying its
+  cache at once;
 * `EpochPoller` reads ``fleet_epoch`` every ``checkin_cache_poll_s`` and bumps
   the generation when another replica committed such a change (a failed read
   empties the cache too, so nothing unverified is served).
@@ -134,11 +135,7 @@ def _statement_columns(state: ORMExecuteState) -> set[str]:
 
 
 def _mark(session: Session) -> None:
-    """Once per transaction: bump the shared epoch (other replicas) and remember to bump ours."""
-    if session.info.get(_MARK):
-        return
     session.info[_MARK] = True
-    session.connection().execute(_BUMP)
 
 
 @event.listens_for(Session, "after_flush")
@@ -167,6 +164,17 @@ def _bulk_statement(state: ORMExecuteState) -> Any:
     if state.is_insert or getattr(result, "rowcount", 1) != 0:
         _mark(state.session)
     return result
+
+
+@event.listens_for(Session, "before_commit")
+def _bump_epoch(session: Session) -> None:
+    """Bump the shared epoch last, once every other row lock is held: a transaction holding
+    the epoch row then only commits, so waiting for it can never close a deadlock cycle."""
+    if _cache_of(session) is None:
+        return
+    session.flush()
+    if session.info.get(_MARK):
+        session.connection().execute(_BUMP)
 
 
 @event.listens_for(Session, "after_commit")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from ferry.server.db import make_engine, session_scope
+from ferry.server.fleet.checkin_cache import EpochPoller
 from ferry.server.fleet.runtime import FleetRuntime, FleetSettings
 from ferry.server.rollouts.engine import lock_for_evaluation, tick
 from ferry.server.rollouts.machine import parse_id
@@ -132,3 +134,27 @@ def test_a_rollout_locked_by_one_replica_is_skipped_by_the_other(
     finally:
         for engine, _ in replicas:
             engine.dispose()
+
+
+def test_a_revocation_on_one_replica_reaches_the_others_check_in_cache(
+        pg_fleet: tuple[Fleet, str], tmp_path: Path) -> None:
+    fleet, url = pg_fleet
+    (agent,) = fleet.devices(1)
+    cache = fleet.app.state.checkin_cache
+    poller = EpochPoller(cache, fleet.app.state.ctx.read_engine)
+    poller.check()
+    assert fleet.desired(agent) == fleet.desired(agent)          # now cached on replica A
+    settings = fleet.app.state.ctx.settings     # replica B shares keys and the admin token
+    shutil.copytree(settings.key_dir, tmp_path / "b" / "keys")
+    shutil.copy(settings.admin_token_path, tmp_path / "b" / "admin-token")
+    replica_b, client_b = build_fleet(tmp_path / "b", database_url=url)
+    try:
+        with client_b:
+            r = client_b.post(f"/api/v1/devices/{agent.device_id}/revoke",
+                              headers=replica_b.admin)
+            assert r.status_code == 200, r.text
+        assert poller.check() is True
+        r = fleet.client.get("/api/v1/device/desired-state", headers=agent.headers)
+        assert r.status_code == 401
+    finally:
+        replica_b.app.state.ctx.engine.dispose()
