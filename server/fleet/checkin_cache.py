@@ -129,8 +129,11 @@ def _changed(obj: object) -> bool:
     return any(attrs[name].history.has_changes() for name in fields)
 
 
-def _statement_columns(state: ORMExecuteState) -> set[str]:
-    values = getattr(state.statement, "_values", None) or {}
+def _statement_columns(state: ORMExecuteState) -> set[str] | None:
+    """Columns an UPDATE sets, or None when they cannot be told (then it counts as watched)."""
+    values = getattr(state.statement, "_values", None)
+    if not values:
+        return None  # e.g. ORM bulk UPDATE by primary key: the columns are in the parameters
     return {getattr(key, "key", None) or str(key) for key in values}
 
 
@@ -158,7 +161,8 @@ def _bulk_statement(state: ORMExecuteState) -> Any:
     fields = _WATCHED.get(mapper.class_) if mapper is not None else None
     if fields is None or _cache_of(state.session) is None:
         return None
-    if state.is_update and not (_statement_columns(state) & fields):
+    columns = _statement_columns(state) if state.is_update else None
+    if columns is not None and not columns & fields:
         return None
     result = state.invoke_statement()
     if state.is_insert or getattr(result, "rowcount", 1) != 0:
