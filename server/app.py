@@ -18,8 +18,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from starlette.types import Receive, Scope, Send
 
+from ferry.protocol.timefmt import utcnow
 from ferry.server import audit
 from ferry.server.api.cached_checkin import answer_cached_checkin
 from ferry.server.api.deps import AppContext
@@ -52,9 +54,11 @@ from ferry.server.fleet import wiring as fleet_wiring
 from ferry.server.fleet.runtime import runtime_of
 from ferry.server.mqtt import start_mqtt, stop_mqtt
 from ferry.server.observability import Metrics, ObservabilityMiddleware, configure_logging
-from ferry.server.trust import KeySource
+from ferry.server.periodic import Periodic
+from ferry.server.trust import KeySource, renew_if_expiring
 
 API_PREFIX = "/api/v1"
+KEYRING_CHECK_S = 3600.0  # renewal is due a quarter of the lifetime (91 days) before expiry
 API_ROUTERS: list[APIRouter] = [
     tokens.router,
     namespaces.router,
@@ -121,6 +125,21 @@ def _start_deltas(app: FastAPI, ctx: AppContext) -> DeltaJobs | None:
     return jobs
 
 
+def _renew_keyring(ctx: AppContext) -> None:
+    """One renewal check; a concurrent renewal by another replica is not an error."""
+    try:
+        with session_scope(ctx.engine) as session:
+            version = renew_if_expiring(session, ctx.settings.key_dir,
+                                        ctx.settings.keyring_expiry_days, utcnow())
+            if version is not None:
+                audit.append(session, actor="server", action="keys.renew",
+                             target=f"keyring:{version}")
+    except IntegrityError:
+        return
+    if version is not None:
+        log.info("keyring renewed", extra={"fields": {"version": version}})
+
+
 class FerryApp(FastAPI):
     """FastAPI, with cached device check-ins answered ahead of the middleware stack."""
 
@@ -150,9 +169,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         mqtt = await start_mqtt(app, ctx)
         jobs = _start_deltas(app, ctx)
         fleet_tasks = fleet_wiring.start_tasks(app)
+        renewer = Periodic(lambda: _renew_keyring(ctx), KEYRING_CHECK_S, "keyring renewal")
+        renewing = asyncio.create_task(renewer.run())
         try:
             yield
         finally:
+            renewer.stop()
+            await renewing
             await fleet_wiring.stop_tasks(fleet_tasks)
             if jobs is not None:
                 await jobs.close()

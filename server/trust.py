@@ -6,12 +6,14 @@ stored in the database as its canonical envelope, so every replica serves the sa
 bytes. Version 1 is made on first start; `rotate` makes version n+1 with a new key
 for one role, signed by the current root — and, when the root itself rotates, by
 the new root too, so devices that pin the old root can follow the chain.
+`renew_if_expiring` (hourly, from the app's lifespan) re-signs the same keys as
+n+1 before n runs out.
 """
 
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
@@ -20,7 +22,7 @@ from sqlmodel import Session, func, select
 from ferry.protocol.documents import Keyring, Role, make_keyring
 from ferry.protocol.keys import SigningKey
 from ferry.protocol.signing import envelope_bytes, sign_document
-from ferry.protocol.timefmt import format_time, utcnow
+from ferry.protocol.timefmt import format_time, parse_time, utcnow
 from ferry.server.db import session_scope
 from ferry.server.errors import NotFoundError
 from ferry.server.tables.trust import KeyringVersion
@@ -89,6 +91,27 @@ def rotate(session: Session, key_dir: Path, role: Role, expiry_days: int) -> int
     old = current[role]
     old.save(retired / f"{role.value}-v{version - 1}-{old.public.keyid[:12]}.pem")
     new_key.save(key_path(key_dir, role))
+    return version
+
+
+def renew_if_expiring(session: Session, key_dir: Path, expiry_days: int,
+                      now: datetime) -> int | None:
+    """Re-sign the current keys as keyring n+1 when n has less than a quarter of its lifetime
+    left; return n+1, or None when nothing was due.
+
+    Agents fetch the keyring on every sync, so a renewal reaches the fleet long before
+    the old version expires — an expired keyring would make every device refuse every
+    desired state. Same keys, new version and expiry, signed by the root.
+    """
+    latest = session.get(KeyringVersion, latest_version(session))
+    if latest is None:
+        return None
+    left = parse_time(latest.expires_at) - now
+    if left > timedelta(days=expiry_days) / 4:
+        return None
+    keys = {role: SigningKey.load(key_path(key_dir, role)) for role in Role}
+    version = latest.version + 1
+    _store(session, _keyring_document(version, expiry_days, keys), [keys[Role.ROOT]])
     return version
 
 

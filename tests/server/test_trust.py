@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
+from ferry.cli.demo import wait_until
 from ferry.protocol.documents import Role
 from ferry.protocol.errors import BadSignatureError, UntrustedKeyError
 from ferry.protocol.signing import document_digest, parse_envelope
-from ferry.protocol.timefmt import utcnow
+from ferry.protocol.timefmt import format_time, parse_time, utcnow
 from ferry.protocol.verify import trust_first_keyring, verify_keyring, verify_manifest
+from ferry.server.app import create_app
+from ferry.server.db import session_scope
+from ferry.server.tables.trust import KeyringVersion
+from ferry.server.trust import renew_if_expiring
 from tests.server.conftest import API, Harness
 
 
@@ -88,3 +95,29 @@ def test_root_rotation_is_signed_by_old_and_new_root(h: Harness) -> None:
 def test_unknown_keyring_version_is_404(h: Harness) -> None:
     r = h.client.get(f"{API}/keyring/99")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_a_keyring_near_expiry_is_renewed_with_the_same_keys(h: Harness) -> None:
+    first = trust_first_keyring(_keyring(h), utcnow())
+    days = h.settings.keyring_expiry_days
+    engine = h.app.state.ctx.engine
+    with session_scope(engine) as session:
+        far = parse_time(first.expires) - timedelta(days=days / 4) - timedelta(hours=1)
+        assert renew_if_expiring(session, h.settings.key_dir, days, far) is None
+        near = far + timedelta(hours=2)
+        assert renew_if_expiring(session, h.settings.key_dir, days, near) == first.version + 1
+    renewed = verify_keyring(_keyring(h), first, near)
+    assert renewed.version == first.version + 1 and renewed.expires > first.expires
+    assert renewed.keys == first.keys
+
+
+def test_starting_the_server_renews_a_keyring_close_to_expiry(h: Harness) -> None:
+    with session_scope(h.app.state.ctx.engine) as session:
+        row = session.get(KeyringVersion, 1)
+        assert row is not None
+        row.expires_at = format_time(utcnow() + timedelta(days=1))
+    with TestClient(create_app(h.settings)) as again:   # a restart: the lifespan checks at once
+        wait_until(lambda: again.get(f"{API}/keyring").json()["signed"]["version"] == 2, 10,
+                   "the renewed keyring")
+        actions = [e["action"] for e in again.get(f"{API}/audit", headers=h.admin).json()]
+    assert "keys.renew" in actions
