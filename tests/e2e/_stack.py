@@ -102,11 +102,22 @@ class Stack:
                               None) for d in self.devices()}
 
     def metric(self, name: str, **labels: str) -> float:
-        text = httpx.get(f"{self.server.url}/metrics", timeout=10).text
+        """One sample of the server's ``/metrics`` (0.0 when the series does not exist yet)."""
+        text = self._metrics_text()
         wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
         pattern = re.compile(rf"^{re.escape(name)}(?:\{{{re.escape(wanted)}\}})? (\S+)$", re.MULTILINE)
         match = pattern.search(text)
         return float(match.group(1)) if match else 0.0
+
+    def _metrics_text(self) -> str:
+        """A server saturated by a benchmark's fleet may answer late: ask up to three times."""
+        url = f"{self.server.url}/metrics"
+        for _ in range(2):
+            try:
+                return httpx.get(url, timeout=30).text
+            except httpx.TransportError:
+                continue
+        return httpx.get(url, timeout=30).text
 
     def wait(self, predicate: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
         wait_until(predicate, timeout, what, interval=0.25)
