@@ -18,6 +18,7 @@ import os
 import signal
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,7 +204,7 @@ class SlotMachine:
         self.finish()
 
 
-class State:
+class State(ABC):
     """One state of the machine; subclasses implement ``run`` and never persist themselves."""
 
     name: ClassVar[AgentState]
@@ -223,8 +224,9 @@ class State:
             machine.set_error(exc)
             return self.on_error(machine)
 
+    @abstractmethod
     def run(self, machine: SlotMachine) -> State | None:
-        raise NotImplementedError
+        """Do this state's work; return the next state, or None when the update is over."""
 
     def on_error(self, machine: SlotMachine) -> State | None:
         return Failed()
