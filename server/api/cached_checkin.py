@@ -48,7 +48,7 @@ async def answer_cached_checkin(state: Any, scope: Scope, send: Send) -> bool:
 
 
 def _cached(state: Any, scope: Scope) -> tuple[str, bytes] | None:
-    secret = _bearer_secret(scope)
+    secret = bearer_secret(scope)
     runtime: FleetRuntime | None = getattr(state, "fleet", None)
     if secret is None or not secret.startswith(DEVICE_TOKEN_PREFIX) or runtime is None \
             or runtime.settings.checkin_cache_poll_s <= 0:
@@ -62,7 +62,8 @@ def _cached(state: Any, scope: Scope) -> tuple[str, bytes] | None:
     return entry.device_id, entry.body
 
 
-def _bearer_secret(scope: Scope) -> str | None:
+def bearer_secret(scope: Scope) -> str | None:
+    """The secret of an ``Authorization: Bearer`` header, or None."""
     for name, value in scope["headers"]:
         if name == b"authorization":
             if value[:len(_BEARER)].lower() != _BEARER:

@@ -10,6 +10,7 @@ from sqlmodel import Session
 from ferry.protocol.documents import Role, StatusReport
 from ferry.protocol.errors import MalformedError
 from ferry.protocol.timefmt import parse_time
+from ferry.server.api.cached_checkin import bearer_secret
 from ferry.server.api.deps import CtxDep, SessionDep, require
 from ferry.server.auth import Principal, ServerRole
 from ferry.server.db import session_scope
@@ -61,7 +62,8 @@ def desired_state(request: Request, device_id: DeviceId, ctx: CtxDep,
     else:
         runtime.last_seen.touch(device_id, now)
     if runtime.settings.checkin_cache_poll_s > 0:
-        secret = request.headers["authorization"].split(" ", 1)[1].strip()
+        secret = bearer_secret(request.scope)
+        assert secret is not None  # the route's authentication read the same header
         cache.store(credential_key(secret),
                     Entry(device_id, served.body, parse_time(served.expires_at), generation))
     return Response(served.body, media_type="application/json")
