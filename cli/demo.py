@@ -394,9 +394,12 @@ class DemoResult:
 
 def _phase(op: Operator, title: str, version: int, waves: list[int],
            done: Callable[[dict[str, Any]], bool], **gates: Any) -> dict[str, Any]:
+    """Create a rollout and wait for ``done``; the status returned carries ``took_s``."""
     console.rule(f"[bold]{title}")
+    started = time.monotonic()
     rollout = op.create_rollout(version, waves, **gates)
-    return op.wait_rollout(rollout["id"], done, on_status=_reporter(title))
+    status = op.wait_rollout(rollout["id"], done, on_status=_reporter(title))
+    return {**status, "took_s": round(time.monotonic() - started, 1)}
 
 
 def finished(status: dict[str, Any]) -> bool:
@@ -431,8 +434,8 @@ def run_demo(data_dir: Path, devices: int, fail_rate: float, bundle_size: int,
              keep_running: bool) -> DemoResult:
     shutil.rmtree(data_dir, ignore_errors=True)
     server = ServerProcess(data_dir / "server").start()
-    console.print(f"[bold green]server[/] {server.url}  (MQTT broker "
-                  f"mqtt://127.0.0.1:{server.mqtt_port}, data {data_dir})")
+    console.print(f"[bold green]server[/] started on HTTP port {server.http_port} and MQTT port "
+                  f"{server.mqtt_port} for the demo's length (data in {data_dir})")
     op = Operator(server.url, server.admin_token)
     agents: list[AgentProcess] = []
     simulator: SimulatorProcess | None = None
@@ -471,11 +474,10 @@ def run_demo(data_dir: Path, devices: int, fail_rate: float, bundle_size: int,
         agent_status = {a.device_id: a.status() for a in agents}
         fleet = op.fleet_status()
         console.rule("[bold]done")
-        console.print(f"fleet: {json.dumps(fleet['models'])}")
-        console.print(f"dashboard/API: {server.url}  (admin token in "
-                      f"{server.data_dir / 'admin-token'})")
+        print_summary(baseline, bad, good, fleet)
         if keep_running:
-            console.print("running until Ctrl-C …")
+            console.print(f"API: {server.url}  (admin token in "
+                          f"{server.data_dir / 'admin-token'}); running until Ctrl-C …")
             _wait_for_interrupt()
         sim_summary = simulator.stop()
         simulator = None
@@ -487,6 +489,30 @@ def run_demo(data_dir: Path, devices: int, fail_rate: float, bundle_size: int,
             agent.stop()
         op.close()
         server.stop()
+
+
+def print_summary(baseline: dict[str, Any], bad: dict[str, Any], good: dict[str, Any],
+                  fleet: dict[str, Any]) -> None:
+    """What happened, in four lines a newcomer can check against the tables above."""
+    def done(status: dict[str, Any]) -> str:
+        rollout, totals = status["rollout"], status["totals"]
+        return (f"{rollout['id']} v{rollout['version']} {rollout['state']}: "
+                f"{totals['committed']}/{status['devices']} committed in {status['took_s']:.0f}s")
+
+    halted, totals = bad["rollout"], bad["totals"]
+    untouched = bad["devices"] - totals["rolled_back"] - totals["failed"] - totals["timed_out"]
+    versions = ", ".join(f"{m['model']} " + ", ".join(f"v{v} on {n}" for v, n in
+                                                       sorted(m["versions"].items()))
+                         for m in fleet["models"])
+    for label, text in (
+            ("baseline", done(baseline)),
+            ("bad release", f"{halted['id']} v{halted['version']} halted in wave "
+                            f"{halted['wave'] + 1} of {len(halted['waves'])} and rolled back in "
+                            f"{bad['took_s']:.0f}s: {totals['rolled_back']} devices back on "
+                            f"v{baseline['rollout']['version']}, {untouched} never took it"),
+            ("good release", done(good) + " (100 %)"),
+            ("fleet", f"{fleet['devices']} devices: {versions}")):
+        console.print(f"[bold]{label:<13}[/]{text}", soft_wrap=True)
 
 
 def _wait_for_interrupt() -> None:
@@ -511,14 +537,32 @@ def main(
 ) -> None:
     """Run the whole demo; exit 0 when every phase ended as expected."""
     started = time.monotonic()
+    data_dir = data_dir.resolve()
     try:
-        result = run_demo(data_dir.resolve(), devices, fail_rate, bundle_size, keep_running)
-    except DemoError as exc:
-        console.print(f"[red]demo failed:[/red] {exc}")
+        result = run_demo(data_dir, devices, fail_rate, bundle_size, keep_running)
+    except KeyboardInterrupt:
+        console.print("[yellow]demo interrupted[/]; everything it started was stopped")
+        raise typer.Exit(130) from None
+    except Exception as exc:  # the demo's contract: one line, never a traceback
+        console.print(f"[red]demo failed:[/red] {describe_failure(exc)}", soft_wrap=True)
+        console.print(f"  logs: {data_dir / 'server' / 'server.log'} and "
+                      f"{data_dir}/*/*.log", soft_wrap=True)
         raise typer.Exit(1) from None
     if json_out is not None:
         json_out.write_text(json.dumps(result.__dict__, indent=2, sort_keys=True))
     console.print(f"[bold green]demo finished in {time.monotonic() - started:.0f}s[/]")
+
+
+def describe_failure(exc: Exception) -> str:
+    """One line: what failed and where (an HTTP call names its request)."""
+    if isinstance(exc, httpx.HTTPError):
+        try:
+            request = exc.request
+            where = f" on {request.method} {request.url}"
+        except RuntimeError:
+            where = ""
+        return f"{type(exc).__name__}{where}: {exc or 'no detail'}"
+    return f"{exc}" if isinstance(exc, DemoError) else f"{type(exc).__name__}: {exc}"
 
 
 if __name__ == "__main__":

@@ -164,7 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         worker = WebhookWorker(engine, RetryPolicy(settings.webhook_max_attempts,
                                                    settings.webhook_backoff_seconds,
                                                    settings.webhook_timeout_seconds),
-                               settings.webhook_poll_seconds)
+                               settings.webhook_poll_seconds, read_engine=read_engine)
         task = asyncio.create_task(worker.run()) if settings.start_webhook_worker else None
         mqtt = await start_mqtt(app, ctx)
         jobs = _start_deltas(app, ctx)

@@ -10,7 +10,8 @@
     ├── ConflictError                (409 conflict)
     ├── PayloadTooLargeError         (413 payload_too_large)
     ├── RangeNotSatisfiableError     (416 range_not_satisfiable)
-    └── ValidationFailedError        (422 validation_error)
+    ├── ValidationFailedError        (422 validation_error)
+    └── DatabaseBusyError            (503 database_busy)
 
 Every response body for an error is ``{"error": {"code", "message", "details"}}``;
 `install_error_handlers` maps our errors, FastAPI's validation errors, Starlette's
@@ -25,6 +26,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("ferry.server")
@@ -104,6 +106,12 @@ class ValidationFailedError(ServerError):
     code, status = "validation_error", 422
 
 
+class DatabaseBusyError(ServerError):
+    """The database's write lock stayed taken too long; the client should retry shortly."""
+
+    code, status = "database_busy", 503
+
+
 _STATUS_ERRORS: dict[int, type[ServerError]] = {
     400: BadRequestError, 401: UnauthenticatedError, 403: ForbiddenError,
     404: NotFoundError, 405: MethodNotAllowedError, 409: ConflictError,
@@ -146,6 +154,11 @@ async def _on_http_exception(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, OperationalError) and "locked" in str(exc.orig):
+        # Another process held SQLite's write lock past the busy timeout: contention, not a bug.
+        log.warning("database busy on %s %s: %s", request.method, request.url.path, exc.orig)
+        return error_response(DatabaseBusyError("the database is busy; retry shortly",
+                                                headers={"Retry-After": "2"}))
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(ServerError("internal server error; see the server log"))
 

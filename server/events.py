@@ -95,8 +95,10 @@ class RetryPolicy:
 class WebhookWorker:
     """Delivers due webhook rows until stopped."""
 
-    def __init__(self, engine: Engine, policy: RetryPolicy, poll_seconds: float = 1.0) -> None:
+    def __init__(self, engine: Engine, policy: RetryPolicy, poll_seconds: float = 1.0,
+                 read_engine: Engine | None = None) -> None:
         self.engine = engine
+        self.read_engine = read_engine or engine
         self.policy = policy
         self.poll_seconds = poll_seconds
         self._stop = asyncio.Event()
@@ -123,6 +125,8 @@ class WebhookWorker:
     def _claim_due(self) -> list[_Job]:
         now = time.time()
         jobs: list[_Job] = []
+        if not self._any_due(now):  # polled every second: no write lock while idle
+            return jobs
         with session_scope(self.engine) as session:
             due = session.exec(select(WebhookDelivery)
                                .where(WebhookDelivery.status == "pending",
@@ -142,6 +146,14 @@ class WebhookWorker:
                 jobs.append(_Job(row.id, row.attempts, sub.url, sub.secret,
                                  event.event_type, event_body(event)))
         return jobs
+
+    def _any_due(self, now: float) -> bool:
+        with Session(self.read_engine) as session:
+            found = session.exec(select(WebhookDelivery.id).where(
+                WebhookDelivery.status == "pending",
+                WebhookDelivery.next_attempt_at <= now).limit(1)).first()
+            session.rollback()
+        return found is not None
 
     async def _deliver(self, client: httpx.AsyncClient, job: _Job) -> None:
         headers = {"Content-Type": "application/json", EVENT_HEADER: job.event_type,

@@ -31,7 +31,7 @@ async def start_mqtt(app: FastAPI, ctx: AppContext,
         return None
     runtime = runtime_of(app)
     client_id = settings.client_id or default_client_id(ctx.settings.port)
-    service = MqttService(settings, directory=FleetDirectory(ctx.engine),
+    service = MqttService(settings, directory=FleetDirectory(ctx.read_engine),
                           sink=FleetStatusSink(ctx.engine, runtime.now),
                           metrics=MqttMetrics(ctx.metrics.registry), client_id=client_id)
     try:

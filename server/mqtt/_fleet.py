@@ -17,7 +17,7 @@ from ferry.server.tables.fleet import Device
 
 
 class FleetDirectory:
-    """`DeviceDirectory` over the device table."""
+    """`DeviceDirectory` over the device table, through the read engine (logins never write)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine

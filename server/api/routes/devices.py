@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from sqlmodel import Session
 
-from ferry.server.api.deps import Reader, SessionDep, require
+from ferry.server.api.deps import Reader, ReadSessionDep, SessionDep, require
 from ferry.server.auth import Principal, ServerRole
 from ferry.server.fleet import devices
 from ferry.server.fleet.runtime import FleetRuntime, get_runtime
@@ -37,7 +37,7 @@ def device_public(session: Session, device: Device) -> DevicePublic:
 
 
 @router.get("/devices")
-def list_devices(session: SessionDep, reader: Reader, namespace: str | None = None,
+def list_devices(session: ReadSessionDep, reader: Reader, namespace: str | None = None,
                  selector: str = "", include_revoked: bool = False,
                  limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
                  offset: Annotated[int, Query(ge=0)] = 0) -> list[DevicePublic]:
@@ -48,7 +48,7 @@ def list_devices(session: SessionDep, reader: Reader, namespace: str | None = No
 
 
 @router.get("/devices/{device_id}")
-def show_device(device_id: str, session: SessionDep, reader: Reader,
+def show_device(device_id: str, session: ReadSessionDep, reader: Reader,
                 history: Annotated[int, Query(ge=0, le=1000)] = 50) -> DeviceDetail:
     device = devices.get_device(session, reader, device_id)
     reports = [ReportPublic.model_validate(r, from_attributes=True)

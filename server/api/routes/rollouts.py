@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Response
 from sqlmodel import Session
 
-from ferry.server.api.deps import CtxDep, Reader, SessionDep, require
+from ferry.server.api.deps import CtxDep, Reader, ReadSessionDep, SessionDep, require
 from ferry.server.auth import Principal, ServerRole
 from ferry.server.fleet.runtime import FleetRuntime, get_runtime
 from ferry.server.fleet.selectors import format_selector, parse_selector
@@ -44,7 +44,7 @@ def create_rollout(body: RolloutCreate, session: SessionDep, ctx: CtxDep, operat
 
 
 @router.get("/rollouts")
-def list_rollouts(session: SessionDep, reader: Reader, namespace: str | None = None,
+def list_rollouts(session: ReadSessionDep, reader: Reader, namespace: str | None = None,
                   state: RolloutState | None = None,
                   limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
     rows = service.list_rollouts(session, reader, namespace=namespace,
@@ -53,7 +53,7 @@ def list_rollouts(session: SessionDep, reader: Reader, namespace: str | None = N
 
 
 @router.get("/rollouts/{rollout_id}")
-def show_rollout(rollout_id: str, session: SessionDep, reader: Reader) -> dict[str, Any]:
+def show_rollout(rollout_id: str, session: ReadSessionDep, reader: Reader) -> dict[str, Any]:
     return rollout_public(service.get_rollout(session, reader, rollout_id))
 
 
@@ -98,7 +98,7 @@ def set_binding(ns: str, name: str, alias: AliasName, body: BindingSet, session:
 
 
 @router.get("/alias-bindings")
-def list_bindings(session: SessionDep, reader: Reader,
+def list_bindings(session: ReadSessionDep, reader: Reader,
                   namespace: str | None = None) -> list[BindingPublic]:
     return [_binding_public(r) for r in bindings.list_bindings(session, namespace)
             if reader.in_namespace(r.namespace)]

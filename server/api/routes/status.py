@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
-from ferry.server.api.deps import Reader, SessionDep
+from ferry.server.api.deps import Reader, ReadSessionDep
 from ferry.server.auth import ALL_NAMESPACES, ServerRole
 from ferry.server.fleet.runtime import FleetRuntime, get_runtime
 from ferry.server.rollouts import service
@@ -17,14 +17,14 @@ RuntimeDep = Annotated[FleetRuntime, Depends(get_runtime)]
 
 
 @router.get("/rollouts/{rollout_id}/status")
-def get_rollout_status(rollout_id: str, session: SessionDep, reader: Reader,
+def get_rollout_status(rollout_id: str, session: ReadSessionDep, reader: Reader,
                        runtime: RuntimeDep) -> dict[str, Any]:
     rollout = service.get_rollout(session, reader, rollout_id)
     return rollout_status(session, rollout, runtime.now())
 
 
 @router.get("/fleet/status")
-def get_fleet_status(session: SessionDep, reader: Reader, runtime: RuntimeDep,
+def get_fleet_status(session: ReadSessionDep, reader: Reader, runtime: RuntimeDep,
                      namespace: str | None = None,
                      online_window_s: Annotated[int, Query(ge=1, le=30 * 86400)] = 300
                      ) -> dict[str, Any]:
