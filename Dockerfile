@@ -2,13 +2,11 @@
 FROM python:3.11-slim
 RUN apt-get update && apt-get install -y --no-install-recommends curl && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml setup.py README.md ./
 COPY protocol protocol
-COPY server server
 COPY agent agent
 COPY client client
-COPY cli cli
-RUN pip install --no-cache-dir '.[server]'
+COPY server server
+RUN pip install --no-cache-dir ./protocol ./agent ./client ./server
 RUN useradd --system --create-home ferry
 USER ferry
 EXPOSE 8080

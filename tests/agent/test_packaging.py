@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from tests.agent.conftest import REPO_ROOT
 
@@ -62,7 +66,7 @@ def test_agent_imports_none_of_the_server_side_dependencies() -> None:
 
 
 def test_no_agent_module_names_a_forbidden_package() -> None:
-    for path in (REPO_ROOT / "agent").glob("*.py"):
+    for path in (REPO_ROOT / "agent" / "src").rglob("*.py"):
         imports = [
             line.split()[1]
             for line in path.read_text().splitlines()
@@ -80,3 +84,25 @@ def test_ferry_agent_help_runs() -> None:
         check=False,
     )
     assert result.returncode == 0 and "enroll" in result.stdout and "rollback" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_device_venv_with_the_agent_alone_installs_no_server_dependency(tmp_path: Path) -> None:
+    """``pip install ./protocol ./agent`` (what a device does) into a fresh venv."""
+    venv = tmp_path / "device"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         str(REPO_ROOT / "protocol"), str(REPO_ROOT / "agent")],
+        check=True, timeout=600, env=env, capture_output=True)
+    frozen = subprocess.run([str(python), "-m", "pip", "freeze"], check=True, text=True,
+                            capture_output=True, timeout=120).stdout
+    installed = {line.split("==")[0].split(" @ ")[0].lower().replace("_", "-")
+                 for line in frozen.splitlines() if line}
+    assert {"ferry-agent", "ferry-protocol", "httpx", "paho-mqtt"} <= installed
+    assert not installed & ({*FORBIDDEN, "ferry-server", "ferry-client", "alembic", "psycopg"})
+    shown = subprocess.run([str(venv / "bin" / "ferry-agent"), "--help"], text=True,
+                           capture_output=True, timeout=60, check=False)
+    assert shown.returncode == 0 and "enroll" in shown.stdout
