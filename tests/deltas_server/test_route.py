@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from ferry.protocol.delta import apply_delta_file
-from ferry.server.config import Settings
-from ferry.server.delta_jobs import DeltaJobs, rollout_pairs
+from ferry.server.core.settings import Settings
+from ferry.server.deltas.jobs import DeltaJobs, rollout_pairs
 from tests.deltas_server.models import WEIGHTS, model_pair, random_pair
 from tests.fleet.harness import API, Fleet
 from tests.rollouts.helpers import commit

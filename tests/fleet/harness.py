@@ -18,7 +18,7 @@ from ferry.protocol.documents import Keyring
 from ferry.protocol.signing import parse_envelope
 from ferry.protocol.timefmt import format_time, parse_time
 from ferry.server.app import create_app
-from ferry.server.config import Settings
+from ferry.server.core.settings import Settings
 from ferry.server.fleet.runtime import FleetRuntime, FleetSettings
 from ferry.server.rollouts.engine import tick
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from ferry.server.fleet.checkin_cache import CheckinCache, Entry, EpochPoller
+from ferry.server.checkin.cache import CheckinCache, Entry, EpochPoller
 from ferry.server.fleet.runtime import FleetSettings
 from tests.fleet.harness import API, START, Fleet, build_fleet
 

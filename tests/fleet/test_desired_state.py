@@ -11,8 +11,8 @@ from ferry.protocol.errors import ExpiredDesiredStateError, SequenceRollbackErro
 from ferry.protocol.signing import envelope_bytes, parse_envelope
 from ferry.protocol.timefmt import parse_time
 from ferry.protocol.verify import verify_desired_state
-from ferry.server.db import session_scope
-from ferry.server.trust import get_envelope, rotate
+from ferry.server.core.db import session_scope
+from ferry.server.trust.service import get_envelope, rotate
 from tests.fleet.harness import API, Fleet
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ferry.server.db import session_scope
+from ferry.server.core.db import session_scope
 from ferry.server.fleet import broker_credentials
 from ferry.server.fleet.credentials import mosquitto_hash
 from tests.fleet.harness import API, Fleet

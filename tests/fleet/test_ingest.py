@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ferry.protocol.documents import StatusReport
-from ferry.server.db import session_scope
-from ferry.server.fleet import ingest_reports
+from ferry.server.checkin.ingest import ingest_reports
+from ferry.server.core.db import session_scope
 from tests.fleet.harness import API, Fleet, report_doc
 
 

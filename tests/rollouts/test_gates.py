@@ -7,8 +7,8 @@ from typing import Any
 
 from sqlmodel import select
 
-from ferry.server.db import session_scope
-from ferry.server.tables.webhooks import EventOutbox
+from ferry.server.core.db import session_scope
+from ferry.server.webhooks.tables import EventOutbox
 from tests.fleet.harness import Agent, Fleet
 from tests.rollouts.helpers import by_wave, commit, fail, target
 

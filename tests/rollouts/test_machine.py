@@ -8,15 +8,15 @@ from sqlmodel import select
 
 from ferry.protocol.signing import envelope_bytes
 from ferry.protocol.verify import verify_desired_state
-from ferry.server.db import session_scope
+from ferry.server.audit.tables import AuditEntry
+from ferry.server.core.db import session_scope
 from ferry.server.rollouts.machine import (
     TRANSITIONS,
     IllegalTransitionError,
     RolloutState,
     check_transition,
 )
-from ferry.server.tables.audit import AuditEntry
-from ferry.server.tables.webhooks import EventOutbox
+from ferry.server.webhooks.tables import EventOutbox
 from tests.fleet.harness import Fleet
 from tests.rollouts.helpers import by_wave, commit, target
 

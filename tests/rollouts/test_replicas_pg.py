@@ -18,13 +18,13 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from ferry.server.db import make_engine, session_scope
-from ferry.server.fleet.checkin_cache import EpochPoller
+from ferry.server.audit.tables import AuditEntry
+from ferry.server.checkin.cache import EpochPoller
+from ferry.server.core.db import make_engine, session_scope
 from ferry.server.fleet.runtime import FleetRuntime, FleetSettings
 from ferry.server.rollouts.engine import lock_for_evaluation, tick
 from ferry.server.rollouts.machine import parse_id
-from ferry.server.tables.audit import AuditEntry
-from ferry.server.tables.webhooks import EventOutbox
+from ferry.server.webhooks.tables import EventOutbox
 from tests.fleet.harness import Fleet, RecordingNotifier, build_fleet
 from tests.rollouts.helpers import by_wave, commit
 

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from ferry.server.app import create_app, prepare
-from ferry.server.config import Settings
+from ferry.server.core.settings import Settings
 
 PG_ADMIN_URL = os.environ.get("FERRY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 API = "/api/v1"

@@ -10,8 +10,8 @@ import sys
 import threading
 from pathlib import Path
 
-from ferry.server import audit
-from ferry.server.db import make_engine, session_scope
+from ferry.server.audit import service as audit
+from ferry.server.core.db import make_engine, session_scope
 from tests.server.conftest import API, Harness
 
 

@@ -17,7 +17,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 from sqlmodel import SQLModel
 
-from ferry.server.db import alembic_config, migrate
+from ferry.server.core.db import alembic_config, migrate
 from tests.server.conftest import API, Harness, version_body
 
 EXPECTED_TABLES = {"api_token", "namespace", "registered_model", "model_version", "version_tag",

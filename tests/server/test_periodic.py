@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ferry.server.periodic import Periodic
+from ferry.server.core.periodic import Periodic
 
 
 def test_a_failing_step_is_retried_and_the_final_step_runs_once_stopped() -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from ferry.server.db import WriterGate, make_engine, session_scope
-from ferry.server.errors import DatabaseBusyError
+from ferry.server.core.db import WriterGate, make_engine, session_scope
+from ferry.server.core.errors import DatabaseBusyError
 
 WRITERS = 48
 WRITES_EACH = 25
@@ -86,7 +86,7 @@ def test_a_stuck_holder_is_named_and_the_waiter_gets_a_busy_error(
         except DatabaseBusyError as exc:
             caught.append(exc)
 
-    with caplog.at_level(logging.WARNING, logger="ferry.server.db"):
+    with caplog.at_level(logging.WARNING, logger="ferry.server.core.db"):
         thread = threading.Thread(target=waiter)
         thread.start()
         thread.join(10)

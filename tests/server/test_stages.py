@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from ferry.server.api.schemas import Stage
-from ferry.server.registry import TRANSITIONS
+from ferry.server.registry.schemas import Stage
+from ferry.server.registry.service import TRANSITIONS
 from tests.server.conftest import API, Harness
 
 STAGE = f"{API}/models/vision/resnet/versions/1/stage"

@@ -17,9 +17,9 @@ from ferry.protocol.signing import document_digest, parse_envelope
 from ferry.protocol.timefmt import format_time, parse_time, utcnow
 from ferry.protocol.verify import trust_first_keyring, verify_keyring, verify_manifest
 from ferry.server.app import create_app
-from ferry.server.db import session_scope
-from ferry.server.tables.trust import KeyringVersion
-from ferry.server.trust import renew_if_expiring
+from ferry.server.core.db import session_scope
+from ferry.server.trust.service import renew_if_expiring
+from ferry.server.trust.tables import KeyringVersion
 from tests.server.conftest import API, Harness
 
 

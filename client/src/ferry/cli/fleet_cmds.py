@@ -28,7 +28,9 @@ from ferry.cli._common import (
     table,
 )
 from ferry.client import InputError
-from ferry.client._fleet import Device, Gates, Rollout
+from ferry.client._fleet import Device, Rollout
+from ferry.protocol.errors import MalformedError
+from ferry.protocol.gates import GatePolicy
 
 devices_app = typer.Typer(help="List, show, tag and revoke enrolled devices.", no_args_is_help=True)
 token_app = typer.Typer(help="Create, list and revoke device enrolment tokens.",
@@ -64,6 +66,17 @@ def _watch(render: Callable[[], RenderableType], interval: float) -> None:
 
 
 # --- enrolment tokens ---------------------------------------------------------------------
+
+
+_GATES = GatePolicy()  # the defaults the options show
+
+
+def gate_policy(**values: int | None) -> GatePolicy:
+    """The policy the options ask for; a value out of range is a usage error, not a traceback."""
+    try:
+        return GatePolicy(**values)  # type: ignore[arg-type]
+    except MalformedError as exc:
+        raise InputError(str(exc)) from None
 
 
 @token_app.command("create", epilog="Example: ferry enrollment-token create vision line-3 "
@@ -213,13 +226,13 @@ def rollout_create(
     selector: Annotated[str, typer.Option(help="Devices: key=value[,key=value]; empty = all.")] = "",
     waves: Annotated[str, typer.Option(help="Cumulative percentages.")] = "1,10,50,100",
     slot: Annotated[str, typer.Option(help="Model slot on the device.")] = "main",
-    bake: Annotated[int, typer.Option(help="Seconds each wave bakes before the gate.")] = 0,
-    min_success: Annotated[int, typer.Option(help="Percent committed needed to advance.")] = 100,
-    max_failures: Annotated[int | None, typer.Option(help="Halt beyond this many failures.")] = None,
-    max_failure_pct: Annotated[int | None, typer.Option(help="Halt beyond this % failed.")] = 5,
-    retries: Annotated[int, typer.Option(help="Retries per failed device.")] = 0,
-    retry_backoff: Annotated[int, typer.Option(help="Seconds before the first retry (doubles).")] = 60,
-    timeout: Annotated[int, typer.Option(help="Seconds in progress before timed_out.")] = 1800,
+    bake: Annotated[int, typer.Option(help="Seconds each wave bakes before the gate.")] = _GATES.bake_s,
+    min_success: Annotated[int, typer.Option(help="Percent committed needed to advance.")] = _GATES.min_success_pct,
+    max_failures: Annotated[int | None, typer.Option(help="Halt beyond this many failures.")] = _GATES.max_failures,
+    max_failure_pct: Annotated[int | None, typer.Option(help="Halt beyond this % failed.")] = _GATES.max_failure_pct,
+    retries: Annotated[int, typer.Option(help="Retries per failed device.")] = _GATES.max_retries,
+    retry_backoff: Annotated[int, typer.Option(help="Seconds before the first retry (doubles).")] = _GATES.retry_backoff_s,
+    timeout: Annotated[int, typer.Option(help="Seconds in progress before timed_out.")] = _GATES.in_progress_timeout_s,
     auto_rollback: Annotated[bool, typer.Option(help="Roll back automatically on halt.")] = False,
     start_at: Annotated[str | None, typer.Option(help="Start time, e.g. 2026-11-26T02:00:00Z.")] = None,
     paused: Annotated[bool, typer.Option(help="Create paused; start with `rollout resume`.")] = False,
@@ -227,9 +240,9 @@ def rollout_create(
 ) -> None:
     """Create a rollout (operator): Production versions, or Staging on channel=canary."""
     ns, model, ref = parse_version_ref(target)
-    gates = Gates(bake_s=bake, min_success_pct=min_success, max_failures=max_failures,
-                  max_failure_pct=max_failure_pct, max_retries=retries,
-                  retry_backoff_s=retry_backoff, in_progress_timeout_s=timeout)
+    gates = gate_policy(bake_s=bake, min_success_pct=min_success, max_failures=max_failures,
+                        max_failure_pct=max_failure_pct, max_retries=retries,
+                        retry_backoff_s=retry_backoff, in_progress_timeout_s=timeout)
     with client() as ferry:
         rollout = ferry.create_rollout(ns, model, ref, selector=selector, waves=_parse_waves(waves),
                                        slot=slot, gates=gates, auto_rollback=auto_rollback,
@@ -334,8 +347,8 @@ def rollout_bind(
     alias: Annotated[str, typer.Argument(help="Alias whose moves plan rollouts.")],
     selector: Annotated[str, typer.Option(help="Devices: key=value[,key=value].")] = "",
     waves: Annotated[str, typer.Option(help="Cumulative percentages.")] = "1,10,50,100",
-    bake: Annotated[int, typer.Option(help="Seconds each wave bakes.")] = 0,
-    min_success: Annotated[int, typer.Option(help="Percent committed needed.")] = 100,
+    bake: Annotated[int, typer.Option(help="Seconds each wave bakes.")] = _GATES.bake_s,
+    min_success: Annotated[int, typer.Option(help="Percent committed needed.")] = _GATES.min_success_pct,
     auto_start: Annotated[bool, typer.Option(help="Start planned rollouts at once.")] = False,
     auto_rollback: Annotated[bool, typer.Option(help="Roll back automatically on halt.")] = False,
 ) -> None:
@@ -343,7 +356,7 @@ def rollout_bind(
     ns, name = _ns_model(model)
     with client() as ferry:
         ferry.bind_alias(ns, name, alias, selector=selector, waves=_parse_waves(waves),
-                         gates=Gates(bake_s=bake, min_success_pct=min_success),
+                         gates=gate_policy(bake_s=bake, min_success_pct=min_success),
                          auto_start=auto_start, auto_rollback=auto_rollback)
     out.print(f"bound {ns}/{name}:{alias} → rollouts at {selector or 'all devices'}")
 

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from ferry.protocol.documents import Role
-from ferry.server.config import Settings
+from ferry.server.core.settings import Settings
 
 app = typer.Typer(help="Server-host commands.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -73,9 +73,9 @@ def create_token_command(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create an API token and print it once."""
-    from ferry.server import audit
-    from ferry.server.auth import ServerRole, create_token
-    from ferry.server.db import make_engine, migrate, session_scope
+    from ferry.server.audit import service as audit
+    from ferry.server.auth.service import ServerRole, create_token
+    from ferry.server.core.db import make_engine, migrate, session_scope
 
     allowed = [r.value for r in ServerRole if r is not ServerRole.DEVICE]
     if role not in allowed:
@@ -102,8 +102,9 @@ def rotate_command(
 ) -> None:
     """Replace one key and publish a new keyring version signed by the root
     (by the old and the new root when the root itself rotates)."""
-    from ferry.server import audit, trust
-    from ferry.server.db import make_engine, migrate, session_scope
+    from ferry.server.audit import service as audit
+    from ferry.server.core.db import make_engine, migrate, session_scope
+    from ferry.server.trust import service as trust
 
     settings = _settings(data_dir, database_url, keyring_expiry_days=expiry_days)
     migrate(settings.database_url)
@@ -121,8 +122,8 @@ def rotate_command(
 @audit_app.command("verify", epilog="Example: ferry audit verify --data-dir ./data")
 def audit_verify_command(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """Recompute the audit hash chain; exit 1 and name the first bad entry if it is broken."""
-    from ferry.server.audit import verify_chain
-    from ferry.server.db import make_engine, migrate
+    from ferry.server.audit.service import verify_chain
+    from ferry.server.core.db import make_engine, migrate
 
     settings = _settings(data_dir, database_url)
     migrate(settings.database_url)

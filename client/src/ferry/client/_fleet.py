@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ferry.client._models import _Record
+from ferry.protocol.gates import GatePolicy
 
 ROLLOUT_ACTIONS = ("pause", "resume", "advance", "cancel", "rollback")
 
@@ -97,25 +98,6 @@ def _drop_none(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if v is not None}
 
 
-@dataclass(frozen=True)
-class Gates:
-    """Per-wave gate settings (server defaults when left as they are)."""
-
-    bake_s: int = 0
-    min_success_pct: int = 100
-    max_failures: int | None = None
-    max_failure_pct: int | None = 5
-    max_retries: int = 0
-    retry_backoff_s: int = 60
-    in_progress_timeout_s: int = 1800
-
-    def to_json(self) -> dict[str, Any]:
-        return {"bake_s": self.bake_s, "min_success_pct": self.min_success_pct,
-                "max_failures": self.max_failures, "max_failure_pct": self.max_failure_pct,
-                "max_retries": self.max_retries, "retry_backoff_s": self.retry_backoff_s,
-                "in_progress_timeout_s": self.in_progress_timeout_s}
-
-
 class FleetMixin:
     """Fleet methods; `FerryClient` provides ``_json`` and ``_send``."""
 
@@ -168,14 +150,14 @@ class FleetMixin:
 
     def create_rollout(self, namespace: str, model: str, version: int | str, *,
                        selector: str = "", waves: Sequence[int] = (1, 10, 50, 100),
-                       slot: str = "main", gates: Gates | None = None,
+                       slot: str = "main", gates: GatePolicy | None = None,
                        auto_rollback: bool = False, start_at: str | None = None,
                        start_paused: bool = False) -> Rollout:
         """Roll ``version`` (a number or an alias) out to the devices ``selector`` matches."""
         body = {"namespace": namespace, "model": model, "version": str(version),
                 "selector": selector, "waves": list(waves), "slot": slot,
                 "auto_rollback": auto_rollback, "start_at": start_at,
-                "start_paused": start_paused, **(gates or Gates()).to_json()}
+                "start_paused": start_paused, **(gates or GatePolicy()).to_dict()}
         body = {k: v for k, v in body.items() if v is not None or k.startswith("max_failure")}
         return Rollout.from_json(self._json("POST", "/rollouts", json=body))
 
@@ -207,11 +189,11 @@ class FleetMixin:
 
     def bind_alias(self, namespace: str, model: str, alias: str, *, selector: str = "",
                    waves: Sequence[int] = (1, 10, 50, 100), slot: str = "main",
-                   gates: Gates | None = None, auto_rollback: bool = False,
+                   gates: GatePolicy | None = None, auto_rollback: bool = False,
                    auto_start: bool = False) -> RolloutBinding:
         """From now on, moving ``alias`` plans a rollout of the new version."""
         body = {"selector": selector, "waves": list(waves), "slot": slot,
-                "gates": (gates or Gates()).to_json(), "auto_rollback": auto_rollback,
+                "gates": (gates or GatePolicy()).to_dict(), "auto_rollback": auto_rollback,
                 "auto_start": auto_start}
         path = f"/alias-bindings/{_seg(namespace)}/{_seg(model)}/{_seg(alias)}"
         return RolloutBinding.from_json(self._json("PUT", path, json=body))

@@ -21,54 +21,52 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from starlette.types import Receive, Scope, Send
 
+import ferry.server.metadata  # noqa: F401  (every table on SQLModel.metadata)
 from ferry.protocol.timefmt import utcnow
-from ferry.server import audit
-from ferry.server.api.cached_checkin import answer_cached_checkin
-from ferry.server.api.deps import AppContext
-from ferry.server.api.routes import audit as audit_routes
-from ferry.server.api.routes import (
-    blobs,
-    deltas,
-    device_api,
-    devices,
-    enrollment,
-    models,
-    namespaces,
-    rollouts,
-    status,
-    system,
-    tokens,
-    webhooks,
-)
-from ferry.server.api.routes import trust as trust_routes
-from ferry.server.api.schemas import ErrorBody
-from ferry.server.auth import ServerRole, create_token, has_any_token
-from ferry.server.blobs import LocalBlobStore
-from ferry.server.config import Settings
-from ferry.server.db import make_engine, make_read_engine, migrate, session_scope
-from ferry.server.delta_jobs import DeltaJobs
+from ferry.server import wiring as fleet_wiring
+from ferry.server.api import system
+from ferry.server.audit import routes as audit_routes
+from ferry.server.audit import service as audit
+from ferry.server.auth import routes as token_routes
+from ferry.server.auth.service import ServerRole, create_token, has_any_token
+from ferry.server.blobs import routes as blob_routes
+from ferry.server.blobs.store import LocalBlobStore
+from ferry.server.checkin import routes as checkin_routes
+from ferry.server.checkin.fast_path import answer_cached_checkin
+from ferry.server.core.context import AppContext
+from ferry.server.core.db import make_engine, make_read_engine, migrate, session_scope
+from ferry.server.core.errors import install_error_handlers
+from ferry.server.core.observability import Metrics, ObservabilityMiddleware, configure_logging
+from ferry.server.core.periodic import Periodic
+from ferry.server.core.schemas import ErrorBody
+from ferry.server.core.settings import Settings
 from ferry.server.deltas import DeltaService
-from ferry.server.errors import install_error_handlers
-from ferry.server.events import RetryPolicy, WebhookWorker
-from ferry.server.fleet import wiring as fleet_wiring
+from ferry.server.deltas import routes as delta_routes
+from ferry.server.deltas.jobs import DeltaJobs
+from ferry.server.fleet import device_routes, enrollment_routes
 from ferry.server.fleet.runtime import runtime_of
 from ferry.server.mqtt import start_mqtt, stop_mqtt
-from ferry.server.observability import Metrics, ObservabilityMiddleware, configure_logging
-from ferry.server.periodic import Periodic
-from ferry.server.trust import KeySource, renew_if_expiring
+from ferry.server.registry import model_routes, namespace_routes
+from ferry.server.rollouts import routes as rollout_routes
+from ferry.server.rollouts import status_routes
+from ferry.server.trust import routes as trust_routes
+from ferry.server.trust.service import KeySource, renew_if_expiring
+from ferry.server.webhooks import routes as webhook_routes
+from ferry.server.webhooks.service import RetryPolicy, WebhookWorker
 
 API_PREFIX = "/api/v1"
 KEYRING_CHECK_S = 3600.0  # renewal is due a quarter of the lifetime (91 days) before expiry
 API_ROUTERS: list[APIRouter] = [
-    tokens.router,
-    namespaces.router,
-    models.router,
-    blobs.router,
+    token_routes.router,
+    namespace_routes.router,
+    model_routes.router,
+    blob_routes.router,
     trust_routes.router,
     audit_routes.router,
-    webhooks.router,
-    enrollment.router, device_api.router, devices.router, rollouts.router, status.router,
-    deltas.router,
+    webhook_routes.router,
+    enrollment_routes.router, checkin_routes.router, device_routes.router,
+    rollout_routes.router, status_routes.router,
+    delta_routes.router,
 ]
 ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorBody, "description": description}

@@ -8,7 +8,6 @@ write lock — for the length of the upload.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -16,28 +15,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from ferry.server.auth import Principal, ServerRole, lookup, principal_of
-from ferry.server.blobs import BlobStore
-from ferry.server.config import Settings
-from ferry.server.errors import UnauthenticatedError
-from ferry.server.observability import Metrics
-from ferry.server.trust import KeySource
-
-# Other token kinds (device credentials, ``frd_``) plug in here by prefix.
-Authenticator = Callable[[Session, str], Principal | None]
-
-
-@dataclass
-class AppContext:
-    """Everything routes share; stored on ``app.state.ctx``."""
-
-    settings: Settings
-    engine: Engine
-    read_engine: Engine
-    blobs: BlobStore
-    keys: KeySource
-    metrics: Metrics
-    authenticators: dict[str, Authenticator] = field(default_factory=dict)
+from ferry.server.auth.service import Principal, ServerRole, lookup, principal_of
+from ferry.server.core.context import AppContext, Authenticator
+from ferry.server.core.errors import UnauthenticatedError
 
 
 async def get_ctx(request: Request) -> AppContext:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from sqlmodel import Session, col, select
 
 from ferry.protocol.endpoints import DEVICE_TOKEN_PREFIX
-from ferry.server.auth import Principal, ServerRole
-from ferry.server.tables.fleet import Device
+from ferry.server.auth.service import Principal, ServerRole
+from ferry.server.fleet.tables import Device
 
 ENROLLMENT_TOKEN_PREFIX = "fre_"
 MOSQUITTO_ITERATIONS = 101

@@ -5,17 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete
 from sqlmodel import Session, col, select
 
 from ferry.protocol.timefmt import format_time
-from ferry.server import audit
-from ferry.server.auth import Principal
-from ferry.server.errors import NotFoundError, ValidationFailedError
+from ferry.server.audit import service as audit
+from ferry.server.auth.service import Principal
+from ferry.server.core import domain_events
+from ferry.server.core.errors import NotFoundError, ValidationFailedError
+from ferry.server.fleet.events import DeviceRevoked
 from ferry.server.fleet.selectors import check_tags, groups_for, matches
-from ferry.server.rollouts.machine import DeviceState
-from ferry.server.tables.fleet import Device, DeviceReport, DeviceSlot
-from ferry.server.tables.rollouts import RolloutDevice
+from ferry.server.fleet.tables import Device, DeviceReport, DeviceSlot
 
 
 def get_device(session: Session, viewer: Principal, device_id: str) -> Device:
@@ -73,10 +72,7 @@ def revoke(session: Session, actor: Principal, device: Device, now: datetime) ->
         return False
     device.revoked_at = format_time(now)
     session.add(device)
-    # A revoked device will never report: drop it from the cohorts still waiting for it.
-    session.exec(delete(RolloutDevice).where(  # type: ignore[call-overload]
-        col(RolloutDevice.device_id) == device.id,
-        col(RolloutDevice.state) == DeviceState.PENDING.value))
     session.flush()
+    domain_events.publish(session, DeviceRevoked(device.id))
     audit.append(session, actor=actor.name, action="device.revoke", target=f"device:{device.id}")
     return True

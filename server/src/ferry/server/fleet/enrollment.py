@@ -17,9 +17,9 @@ from sqlmodel import Session, col, select
 
 from ferry.protocol.endpoints import DEVICE_TOKEN_PREFIX
 from ferry.protocol.timefmt import format_time
-from ferry.server import audit
-from ferry.server.auth import Principal, ServerRole
-from ferry.server.errors import (
+from ferry.server.audit import service as audit
+from ferry.server.auth.service import Principal, ServerRole
+from ferry.server.core.errors import (
     ForbiddenError,
     NotFoundError,
     UnauthenticatedError,
@@ -32,8 +32,8 @@ from ferry.server.fleet.credentials import (
     sha256_hex,
 )
 from ferry.server.fleet.selectors import DEVICE_ID, check_tags, groups_for
-from ferry.server.registry import get_namespace
-from ferry.server.tables.fleet import Device, EnrollmentToken
+from ferry.server.fleet.tables import Device, EnrollmentToken
+from ferry.server.registry.service import get_namespace
 
 
 def create_token(session: Session, actor: Principal, *, namespace: str, name: str,

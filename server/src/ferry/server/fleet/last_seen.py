@@ -4,7 +4,7 @@ A steady-state check-in only reads: the device's stored desired state is still
 right, so serving it needs no write transaction — except to record that the
 device was seen. Writing that per request would serialise every check-in on
 SQLite's single writer (and cost a row lock and a commit on PostgreSQL). So the
-fast path only notes the time here, and a `ferry.server.periodic.Periodic` task
+fast path only notes the time here, and a `ferry.server.core.periodic.Periodic` task
 writes the notes every ``last_seen_flush_s`` seconds in one transaction. ``last_seen_at`` is
 therefore up to that long behind; a crash loses at most that much of it, never
 anything a rollout decides on (reports are written at once).
@@ -19,8 +19,8 @@ from sqlalchemy import bindparam, or_, update
 from sqlalchemy.engine import Engine
 
 from ferry.protocol.timefmt import format_time
-from ferry.server.db import session_scope
-from ferry.server.tables.fleet import Device
+from ferry.server.core.db import session_scope
+from ferry.server.fleet.tables import Device
 
 _DEVICES = Device.__table__  # type: ignore[attr-defined]
 

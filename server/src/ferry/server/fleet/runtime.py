@@ -17,8 +17,7 @@ from datetime import datetime
 from fastapi import FastAPI, Request
 
 from ferry.protocol.timefmt import utcnow
-from ferry.server.fleet.last_seen import LastSeen
-from ferry.server.rollouts.notifier import (
+from ferry.server.fleet.hooks import (
     BrokerSync,
     Notifier,
     NullBrokerSync,
@@ -26,6 +25,7 @@ from ferry.server.rollouts.notifier import (
     NullStartHook,
     StartHook,
 )
+from ferry.server.fleet.last_seen import LastSeen
 
 Clock = Callable[[], datetime]
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from ferry.server.api.schemas import NAME_PATTERN, Strict, Timestamp
+from ferry.server.core.schemas import NAME_PATTERN, Strict, Timestamp
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 TagMap = dict[Annotated[str, StringConstraints(max_length=63)],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from ferry.server.errors import ValidationFailedError
+from ferry.server.core.errors import ValidationFailedError
 
 TAG_KEY = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 TAG_VALUE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

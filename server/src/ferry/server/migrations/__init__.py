@@ -1,1 +1,1 @@
-"""Alembic migrations for the server schema (run by `ferry.server.db.migrate`)."""
+"""Alembic migrations for the server schema (run by `ferry.server.core.db.migrate`)."""

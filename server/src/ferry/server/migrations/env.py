@@ -1,10 +1,10 @@
-"""Alembic environment: online migrations against the URL set by `ferry.server.db`."""
+"""Alembic environment: online migrations against the URL set by `ferry.server.core.db`."""
 
 from alembic import context
 from sqlalchemy import create_engine, pool
 from sqlmodel import SQLModel
 
-import ferry.server.tables  # noqa: F401  (fills SQLModel.metadata for autogenerate)
+import ferry.server.metadata  # noqa: F401  (fills SQLModel.metadata for autogenerate)
 
 config = context.config
 target_metadata = SQLModel.metadata

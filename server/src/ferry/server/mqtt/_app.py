@@ -7,7 +7,7 @@ import logging
 
 from fastapi import FastAPI
 
-from ferry.server.api.deps import AppContext
+from ferry.server.core.context import AppContext
 from ferry.server.fleet.runtime import runtime_of
 from ferry.server.mqtt._errors import BrokerStartError
 from ferry.server.mqtt._fleet import FleetDirectory, FleetStatusSink

@@ -10,10 +10,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from ferry.protocol.documents import StatusReport
-from ferry.server.db import session_scope
+from ferry.server.checkin.ingest import ingest_reports
+from ferry.server.core.db import session_scope
 from ferry.server.fleet.credentials import broker_credentials
-from ferry.server.fleet.ingest import ingest_reports
-from ferry.server.tables.fleet import Device
+from ferry.server.fleet.tables import Device
 
 
 class FleetDirectory:

@@ -1,6 +1,6 @@
 """MQTT settings, read from ``FERRY_MQTT_*`` environment variables.
 
-Kept apart from `ferry.server.config.Settings` so that the transport can be
+Kept apart from `ferry.server.core.settings.Settings` so that the transport can be
 configured (and tested) on its own. ``ferry server`` turns MQTT on by default
 (``FERRY_MQTT_ENABLED``), with an embedded broker on 127.0.0.1:1885 (never 1883,
 which a system Mosquitto may own); ``FERRY_MQTT_URL`` points the server at an

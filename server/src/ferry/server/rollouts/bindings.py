@@ -15,10 +15,13 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from ferry.protocol.gates import GatePolicy
 from ferry.protocol.timefmt import utcnow
-from ferry.server import audit
-from ferry.server.errors import NotFoundError
+from ferry.server.audit import service as audit
+from ferry.server.core.errors import NotFoundError
 from ferry.server.fleet.selectors import format_selector
+from ferry.server.registry.events import AliasMoved
+from ferry.server.registry.tables import ModelVersion, RegisteredModel
 from ferry.server.rollouts.service import (
     RolloutSpec,
     check_waves,
@@ -26,12 +29,9 @@ from ferry.server.rollouts.service import (
     model_ref,
     resolve_model,
 )
-from ferry.server.tables.registry import ModelVersion, RegisteredModel
-from ferry.server.tables.rollouts import AliasBinding, Rollout
+from ferry.server.rollouts.tables import AliasBinding, Rollout
 
-TEMPLATE_FIELDS = ("waves", "slot", "bake_s", "min_success_pct", "max_failures",
-                   "max_failure_pct", "max_retries", "retry_backoff_s", "in_progress_timeout_s",
-                   "auto_rollback")
+TEMPLATE_FIELDS = ("waves", "slot", *GatePolicy.names(), "auto_rollback")
 
 
 def set_binding(session: Session, actor: str, *, namespace: str, model: str, alias: str,
@@ -70,15 +70,22 @@ def delete_binding(session: Session, actor: str, *, namespace: str, model: str,
                  target=f"{namespace}/{model}:{alias}")
 
 
+def on_alias_moved(session: Session, event: AliasMoved) -> None:
+    """Subscribed to the registry's `AliasMoved`: a bound alias plans a rollout."""
+    on_alias_set(session, event.actor, event.model, event.alias, event.version)
+
+
 def on_alias_set(session: Session, actor: str, model: RegisteredModel, alias: str,
                  version: ModelVersion, now: datetime | None = None) -> Rollout | None:
-    """Called by the registry when ``alias`` moves; plans a rollout when it is bound."""
+    """Plan a rollout when ``alias`` is bound (see `bind`); None when it is not."""
     binding = session.get(AliasBinding, (model.id, alias))
     if binding is None:
         return None
     namespace = model_ref(session, model).split("/", 1)[0]
-    template = {k: v for k, v in binding.template.items() if k in TEMPLATE_FIELDS}
+    stored = binding.template
+    gates = GatePolicy.from_dict({k: v for k, v in stored.items() if k in GatePolicy.names()})
+    extra = {k: stored[k] for k in ("waves", "slot", "auto_rollback") if k in stored}
     spec = RolloutSpec(namespace=namespace, model=model.name, version=str(version.version),
-                       selector=dict(binding.selector),
-                       start_paused=not binding.template.get("auto_start", False), **template)
+                       selector=dict(binding.selector), gates=gates,
+                       start_paused=not stored.get("auto_start", False), **extra)
     return create_rollout(session, actor, spec, now or utcnow(), check_signature=True)

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from ferry.protocol.timefmt import format_time, parse_time
-from ferry.server.db import session_scope
+from ferry.server.core.db import session_scope
 from ferry.server.fleet.runtime import FleetRuntime
 from ferry.server.fleet.selectors import announce_groups
 from ferry.server.rollouts import service
@@ -31,7 +31,7 @@ from ferry.server.rollouts.machine import (
     RolloutState,
     public_id,
 )
-from ferry.server.tables.rollouts import Rollout, RolloutDevice
+from ferry.server.rollouts.tables import Rollout, RolloutDevice
 
 log = logging.getLogger("ferry.server.rollouts")
 ACTOR = service.ENGINE_ACTOR
@@ -66,10 +66,7 @@ def cohort_counts(session: Session, rollout: Rollout) -> WaveCounts:
 
 
 def failure_limit_crossed(rollout: Rollout, counts: WaveCounts) -> bool:
-    if rollout.max_failures is not None and counts.final_failures > rollout.max_failures:
-        return True
-    return (rollout.max_failure_pct is not None
-            and counts.final_failures * 100 > rollout.max_failure_pct * counts.total)
+    return rollout.gates().failure_limit_crossed(counts.final_failures, counts.total)
 
 
 def bake_left(rollout: Rollout, now: datetime) -> int:
@@ -80,8 +77,7 @@ def bake_left(rollout: Rollout, now: datetime) -> int:
 
 
 def gate_passes(rollout: Rollout, counts: WaveCounts, now: datetime) -> bool:
-    return (bake_left(rollout, now) == 0
-            and counts.committed * 100 >= rollout.min_success_pct * counts.total)
+    return rollout.gates().passes(counts.committed, counts.total, bake_left(rollout, now))
 
 
 def time_out_silent(session: Session, rollout: Rollout, now: datetime) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from ferry.protocol.documents import AgentState
-from ferry.server.errors import ConflictError
+from ferry.server.core.errors import ConflictError
 
 
 class RolloutState(StrEnum):

@@ -4,27 +4,34 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints, create_model
 
-from ferry.server.api.schemas import NAME_PATTERN, Strict, Timestamp
+from ferry.protocol.gates import LIMITS, OPTIONAL, GatePolicy
+from ferry.server.core.schemas import NAME_PATTERN, Strict, Timestamp
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Selector = Annotated[str, StringConstraints(max_length=1024)]
-Percent = Annotated[int, Field(ge=0, le=100)]
 DEFAULT_WAVES = (1, 10, 50, 100)
-Seconds = Annotated[int, Field(ge=0, le=365 * 86400)]
 
 
-class Gates(Strict):
-    """Checked for every wave: the cohort so far must pass before the next wave opens."""
+def _gate_field(name: str) -> Any:
+    """The API field of one `GatePolicy` setting: its default and limits, documented."""
+    low, high = LIMITS[name]
+    kind: Any = Annotated[int, Field(ge=low, le=high)]
+    if name in OPTIONAL:
+        kind = kind | None
+    return (kind, Field(default=getattr(GatePolicy(), name)))
 
-    bake_s: Seconds = 0
-    min_success_pct: Percent = 100
-    max_failures: Annotated[int, Field(ge=0)] | None = None
-    max_failure_pct: Percent | None = 5
-    max_retries: Annotated[int, Field(ge=0, le=20)] = 0
-    retry_backoff_s: Seconds = 60
-    in_progress_timeout_s: Annotated[int, Field(ge=1, le=30 * 86400)] = 1800
+
+_GatesBase = create_model(  # type: ignore[call-overload]
+    "_GatesBase", __base__=Strict, **{name: _gate_field(name) for name in GatePolicy.names()})
+
+
+class Gates(_GatesBase):  # type: ignore[valid-type,misc]
+    """Checked for every wave: the cohort so far must pass before the next wave opens.
+
+    Generated from `ferry.protocol.gates.GatePolicy`: fields, defaults and limits.
+    """
 
 
 class RolloutCreate(Gates):

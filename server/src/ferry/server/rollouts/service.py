@@ -9,22 +9,25 @@ engine on another replica never both act on one state.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import pairwise
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import delete, insert, update
 from sqlmodel import Session, col, select
 
 from ferry.protocol.errors import MalformedError
+from ferry.protocol.gates import GatePolicy
 from ferry.protocol.timefmt import format_time, parse_time
 from ferry.protocol.waves import wave_index
-from ferry.server import audit
-from ferry.server.auth import Principal
-from ferry.server.errors import ConflictError, NotFoundError, ValidationFailedError
-from ferry.server.events import ROLLOUT_STATE_CHANGED, emit_event
+from ferry.server.audit import service as audit
+from ferry.server.auth.service import Principal
+from ferry.server.core.errors import ConflictError, NotFoundError, ValidationFailedError
+from ferry.server.fleet.events import DeviceRevoked
 from ferry.server.fleet.selectors import canary_only, format_selector, matches, selectors_overlap
+from ferry.server.fleet.tables import Device, DeviceSlot
+from ferry.server.registry.tables import ModelAlias, ModelVersion, Namespace, RegisteredModel
 from ferry.server.rollouts.machine import (
     ACTIVE,
     FAILURES,
@@ -35,9 +38,8 @@ from ferry.server.rollouts.machine import (
     parse_id,
     public_id,
 )
-from ferry.server.tables.fleet import Device, DeviceSlot
-from ferry.server.tables.registry import ModelAlias, ModelVersion, Namespace, RegisteredModel
-from ferry.server.tables.rollouts import Rollout, RolloutDevice
+from ferry.server.rollouts.tables import Rollout, RolloutDevice
+from ferry.server.webhooks.service import ROLLOUT_STATE_CHANGED, emit_event
 
 ENGINE_ACTOR = "server:rollout-engine"
 MAX_LISTED = 50
@@ -54,13 +56,7 @@ class RolloutSpec:
     selector: dict[str, str]
     waves: list[int]
     slot: str = "main"
-    bake_s: int = 0
-    min_success_pct: int = 100
-    max_failures: int | None = None
-    max_failure_pct: int | None = None
-    max_retries: int = 0
-    retry_backoff_s: int = 60
-    in_progress_timeout_s: int = 1800
+    gates: GatePolicy = field(default_factory=GatePolicy)
     auto_rollback: bool = False
     start_at: str | None = None
     start_paused: bool = False
@@ -239,11 +235,7 @@ def create_rollout(session: Session, actor: str, spec: RolloutSpec, now: datetim
     assert model.id is not None
     rollout = Rollout(namespace=spec.namespace, model=ref, model_id=model.id, slot=spec.slot,
                       version=version.version, manifest_sha256=version.manifest_sha256,
-                      hardware=list(version.hardware), selector=spec.selector, waves=spec.waves, bake_s=spec.bake_s,
-                      min_success_pct=spec.min_success_pct, max_failures=spec.max_failures,
-                      max_failure_pct=spec.max_failure_pct, max_retries=spec.max_retries,
-                      retry_backoff_s=spec.retry_backoff_s,
-                      in_progress_timeout_s=spec.in_progress_timeout_s,
+                      hardware=list(version.hardware), selector=spec.selector, waves=spec.waves, **spec.gates.to_dict(),
                       auto_rollback=spec.auto_rollback, start_at=spec.start_at,
                       created_by=actor, created_at=stamp, updated_at=stamp)
     session.add(rollout)
@@ -361,3 +353,11 @@ def rollback(session: Session, actor: str, rollout: Rollout, now: datetime,
              reason: str = "rolled back") -> None:
     """Every device that took the new version is sent its previous one (signed downgrade)."""
     transition(session, rollout, RolloutState.ROLLED_BACK, actor=actor, now=now, reason=reason)
+
+
+def on_device_revoked(session: Session, event: DeviceRevoked) -> None:
+    """Subscribed to the fleet's `DeviceRevoked`: drop it from the cohorts still waiting for it."""
+    session.exec(delete(RolloutDevice).where(  # type: ignore[call-overload]
+        col(RolloutDevice.device_id) == event.device_id,
+        col(RolloutDevice.state) == DeviceState.PENDING.value))
+    session.flush()

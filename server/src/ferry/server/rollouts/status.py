@@ -15,6 +15,7 @@ from sqlmodel import Session, col, select
 
 from ferry.protocol.timefmt import format_time, parse_time
 from ferry.server.fleet.selectors import format_selector
+from ferry.server.fleet.tables import Device, DeviceSlot
 from ferry.server.rollouts.engine import (
     bake_left,
     cohort_counts,
@@ -22,8 +23,7 @@ from ferry.server.rollouts.engine import (
     gate_passes,
 )
 from ferry.server.rollouts.machine import DeviceState, RolloutState, public_id
-from ferry.server.tables.fleet import Device, DeviceSlot
-from ferry.server.tables.rollouts import Rollout, RolloutDevice
+from ferry.server.rollouts.tables import Rollout, RolloutDevice
 
 STATES = [s.value for s in DeviceState]
 
@@ -72,11 +72,7 @@ def rollout_public(rollout: Rollout) -> dict[str, Any]:
             "manifest_sha256": rollout.manifest_sha256, "selector": format_selector(rollout.selector),
             "waves": rollout.waves, "state": rollout.state, "wave": rollout.wave,
             "wave_started_at": rollout.wave_started_at, "reason": rollout.reason,
-            "gates": {"bake_s": rollout.bake_s, "min_success_pct": rollout.min_success_pct,
-                      "max_failures": rollout.max_failures,
-                      "max_failure_pct": rollout.max_failure_pct,
-                      "max_retries": rollout.max_retries, "retry_backoff_s": rollout.retry_backoff_s,
-                      "in_progress_timeout_s": rollout.in_progress_timeout_s},
+            "gates": rollout.gates().to_dict(),
             "auto_rollback": rollout.auto_rollback, "start_at": rollout.start_at,
             "created_by": rollout.created_by, "created_at": rollout.created_at,
             "updated_at": rollout.updated_at}

@@ -1,1 +1,0 @@
-"""One router per resource; `ferry.server.app` includes them under ``/api/v1``."""

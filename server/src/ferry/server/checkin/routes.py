@@ -1,0 +1,83 @@
+"""The device side: signed desired state and status ingest (``frd_`` credentials only)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from sqlmodel import Session
+
+from ferry.protocol.documents import Role, StatusReport
+from ferry.protocol.errors import MalformedError
+from ferry.protocol.timefmt import parse_time
+from ferry.server.api.deps import CtxDep, SessionDep, require
+from ferry.server.auth.service import Principal, ServerRole
+from ferry.server.checkin.cache import CheckinCache, Entry, credential_key
+from ferry.server.checkin.desired import desired_state_envelope, stored_envelope
+from ferry.server.checkin.fast_path import bearer_secret
+from ferry.server.checkin.ingest import ingest_reports
+from ferry.server.core.db import session_scope
+from ferry.server.core.errors import ForbiddenError, ValidationFailedError
+from ferry.server.fleet.credentials import device_id_of
+from ferry.server.fleet.runtime import FleetRuntime, get_runtime
+from ferry.server.fleet.schemas import StatusAccepted, StatusBatch
+
+router = APIRouter(tags=["device"])
+RuntimeDep = Annotated[FleetRuntime, Depends(get_runtime)]
+
+
+async def _device(principal: Annotated[Principal, Depends(require(ServerRole.DEVICE,
+                                                                  namespace_param=None))]) -> str:
+    """The calling device's id; admin tokens pass `require` but are not devices."""
+    if principal.role is not ServerRole.DEVICE:
+        raise ForbiddenError("this endpoint is for devices (an frd_ credential from enrolment)")
+    return device_id_of(principal)
+
+
+DeviceId = Annotated[str, Depends(_device)]
+ENVELOPE = {200: {"content": {"application/json": {"schema": {"type": "object"}}},
+                  "description": "signed desired-state envelope {signed, signatures}"}}
+
+
+@router.get("/device/desired-state", response_class=Response, responses=ENVELOPE)
+def desired_state(request: Request, device_id: DeviceId, ctx: CtxDep,
+                  runtime: RuntimeDep) -> Response:
+    """Compute (or re-sign) the document and remember it for the check-in cache.
+
+    Unchanged documents are read without the write lock; a change is signed under
+    the device's row lock. Sessions are opened here rather than through session
+    dependencies, each of which would cost two more worker-thread hops.
+    """
+    cache: CheckinCache = request.app.state.checkin_cache
+    generation = cache.generation  # before reading: a change committed meanwhile voids the entry
+    now, ttl_s = runtime.now(), runtime.settings.desired_state_ttl_s
+    with Session(ctx.read_engine) as reader:
+        served = stored_envelope(reader, device_id, now, ttl_s,
+                                 lambda: ctx.keys.key(reader, Role.DIRECTOR))
+        reader.rollback()
+    if served is None:
+        with session_scope(ctx.engine) as writer:
+            served = desired_state_envelope(writer, device_id, now, ttl_s,
+                                            lambda: ctx.keys.key(writer, Role.DIRECTOR))
+    else:
+        runtime.last_seen.touch(device_id, now)
+    if runtime.settings.checkin_cache_poll_s > 0:
+        secret = bearer_secret(request.scope)
+        assert secret is not None  # the route's authentication read the same header
+        cache.store(credential_key(secret),
+                    Entry(device_id, served.body, parse_time(served.expires_at), generation))
+    return Response(served.body, media_type="application/json")
+
+
+@router.post("/device/status")
+def post_status(body: StatusBatch, device_id: DeviceId, session: SessionDep,
+                runtime: RuntimeDep) -> StatusAccepted:
+    reports = []
+    for index, raw in enumerate(body.reports):
+        try:
+            reports.append(StatusReport.from_dict(raw))
+        except MalformedError as exc:
+            raise ValidationFailedError(f"reports[{index}]: {exc}", {"index": index}) from exc
+    result = ingest_reports(session, device_id, reports, runtime.now())
+    session.commit()
+    return StatusAccepted(accepted=result.accepted, duplicates=result.duplicates)

@@ -1,0 +1,63 @@
+"""Model-aware deltas between two stored files, served from the cache, built in the background.
+
+Every non-200 answer means "download the whole file" to the agent, so a miss
+answers 404 ``delta_not_ready`` at once and queues the build for the next device
+instead of holding the request for the length of a build.
+"""
+
+from __future__ import annotations
+
+import anyio
+from fastapi import APIRouter, Request, Response
+
+from ferry.server.api.deps import CtxDep, DeviceReader
+from ferry.server.blobs.routes import BlobResponse, Digest, check_range
+from ferry.server.core.errors import NotFoundError
+from ferry.server.deltas.jobs import DeltaJobs, Lookup
+
+router = APIRouter(tags=["deltas"])
+MEDIA_TYPE = "application/vnd.ferry.delta"
+
+
+class DeltaNotReadyError(NotFoundError):
+    """The delta is being built; download the whole file this time."""
+
+    code = "delta_not_ready"
+
+
+def deltas_of(request: Request) -> DeltaJobs | None:
+    """The app's delta jobs; None when ``FERRY_DELTAS_ENABLED`` is off."""
+    jobs: DeltaJobs | None = getattr(request.app.state, "deltas", None)
+    return jobs
+
+
+@router.get("/deltas/{from_sha256}/{to_sha256}", response_class=Response, responses={
+    200: {"content": {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+          "description": "the delta; X-Ferry-Delta-Sha256 and X-Ferry-Delta-Size name it"},
+    206: {"description": "the requested byte range"}})
+async def get_delta(from_sha256: Digest, to_sha256: Digest, request: Request, ctx: CtxDep,
+                    _: DeviceReader) -> Response:
+    """The delta that rebuilds ``to_sha256`` from ``from_sha256``; 404 means "use the full file"."""
+    jobs = deltas_of(request)
+    if jobs is None:
+        ctx.metrics.delta_requests.labels("disabled").inc()
+        raise NotFoundError("deltas are disabled on this server")
+    found = await anyio.to_thread.run_sync(jobs.lookup, from_sha256, to_sha256)
+    ctx.metrics.delta_requests.labels(
+        "served" if found.outcome is Lookup.READY else found.outcome.value).inc()
+    if found.outcome is Lookup.UNKNOWN_BLOB:
+        raise NotFoundError("one of the two blobs is not stored")
+    if found.outcome is Lookup.NOT_READY:
+        jobs.request(from_sha256, to_sha256)
+        raise DeltaNotReadyError("the delta is being built; download the full file")
+    if found.offer is None:
+        raise NotFoundError("no delta worth sending: download the full file",
+                            {"max_fraction": jobs.service.max_fraction})
+    record = found.offer.record
+    honour = check_range(request.headers.get("range"), record.delta_size)
+    if not honour:
+        ctx.metrics.delta_served_bytes.inc(record.delta_size)
+    return BlobResponse(found.offer.path, media_type=MEDIA_TYPE, honour_range=honour,
+                        headers={"ETag": f'"{record.delta_sha256}"',
+                                 "X-Ferry-Delta-Sha256": record.delta_sha256,
+                                 "X-Ferry-Delta-Size": str(record.delta_size)})

@@ -1,0 +1,87 @@
+"""Rollouts, their per-device state, and alias bindings (registry → fleet)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Index
+from sqlmodel import Field, SQLModel
+
+from ferry.protocol.gates import GatePolicy
+from ferry.server.core.columns import json_field, utc_now
+
+_GATES = GatePolicy()
+
+
+class Rollout(SQLModel, table=True):
+    """A persisted state machine; ``wave`` is -1 until the rollout first runs."""
+
+    __tablename__ = "rollout"
+
+    id: int | None = Field(default=None, primary_key=True)
+    namespace: str = Field(index=True)
+    model: str = Field(index=True)  # "ns/name"
+    model_id: int = Field(foreign_key="registered_model.id")
+    slot: str = "main"
+    version: int
+    manifest_sha256: str
+    hardware: list[str] = json_field(list)  # the version's; late joiners are checked against it
+    selector: dict[str, str] = json_field(dict)
+    waves: list[int] = json_field(list)
+    # The columns of `GatePolicy` (read them through `gates()`).
+    bake_s: int = _GATES.bake_s
+    min_success_pct: int = _GATES.min_success_pct
+    max_failures: int | None = _GATES.max_failures
+    max_failure_pct: int | None = _GATES.max_failure_pct
+    max_retries: int = _GATES.max_retries
+    retry_backoff_s: int = _GATES.retry_backoff_s
+    in_progress_timeout_s: int = _GATES.in_progress_timeout_s
+    auto_rollback: bool = False
+    start_at: str | None = None
+    state: str = Field(default="scheduled", index=True)
+    wave: int = -1
+    wave_started_at: str | None = None
+    retry_generation: int = 0
+    announced: str = ""
+    reason: str = ""
+    created_by: str
+    created_at: str = Field(default_factory=utc_now)
+    updated_at: str = Field(default_factory=utc_now)
+
+
+    def gates(self) -> GatePolicy:
+        """The rollout's gate policy, as stored."""
+        return GatePolicy(**{name: getattr(self, name) for name in GatePolicy.names()})
+
+class RolloutDevice(SQLModel, table=True):
+    """One device's progress in one rollout; aggregated with GROUP BY (rollout, wave, state)."""
+
+    __tablename__ = "rollout_device"
+    __table_args__ = (Index("ix_rollout_device_rws", "rollout_id", "wave", "state"),)
+
+    rollout_id: int = Field(foreign_key="rollout.id", primary_key=True)
+    device_id: str = Field(foreign_key="device.id", primary_key=True, index=True)
+    wave: int
+    state: str = "pending"
+    attempts: int = 0
+    from_version: int | None = None
+    from_manifest: str | None = None
+    error_code: str | None = None
+    updated_at: str = Field(default_factory=utc_now)
+    last_report_at: str = ""
+    retry_at: str | None = None
+
+
+class AliasBinding(SQLModel, table=True):
+    """Moving ``alias`` of a model plans a rollout at ``selector`` using ``template``."""
+
+    __tablename__ = "alias_binding"
+
+    model_id: int = Field(foreign_key="registered_model.id", primary_key=True)
+    alias: str = Field(primary_key=True)
+    namespace: str = Field(index=True)
+    model: str
+    selector: dict[str, str] = json_field(dict)
+    template: dict[str, Any] = json_field(dict)
+    created_by: str
+    created_at: str = Field(default_factory=utc_now)

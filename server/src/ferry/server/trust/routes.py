@@ -1,0 +1,47 @@
+"""Public signed documents: keyring versions, and manifests by digest."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
+
+from ferry.protocol.canonical import parse_json
+from ferry.server.api.deps import DeviceReader, ReadSessionDep
+from ferry.server.core.errors import ForbiddenError, NotFoundError
+from ferry.server.core.schemas import SHA256_PATTERN
+from ferry.server.trust import service as trust
+from ferry.server.trust.tables import SignedManifest
+
+router = APIRouter(tags=["trust"])
+
+ENVELOPE = {200: {"content": {"application/json": {"schema": {"type": "object"}}},
+                  "description": "signed envelope {signed, signatures}"}}
+
+
+def _json(text: str) -> Response:
+    return Response(text.encode("utf-8"), media_type="application/json")
+
+
+@router.get("/keyring", response_class=Response, responses=ENVELOPE)
+def latest_keyring(session: ReadSessionDep) -> Response:
+    return _json(trust.get_envelope(session))
+
+
+@router.get("/keyring/{version}", response_class=Response, responses=ENVELOPE)
+def keyring_version(version: Annotated[int, Path(ge=1, le=2**31 - 1)],
+                    session: ReadSessionDep) -> Response:
+    return _json(trust.get_envelope(session, version))
+
+
+@router.get("/manifests/{sha256}", response_class=Response, responses=ENVELOPE)
+def manifest(sha256: Annotated[str, Path(pattern=SHA256_PATTERN)], session: ReadSessionDep,
+             reader: DeviceReader) -> Response:
+    row = session.get(SignedManifest, sha256)
+    if row is None:
+        raise NotFoundError(f"manifest {sha256} does not exist")
+    namespace = parse_json(row.envelope)["signed"]["namespace"]
+    if not reader.in_namespace(namespace):
+        raise ForbiddenError(f"the token '{reader.name}' is not scoped to namespace "
+                             f"'{namespace}'")
+    return _json(row.envelope)
