@@ -72,12 +72,10 @@ def test_enrolment_answers_credential_keyring_and_groups(fleet: Fleet) -> None:
 
 
 def test_mqtt_login_is_offered_only_when_mqtt_is_configured(fleet: Fleet) -> None:
-    from dataclasses import replace
-
     token = fleet.enrollment_token()
     body = {"enrollment_token": token, "hardware": "x86_64"}
     assert fleet.client.post(f"{API}/device/enroll", json=body).json()["mqtt"] is None
-    fleet.runtime.settings = replace(fleet.runtime.settings, mqtt_url="mqtt://broker:1884")
+    fleet.runtime.broker_url = "mqtt://broker:1884"
     mqtt = fleet.client.post(f"{API}/device/enroll", json=body).json()["mqtt"]
     assert mqtt["url"] == "mqtt://broker:1884" and mqtt["password"]
 

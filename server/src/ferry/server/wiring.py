@@ -41,7 +41,7 @@ def install(app: FastAPI, ctx: AppContext, runtime: FleetRuntime | None = None) 
     ctx.authenticators[DEVICE_TOKEN_PREFIX] = authenticate_device
     app.state.checkin_cache = CheckinCache()
     track_changes(ctx.engine, app.state.checkin_cache)
-    app.state.fleet = runtime or FleetRuntime()
+    app.state.fleet = runtime or FleetRuntime(settings=ctx.settings.fleet)
     return app.state.fleet  # type: ignore[no-any-return]
 
 

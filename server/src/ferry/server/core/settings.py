@@ -1,4 +1,4 @@
-"""Server settings: one dataclass, read from ``FERRY_*`` environment variables.
+"""Server settings: one class and one parser, read from ``FERRY_*`` environment variables.
 
 A plain dataclass (not pydantic-settings) keeps the dependency list short; every
 field has a development-safe default and nothing secret lives here — keys and the
@@ -8,10 +8,24 @@ bootstrap admin token are generated under the data directory on first start.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
+from typing import Any, get_type_hints
 
 ENV_PREFIX = "FERRY_"
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    """Knobs of enrolment, desired states and the rollout engine (all in seconds)."""
+
+    rollout_tick_s: float = 5.0
+    desired_state_ttl_s: int = 24 * 3600
+    poll_interval_s: int = 60
+    start_rollout_engine: bool = True
+    last_seen_flush_s: float = 2.0
+    checkin_cache_poll_s: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -34,6 +48,7 @@ class Settings:
     deltas_enabled: bool = True
     delta_max_fraction: float = 0.6
     delta_build_workers: int = 1
+    fleet: FleetSettings = field(default_factory=FleetSettings)
 
     def __post_init__(self) -> None:
         if not 0 < self.delta_max_fraction <= 1 or self.delta_build_workers < 1:
@@ -71,38 +86,36 @@ class Settings:
         return replace(self, **clean)
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
-        """Build settings from ``FERRY_<FIELD>`` variables, e.g. ``FERRY_DATA_DIR``."""
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``FERRY_<FIELD>`` variables, e.g. ``FERRY_DATA_DIR``.
+
+        The sections read the same variables by the same rule (``FERRY_ROLLOUT_TICK_S``
+        sets ``fleet.rollout_tick_s``): one parser, one place to look.
+        """
         env = os.environ if environ is None else environ
-        kwargs: dict[str, object] = {}
-        for name, kind in _FIELD_TYPES.items():
-            raw = env.get(ENV_PREFIX + name.upper())
-            if raw is not None and raw != "":
-                kwargs[name] = _convert(raw, kind)
-        return cls(**kwargs)  # type: ignore[arg-type]
+        return cls(**_read(cls, env), fleet=FleetSettings(**_read(FleetSettings, env)))
 
 
-_FIELD_TYPES: dict[str, type] = {
-    "data_dir": Path,
-    "database_url": str,
-    "host": str,
-    "port": int,
-    "public_url": str,
-    "max_blob_bytes": int,
-    "keyring_expiry_days": int,
-    "webhook_max_attempts": int,
-    "webhook_backoff_seconds": float,
-    "webhook_timeout_seconds": float,
-    "webhook_poll_seconds": float,
-    "start_webhook_worker": bool,
-    "print_admin_token": bool,
-    "deltas_enabled": bool,
-    "delta_max_fraction": float,
-    "delta_build_workers": int,
-}
+def _read(cls: type, env: Mapping[str, str]) -> dict[str, Any]:
+    """The ``FERRY_<FIELD>`` values present in ``env`` for the plain fields of ``cls``."""
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for item in fields(cls):
+        kind = hints[item.name]
+        if not item.init or is_dataclass(kind):
+            continue
+        raw = env.get(ENV_PREFIX + item.name.upper())
+        if raw is None or raw == "":
+            continue
+        try:
+            values[item.name] = _convert(raw, kind)
+        except ValueError as exc:
+            raise ValueError(f"{ENV_PREFIX}{item.name.upper()}={raw!r} is not a valid "
+                             f"{getattr(kind, '__name__', kind)}") from exc
+    return values
 
 
-def _convert(raw: str, kind: type) -> object:
+def _convert(raw: str, kind: Any) -> object:
     if kind is bool:
         return raw.strip().lower() in {"1", "true", "yes", "on"}
     return kind(raw)

@@ -79,7 +79,7 @@ def enroll(body: EnrollRequest, session: SessionDep, runtime: RuntimeDep) -> Enr
     keyring = json.loads(trust.get_envelope(session))
     session.commit()
     runtime.broker_sync.credentials_changed()
-    url = runtime.settings.mqtt_url
+    url = runtime.broker_url
     return Enrolled(device_id=done.device.id, credential=done.credential, keyring=keyring,
                     groups=done.device.groups,
                     mqtt=MqttLogin(url=url, username=done.device.id, password=done.mqtt_password)

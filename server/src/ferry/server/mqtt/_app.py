@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 from fastapi import FastAPI
@@ -45,7 +44,7 @@ async def start_mqtt(app: FastAPI, ctx: AppContext,
     runtime.notifier = service.notifier
     runtime.broker_sync = service
     # Enrolment tells devices this URL (FERRY_MQTT_PUBLIC_URL, else the broker's).
-    runtime.settings = dataclasses.replace(runtime.settings, mqtt_url=service.device_url)
+    runtime.broker_url = service.device_url
     return service
 
 

@@ -1,0 +1,29 @@
+"""One settings class, one parser: every section reads ``FERRY_<FIELD>`` by the same rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ferry.server.core.settings import FleetSettings, Settings
+
+
+def test_the_fleet_section_is_read_by_the_same_parser() -> None:
+    settings = Settings.from_env({"FERRY_DATA_DIR": "/tmp/x", "FERRY_ROLLOUT_TICK_S": "0.25",
+                                  "FERRY_START_ROLLOUT_ENGINE": "no",
+                                  "FERRY_DESIRED_STATE_TTL_S": "600"})
+    assert settings.data_dir == Path("/tmp/x")
+    assert settings.fleet == FleetSettings(rollout_tick_s=0.25, start_rollout_engine=False,
+                                           desired_state_ttl_s=600)
+
+
+def test_a_malformed_value_names_its_variable() -> None:
+    with pytest.raises(ValueError, match="FERRY_POLL_INTERVAL_S='soon'"):
+        Settings.from_env({"FERRY_POLL_INTERVAL_S": "soon"})
+
+
+def test_the_device_broker_url_is_not_a_setting_of_its_own() -> None:
+    """FERRY_MQTT_URL means the external broker (MQTT settings), never a second fleet value."""
+    assert "mqtt_url" not in {f for f in FleetSettings.__dataclass_fields__}
+    assert Settings.from_env({"FERRY_MQTT_URL": "mqtt://elsewhere:1883"}).fleet == FleetSettings()
