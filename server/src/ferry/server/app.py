@@ -34,7 +34,13 @@ from ferry.server.blobs.store import LocalBlobStore
 from ferry.server.checkin import routes as checkin_routes
 from ferry.server.checkin.fast_path import answer_cached_checkin
 from ferry.server.core.context import AppContext
-from ferry.server.core.db import make_engine, make_read_engine, migrate, session_scope
+from ferry.server.core.db import (
+    make_engine,
+    make_read_engine,
+    migrate,
+    session_scope,
+    startup_lock,
+)
 from ferry.server.core.errors import install_error_handlers
 from ferry.server.core.observability import Metrics, ObservabilityMiddleware, configure_logging
 from ferry.server.core.periodic import Periodic
@@ -83,12 +89,13 @@ log = logging.getLogger("ferry.server")
 def prepare(settings: Settings) -> Engine:
     """Migrate the schema and create first-start state; safe to run on every start."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    migrate(settings.database_url)
-    engine = make_engine(settings.database_url)
-    KeySource(engine, settings.key_dir).initialise(settings.keyring_expiry_days)
-    with session_scope(engine) as session:
-        audit.ensure_head(session)
-    _bootstrap_admin(engine, settings)
+    with startup_lock(settings.database_url, settings.data_dir):
+        migrate(settings.database_url)
+        engine = make_engine(settings.database_url)
+        KeySource(engine, settings.key_dir).initialise(settings.keyring_expiry_days)
+        with session_scope(engine) as session:
+            audit.ensure_head(session)
+        _bootstrap_admin(engine, settings)
     return engine
 
 

@@ -15,6 +15,7 @@ PostgreSQL both are the same engine and row locks do the serialising.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import sys
 import sysconfig
@@ -24,12 +25,14 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.pool import NullPool
 from sqlmodel import Session, create_engine
 
 from ferry.server.core.errors import DatabaseBusyError
@@ -190,6 +193,41 @@ def alembic_config(database_url: str) -> Config:
     cfg.set_main_option("script_location", str(pkg))
     cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
     return cfg
+
+
+STARTUP_LOCK_KEY = 0x66657272  # "ferr": one advisory-lock id for the first-start set-up
+
+
+@contextmanager
+def startup_lock(database_url: str, lock_dir: Path) -> Iterator[None]:
+    """One replica at a time migrates and does the first-start set-up; the others wait.
+
+    PostgreSQL: a session advisory lock, so replicas on different hosts serialise
+    (and a crashed holder's lock dies with its connection). SQLite: an ``flock`` on
+    a file beside the data, since every process on one SQLite file shares a host.
+    """
+    url = make_url(database_url)
+    if url.get_backend_name() == "postgresql":
+        engine = create_engine(url, poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": STARTUP_LOCK_KEY})
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:key)"),
+                                 {"key": STARTUP_LOCK_KEY})
+        finally:
+            engine.dispose()
+        return
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with (lock_dir / ".startup.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def migrate(database_url: str) -> None:
