@@ -409,6 +409,9 @@ class StatusReport:
     rollout_id: str | None = None
     bytes_downloaded: int = 0
     timings: dict[str, int] = field(default_factory=dict)
+    report_seq: int | None = None
+    """The device's own counter, increased for every report it makes and kept across
+    restarts: the server orders a device's reports by it (absent from older agents)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -427,6 +430,7 @@ class StatusReport:
             "rollout_id": self.rollout_id,
             "bytes_downloaded": self.bytes_downloaded,
             "timings": dict(self.timings),
+            **({"report_seq": self.report_seq} if self.report_seq is not None else {}),
         }
 
     @classmethod
@@ -459,6 +463,7 @@ class StatusReport:
             rollout_id=_opt_str(data, "rollout_id", where),
             bytes_downloaded=_int(data, "bytes_downloaded", where) if "bytes_downloaded" in data else 0,
             timings=dict(timings),
+            report_seq=_opt_int(data, "report_seq", where),
         )
 
 

@@ -1,18 +1,33 @@
 """Status report ingest, shared by ``POST /device/status`` and the MQTT subscriber.
 
-Idempotent by ``report_id``: a report already stored (resent after an offline
-spell, or received over both MQTT and HTTP) is counted as a duplicate and not
-applied again. Each insert runs in a savepoint, so a concurrent copy of the same
-report that wins the race on another replica also ends up a duplicate here.
+Three rules make the server's view of a device converge on the device's own,
+whatever the interleaving of transports (MQTT batches, HTTP posts) and replicas:
+
+* **Idempotent by ``report_id``**: a report already stored (resent after an
+  offline spell, or received over both MQTT and HTTP) is a duplicate and is not
+  applied again. New reports go in with one ``INSERT … ON CONFLICT DO NOTHING
+  RETURNING``, so a copy that another replica stores first is a duplicate here.
+* **Read, then write, under a row lock**: the slot and membership rows a batch
+  changes are selected ``FOR UPDATE`` (PostgreSQL; SQLite has one writer at a
+  time), so an HTTP ``committed`` committed by another transaction meanwhile is
+  seen, never overwritten by a stale in-memory copy (the lost update).
+* **Newest report wins, by the device's own order**: a report carries
+  ``report_seq``, a counter the device persists and increases for every report
+  it makes; a row remembers the highest it applied and ignores anything lower.
+  Reports without one (older agents) fall back to their second-precision time,
+  where within one second the state further through an update wins.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Insert, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from ferry.protocol.documents import AgentState, StatusReport
@@ -27,16 +42,17 @@ MAX_REPORTS = 500
 
 @dataclass
 class IngestResult:
-    """Which reports were applied now and which had been seen before."""
+    """Which reports were applied now, which had been seen before, which were refused."""
 
     accepted: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
+    unknown_device: list[str] = field(default_factory=list)
+    revoked_device: list[str] = field(default_factory=list)
 
 
 def ingest_reports(session: Session, device_id: str, reports: Sequence[StatusReport],
                    now: datetime | None = None) -> IngestResult:
-    """Store and apply ``reports`` from ``device_id`` in the caller's transaction."""
-    now = now or utcnow()
+    """``POST /device/status``: one device's reports, in the caller's transaction."""
     device = session.get(Device, device_id)
     if device is None or device.revoked_at is not None:
         raise UnauthenticatedError("unknown or revoked device")
@@ -44,49 +60,187 @@ def ingest_reports(session: Session, device_id: str, reports: Sequence[StatusRep
     if strangers:
         raise ForbiddenError(f"device '{device_id}' may only report for itself",
                              {"device_ids": strangers})
+    return ingest_batch(session, reports, now)
+
+
+def ingest_batch(session: Session, reports: Sequence[StatusReport],
+                 now: datetime | None = None) -> IngestResult:
+    """Store and apply reports of any number of devices (an MQTT batch) in one transaction.
+
+    The caller has checked that each report came from its own device (the topic or
+    the credential); unknown and revoked devices are counted, not applied.
+    """
+    now = now or utcnow()
     result = IngestResult()
-    seen = set(session.exec(select(DeviceReport.report_id).where(
-        col(DeviceReport.report_id).in_([r.report_id for r in reports]))).all())
-    for report in reports:
-        if report.report_id in seen or not _store(session, report, now):
-            result.duplicates.append(report.report_id)
-            continue
-        seen.add(report.report_id)
-        _apply(session, report, now)
-        result.accepted.append(report.report_id)
-    device.last_seen_at = format_time(now)
-    session.add(device)
+    live = _live_devices(session, {r.device_id for r in reports}, result, reports)
+    wanted = _first_copies([r for r in reports if r.device_id in live])
+    stored = _store(session, wanted, now)
+    fresh = [r for r in wanted if r.report_id in stored]
+    if fresh:
+        _apply_all(session, fresh, now)
+    counted: set[str] = set()
+    for report in (r for r in reports if r.device_id in live):
+        first = report.report_id in stored and report.report_id not in counted
+        (result.accepted if first else result.duplicates).append(report.report_id)
+        counted.add(report.report_id)
+    stamp = format_time(now)
+    for device in live.values():
+        device.last_seen_at = stamp
+        session.add(device)
     session.flush()
     return result
 
 
-def _store(session: Session, report: StatusReport, now: datetime) -> bool:
-    row = DeviceReport(report_id=report.report_id, device_id=report.device_id, slot=report.slot,
-                       state=report.state.value, at=report.at, from_version=report.from_version,
-                       to_version=report.to_version, error_code=report.error_code,
-                       detail=report.detail, rollout_id=report.rollout_id,
-                       sequence=report.sequence, timings=dict(report.timings),
-                       received_at=format_time(now))
-    try:
-        with session.begin_nested():
-            session.add(row)
-    except IntegrityError:
-        return False
-    return True
+def _live_devices(session: Session, ids: set[str], result: IngestResult,
+                  reports: Sequence[StatusReport]) -> dict[str, Device]:
+    rows = session.exec(select(Device).where(col(Device.id).in_(ids))).all()
+    known = {d.id: d for d in rows}
+    for report in reports:
+        device = known.get(report.device_id)
+        if device is None:
+            result.unknown_device.append(report.report_id)
+        elif device.revoked_at is not None:
+            result.revoked_device.append(report.report_id)
+    return {d.id: d for d in rows if d.revoked_at is None}
 
 
-def _apply(session: Session, report: StatusReport, now: datetime) -> None:
-    rollout, member = _membership(session, report)
-    _update_slot(session, report, rollout, now)
-    if rollout is not None and member is not None:
-        _update_member(rollout, member, report, now)
-        session.add(member)
+def _first_copies(reports: Sequence[StatusReport]) -> list[StatusReport]:
+    """One report per ``report_id`` (a batch may hold a redelivered copy)."""
+    seen: dict[str, StatusReport] = {}
+    for report in reports:
+        seen.setdefault(report.report_id, report)
+    return list(seen.values())
 
 
-def _update_slot(session: Session, report: StatusReport, rollout: Rollout | None,
-                 now: datetime) -> None:
-    slot = session.get(DeviceSlot, (report.device_id, report.slot)) or DeviceSlot(
-        device_id=report.device_id, slot=report.slot)
+def _store(session: Session, reports: Sequence[StatusReport], now: datetime) -> set[str]:
+    """Insert the reports not stored yet; returns the ids this transaction inserted."""
+    if not reports:
+        return set()
+    received = format_time(now)
+    rows = [{"report_id": r.report_id, "device_id": r.device_id, "slot": r.slot,
+             "state": r.state.value, "at": r.at, "from_version": r.from_version,
+             "to_version": r.to_version, "error_code": r.error_code, "detail": r.detail,
+             "rollout_id": r.rollout_id, "sequence": r.sequence, "report_seq": r.report_seq,
+             "timings": dict(r.timings), "received_at": received} for r in reports]
+    statement = _insert_ignoring_duplicates(session, rows)
+    return set(session.exec(statement).scalars())  # type: ignore[call-overload]
+
+
+def _insert(session: Session) -> Any:
+    """The dialect's INSERT, which knows ``ON CONFLICT DO NOTHING``."""
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) -> Insert:
+    return (_insert(session)(DeviceReport).values(rows)  # type: ignore[no-any-return]
+            .on_conflict_do_nothing(index_elements=["report_id"])
+            .returning(col(DeviceReport.report_id)))
+
+
+def _apply_all(session: Session, reports: list[StatusReport], now: datetime) -> None:
+    """Lock the rows these reports touch, then apply each device's reports in its order."""
+    slots = _locked_slots(session, {(r.device_id, r.slot) for r in reports})
+    members = _locked_memberships(session, {r.device_id for r in reports})
+    by_device: dict[str, list[StatusReport]] = defaultdict(list)
+    for report in reports:
+        by_device[report.device_id].append(report)
+    for device_reports in by_device.values():
+        for report in sorted(device_reports, key=_device_order):
+            rollout, member = _membership(members, report)
+            key = (report.device_id, report.slot)
+            slot = slots[key]
+            _update_slot(session, slot, report, rollout, now)
+            if rollout is not None and member is not None:
+                _update_member(rollout, member, report, now)
+                session.add(member)
+
+
+def _device_order(report: StatusReport) -> tuple[int, str]:
+    return (report.report_seq if report.report_seq is not None else -1, report.at)
+
+
+def _locked_slots(session: Session, keys: set[tuple[str, str]]
+                  ) -> dict[tuple[str, str], DeviceSlot]:
+    """The slot rows, created first where missing (two first reports at once must not both
+    INSERT), then locked."""
+    rows_wanted = [{"device_id": d, "slot": s, "updated_at": ""} for d, s in sorted(keys)]
+    session.exec(_insert(session)(DeviceSlot).values(rows_wanted)  # type: ignore[call-overload]
+                 .on_conflict_do_nothing(index_elements=["device_id", "slot"]))
+    rows = session.exec(select(DeviceSlot)
+                        .where(tuple_(col(DeviceSlot.device_id), col(DeviceSlot.slot)).in_(keys))
+                        .order_by(col(DeviceSlot.device_id), col(DeviceSlot.slot))
+                        .with_for_update()).all()
+    return {(s.device_id, s.slot): s for s in rows}
+
+
+def _locked_memberships(session: Session, device_ids: set[str]
+                        ) -> dict[str, list[tuple[Rollout, RolloutDevice]]]:
+    """Each device's memberships, newest rollout first, locked (in one order: no deadlock)."""
+    rows = session.exec(select(Rollout, RolloutDevice)
+                        .join(RolloutDevice, col(RolloutDevice.rollout_id) == col(Rollout.id))
+                        .where(col(RolloutDevice.device_id).in_(device_ids))
+                        .order_by(col(RolloutDevice.device_id), col(Rollout.id).desc())
+                        .with_for_update(of=RolloutDevice)).all()
+    found: dict[str, list[tuple[Rollout, RolloutDevice]]] = defaultdict(list)
+    for rollout, member in rows:
+        found[member.device_id].append((rollout, member))
+    return found
+
+
+def _membership(members: dict[str, list[tuple[Rollout, RolloutDevice]]], report: StatusReport
+                ) -> tuple[Rollout | None, RolloutDevice | None]:
+    """The rollout the report belongs to: named by the report, else the newest on its slot."""
+    pk = parse_id(report.rollout_id) if report.rollout_id else None
+    for rollout, member in members.get(report.device_id, []):
+        if rollout.slot == report.slot and (pk is None or rollout.id == pk):
+            return rollout, member
+    return None, None
+
+
+# How far through one update a state is. Reports without ``report_seq`` carry
+# second-precision times and may arrive out of order (a batch over MQTT, the
+# terminal one over HTTP), so within one second the state further on wins.
+_AGENT_PROGRESS = {AgentState.IDLE: 0, AgentState.DOWNLOADING: 1, AgentState.VERIFYING: 2,
+                   AgentState.STAGED: 3, AgentState.SWITCHING: 4, AgentState.PROBING: 5}
+_MEMBER_PROGRESS = {DeviceState.PENDING.value: 0, DeviceState.DOWNLOADING.value: 1,
+                    DeviceState.INSTALLING.value: 2}
+_DONE = 9
+
+
+def _order(last_seq: int | None, last_at: str, report: StatusReport) -> int:
+    """-1: older than what the row applied, 1: newer, 0: the same second (no sequence)."""
+    if report.report_seq is not None and last_seq is not None:
+        return 1 if report.report_seq > last_seq else -1
+    if report.at != last_at:
+        return 1 if report.at > last_at else -1
+    return 0
+
+
+def _slot_stale(slot: DeviceSlot, report: StatusReport) -> bool:
+    order = _order(slot.last_report_seq, slot.last_report_at, report)
+    if order != 0:
+        return order < 0
+    last = next((s for s in AgentState if s.value == slot.state), None)
+    return (last is not None
+            and _AGENT_PROGRESS.get(report.state, _DONE) < _AGENT_PROGRESS.get(last, _DONE))
+
+
+def _member_stale(member: RolloutDevice, new: DeviceState, report: StatusReport) -> bool:
+    order = _order(member.last_report_seq, member.last_report_at, report)
+    if order != 0:
+        return order < 0
+    return _MEMBER_PROGRESS.get(new.value, _DONE) < _MEMBER_PROGRESS.get(member.state, _DONE)
+
+
+def _highest(last: int | None, new: int | None) -> int | None:
+    return new if last is None else last if new is None else max(last, new)
+
+
+def _update_slot(session: Session, slot: DeviceSlot, report: StatusReport,
+                 rollout: Rollout | None, now: datetime) -> None:
+    """What the slot runs and holds; a stale report (see ``_slot_stale``) changes nothing."""
+    if _slot_stale(slot, report):
+        return
     if rollout is not None:
         slot.model = rollout.model
     if report.state is AgentState.COMMITTED and report.to_version is not None:
@@ -98,39 +252,16 @@ def _update_slot(session: Session, report: StatusReport, rollout: Rollout | None
         if report.from_version is not None:
             slot.installed_version = report.from_version
     slot.state, slot.updated_at = report.state.value, format_time(now)
+    slot.last_report_at = report.at
+    slot.last_report_seq = _highest(slot.last_report_seq, report.report_seq)
     session.add(slot)
-
-
-def _membership(session: Session, report: StatusReport
-                ) -> tuple[Rollout | None, RolloutDevice | None]:
-    """The rollout the report belongs to: named by the report, else the newest on its slot."""
-    pk = parse_id(report.rollout_id) if report.rollout_id else None
-    stmt = (select(Rollout, RolloutDevice)
-            .join(RolloutDevice, col(RolloutDevice.rollout_id) == col(Rollout.id))
-            .where(RolloutDevice.device_id == report.device_id, Rollout.slot == report.slot))
-    stmt = stmt.where(Rollout.id == pk) if pk is not None else stmt
-    row = session.exec(stmt.order_by(col(Rollout.id).desc()).limit(1)).first()
-    return (row[0], row[1]) if row is not None else (None, None)
-
-
-# How far through one update a device state is. Reports carry second-precision
-# times and may arrive out of order (a batch over MQTT, the terminal one over
-# HTTP), so within one second the further state wins.
-_PROGRESS = {DeviceState.PENDING: 0, DeviceState.DOWNLOADING: 1, DeviceState.INSTALLING: 2}
-
-
-def _is_stale(member: RolloutDevice, new: DeviceState, report: StatusReport) -> bool:
-    """An older report than the last applied, or one of the same second that goes backwards."""
-    if report.at != member.last_report_at:
-        return report.at < member.last_report_at
-    return _PROGRESS.get(new, 3) < _PROGRESS.get(DeviceState(member.state), 3)
 
 
 def _update_member(rollout: Rollout, member: RolloutDevice, report: StatusReport,
                    now: datetime) -> None:
-    """Move the device's rollout state; stale reports (see ``_is_stale``) are ignored."""
+    """Move the device's rollout state; stale reports (see ``_member_stale``) are ignored."""
     new = AGENT_TO_DEVICE.get(report.state)
-    if new is None or _is_stale(member, new, report):
+    if new is None or _member_stale(member, new, report):
         return
     if rollout.state == RolloutState.ROLLED_BACK and report.to_version == member.from_version:
         new = DeviceState.ROLLED_BACK if new is DeviceState.COMMITTED else None
@@ -140,3 +271,4 @@ def _update_member(rollout: Rollout, member: RolloutDevice, report: StatusReport
         return
     member.state, member.error_code = new.value, report.error_code
     member.updated_at, member.last_report_at = format_time(now), report.at
+    member.last_report_seq = _highest(member.last_report_seq, report.report_seq)

@@ -68,6 +68,8 @@ class DeviceSlot(SQLModel, table=True):
     staged_version: int | None = None
     state: str = "idle"
     updated_at: str = Field(default_factory=utc_now)
+    last_report_at: str = ""  # the device's time of the report applied last
+    last_report_seq: int | None = None  # its report_seq: lower ones are stale
 
 
 class DeviceReport(SQLModel, table=True):
@@ -87,6 +89,7 @@ class DeviceReport(SQLModel, table=True):
     detail: str = ""
     rollout_id: str | None = None
     sequence: int | None = None
+    report_seq: int | None = None
     timings: dict[str, Any] = json_field(dict)
     received_at: str = Field(default_factory=utc_now)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -10,7 +9,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from ferry.protocol.documents import StatusReport
-from ferry.server.checkin.ingest import ingest_reports
+from ferry.server.checkin.ingest import ingest_batch
 from ferry.server.core.db import session_scope
 from ferry.server.fleet.credentials import broker_credentials
 from ferry.server.fleet.tables import Device
@@ -38,7 +37,7 @@ class FleetDirectory:
 
 
 class FleetStatusSink:
-    """`StatusSink` over `ferry.server.fleet.ingest_reports`: one transaction per batch.
+    """`StatusSink` over `ferry.server.checkin.ingest.ingest_batch`: one transaction per batch.
 
     The topic's device must exist and not be revoked (Mosquitto's ACL already
     ties the topic to the login, but a revoked device may still hold a
@@ -50,18 +49,9 @@ class FleetStatusSink:
         self.clock = clock
 
     def ingest(self, batch: Sequence[tuple[str, StatusReport]]) -> dict[str, int]:
-        by_device: dict[str, list[StatusReport]] = defaultdict(list)
-        for device_id, report in batch:
-            by_device[device_id].append(report)
-        outcome = {"accepted": 0, "duplicate": 0, "unknown_device": 0, "revoked_device": 0}
         now = self.clock().replace(microsecond=0)
         with session_scope(self.engine) as session:
-            for device_id, reports in by_device.items():
-                device = session.get(Device, device_id)
-                if device is None or device.revoked_at is not None:
-                    outcome["unknown_device" if device is None else "revoked_device"] += len(reports)
-                    continue
-                result = ingest_reports(session, device_id, reports, now)
-                outcome["accepted"] += len(result.accepted)
-                outcome["duplicate"] += len(result.duplicates)
-        return outcome
+            result = ingest_batch(session, [report for _, report in batch], now)
+        return {"accepted": len(result.accepted), "duplicate": len(result.duplicates),
+                "unknown_device": len(result.unknown_device),
+                "revoked_device": len(result.revoked_device)}

@@ -69,6 +69,7 @@ class RolloutDevice(SQLModel, table=True):
     error_code: str | None = None
     updated_at: str = Field(default_factory=utc_now)
     last_report_at: str = ""
+    last_report_seq: int | None = None  # the device's report_seq applied last
     retry_at: str | None = None
 
 
