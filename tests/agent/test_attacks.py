@@ -8,6 +8,7 @@ arrived in a ``failed`` status report, the installed version folder and the
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -94,6 +95,11 @@ def _manifest_swapped(repo: DeviceRepository, v1: Bundle) -> None:
     repo.target({"main": v2})
 
 
+def _same_version_different_bytes(repo: DeviceRepository, v1: Bundle) -> None:
+    # A second, validly signed manifest for the installed version 1 with other files.
+    repo.target({"main": repo.add_bundle(V2_FILES, version=1)})
+
+
 ATTACKS = [
     Attack(
         "untrusted_key_desired_state", "untrusted_key", DEVICE_SLOT, _stranger_signs_desired_state
@@ -109,6 +115,9 @@ ATTACKS = [
     Attack("wrong_hash", "hash_mismatch", "main", _blob_attack(CORRUPT)),
     Attack("truncated_file", "truncated", "main", _blob_attack(TRUNCATED)),
     Attack("manifest_swapped", "manifest_mismatch", "main", _manifest_swapped),
+    Attack(
+        "same_version_different_bytes", "version_conflict", "main", _same_version_different_bytes
+    ),
 ]
 
 
@@ -149,6 +158,31 @@ def test_downgrade_is_refused_unless_signed_as_rollback(
     )
     assert device.models() == before and device.current_version() == 2
     repo.target({"main": running_v1}, allow_downgrade=True)
+    device.sync()
+    assert repo.states()[-1] == "committed" and device.current_version() == 1
+
+
+def test_same_version_with_different_bytes_is_refused_even_after_it_was_pruned(
+    device: Device, repo: DeviceRepository
+) -> None:
+    """v1 installed, then v2 and v3 (v1's folder pruned): another v1, even as a signed rollback,
+    is still refused, while the genuine v1 may be rolled back to."""
+    v1 = repo.add_bundle(V1_FILES, version=1)
+    for bundle in (v1, repo.add_bundle(V2_FILES, version=2)):
+        repo.target({"main": bundle})
+        device.sync()
+    repo.target({"main": repo.add_bundle({"model.onnx": b"\x03" * 1000}, version=3)})
+    device.sync()
+    assert device.current_version() == 3
+    assert not any(name.startswith("v1-") for name in os.listdir(device.slot().versions))
+    before = device.models()
+    impostor = repo.add_bundle({"model.onnx": b"\x66" * 1000}, version=1)
+    repo.target({"main": impostor}, allow_downgrade=True)
+    device.sync()
+    refusal = repo.reports_for("main")[-1]
+    assert (refusal["state"], refusal["error_code"]) == ("failed", "version_conflict")
+    assert device.models() == before
+    repo.target({"main": v1}, allow_downgrade=True)
     device.sync()
     assert repo.states()[-1] == "committed" and device.current_version() == 1
 

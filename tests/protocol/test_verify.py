@@ -211,6 +211,11 @@ def test_manifest_verifies(auth: Authority) -> None:
     [
         ("incompatible hardware", {"hardware": "jetson-orin"}, "incompatible_hardware"),
         ("downgrade", {"installed_version": 5}, "version_downgrade"),
+        (
+            "same version, different hash",
+            {"installed_digests": {("vision/detector", 3): "ab" * 32}, "allow_downgrade": True},
+            "version_conflict",
+        ),
     ],
 )
 def test_manifest_refusals(auth: Authority, name: str, kwargs: dict, code: str) -> None:
@@ -223,6 +228,12 @@ def test_manifest_refusals(auth: Authority, name: str, kwargs: dict, code: str) 
 def test_signed_rollback_may_downgrade(auth: Authority) -> None:
     envelope = auth.signed_manifest(auth.manifest({"m": b"w"}, version=3))
     assert _verify_manifest(auth, envelope, installed_version=5, allow_downgrade=True).version == 3
+
+
+def test_the_installed_manifest_of_the_same_version_verifies(auth: Authority) -> None:
+    envelope = auth.signed_manifest(auth.manifest({"m": b"w"}, version=3))
+    known = {("vision/detector", 3): document_digest(envelope["signed"]), ("other/x", 3): "cd" * 32}
+    assert _verify_manifest(auth, envelope, installed_digests=known).version == 3
 
 
 def test_manifest_other_than_directed_is_refused(auth: Authority) -> None:

@@ -222,6 +222,7 @@ class Agent:
                 hardware=self.config.hardware,
                 installed_version=current.manifest.version if same_model else None,
                 allow_downgrade=target.allow_downgrade,
+                installed_digests=machine.installed_digests(),
             )
         except (ProtocolError, AgentError) as exc:
             if is_transient(exc):

@@ -77,12 +77,34 @@ class SlotMachine:
         self.record: dict[str, Any] = read_json(self.path) or self._idle_record(last=None)
         if self.record.get("schema") != SCHEMA:
             raise InstallError(f"{self.path}: unknown state schema {self.record.get('schema')!r}")
+        self.record.setdefault("installed", {})
 
     # --- record ---------------------------------------------------------------------
 
     def _idle_record(self, last: dict[str, Any] | None) -> dict[str, Any]:
+        installed = getattr(self, "record", {}).get("installed", {})
         return {"schema": SCHEMA, "slot": self.slot.name, "state": AgentState.IDLE.value,
-                "resumes": 0, "update": None, "error_code": None, "detail": "", "last": last}  # fmt: skip
+                "resumes": 0, "update": None, "error_code": None, "detail": "", "last": last,
+                "installed": installed}  # fmt: skip
+
+    def installed_digests(self) -> dict[tuple[str, int], str]:
+        """(model, version) → manifest digest of every version this slot ever installed.
+
+        The record remembers committed versions (folders get pruned); versions still on
+        disk count too, so a record written before this memory existed is covered.
+        """
+        known = {
+            (v.manifest.full_name, v.manifest.version): v.digest for v in self.slot.all_installed()
+        }
+        for key, digest in self.record["installed"].items():
+            model, _, version = key.rpartition("@")
+            known[(model, int(version))] = digest
+        return known
+
+    def remember_installed(self) -> None:
+        """Pin the committed version's manifest digest: the same version may never change."""
+        manifest = self.manifest
+        self.record["installed"][f"{manifest.full_name}@{manifest.version}"] = self.update["digest"]
 
     @property
     def state(self) -> AgentState:
@@ -313,6 +335,7 @@ class Committed(State):
     name = AgentState.COMMITTED
 
     def run(self, machine: SlotMachine) -> State | None:
+        machine.remember_installed()
         machine.slot.clear_staging()
         machine.slot.prune(machine.services.config.install.keep_versions)
         machine.finish()

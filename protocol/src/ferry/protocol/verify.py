@@ -13,6 +13,7 @@ nothing is returned (and so nothing can be persisted) before every check passed.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from ferry.protocol.errors import (
     SequenceRollbackError,
     TruncatedError,
     UntrustedKeyError,
+    VersionConflictError,
     VersionDowngradeError,
     WrongDeviceError,
 )
@@ -147,12 +149,16 @@ def verify_manifest(
     hardware: str,
     installed_version: int | None,
     allow_downgrade: bool,
+    installed_digests: Mapping[tuple[str, int], str] | None = None,
 ) -> BundleManifest:
     """Verify a bundle manifest: bundles key, the digest the directive named, hardware, version.
 
     ``installed_version`` is the version of the same model this slot runs now
     (None when none); going below it needs ``allow_downgrade`` from the signed
-    desired state, i.e. an explicitly signed rollback.
+    desired state, i.e. an explicitly signed rollback. ``installed_digests`` maps
+    (model, version) to the manifest digest the slot installed under that version:
+    a different manifest for the same version is refused, even as a signed rollback
+    (TUF's "same version, different hash": versions are immutable once signed).
     """
     envelope = parse_envelope(raw)
     manifest = BundleManifest.from_dict(envelope.signed)
@@ -166,6 +172,12 @@ def verify_manifest(
         raise IncompatibleHardwareError(
             f"{manifest.full_name} v{manifest.version} supports {list(manifest.hardware)}, "
             f"not {hardware!r}"
+        )
+    known = (installed_digests or {}).get((manifest.full_name, manifest.version))
+    if known is not None and known != envelope.digest:
+        raise VersionConflictError(
+            f"{manifest.full_name} v{manifest.version} was installed as manifest {known[:12]}…, "
+            f"not {envelope.digest[:12]}…"
         )
     if installed_version is not None and manifest.version < installed_version and not allow_downgrade:
         raise VersionDowngradeError(
