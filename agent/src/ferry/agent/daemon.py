@@ -18,17 +18,17 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from tenacity import Retrying, retry_if_exception, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
 from ferry.agent.config import AgentConfig
 from ferry.agent.download import Downloader, DownloadOptions
 from ferry.agent.errors import AgentError, NothingToRollBackError, error_code, is_transient
 from ferry.agent.identity import DeviceFiles, Identity, TrustState
 from ferry.agent.installer import Slot, version_name
-from ferry.agent.machine import RolledBack, Services, SlotMachine, slot_names
+from ferry.agent.machine import RolledBack, Services, SlotMachine, slot_names, slot_record_path
 from ferry.agent.mqtt import MqttLink
+from ferry.agent.record import Update, load_record
 from ferry.agent.reports import ReportQueue, ReportSender
-from ferry.agent.storage import read_json
 from ferry.agent.transport import DeviceApi
 from ferry.protocol.canonical import parse_json
 from ferry.protocol.documents import AgentState, DesiredState, Keyring, SlotTarget, StatusReport
@@ -189,29 +189,30 @@ class Agent:
         """Bring one slot to ``target``; a refusal is reported and the slot keeps its model."""
         machine = self.machine(slot_name)
         if machine.state is not AgentState.IDLE:
-            if machine.update["digest"] == target.manifest_sha256:
+            if machine.update.digest == target.manifest_sha256:
                 machine.retry()
                 return
             machine.abandon()
         current = machine.slot.current()
         if current is not None and current.digest == target.manifest_sha256:
             return
-        last = machine.record["last"] or {}
+        last = machine.record.last
         if (
-            last.get("digest") == target.manifest_sha256
-            and last.get("sequence") == desired.sequence
-            and last.get("state") in (AgentState.FAILED.value, AgentState.ROLLED_BACK.value)
+            last is not None
+            and last.digest == target.manifest_sha256
+            and last.sequence == desired.sequence
+            and last.state in (AgentState.FAILED, AgentState.ROLLED_BACK)
         ):
             return  # refused or rolled back already; wait for a new directive
-        update: dict[str, Any] = {
-            "sequence": desired.sequence,
-            "rollout_id": desired.rollout_id,
-            "digest": target.manifest_sha256,
-            "model": target.model,
-            "to_version": target.version,
-            "from_version": current.manifest.version if current else None,
-            "from_name": current.name if current else None,
-        }
+        update = Update(
+            digest=target.manifest_sha256,
+            sequence=desired.sequence,
+            rollout_id=desired.rollout_id,
+            model=target.model,
+            to_version=target.version,
+            from_version=current.manifest.version if current else None,
+            from_name=current.name if current else None,
+        )
         try:
             raw = self.api.manifest(target.manifest_sha256)
             same_model = current is not None and current.manifest.full_name == target.model
@@ -220,7 +221,7 @@ class Agent:
                 keyring,
                 expected_sha256=target.manifest_sha256,
                 hardware=self.config.hardware,
-                installed_version=current.manifest.version if same_model else None,
+                installed_version=current.manifest.version if current and same_model else None,
                 allow_downgrade=target.allow_downgrade,
                 installed_digests=machine.installed_digests(),
             )
@@ -229,11 +230,9 @@ class Agent:
                 raise
             machine.refuse(update, exc)
             return
-        update.update(
-            manifest=_as_dict(raw),
-            to_version=manifest.version,
-            to_name=version_name(manifest, target.manifest_sha256),
-        )
+        update.manifest = _as_dict(raw)
+        update.to_version = manifest.version
+        update.to_name = version_name(manifest, target.manifest_sha256)
         machine.start(update)
 
     def _refuse(self, exc: ProtocolError) -> None:
@@ -270,16 +269,14 @@ class Agent:
                 )
             # Through the machine, so a crash half-way is finished by recovery. ``from_name``
             # is what RolledBack switches to; no ``to_name``: the version stays on disk.
-            update = {
-                "sequence": self.trust.last_sequence,
-                "digest": current.digest,
-                "from_version": current.manifest.version,
-                "to_version": previous.manifest.version,
-                "from_name": previous.name,
-                "to_name": None,
-                "timings": {},
-            }
-            machine.record.update(update=update, error_code=None, detail="rolled back by hand")
+            machine.record.update = Update(
+                digest=current.digest,
+                sequence=self.trust.last_sequence,
+                from_version=current.manifest.version,
+                to_version=previous.manifest.version,
+                from_name=previous.name,
+            )
+            machine.record.error_code, machine.record.detail = None, "rolled back by hand"
             machine.run(RolledBack())
             return previous.name
 
@@ -310,15 +307,7 @@ class Agent:
             ),
             sleep=self._sleep,
             stop=lambda _: self.stopping.is_set(),
-            before_sleep=lambda rs: log.warning(
-                "sync_retry",
-                extra={
-                    "fields": {
-                        "attempt": rs.attempt_number,
-                        "error": error_code(rs.outcome.exception()),
-                    }
-                },
-            ),
+            before_sleep=_log_retry,
             reraise=True,
         )
         while not self.stopping.is_set():
@@ -347,6 +336,12 @@ class Agent:
         return agent_status(self.config, self.identity, self.trust, self.reports)
 
 
+def _log_retry(retry: RetryCallState) -> None:
+    failure = retry.outcome.exception() if retry.outcome is not None else None
+    code = error_code(failure) if failure is not None else "unknown"
+    log.warning("sync_retry", extra={"fields": {"attempt": retry.attempt_number, "error": code}})
+
+
 def _as_dict(raw: bytes) -> dict[str, Any]:
     """The envelope as a dict, to be stored after it verified."""
     value = parse_json(raw)
@@ -365,7 +360,7 @@ def agent_status(
     for name in sorted(names):
         slot = Slot(config.models_dir, name)
         current, previous = slot.current(), slot.previous()
-        record = read_json(config.state_dir / "slots" / f"{name}.json") or {}
+        record = load_record(slot_record_path(config, name), name, slot.all_installed)
         staged = (
             sorted(p.name for p in slot.staging_root.iterdir())
             if slot.staging_root.is_dir()
@@ -374,10 +369,9 @@ def agent_status(
         slots[name] = {
             "current": _describe(current),
             "previous": _describe(previous),
-            "state": record.get("state", "idle"),
-            "update": {k: v for k, v in (record.get("update") or {}).items() if k != "manifest"}
-            or None,
-            "last": record.get("last"),
+            "state": record.state.value,
+            "update": record.update.public() if record.update else None,
+            "last": record.to_json()["last"],
             "staging": staged,
         }
     return {
