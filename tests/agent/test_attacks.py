@@ -268,3 +268,100 @@ def test_keyring_signed_only_by_a_new_root_is_refused(
     device.sync()
     assert repo.reports_for(DEVICE_SLOT)[-1]["error_code"] == "untrusted_key"
     assert device.agent.trust.keyring.version == 1
+
+
+# --- fast-forward recovery: a compromised director key inflated the sequence --------------
+
+INFLATED = 2**53 - 1
+
+
+def _inflate_with_stolen_director_key(repo: DeviceRepository, v1: Bundle) -> bytes:
+    """The attacker signs, with the stolen director key, a directive at sequence 2^53-1."""
+    return repo.target({"main": v1}, sequence=INFLATED)
+
+
+def _rotate_director(repo: DeviceRepository, version: int = 2) -> None:
+    """The operator's answer: a root-signed keyring with a new director key, old one revoked."""
+    repo.authority.director, repo.authority.keyring_version = SigningKey.generate(), version
+    repo.publish_keyring(repo.authority.signed_keyring(), version)
+
+
+def test_inflated_sequence_from_a_compromised_director_key_is_recovered_by_rotation(
+    device: Device, repo: DeviceRepository, running_v1: Bundle
+) -> None:
+    forged = _inflate_with_stolen_director_key(repo, running_v1)
+    device.sync()
+    assert device.agent.trust.last_sequence == INFLATED  # validly signed: the device took it
+    v2 = repo.add_bundle(V2_FILES, version=2)
+    repo.target({"main": v2})  # the genuine server, next sequence, same (stolen) key
+    device.sync()
+    assert repo.reports_for(DEVICE_SLOT)[-1]["error_code"] == "sequence_rollback"
+    assert device.current_version() == 1
+
+    _rotate_director(repo)
+    repo.target({"main": v2})  # signed by the new director key, an ordinary sequence
+    device.sync()
+    assert device.current_version() == 2 and repo.states()[-1] == "committed"
+    assert device.agent.trust.last_sequence == repo.sequence < INFLATED
+
+    before = device.models()
+    repo.serve_desired(forged)  # the revoked key's high-sequence document, again
+    device.sync()
+    assert repo.reports_for(DEVICE_SLOT)[-1]["error_code"] == "untrusted_key"
+    assert device.models() == before and device.agent.trust.last_sequence == repo.sequence
+
+
+def test_the_floor_survives_an_agent_restart_and_resets_only_with_the_rotation(
+    device: Device, repo: DeviceRepository, running_v1: Bundle
+) -> None:
+    _inflate_with_stolen_director_key(repo, running_v1)
+    device.sync()
+    device.close()
+    device._agent = None  # a restarted agent reads trust.json again
+    v2 = repo.add_bundle(V2_FILES, version=2)
+    repo.target({"main": v2})
+    device.sync()
+    assert repo.reports_for(DEVICE_SLOT)[-1]["error_code"] == "sequence_rollback"
+    _rotate_director(repo)
+    repo.target({"main": v2})
+    device.close()
+    device._agent = None
+    device.sync()
+    assert device.current_version() == 2
+
+
+@pytest.mark.parametrize("change", ["bundles key rotated", "second director key added"])
+def test_a_keyring_change_that_keeps_the_signing_director_key_keeps_the_floor(
+    change: str, device: Device, repo: DeviceRepository, running_v1: Bundle
+) -> None:
+    old_directive = repo.desired
+    assert old_directive is not None
+    repo.target({"main": repo.add_bundle(V2_FILES, version=2)})
+    device.sync()
+    auth, extra = repo.authority, SigningKey.generate()
+    if change == "bundles key rotated":
+        auth.bundles = extra
+    auth.keyring_version = 2
+    keyring = auth.keyring().to_dict()
+    if change == "second director key added":
+        keyring["keys"][extra.public.keyid] = {"keytype": "ed25519", "public": extra.public.hex}
+        keyring["roles"]["director"]["keyids"].append(extra.public.keyid)
+    repo.publish_keyring(sign_document(keyring, [auth.root]), 2)
+    repo.serve_desired(old_directive)
+    device.sync()
+    assert device.agent.trust.keyring.version == 2
+    assert repo.reports_for(DEVICE_SLOT)[-1]["error_code"] == "sequence_rollback"
+    assert device.current_version() == 2
+
+
+def test_re_enrolment_does_not_keep_the_sequence_floor(
+    device: Device, repo: DeviceRepository, running_v1: Bundle
+) -> None:
+    _inflate_with_stolen_director_key(repo, running_v1)
+    device.sync()
+    device.close()
+    device.enroll()
+    device._agent = None
+    repo.target({"main": repo.add_bundle(V2_FILES, version=2)})
+    device.sync()
+    assert device.current_version() == 2 and device.agent.trust.last_sequence == repo.sequence

@@ -78,6 +78,9 @@ def test_schema_1_state_dir_keeps_its_model_and_updates_further(
     repo.target({"main": repo.add_bundle(V3_FILES, version=3)})
     device.sync()
     assert repo.states()[-1] == "committed" and device.current_version() == 3
+    trust = json.loads((device.config.state_dir / "trust.json").read_text())
+    assert trust["last_sequence"] == repo.sequence
+    assert trust["last_signers"] == [repo.authority.director.public.keyid]
     record = json.loads((device.config.state_dir / "slots" / "main.json").read_text())
     assert record["schema"] == SCHEMA
     assert sorted(item["version"] for item in record["installed"]) == [1, 2, 3]
@@ -93,6 +96,16 @@ def test_migrated_memory_refuses_another_manifest_for_a_version_the_old_agent_in
     device.sync()
     assert repo.reports_for("main")[-1]["error_code"] == "version_conflict"
     assert device.models() == before
+
+
+def test_a_schema_1_floor_belongs_to_the_director_keys_of_its_keyring(
+    old_device: tuple[Device, DeviceRepository],
+) -> None:
+    """Its signers were not recorded: the floor holds until the director key is rotated out."""
+    device, repo = old_device
+    floor = device.agent.trust.floor
+    assert floor.sequence == repo.sequence
+    assert floor.signers == {repo.authority.director.public.keyid}
 
 
 def test_status_reads_a_schema_1_record_without_rewriting_it(

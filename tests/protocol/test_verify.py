@@ -16,6 +16,7 @@ from ferry.protocol.signing import document_digest, sign_document
 from ferry.protocol.timefmt import format_time
 from ferry.protocol.verify import (
     FileVerifier,
+    SequenceFloor,
     trust_first_keyring,
     verify_desired_state,
     verify_keyring,
@@ -189,6 +190,28 @@ def test_signature_is_checked_before_expiry(auth: Authority) -> None:
         verify_desired_state(envelope, auth.keyring(), device_id=DEVICE, last_sequence=0,
                              last_digest=None, now=auth.now)
     assert err.value.code == "untrusted_key"
+
+
+# --- sequence floor (fast-forward recovery) ------------------------------------------
+
+
+def test_sequence_floor_holds_while_a_key_that_signed_it_is_still_a_director_key(
+    auth: Authority,
+) -> None:
+    floor = SequenceFloor(2**53 - 1, "ab" * 32, frozenset({auth.director.public.keyid}))
+    assert floor.under(auth.keyring()) == floor
+
+
+def test_sequence_floor_is_void_once_its_signers_are_rotated_out(auth: Authority) -> None:
+    floor = SequenceFloor(2**53 - 1, "ab" * 32, frozenset({auth.director.public.keyid}))
+    auth.director, auth.keyring_version = SigningKey.generate(), 2
+    assert floor.under(auth.keyring()) == SequenceFloor()
+    state = auth.desired_state(DEVICE, 1, {})
+    envelope = auth.signed_desired_state(state)
+    reset = floor.under(auth.keyring())
+    assert verify_desired_state(envelope, auth.keyring(), device_id=DEVICE,
+                                last_sequence=reset.sequence, last_digest=reset.digest,
+                                now=auth.now) == state  # fmt: skip
 
 
 # --- manifest ---------------------------------------------------------------------

@@ -31,11 +31,23 @@ from ferry.agent.record import Update, load_record
 from ferry.agent.reports import ReportQueue, ReportSender
 from ferry.agent.transport import DeviceApi
 from ferry.protocol.canonical import parse_json
-from ferry.protocol.documents import AgentState, DesiredState, Keyring, SlotTarget, StatusReport
+from ferry.protocol.documents import (
+    AgentState,
+    DesiredState,
+    Keyring,
+    Role,
+    SlotTarget,
+    StatusReport,
+)
 from ferry.protocol.errors import ProtocolError
 from ferry.protocol.signing import parse_envelope
 from ferry.protocol.timefmt import format_time, utcnow
-from ferry.protocol.verify import verify_desired_state, verify_keyring, verify_manifest
+from ferry.protocol.verify import (
+    SequenceFloor,
+    verify_desired_state,
+    verify_keyring,
+    verify_manifest,
+)
 
 log = logging.getLogger("ferry.agent")
 
@@ -168,17 +180,32 @@ class Agent:
         return new
 
     def _accept_desired_state(self, raw: bytes, keyring: Keyring, now: datetime) -> DesiredState:
+        """Verify the directive above the floor that applies under ``keyring``, then raise it.
+
+        The floor is void once a root-signed keyring rotated out every director key
+        that signed it (fast-forward recovery, ``SequenceFloor.under``).
+        """
+        floor = self.trust.floor.under(keyring)
+        if floor != self.trust.floor:
+            log.warning(
+                "sequence_floor_reset",
+                extra={"fields": {"old": self.trust.floor.sequence, "keyring": keyring.version}},
+            )
         desired = verify_desired_state(
             raw,
             keyring,
             device_id=self.identity.device_id,
-            last_sequence=self.trust.last_sequence,
-            last_digest=self.trust.last_digest,
+            last_sequence=floor.sequence,
+            last_digest=floor.digest,
             now=now,
         )
-        digest = parse_envelope(raw).digest
-        if desired.sequence != self.trust.last_sequence or digest != self.trust.last_digest:
-            self.trust.last_sequence, self.trust.last_digest = desired.sequence, digest
+        envelope = parse_envelope(raw)
+        signers = frozenset(s.keyid for s in envelope.signatures) & set(
+            keyring.roles[Role.DIRECTOR].keyids
+        )
+        accepted = SequenceFloor(desired.sequence, envelope.digest, signers)
+        if accepted != self.trust.floor:
+            self.trust.floor = accepted
             self.files.save_trust(self.trust)
             log.info("desired_state", extra={"fields": {"sequence": desired.sequence}})
         return desired

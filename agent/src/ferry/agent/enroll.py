@@ -3,7 +3,9 @@
 The first keyring is trusted only if its own root signed it (and, when the
 operator passed ``--root-keyid``, only if that root is the expected one). On
 re-enrolment the already pinned root stays in charge: the new keyring must
-verify against it, so a re-enrolment cannot swap the root.
+verify against it, so a re-enrolment cannot swap the root. Re-enrolment does
+clear the desired-state sequence floor: it is the operator's way back for a
+device whose floor a compromised director key inflated (see docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -62,9 +64,7 @@ def _pin_keyring(files: DeviceFiles, envelope: Any, root_keyids: set[str] | None
         verify_keyring(envelope, previous.keyring, now)
     except ProtocolError as exc:
         raise EnrollmentError(f"the server's keyring was refused ({exc.code}): {exc}") from exc
-    if envelope != previous.keyring_envelope:
-        previous.keyring_envelope = envelope
-    return previous
+    return TrustState(envelope)  # the pinned root chain stays; the sequence floor does not
 
 
 def _identity(answer: dict[str, Any], server_url: str) -> Identity:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,12 @@ Raw = bytes | dict[str, Any]
 
 def check_signatures(
     envelope: Envelope, keys: dict[str, PublicKey], threshold: int, what: str
-) -> None:
+) -> frozenset[str]:
     """Trusted keys, then signatures: ``threshold`` distinct trusted keys must have signed.
 
     A signature claiming a trusted key id that does not verify is a bad signature
-    (tampering), not merely an untrusted one.
+    (tampering), not merely an untrusted one. Returns the ids of the trusted keys
+    that signed.
     """
     trusted = [sig for sig in envelope.signatures if sig.keyid in keys]
     if not trusted:
@@ -60,6 +62,7 @@ def check_signatures(
         valid.add(sig.keyid)
     if len(valid) < threshold:
         raise UntrustedKeyError(f"{what}: {len(valid)} of {threshold} required trusted signatures")
+    return frozenset(valid)
 
 
 def trust_first_keyring(raw: Raw, now: datetime, pinned_root_keyids: set[str] | None = None) -> Keyring:
@@ -106,6 +109,30 @@ def verify_keyring(raw: Raw, trusted: Keyring, now: datetime | None) -> Keyring:
 def _check_keyring_expiry(keyring: Keyring, now: datetime) -> None:
     if parse_time(keyring.expires) <= now:
         raise ExpiredKeyringError(f"keyring version {keyring.version} expired at {keyring.expires}")
+
+
+@dataclass(frozen=True)
+class SequenceFloor:
+    """The last accepted desired state: its sequence, its digest and the director keys that
+    signed it. A directive must be above it (or be that very document again)."""
+
+    sequence: int = 0
+    digest: str | None = None
+    signers: frozenset[str] = frozenset()
+
+    def under(self, keyring: Keyring) -> SequenceFloor:
+        """The floor that applies under ``keyring`` (TUF/Uptane fast-forward recovery).
+
+        A floor belongs to the director keys that signed it: once none of them is a
+        director key any more (a root-signed keyring rotated them out), it is void
+        and sequences start again from 0. Otherwise a compromised director key that
+        signed sequence 2^53-1 would lock the device out of every later directive.
+        While one of its signers is still trusted, the floor holds (no replay of
+        older directives signed by that key).
+        """
+        if self.signers.isdisjoint(keyring.roles[Role.DIRECTOR].keyids):
+            return SequenceFloor()
+        return self
 
 
 def verify_desired_state(
