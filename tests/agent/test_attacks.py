@@ -15,6 +15,7 @@ from datetime import timedelta
 
 import pytest
 
+from ferry.protocol import endpoints
 from ferry.protocol.keys import SigningKey
 from ferry.protocol.signing import envelope_bytes, sign_document
 from tests.agent.conftest import Device
@@ -100,6 +101,14 @@ def _same_version_different_bytes(repo: DeviceRepository, v1: Bundle) -> None:
     repo.target({"main": repo.add_bundle(V2_FILES, version=1)})
 
 
+def _oversized(path: str) -> Callable[[DeviceRepository, Bundle], None]:
+    def serve(repo: DeviceRepository, v1: Bundle) -> None:
+        repo.target({"main": repo.add_bundle(V2_FILES, version=2)})
+        repo.overrides[path] = b'{"signed": {"pad": "' + b"x" * (2 << 20) + b'"}}'
+
+    return serve
+
+
 ATTACKS = [
     Attack(
         "untrusted_key_desired_state", "untrusted_key", DEVICE_SLOT, _stranger_signs_desired_state
@@ -115,6 +124,13 @@ ATTACKS = [
     Attack("wrong_hash", "hash_mismatch", "main", _blob_attack(CORRUPT)),
     Attack("truncated_file", "truncated", "main", _blob_attack(TRUNCATED)),
     Attack("manifest_swapped", "manifest_mismatch", "main", _manifest_swapped),
+    Attack("oversized_keyring", "document_too_large", DEVICE_SLOT, _oversized(endpoints.KEYRING)),
+    Attack(
+        "oversized_desired_state",
+        "document_too_large",
+        DEVICE_SLOT,
+        _oversized(endpoints.DESIRED_STATE),
+    ),
     Attack(
         "same_version_different_bytes", "version_conflict", "main", _same_version_different_bytes
     ),
@@ -231,6 +247,11 @@ def test_a_refused_directive_is_reported_once_not_every_poll(
     for _ in range(3):
         device.sync()
     assert [r["error_code"] for r in repo.reports_for(DEVICE_SLOT)].count("wrong_device") == 1
+    _oversized(endpoints.DESIRED_STATE)(repo, running_v1)
+    for _ in range(3):
+        device.sync()
+    codes = [r["error_code"] for r in repo.reports_for(DEVICE_SLOT)]
+    assert codes.count("document_too_large") == 1
 
 
 def test_revoked_bundles_key_stops_verifying_after_a_keyring_update(

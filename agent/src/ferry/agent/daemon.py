@@ -22,7 +22,13 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponent
 
 from ferry.agent.config import AgentConfig
 from ferry.agent.download import Downloader, DownloadOptions
-from ferry.agent.errors import AgentError, NothingToRollBackError, error_code, is_transient
+from ferry.agent.errors import (
+    AgentError,
+    NothingToRollBackError,
+    UnauthorizedError,
+    error_code,
+    is_transient,
+)
 from ferry.agent.identity import DeviceFiles, Identity, TrustState
 from ferry.agent.installer import Slot, version_name
 from ferry.agent.machine import RolledBack, Services, SlotMachine, slot_names, slot_record_path
@@ -158,7 +164,9 @@ class Agent:
                 keyring = self._refresh_keyring(now)
                 raw = self.api.desired_state()
                 desired = self._accept_desired_state(raw, keyring, now)
-            except ProtocolError as exc:
+            except (ProtocolError, AgentError) as exc:
+                if not _is_refusal(exc):
+                    raise
                 self._refuse(exc)
                 return
             for slot_name, target in sorted(desired.slots.items()):
@@ -262,7 +270,7 @@ class Agent:
         update.to_name = version_name(manifest, target.manifest_sha256)
         machine.start(update)
 
-    def _refuse(self, exc: ProtocolError) -> None:
+    def _refuse(self, exc: ProtocolError | AgentError) -> None:
         """Report a refused keyring or desired state once per distinct refusal."""
         key = (exc.code, str(exc))
         log.warning("refused", extra={"fields": {"error_code": exc.code, "detail": str(exc)}})
@@ -361,6 +369,12 @@ class Agent:
     def status(self) -> dict[str, Any]:
         """What is installed, staged and pending, per slot (for ``ferry-agent status``)."""
         return agent_status(self.config, self.identity, self.trust, self.reports)
+
+
+def _is_refusal(exc: ProtocolError | AgentError) -> bool:
+    """Refused data is reported; trouble reaching the server (or a revoked credential,
+    which no report could get past) is not a refusal, and propagates."""
+    return not is_transient(exc) and not isinstance(exc, UnauthorizedError)
 
 
 def _log_retry(retry: RetryCallState) -> None:
