@@ -36,29 +36,21 @@ from ferry.agent.mqtt import MqttLink
 from ferry.agent.record import Update, load_record
 from ferry.agent.reports import ReportQueue, ReportSender
 from ferry.agent.transport import DeviceApi
-from ferry.protocol.canonical import parse_json
 from ferry.protocol.documents import (
     AgentState,
     DesiredState,
-    Keyring,
-    Role,
     SlotTarget,
     StatusReport,
 )
 from ferry.protocol.errors import ProtocolError
-from ferry.protocol.signing import parse_envelope
 from ferry.protocol.timefmt import format_time, utcnow
 from ferry.protocol.verify import (
     SequenceFloor,
-    verify_desired_state,
-    verify_keyring,
-    verify_manifest,
 )
 
 log = logging.getLogger("ferry.agent")
 
 DEVICE_SLOT = "device"  # reports about the device as a whole (keyring, desired state)
-MAX_KEYRING_WALK = 1000
 
 
 class Agent:
@@ -161,66 +153,45 @@ class Agent:
         with self.locked():
             now = utcnow()
             try:
-                keyring = self._refresh_keyring(now)
-                raw = self.api.desired_state()
-                desired = self._accept_desired_state(raw, keyring, now)
+                self._refresh_keyring(now)
+                desired = self._accept_desired_state(self.api.desired_state(), now)
             except (ProtocolError, AgentError) as exc:
                 if not _is_refusal(exc):
                     raise
                 self._refuse(exc)
                 return
             for slot_name, target in sorted(desired.slots.items()):
-                self._converge(slot_name, target, desired, keyring)
+                self._converge(slot_name, target, desired)
 
-    def _refresh_keyring(self, now: datetime) -> Keyring:
+    def _refresh_keyring(self, now: datetime) -> None:
         """Walk ``/keyring/{v}`` one version at a time so root rotations chain up."""
-        trusted = self.trust.keyring
-        raw = self.api.keyring()
-        latest = Keyring.from_dict(parse_envelope(raw).signed).version
-        walked = trusted
-        for version in range(trusted.version + 1, min(latest, trusted.version + MAX_KEYRING_WALK)):
-            walked = verify_keyring(self.api.keyring(version), walked, None)
-        new = verify_keyring(raw, walked, now)
-        if new.version > trusted.version:
-            self.trust.keyring_envelope = _as_dict(raw)
+        if self.trust.chain.refresh_keyring(self.api.keyring(), self.api.keyring, now):
             self.files.save_trust(self.trust)
-            log.info("keyring_updated", extra={"fields": {"version": new.version}})
-        return new
+            log.info("keyring_updated", extra={"fields": {"version": self.trust.keyring.version}})
 
-    def _accept_desired_state(self, raw: bytes, keyring: Keyring, now: datetime) -> DesiredState:
-        """Verify the directive above the floor that applies under ``keyring``, then raise it.
+    def _accept_desired_state(self, raw: bytes, now: datetime) -> DesiredState:
+        """Verify the directive above the floor that applies under the keyring, then raise it.
 
         The floor is void once a root-signed keyring rotated out every director key
         that signed it (fast-forward recovery, ``SequenceFloor.under``).
         """
-        floor = self.trust.floor.under(keyring)
-        if floor != self.trust.floor:
+        if self.trust.floor.under(self.trust.keyring) != self.trust.floor:
             log.warning(
                 "sequence_floor_reset",
-                extra={"fields": {"old": self.trust.floor.sequence, "keyring": keyring.version}},
-            )
-        desired = verify_desired_state(
-            raw,
-            keyring,
-            device_id=self.identity.device_id,
-            last_sequence=floor.sequence,
-            last_digest=floor.digest,
-            now=now,
+                extra={"fields": {"old": self.trust.floor.sequence,
+                                  "keyring": self.trust.keyring.version}},
+            )  # fmt: skip
+        verified = self.trust.chain.verify_desired_state(
+            raw, device_id=self.identity.device_id, floor=self.trust.floor, now=now
         )
-        envelope = parse_envelope(raw)
-        signers = frozenset(s.keyid for s in envelope.signatures) & set(
-            keyring.roles[Role.DIRECTOR].keyids
-        )
-        accepted = SequenceFloor(desired.sequence, envelope.digest, signers)
+        accepted = SequenceFloor.accepted(verified)
         if accepted != self.trust.floor:
             self.trust.floor = accepted
             self.files.save_trust(self.trust)
-            log.info("desired_state", extra={"fields": {"sequence": desired.sequence}})
-        return desired
+            log.info("desired_state", extra={"fields": {"sequence": accepted.sequence}})
+        return verified.document
 
-    def _converge(
-        self, slot_name: str, target: SlotTarget, desired: DesiredState, keyring: Keyring
-    ) -> None:
+    def _converge(self, slot_name: str, target: SlotTarget, desired: DesiredState) -> None:
         """Bring one slot to ``target``; a refusal is reported and the slot keeps its model."""
         machine = self.machine(slot_name)
         if machine.state is not AgentState.IDLE:
@@ -251,9 +222,8 @@ class Agent:
         try:
             raw = self.api.manifest(target.manifest_sha256)
             same_model = current is not None and current.manifest.full_name == target.model
-            manifest = verify_manifest(
+            verified = self.trust.chain.verify_manifest(
                 raw,
-                keyring,
                 expected_sha256=target.manifest_sha256,
                 hardware=self.config.hardware,
                 installed_version=current.manifest.version if current and same_model else None,
@@ -265,9 +235,9 @@ class Agent:
                 raise
             machine.refuse(update, exc)
             return
-        update.manifest = _as_dict(raw)
-        update.to_version = manifest.version
-        update.to_name = version_name(manifest, target.manifest_sha256)
+        update.manifest = verified.envelope_dict
+        update.to_version = verified.document.version
+        update.to_name = version_name(verified.document, verified.digest)
         machine.start(update)
 
     def _refuse(self, exc: ProtocolError | AgentError) -> None:
@@ -381,13 +351,6 @@ def _log_retry(retry: RetryCallState) -> None:
     failure = retry.outcome.exception() if retry.outcome is not None else None
     code = error_code(failure) if failure is not None else "unknown"
     log.warning("sync_retry", extra={"fields": {"attempt": retry.attempt_number, "error": code}})
-
-
-def _as_dict(raw: bytes) -> dict[str, Any]:
-    """The envelope as a dict, to be stored after it verified."""
-    value = parse_json(raw)
-    assert isinstance(value, dict)
-    return value
 
 
 def agent_status(

@@ -20,7 +20,7 @@ from ferry.agent.transport import DeviceApi
 from ferry.protocol.endpoints import DEVICE_TOKEN_PREFIX
 from ferry.protocol.errors import ProtocolError
 from ferry.protocol.timefmt import utcnow
-from ferry.protocol.verify import trust_first_keyring, verify_keyring
+from ferry.protocol.trust import TrustedState
 
 
 def enroll(
@@ -59,12 +59,11 @@ def _pin_keyring(files: DeviceFiles, envelope: Any, root_keyids: set[str] | None
         previous = None
     try:
         if previous is None:
-            trust_first_keyring(envelope, now, root_keyids)
-            return TrustState(envelope)
-        verify_keyring(envelope, previous.keyring, now)
+            return TrustState(TrustedState.first(envelope, now, root_keyids))
+        previous.chain.verify_keyring(envelope, now)
     except ProtocolError as exc:
         raise EnrollmentError(f"the server's keyring was refused ({exc.code}): {exc}") from exc
-    return TrustState(envelope)  # the pinned root chain stays; the sequence floor does not
+    return TrustState(previous.chain)  # the pinned root chain stays; the sequence floor does not
 
 
 def _identity(answer: dict[str, Any], server_url: str) -> Identity:

@@ -18,7 +18,8 @@ from typing import Any
 from ferry.agent.errors import NotEnrolledError
 from ferry.agent.storage import read_json, write_atomic, write_json
 from ferry.protocol.documents import Keyring, Role
-from ferry.protocol.signing import parse_envelope
+from ferry.protocol.errors import ProtocolError
+from ferry.protocol.trust import TrustedState
 from ferry.protocol.verify import SequenceFloor
 
 SCHEMA = 1  # device.json
@@ -39,19 +40,18 @@ class Identity:
 
 @dataclass
 class TrustState:
-    """The trusted keyring envelope and the floor set by the last accepted desired state."""
+    """The trusted keyring chain and the floor set by the last accepted desired state."""
 
-    keyring_envelope: dict[str, Any]
+    chain: TrustedState
     floor: SequenceFloor = field(default_factory=SequenceFloor)
+
+    @property
+    def keyring(self) -> Keyring:
+        return self.chain.keyring
 
     @property
     def last_sequence(self) -> int:
         return self.floor.sequence
-
-    @property
-    def keyring(self) -> Keyring:
-        """The keyring, parsed from the envelope that was verified before it was saved."""
-        return Keyring.from_dict(parse_envelope(self.keyring_envelope).signed)
 
 
 class DeviceFiles:
@@ -95,7 +95,7 @@ class DeviceFiles:
     def save_trust(self, trust: TrustState) -> None:
         record = {
             "schema": TRUST_SCHEMA,
-            "keyring": trust.keyring_envelope,
+            "keyring": trust.chain.verified_keyring.envelope_dict,
             "last_sequence": trust.floor.sequence,
             "last_digest": trust.floor.digest,
             "last_signers": sorted(trust.floor.signers),
@@ -108,7 +108,13 @@ class DeviceFiles:
             raise NotEnrolledError(
                 f"no pinned keyring in {self.state_dir}: run 'ferry-agent enroll'"
             )
-        trust = TrustState(record["keyring"])
+        try:
+            trust = TrustState(TrustedState.pinned(record["keyring"]))
+        except ProtocolError as exc:
+            raise NotEnrolledError(
+                f"the keyring pinned in {self.trust_path} does not verify ({exc.code}): "
+                f"run 'ferry-agent enroll' again"
+            ) from exc
         if record.get("schema", 1) == 1:
             signers = trust.keyring.roles[Role.DIRECTOR].keyids
         else:
