@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from ferry.agent.errors import InstallError
-from ferry.agent.installer import Slot
+from ferry.agent.installer import Slot, version_name
 from ferry.agent.record import SCHEMA, InstallRecord, Outcome, Update, load_record, save_record
 from ferry.protocol.documents import AgentState, BundleManifest
 from ferry.protocol.keys import SigningKey
@@ -158,3 +158,29 @@ def test_the_fixture_was_written_in_schema_1() -> None:
     versions = FIXTURE / "state" / "models" / "main" / "versions"
     manifest = parse_envelope(json.loads(next(versions.glob("*.json")).read_text()))
     assert manifest.signed["_type"] == "bundle-manifest"
+
+
+def test_an_update_interrupted_under_the_schema_1_agent_is_finished_by_the_upgraded_one(
+    old_device: tuple[Device, DeviceRepository],
+) -> None:
+    """The old agent was stopped mid-download (its record says ``downloading``, in schema 1);
+    the upgraded agent's recovery resumes the download and commits."""
+    device, repo = old_device
+    v3 = repo.add_bundle(V3_FILES, version=3)
+    repo.target({"main": v3})
+    path = device.config.state_dir / "slots" / "main.json"
+    record = json.loads(path.read_text())
+    current = device.slot().current()
+    assert current is not None
+    record.update(state="downloading", update={  # the keys the schema-1 agent wrote
+        "sequence": repo.sequence, "rollout_id": "rollout-1", "digest": v3.digest,
+        "model": "vision/detector", "to_version": 3, "from_version": 2,
+        "from_name": current.name, "to_name": version_name(v3.manifest, v3.digest),
+        "manifest": v3.envelope, "timings": {}, "bytes_downloaded": 0,
+        "started_ms": 1, "step_started_ms": 1,
+    })  # fmt: skip
+    path.write_text(json.dumps(record))
+    device.agent.recover()
+    device.agent.sender.flush()
+    assert device.current_version() == 3 and repo.states()[-1] == "committed"
+    assert json.loads(path.read_text())["schema"] == SCHEMA

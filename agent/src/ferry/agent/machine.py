@@ -290,7 +290,7 @@ class Switching(State):
     def run(self, machine: SlotMachine) -> State | None:
         update = machine.update
         if update.to_name is None:
-            raise InstallError(f"slot {machine.slot.name}: the update names no version to switch to")
+            raise InstallError(f"slot {machine.slot.name}: the update names no version to switch")
         machine.slot.switch(update.to_name, update.from_name)
         machine.mark_step("switch")
         return Probing()

@@ -202,7 +202,9 @@ def check_desired_state(
         envelope, keyring.keys_for(Role.DIRECTOR), director.threshold, "desired state"
     )
     if state.device_id != device_id:
-        raise WrongDeviceError(f"desired state is for device {state.device_id!r}, not {device_id!r}")
+        raise WrongDeviceError(
+            f"desired state is for device {state.device_id!r}, not {device_id!r}"
+        )
     if parse_time(state.expires_at) <= now:
         raise ExpiredDesiredStateError(f"desired state expired at {state.expires_at}")
     replay = state.sequence < last_sequence or (
@@ -257,7 +259,8 @@ def check_manifest(
             f"{manifest.full_name} v{manifest.version} was installed as manifest {known[:12]}…, "
             f"not {envelope.digest[:12]}…"
         )
-    if installed_version is not None and manifest.version < installed_version and not allow_downgrade:
+    downgrade = installed_version is not None and manifest.version < installed_version
+    if downgrade and not allow_downgrade:
         raise VersionDowngradeError(
             f"{manifest.full_name} v{manifest.version} is older than installed v{installed_version}"
         )
@@ -269,7 +272,9 @@ def check_manifest(
 # ``Verified`` documents; these wrappers serve callers that need only the document.
 
 
-def trust_first_keyring(raw: Raw, now: datetime, pinned_root_keyids: set[str] | None = None) -> Keyring:
+def trust_first_keyring(
+    raw: Raw, now: datetime, pinned_root_keyids: set[str] | None = None
+) -> Keyring:
     """:func:`check_first_keyring`, the keyring only."""
     return check_first_keyring(raw, now, pinned_root_keyids).document
 
