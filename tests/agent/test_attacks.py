@@ -8,12 +8,14 @@ arrived in a ``failed`` status report, the installed version folder and the
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
 
+from ferry.protocol import endpoints
 from ferry.protocol.keys import SigningKey
 from ferry.protocol.signing import envelope_bytes, sign_document
 from tests.agent.conftest import Device
@@ -94,6 +96,19 @@ def _manifest_swapped(repo: DeviceRepository, v1: Bundle) -> None:
     repo.target({"main": v2})
 
 
+def _same_version_different_bytes(repo: DeviceRepository, v1: Bundle) -> None:
+    # A second, validly signed manifest for the installed version 1 with other files.
+    repo.target({"main": repo.add_bundle(V2_FILES, version=1)})
+
+
+def _oversized(path: str) -> Callable[[DeviceRepository, Bundle], None]:
+    def serve(repo: DeviceRepository, v1: Bundle) -> None:
+        repo.target({"main": repo.add_bundle(V2_FILES, version=2)})
+        repo.overrides[path] = b'{"signed": {"pad": "' + b"x" * (2 << 20) + b'"}}'
+
+    return serve
+
+
 ATTACKS = [
     Attack(
         "untrusted_key_desired_state", "untrusted_key", DEVICE_SLOT, _stranger_signs_desired_state
@@ -109,6 +124,16 @@ ATTACKS = [
     Attack("wrong_hash", "hash_mismatch", "main", _blob_attack(CORRUPT)),
     Attack("truncated_file", "truncated", "main", _blob_attack(TRUNCATED)),
     Attack("manifest_swapped", "manifest_mismatch", "main", _manifest_swapped),
+    Attack("oversized_keyring", "document_too_large", DEVICE_SLOT, _oversized(endpoints.KEYRING)),
+    Attack(
+        "oversized_desired_state",
+        "document_too_large",
+        DEVICE_SLOT,
+        _oversized(endpoints.DESIRED_STATE),
+    ),
+    Attack(
+        "same_version_different_bytes", "version_conflict", "main", _same_version_different_bytes
+    ),
 ]
 
 
@@ -149,6 +174,31 @@ def test_downgrade_is_refused_unless_signed_as_rollback(
     )
     assert device.models() == before and device.current_version() == 2
     repo.target({"main": running_v1}, allow_downgrade=True)
+    device.sync()
+    assert repo.states()[-1] == "committed" and device.current_version() == 1
+
+
+def test_same_version_with_different_bytes_is_refused_even_after_it_was_pruned(
+    device: Device, repo: DeviceRepository
+) -> None:
+    """v1 installed, then v2 and v3 (v1's folder pruned): another v1, even as a signed rollback,
+    is still refused, while the genuine v1 may be rolled back to."""
+    v1 = repo.add_bundle(V1_FILES, version=1)
+    for bundle in (v1, repo.add_bundle(V2_FILES, version=2)):
+        repo.target({"main": bundle})
+        device.sync()
+    repo.target({"main": repo.add_bundle({"model.onnx": b"\x03" * 1000}, version=3)})
+    device.sync()
+    assert device.current_version() == 3
+    assert not any(name.startswith("v1-") for name in os.listdir(device.slot().versions))
+    before = device.models()
+    impostor = repo.add_bundle({"model.onnx": b"\x66" * 1000}, version=1)
+    repo.target({"main": impostor}, allow_downgrade=True)
+    device.sync()
+    refusal = repo.reports_for("main")[-1]
+    assert (refusal["state"], refusal["error_code"]) == ("failed", "version_conflict")
+    assert device.models() == before
+    repo.target({"main": v1}, allow_downgrade=True)
     device.sync()
     assert repo.states()[-1] == "committed" and device.current_version() == 1
 
@@ -197,6 +247,11 @@ def test_a_refused_directive_is_reported_once_not_every_poll(
     for _ in range(3):
         device.sync()
     assert [r["error_code"] for r in repo.reports_for(DEVICE_SLOT)].count("wrong_device") == 1
+    _oversized(endpoints.DESIRED_STATE)(repo, running_v1)
+    for _ in range(3):
+        device.sync()
+    codes = [r["error_code"] for r in repo.reports_for(DEVICE_SLOT)]
+    assert codes.count("document_too_large") == 1
 
 
 def test_revoked_bundles_key_stops_verifying_after_a_keyring_update(
@@ -234,3 +289,100 @@ def test_keyring_signed_only_by_a_new_root_is_refused(
     device.sync()
     assert repo.reports_for(DEVICE_SLOT)[-1]["error_code"] == "untrusted_key"
     assert device.agent.trust.keyring.version == 1
+
+
+# --- fast-forward recovery: a compromised director key inflated the sequence --------------
+
+INFLATED = 2**53 - 1
+
+
+def _inflate_with_stolen_director_key(repo: DeviceRepository, v1: Bundle) -> bytes:
+    """The attacker signs, with the stolen director key, a directive at sequence 2^53-1."""
+    return repo.target({"main": v1}, sequence=INFLATED)
+
+
+def _rotate_director(repo: DeviceRepository, version: int = 2) -> None:
+    """The operator's answer: a root-signed keyring with a new director key, old one revoked."""
+    repo.authority.director, repo.authority.keyring_version = SigningKey.generate(), version
+    repo.publish_keyring(repo.authority.signed_keyring(), version)
+
+
+def test_inflated_sequence_from_a_compromised_director_key_is_recovered_by_rotation(
+    device: Device, repo: DeviceRepository, running_v1: Bundle
+) -> None:
+    forged = _inflate_with_stolen_director_key(repo, running_v1)
+    device.sync()
+    assert device.agent.trust.last_sequence == INFLATED  # validly signed: the device took it
+    v2 = repo.add_bundle(V2_FILES, version=2)
+    repo.target({"main": v2})  # the genuine server, next sequence, same (stolen) key
+    device.sync()
+    assert repo.reports_for(DEVICE_SLOT)[-1]["error_code"] == "sequence_rollback"
+    assert device.current_version() == 1
+
+    _rotate_director(repo)
+    repo.target({"main": v2})  # signed by the new director key, an ordinary sequence
+    device.sync()
+    assert device.current_version() == 2 and repo.states()[-1] == "committed"
+    assert device.agent.trust.last_sequence == repo.sequence < INFLATED
+
+    before = device.models()
+    repo.serve_desired(forged)  # the revoked key's high-sequence document, again
+    device.sync()
+    assert repo.reports_for(DEVICE_SLOT)[-1]["error_code"] == "untrusted_key"
+    assert device.models() == before and device.agent.trust.last_sequence == repo.sequence
+
+
+def test_the_floor_survives_an_agent_restart_and_resets_only_with_the_rotation(
+    device: Device, repo: DeviceRepository, running_v1: Bundle
+) -> None:
+    _inflate_with_stolen_director_key(repo, running_v1)
+    device.sync()
+    device.close()
+    device._agent = None  # a restarted agent reads trust.json again
+    v2 = repo.add_bundle(V2_FILES, version=2)
+    repo.target({"main": v2})
+    device.sync()
+    assert repo.reports_for(DEVICE_SLOT)[-1]["error_code"] == "sequence_rollback"
+    _rotate_director(repo)
+    repo.target({"main": v2})
+    device.close()
+    device._agent = None
+    device.sync()
+    assert device.current_version() == 2
+
+
+@pytest.mark.parametrize("change", ["bundles key rotated", "second director key added"])
+def test_a_keyring_change_that_keeps_the_signing_director_key_keeps_the_floor(
+    change: str, device: Device, repo: DeviceRepository, running_v1: Bundle
+) -> None:
+    old_directive = repo.desired
+    assert old_directive is not None
+    repo.target({"main": repo.add_bundle(V2_FILES, version=2)})
+    device.sync()
+    auth, extra = repo.authority, SigningKey.generate()
+    if change == "bundles key rotated":
+        auth.bundles = extra
+    auth.keyring_version = 2
+    keyring = auth.keyring().to_dict()
+    if change == "second director key added":
+        keyring["keys"][extra.public.keyid] = {"keytype": "ed25519", "public": extra.public.hex}
+        keyring["roles"]["director"]["keyids"].append(extra.public.keyid)
+    repo.publish_keyring(sign_document(keyring, [auth.root]), 2)
+    repo.serve_desired(old_directive)
+    device.sync()
+    assert device.agent.trust.keyring.version == 2
+    assert repo.reports_for(DEVICE_SLOT)[-1]["error_code"] == "sequence_rollback"
+    assert device.current_version() == 2
+
+
+def test_re_enrolment_does_not_keep_the_sequence_floor(
+    device: Device, repo: DeviceRepository, running_v1: Bundle
+) -> None:
+    _inflate_with_stolen_director_key(repo, running_v1)
+    device.sync()
+    device.close()
+    device.enroll()
+    device._agent = None
+    repo.target({"main": repo.add_bundle(V2_FILES, version=2)})
+    device.sync()
+    assert device.current_version() == 2 and device.agent.trust.last_sequence == repo.sequence

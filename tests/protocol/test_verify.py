@@ -16,6 +16,7 @@ from ferry.protocol.signing import document_digest, sign_document
 from ferry.protocol.timefmt import format_time
 from ferry.protocol.verify import (
     FileVerifier,
+    SequenceFloor,
     trust_first_keyring,
     verify_desired_state,
     verify_keyring,
@@ -191,6 +192,28 @@ def test_signature_is_checked_before_expiry(auth: Authority) -> None:
     assert err.value.code == "untrusted_key"
 
 
+# --- sequence floor (fast-forward recovery) ------------------------------------------
+
+
+def test_sequence_floor_holds_while_a_key_that_signed_it_is_still_a_director_key(
+    auth: Authority,
+) -> None:
+    floor = SequenceFloor(2**53 - 1, "ab" * 32, frozenset({auth.director.public.keyid}))
+    assert floor.under(auth.keyring()) == floor
+
+
+def test_sequence_floor_is_void_once_its_signers_are_rotated_out(auth: Authority) -> None:
+    floor = SequenceFloor(2**53 - 1, "ab" * 32, frozenset({auth.director.public.keyid}))
+    auth.director, auth.keyring_version = SigningKey.generate(), 2
+    assert floor.under(auth.keyring()) == SequenceFloor()
+    state = auth.desired_state(DEVICE, 1, {})
+    envelope = auth.signed_desired_state(state)
+    reset = floor.under(auth.keyring())
+    assert verify_desired_state(envelope, auth.keyring(), device_id=DEVICE,
+                                last_sequence=reset.sequence, last_digest=reset.digest,
+                                now=auth.now) == state  # fmt: skip
+
+
 # --- manifest ---------------------------------------------------------------------
 
 
@@ -211,6 +234,11 @@ def test_manifest_verifies(auth: Authority) -> None:
     [
         ("incompatible hardware", {"hardware": "jetson-orin"}, "incompatible_hardware"),
         ("downgrade", {"installed_version": 5}, "version_downgrade"),
+        (
+            "same version, different hash",
+            {"installed_digests": {("vision/detector", 3): "ab" * 32}, "allow_downgrade": True},
+            "version_conflict",
+        ),
     ],
 )
 def test_manifest_refusals(auth: Authority, name: str, kwargs: dict, code: str) -> None:
@@ -223,6 +251,12 @@ def test_manifest_refusals(auth: Authority, name: str, kwargs: dict, code: str) 
 def test_signed_rollback_may_downgrade(auth: Authority) -> None:
     envelope = auth.signed_manifest(auth.manifest({"m": b"w"}, version=3))
     assert _verify_manifest(auth, envelope, installed_version=5, allow_downgrade=True).version == 3
+
+
+def test_the_installed_manifest_of_the_same_version_verifies(auth: Authority) -> None:
+    envelope = auth.signed_manifest(auth.manifest({"m": b"w"}, version=3))
+    known = {("vision/detector", 3): document_digest(envelope["signed"]), ("other/x", 3): "cd" * 32}
+    assert _verify_manifest(auth, envelope, installed_digests=known).version == 3
 
 
 def test_manifest_other_than_directed_is_refused(auth: Authority) -> None:

@@ -1,5 +1,9 @@
 """Status reports, MQTT topic names and wave membership."""
 
+import json
+import re
+from pathlib import Path
+
 import pytest
 
 from ferry.protocol.documents import AgentState, StatusReport
@@ -48,6 +52,36 @@ def test_ids_that_would_change_a_topic_are_refused(bad: str) -> None:
         device_status(bad)
     with pytest.raises(ValueError):
         group_notice(bad)
+
+
+PROTOCOL_DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+
+
+def _wave_vectors() -> list[list]:
+    """The known-answer table of docs/protocol.md §7: one table, for docs and tests."""
+    text = PROTOCOL_DOC.read_text("utf-8")
+    block = re.search(r"<!-- wave-vectors: begin -->\s*```json\n(.*?)```", text, re.DOTALL)
+    assert block is not None, "docs/protocol.md lost its wave-vectors block"
+    return json.loads(block.group(1))
+
+
+WAVE_VECTORS = _wave_vectors()
+
+
+def test_the_wave_vectors_cover_boundaries_percentages_and_unicode() -> None:
+    assert len(WAVE_VECTORS) >= 12
+    assert {tuple(v[2]) for v in WAVE_VECTORS} >= {(100,), (1, 10, 50, 100)}
+    assert {99, 100, 999, 1000, 4999, 5000} <= {v[3] for v in WAVE_VECTORS}
+    assert any(not (v[0] + v[1]).isascii() for v in WAVE_VECTORS)
+    assert any(v[4] == len(v[2]) for v in WAVE_VECTORS)  # a device in no wave
+
+
+@pytest.mark.parametrize(("rollout_id", "device_id", "waves", "bucket", "index"), WAVE_VECTORS)
+def test_wave_membership_known_answers(
+    rollout_id: str, device_id: str, waves: list[int], bucket: int, index: int
+) -> None:
+    assert wave_bucket(rollout_id, device_id) == bucket
+    assert wave_index(rollout_id, device_id, waves) == index
 
 
 def test_wave_membership_is_deterministic_and_cumulative() -> None:

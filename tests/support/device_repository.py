@@ -116,6 +116,7 @@ class DeviceRepository:
         self.listener_connected = threading.Event()
         self.notice_group: str | None = None
         self.connections: set[socket.socket] = set()
+        self.overrides: dict[str, bytes] = {}  # path → exactly these bytes (e.g. oversized)
         self.set_empty_desired_state()
 
     # --- lifecycle ------------------------------------------------------------------
@@ -341,7 +342,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         repo, path = self.repo, self.path
         repo.requests.append(("GET", path, self.headers.get("Range")))
-        if path == endpoints.KEYRING:
+        if path in repo.overrides:
+            self._send(200, repo.overrides[path])
+        elif path == endpoints.KEYRING:
             self._send(200, envelope_bytes(repo.keyrings[max(repo.keyrings)]))
         elif path.startswith(endpoints.KEYRING + "/"):
             version = int(path.rsplit("/", 1)[1])

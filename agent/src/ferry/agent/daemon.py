@@ -18,29 +18,39 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from tenacity import Retrying, retry_if_exception, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
 from ferry.agent.config import AgentConfig
 from ferry.agent.download import Downloader, DownloadOptions
-from ferry.agent.errors import AgentError, NothingToRollBackError, error_code, is_transient
+from ferry.agent.errors import (
+    AgentError,
+    NothingToRollBackError,
+    UnauthorizedError,
+    error_code,
+    is_transient,
+)
 from ferry.agent.identity import DeviceFiles, Identity, TrustState
 from ferry.agent.installer import Slot, version_name
-from ferry.agent.machine import RolledBack, Services, SlotMachine, slot_names
+from ferry.agent.machine import RolledBack, Services, SlotMachine, slot_names, slot_record_path
 from ferry.agent.mqtt import MqttLink
+from ferry.agent.record import Update, load_record
 from ferry.agent.reports import ReportQueue, ReportSender
-from ferry.agent.storage import read_json
 from ferry.agent.transport import DeviceApi
-from ferry.protocol.canonical import parse_json
-from ferry.protocol.documents import AgentState, DesiredState, Keyring, SlotTarget, StatusReport
+from ferry.protocol.documents import (
+    AgentState,
+    DesiredState,
+    SlotTarget,
+    StatusReport,
+)
 from ferry.protocol.errors import ProtocolError
-from ferry.protocol.signing import parse_envelope
 from ferry.protocol.timefmt import format_time, utcnow
-from ferry.protocol.verify import verify_desired_state, verify_keyring, verify_manifest
+from ferry.protocol.verify import (
+    SequenceFloor,
+)
 
 log = logging.getLogger("ferry.agent")
 
 DEVICE_SLOT = "device"  # reports about the device as a whole (keyring, desired state)
-MAX_KEYRING_WALK = 1000
 
 
 class Agent:
@@ -143,99 +153,94 @@ class Agent:
         with self.locked():
             now = utcnow()
             try:
-                keyring = self._refresh_keyring(now)
-                raw = self.api.desired_state()
-                desired = self._accept_desired_state(raw, keyring, now)
-            except ProtocolError as exc:
+                self._refresh_keyring(now)
+                desired = self._accept_desired_state(self.api.desired_state(), now)
+            except (ProtocolError, AgentError) as exc:
+                if not _is_refusal(exc):
+                    raise
                 self._refuse(exc)
                 return
             for slot_name, target in sorted(desired.slots.items()):
-                self._converge(slot_name, target, desired, keyring)
+                self._converge(slot_name, target, desired)
 
-    def _refresh_keyring(self, now: datetime) -> Keyring:
+    def _refresh_keyring(self, now: datetime) -> None:
         """Walk ``/keyring/{v}`` one version at a time so root rotations chain up."""
-        trusted = self.trust.keyring
-        raw = self.api.keyring()
-        latest = Keyring.from_dict(parse_envelope(raw).signed).version
-        walked = trusted
-        for version in range(trusted.version + 1, min(latest, trusted.version + MAX_KEYRING_WALK)):
-            walked = verify_keyring(self.api.keyring(version), walked, None)
-        new = verify_keyring(raw, walked, now)
-        if new.version > trusted.version:
-            self.trust.keyring_envelope = _as_dict(raw)
+        if self.trust.chain.refresh_keyring(self.api.keyring(), self.api.keyring, now):
             self.files.save_trust(self.trust)
-            log.info("keyring_updated", extra={"fields": {"version": new.version}})
-        return new
+            log.info("keyring_updated", extra={"fields": {"version": self.trust.keyring.version}})
 
-    def _accept_desired_state(self, raw: bytes, keyring: Keyring, now: datetime) -> DesiredState:
-        desired = verify_desired_state(
-            raw,
-            keyring,
-            device_id=self.identity.device_id,
-            last_sequence=self.trust.last_sequence,
-            last_digest=self.trust.last_digest,
-            now=now,
+    def _accept_desired_state(self, raw: bytes, now: datetime) -> DesiredState:
+        """Verify the directive above the floor that applies under the keyring, then raise it.
+
+        The floor is void once a root-signed keyring rotated out every director key
+        that signed it (fast-forward recovery, ``SequenceFloor.under``).
+        """
+        if self.trust.floor.under(self.trust.keyring) != self.trust.floor:
+            log.warning(
+                "sequence_floor_reset",
+                extra={"fields": {"old": self.trust.floor.sequence,
+                                  "keyring": self.trust.keyring.version}},
+            )  # fmt: skip
+        verified = self.trust.chain.verify_desired_state(
+            raw, device_id=self.identity.device_id, floor=self.trust.floor, now=now
         )
-        digest = parse_envelope(raw).digest
-        if desired.sequence != self.trust.last_sequence or digest != self.trust.last_digest:
-            self.trust.last_sequence, self.trust.last_digest = desired.sequence, digest
+        accepted = SequenceFloor.accepted(verified)
+        if accepted != self.trust.floor:
+            self.trust.floor = accepted
             self.files.save_trust(self.trust)
-            log.info("desired_state", extra={"fields": {"sequence": desired.sequence}})
-        return desired
+            log.info("desired_state", extra={"fields": {"sequence": accepted.sequence}})
+        return verified.document
 
-    def _converge(
-        self, slot_name: str, target: SlotTarget, desired: DesiredState, keyring: Keyring
-    ) -> None:
+    def _converge(self, slot_name: str, target: SlotTarget, desired: DesiredState) -> None:
         """Bring one slot to ``target``; a refusal is reported and the slot keeps its model."""
         machine = self.machine(slot_name)
         if machine.state is not AgentState.IDLE:
-            if machine.update["digest"] == target.manifest_sha256:
+            if machine.update.digest == target.manifest_sha256:
                 machine.retry()
                 return
             machine.abandon()
         current = machine.slot.current()
         if current is not None and current.digest == target.manifest_sha256:
             return
-        last = machine.record["last"] or {}
+        last = machine.record.last
         if (
-            last.get("digest") == target.manifest_sha256
-            and last.get("sequence") == desired.sequence
-            and last.get("state") in (AgentState.FAILED.value, AgentState.ROLLED_BACK.value)
+            last is not None
+            and last.digest == target.manifest_sha256
+            and last.sequence == desired.sequence
+            and last.state in (AgentState.FAILED, AgentState.ROLLED_BACK)
         ):
             return  # refused or rolled back already; wait for a new directive
-        update: dict[str, Any] = {
-            "sequence": desired.sequence,
-            "rollout_id": desired.rollout_id,
-            "digest": target.manifest_sha256,
-            "model": target.model,
-            "to_version": target.version,
-            "from_version": current.manifest.version if current else None,
-            "from_name": current.name if current else None,
-        }
+        update = Update(
+            digest=target.manifest_sha256,
+            sequence=desired.sequence,
+            rollout_id=desired.rollout_id,
+            model=target.model,
+            to_version=target.version,
+            from_version=current.manifest.version if current else None,
+            from_name=current.name if current else None,
+        )
         try:
             raw = self.api.manifest(target.manifest_sha256)
             same_model = current is not None and current.manifest.full_name == target.model
-            manifest = verify_manifest(
+            verified = self.trust.chain.verify_manifest(
                 raw,
-                keyring,
                 expected_sha256=target.manifest_sha256,
                 hardware=self.config.hardware,
-                installed_version=current.manifest.version if same_model else None,
+                installed_version=current.manifest.version if current and same_model else None,
                 allow_downgrade=target.allow_downgrade,
+                installed_digests=machine.installed_digests(),
             )
         except (ProtocolError, AgentError) as exc:
             if is_transient(exc):
                 raise
             machine.refuse(update, exc)
             return
-        update.update(
-            manifest=_as_dict(raw),
-            to_version=manifest.version,
-            to_name=version_name(manifest, target.manifest_sha256),
-        )
+        update.manifest = verified.envelope_dict
+        update.to_version = verified.document.version
+        update.to_name = version_name(verified.document, verified.digest)
         machine.start(update)
 
-    def _refuse(self, exc: ProtocolError) -> None:
+    def _refuse(self, exc: ProtocolError | AgentError) -> None:
         """Report a refused keyring or desired state once per distinct refusal."""
         key = (exc.code, str(exc))
         log.warning("refused", extra={"fields": {"error_code": exc.code, "detail": str(exc)}})
@@ -269,16 +274,14 @@ class Agent:
                 )
             # Through the machine, so a crash half-way is finished by recovery. ``from_name``
             # is what RolledBack switches to; no ``to_name``: the version stays on disk.
-            update = {
-                "sequence": self.trust.last_sequence,
-                "digest": current.digest,
-                "from_version": current.manifest.version,
-                "to_version": previous.manifest.version,
-                "from_name": previous.name,
-                "to_name": None,
-                "timings": {},
-            }
-            machine.record.update(update=update, error_code=None, detail="rolled back by hand")
+            machine.record.update = Update(
+                digest=current.digest,
+                sequence=self.trust.last_sequence,
+                from_version=current.manifest.version,
+                to_version=previous.manifest.version,
+                from_name=previous.name,
+            )
+            machine.record.error_code, machine.record.detail = None, "rolled back by hand"
             machine.run(RolledBack())
             return previous.name
 
@@ -309,15 +312,7 @@ class Agent:
             ),
             sleep=self._sleep,
             stop=lambda _: self.stopping.is_set(),
-            before_sleep=lambda rs: log.warning(
-                "sync_retry",
-                extra={
-                    "fields": {
-                        "attempt": rs.attempt_number,
-                        "error": error_code(rs.outcome.exception()),
-                    }
-                },
-            ),
+            before_sleep=_log_retry,
             reraise=True,
         )
         while not self.stopping.is_set():
@@ -346,11 +341,16 @@ class Agent:
         return agent_status(self.config, self.identity, self.trust, self.reports)
 
 
-def _as_dict(raw: bytes) -> dict[str, Any]:
-    """The envelope as a dict, to be stored after it verified."""
-    value = parse_json(raw)
-    assert isinstance(value, dict)
-    return value
+def _is_refusal(exc: ProtocolError | AgentError) -> bool:
+    """Refused data is reported; trouble reaching the server (or a revoked credential,
+    which no report could get past) is not a refusal, and propagates."""
+    return not is_transient(exc) and not isinstance(exc, UnauthorizedError)
+
+
+def _log_retry(retry: RetryCallState) -> None:
+    failure = retry.outcome.exception() if retry.outcome is not None else None
+    code = error_code(failure) if failure is not None else "unknown"
+    log.warning("sync_retry", extra={"fields": {"attempt": retry.attempt_number, "error": code}})
 
 
 def agent_status(
@@ -364,7 +364,7 @@ def agent_status(
     for name in sorted(names):
         slot = Slot(config.models_dir, name)
         current, previous = slot.current(), slot.previous()
-        record = read_json(config.state_dir / "slots" / f"{name}.json") or {}
+        record = load_record(slot_record_path(config, name), name, slot.all_installed)
         staged = (
             sorted(p.name for p in slot.staging_root.iterdir())
             if slot.staging_root.is_dir()
@@ -373,10 +373,9 @@ def agent_status(
         slots[name] = {
             "current": _describe(current),
             "previous": _describe(previous),
-            "state": record.get("state", "idle"),
-            "update": {k: v for k, v in (record.get("update") or {}).items() if k != "manifest"}
-            or None,
-            "last": record.get("last"),
+            "state": record.state.value,
+            "update": record.update.public() if record.update else None,
+            "last": record.to_json()["last"],
             "staging": staged,
         }
     return {

@@ -3,7 +3,9 @@
 The first keyring is trusted only if its own root signed it (and, when the
 operator passed ``--root-keyid``, only if that root is the expected one). On
 re-enrolment the already pinned root stays in charge: the new keyring must
-verify against it, so a re-enrolment cannot swap the root.
+verify against it, so a re-enrolment cannot swap the root. Re-enrolment does
+clear the desired-state sequence floor: it is the operator's way back for a
+device whose floor a compromised director key inflated (see docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ferry.agent.transport import DeviceApi
 from ferry.protocol.endpoints import DEVICE_TOKEN_PREFIX
 from ferry.protocol.errors import ProtocolError
 from ferry.protocol.timefmt import utcnow
-from ferry.protocol.verify import trust_first_keyring, verify_keyring
+from ferry.protocol.trust import TrustedState
 
 
 def enroll(
@@ -57,14 +59,11 @@ def _pin_keyring(files: DeviceFiles, envelope: Any, root_keyids: set[str] | None
         previous = None
     try:
         if previous is None:
-            trust_first_keyring(envelope, now, root_keyids)
-            return TrustState(envelope)
-        verify_keyring(envelope, previous.keyring, now)
+            return TrustState(TrustedState.first(envelope, now, root_keyids))
+        previous.chain.verify_keyring(envelope, now)
     except ProtocolError as exc:
         raise EnrollmentError(f"the server's keyring was refused ({exc.code}): {exc}") from exc
-    if envelope != previous.keyring_envelope:
-        previous.keyring_envelope = envelope
-    return previous
+    return TrustState(previous.chain)  # the pinned root chain stays; the sequence floor does not
 
 
 def _identity(answer: dict[str, Any], server_url: str) -> Identity:

@@ -1,22 +1,29 @@
 """What enrolment leaves on the device: identity, credential (0600) and trust state.
 
 The trust state holds the keyring verified last (its root is the pinned root),
-and the sequence and digest of the last accepted desired state: the memory that
-makes replays and rollbacks detectable.
+and the sequence floor: sequence, digest and signing director keys of the last
+accepted desired state, the memory that makes replays and rollbacks detectable.
+
+``trust.json`` schema 2 adds ``last_signers``; a schema-1 file (agents up to commit
+963b750) is read with the director keys of its stored keyring as the floor's
+signers, the keys under which it was accepted at the latest.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ferry.agent.errors import NotEnrolledError
 from ferry.agent.storage import read_json, write_atomic, write_json
-from ferry.protocol.documents import Keyring
-from ferry.protocol.signing import parse_envelope
+from ferry.protocol.documents import Keyring, Role
+from ferry.protocol.errors import ProtocolError
+from ferry.protocol.trust import TrustedState
+from ferry.protocol.verify import SequenceFloor
 
-SCHEMA = 1
+SCHEMA = 1  # device.json
+TRUST_SCHEMA = 2  # trust.json
 
 
 @dataclass(frozen=True)
@@ -33,16 +40,18 @@ class Identity:
 
 @dataclass
 class TrustState:
-    """The trusted keyring envelope and the last accepted desired state."""
+    """The trusted keyring chain and the floor set by the last accepted desired state."""
 
-    keyring_envelope: dict[str, Any]
-    last_sequence: int = 0
-    last_digest: str | None = None
+    chain: TrustedState
+    floor: SequenceFloor = field(default_factory=SequenceFloor)
 
     @property
     def keyring(self) -> Keyring:
-        """The keyring, parsed from the envelope that was verified before it was saved."""
-        return Keyring.from_dict(parse_envelope(self.keyring_envelope).signed)
+        return self.chain.keyring
+
+    @property
+    def last_sequence(self) -> int:
+        return self.floor.sequence
 
 
 class DeviceFiles:
@@ -85,10 +94,11 @@ class DeviceFiles:
 
     def save_trust(self, trust: TrustState) -> None:
         record = {
-            "schema": SCHEMA,
-            "keyring": trust.keyring_envelope,
-            "last_sequence": trust.last_sequence,
-            "last_digest": trust.last_digest,
+            "schema": TRUST_SCHEMA,
+            "keyring": trust.chain.verified_keyring.envelope_dict,
+            "last_sequence": trust.floor.sequence,
+            "last_digest": trust.floor.digest,
+            "last_signers": sorted(trust.floor.signers),
         }
         write_json(self.trust_path, record)
 
@@ -98,4 +108,18 @@ class DeviceFiles:
             raise NotEnrolledError(
                 f"no pinned keyring in {self.state_dir}: run 'ferry-agent enroll'"
             )
-        return TrustState(record["keyring"], record["last_sequence"], record["last_digest"])
+        try:
+            trust = TrustState(TrustedState.pinned(record["keyring"]))
+        except ProtocolError as exc:
+            raise NotEnrolledError(
+                f"the keyring pinned in {self.trust_path} does not verify ({exc.code}): "
+                f"run 'ferry-agent enroll' again"
+            ) from exc
+        if record.get("schema", 1) == 1:
+            signers = trust.keyring.roles[Role.DIRECTOR].keyids
+        else:
+            signers = record["last_signers"]
+        trust.floor = SequenceFloor(
+            record["last_sequence"], record["last_digest"], frozenset(signers)
+        )
+        return trust

@@ -88,6 +88,13 @@ class Slot:
             name, self.version_dir(name), BundleManifest.from_dict(parsed.signed), parsed.digest
         )
 
+    def all_installed(self) -> list[Installed]:
+        """Every version on disk (current, previous and older ones not yet pruned)."""
+        if not self.versions.is_dir():
+            return []
+        found = (self.installed(p.name) for p in sorted(self.versions.iterdir()) if p.is_dir())
+        return [version for version in found if version is not None]
+
     def current(self) -> Installed | None:
         return self._read(self.current_link)
 

@@ -35,8 +35,8 @@ from ferry.agent.errors import (
 )
 from ferry.agent.installer import Slot
 from ferry.agent.probe import ProbeTarget, run_probe
+from ferry.agent.record import InstallRecord, Update, load_record, save_record
 from ferry.agent.reports import ReportQueue
-from ferry.agent.storage import read_json, write_json
 from ferry.protocol.documents import AgentState, BundleManifest, StatusReport
 from ferry.protocol.errors import ProtocolError
 from ferry.protocol.signing import parse_envelope
@@ -45,7 +45,6 @@ from ferry.protocol.verify import verify_file
 
 log = logging.getLogger("ferry.agent.machine")
 
-SCHEMA = 1
 HALT_ENV = "FERRY_AGENT_TEST_HALT_AT"
 POST_SWITCH = (AgentState.SWITCHING, AgentState.PROBING)
 TERMINAL = (AgentState.COMMITTED, AgentState.ROLLED_BACK, AgentState.FAILED)
@@ -73,78 +72,90 @@ class SlotMachine:
     def __init__(self, services: Services, slot: Slot) -> None:
         self.services = services
         self.slot = slot
-        self.path = services.config.state_dir / "slots" / f"{slot.name}.json"
-        self.record: dict[str, Any] = read_json(self.path) or self._idle_record(last=None)
-        if self.record.get("schema") != SCHEMA:
-            raise InstallError(f"{self.path}: unknown state schema {self.record.get('schema')!r}")
+        self.path = slot_record_path(services.config, slot.name)
+        self.record: InstallRecord = load_record(self.path, slot.name, slot.all_installed)
 
     # --- record ---------------------------------------------------------------------
 
-    def _idle_record(self, last: dict[str, Any] | None) -> dict[str, Any]:
-        return {"schema": SCHEMA, "slot": self.slot.name, "state": AgentState.IDLE.value,
-                "resumes": 0, "update": None, "error_code": None, "detail": "", "last": last}  # fmt: skip
-
     @property
     def state(self) -> AgentState:
-        return AgentState(self.record["state"])
+        return self.record.state
 
     @property
-    def update(self) -> dict[str, Any]:
-        return self.record["update"]
+    def update(self) -> Update:
+        """The update under way; only meaningful outside ``idle``."""
+        if self.record.update is None:
+            raise RuntimeError(f"slot {self.slot.name}: no update under way")
+        return self.record.update
 
     @property
     def manifest(self) -> BundleManifest:
-        return BundleManifest.from_dict(parse_envelope(self.update["manifest"]).signed)
+        envelope = self.update.manifest
+        if envelope is None:
+            raise RuntimeError(f"slot {self.slot.name}: the update has no verified manifest")
+        return BundleManifest.from_dict(parse_envelope(envelope).signed)
+
+    def installed_digests(self) -> dict[tuple[str, int], str]:
+        """(model, version) → manifest digest of every version this slot ever committed.
+
+        The record remembers them after the folders are pruned (and a record migrated
+        from schema 1 starts from the versions that were on disk).
+        """
+        return dict(self.record.installed)
+
+    def remember_installed(self) -> None:
+        """Pin the committed version's manifest digest: the same version may never change."""
+        manifest = self.manifest
+        self.record.installed[(manifest.full_name, manifest.version)] = self.update.digest
+
+    def save(self) -> None:
+        save_record(self.path, self.record)
 
     def persist(self, state: AgentState, resumed: bool) -> None:
         """Write the record for ``state``; the reboot-loop counter grows only on recovery."""
-        self.record["state"] = state.value
-        self.record["resumes"] = self.record["resumes"] + 1 if resumed else 0
-        write_json(self.path, self.record)
+        self.record.state = state
+        self.record.resumes = self.record.resumes + 1 if resumed else 0
+        self.save()
 
     def set_error(self, exc: BaseException) -> None:
-        self.record["error_code"] = error_code(exc)
-        self.record["detail"] = str(exc)[:DETAIL_LIMIT]
+        self.record.error_code = error_code(exc)
+        self.record.detail = str(exc)[:DETAIL_LIMIT]
 
     def finish(self) -> None:
         """Back to idle, remembering the outcome so the same directive is not retried."""
-        update = self.update or {}
-        last = {
-            "state": self.record["state"],
-            "digest": update.get("digest"),
-            "sequence": update.get("sequence"),
-            "to_version": update.get("to_version"),
-            "error_code": self.record["error_code"],
-        }
-        self.record = self._idle_record(last)
-        write_json(self.path, self.record)
+        self.record.finish()
+        self.save()
 
     # --- reports --------------------------------------------------------------------
 
     def report(self, state: AgentState) -> None:
-        update = self.update or {}
-        timings = dict(update.get("timings", {}))
-        if state in TERMINAL and "started_ms" in update:
-            timings["total_ms"] = max(_now_ms() - update["started_ms"], 0)
+        update = self.record.update or Update(digest="")
+        timings = dict(update.timings)
+        if state in TERMINAL and update.started_ms is not None:
+            timings["total_ms"] = max(_now_ms() - update.started_ms, 0)
         report = StatusReport(
             report_id=str(uuid.uuid4()),
             device_id=self.services.device_id,
             slot=self.slot.name,
             state=state,
             at=format_time(utcnow()),
-            from_version=update.get("from_version"),
-            to_version=update.get("to_version"),
-            error_code=self.record["error_code"],
-            detail=self.record["detail"],
-            sequence=update.get("sequence"),
-            rollout_id=update.get("rollout_id"),
-            bytes_downloaded=update.get("bytes_downloaded", 0),
+            from_version=update.from_version,
+            to_version=update.to_version,
+            error_code=self.record.error_code,
+            detail=self.record.detail,
+            sequence=update.sequence,
+            rollout_id=update.rollout_id,
+            bytes_downloaded=update.bytes_downloaded,
             timings=timings,
         )
         self.services.reports.put(report)
         if self.services.on_report is not None:
             self.services.on_report()
-        fields = {"slot": self.slot.name, "state": state.value, "to_version": report.to_version}
+        fields: dict[str, Any] = {
+            "slot": self.slot.name,
+            "state": state.value,
+            "to_version": report.to_version,
+        }
         if report.error_code:
             fields["error_code"] = report.error_code
         log.info("transition", extra={"fields": fields})
@@ -153,23 +164,21 @@ class SlotMachine:
         """Close the timing of the step that just ended (wall clock: it survives restarts)."""
         update = self.update
         now = _now_ms()
-        update["timings"][f"{name}_ms"] = max(now - update.get("step_started_ms", now), 0)
-        update["step_started_ms"] = now
+        started = update.step_started_ms if update.step_started_ms is not None else now
+        update.timings[f"{name}_ms"] = max(now - started, 0)
+        update.step_started_ms = now
 
     # --- driving --------------------------------------------------------------------
 
-    def start(self, update: dict[str, Any]) -> None:
+    def start(self, update: Update) -> None:
         """Begin a new update whose manifest was verified; runs until a terminal state."""
-        update.setdefault("timings", {})
-        update.setdefault("bytes_downloaded", 0)
-        update["step_started_ms"] = update["started_ms"] = _now_ms()
-        self.record.update(update=update, error_code=None, detail="")
+        update.step_started_ms = update.started_ms = _now_ms()
+        self.record.update, self.record.error_code, self.record.detail = update, None, ""
         self.run(Downloading())
 
-    def refuse(self, update: dict[str, Any], exc: BaseException) -> None:
+    def refuse(self, update: Update, exc: BaseException) -> None:
         """Record and report an update refused before anything was downloaded."""
-        update.setdefault("timings", {})
-        self.record.update(update=update)
+        self.record.update = update
         self.set_error(exc)
         self.run(Failed())
 
@@ -188,10 +197,8 @@ class SlotMachine:
         if saved is AgentState.IDLE:
             return
         log.info("recover", extra={"fields": {"slot": self.slot.name, "state": saved.value}})
-        if self.record["resumes"] >= self.services.config.install.max_resumes:
-            loop = RebootLoopError(
-                f"restarted {self.record['resumes']} times in state {saved.value}"
-            )
+        if self.record.resumes >= self.services.config.install.max_resumes:
+            loop = RebootLoopError(f"restarted {self.record.resumes} times in state {saved.value}")
             self.set_error(loop)
             self.run(RolledBack() if saved in POST_SWITCH else Failed())
             return
@@ -200,7 +207,7 @@ class SlotMachine:
     def abandon(self) -> None:
         """Drop an unfinished download that the desired state no longer asks for."""
         self.slot.clear_staging()
-        self.record.update(error_code="superseded", detail="the desired state changed")
+        self.record.error_code, self.record.detail = "superseded", "the desired state changed"
         self.finish()
 
 
@@ -239,17 +246,17 @@ class Downloading(State):
         update = machine.update
 
         def progress(count: int) -> None:
-            update["bytes_downloaded"] += count
+            update.bytes_downloaded += count
 
         try:
             machine.services.downloader.fetch(
                 machine.manifest,
-                machine.slot.staging(update["digest"]),
+                machine.slot.staging(update.digest),
                 machine.slot.current(),
                 progress,
             )
         finally:
-            write_json(machine.path, machine.record)  # keep the byte count across retries
+            machine.save()  # keep the byte count across retries
         machine.mark_step("download")
         return Verifying()
 
@@ -258,7 +265,7 @@ class Verifying(State):
     name = AgentState.VERIFYING
 
     def run(self, machine: SlotMachine) -> State | None:
-        staging = machine.slot.staging(machine.update["digest"])
+        staging = machine.slot.staging(machine.update.digest)
         for entry in machine.manifest.files:
             verify_file(staging / entry.path, entry.size, entry.sha256)
         machine.mark_step("verify")
@@ -270,7 +277,9 @@ class Staged(State):
 
     def run(self, machine: SlotMachine) -> State | None:
         update = machine.update
-        machine.slot.stage(update["digest"], update["to_name"], update["manifest"])
+        if update.to_name is None or update.manifest is None:
+            raise InstallError(f"slot {machine.slot.name}: the update names no version to stage")
+        machine.slot.stage(update.digest, update.to_name, update.manifest)
         machine.mark_step("stage")
         return Switching()
 
@@ -280,7 +289,9 @@ class Switching(State):
 
     def run(self, machine: SlotMachine) -> State | None:
         update = machine.update
-        machine.slot.switch(update["to_name"], update["from_name"])
+        if update.to_name is None:
+            raise InstallError(f"slot {machine.slot.name}: the update names no version to switch")
+        machine.slot.switch(update.to_name, update.from_name)
         machine.mark_step("switch")
         return Probing()
 
@@ -292,14 +303,16 @@ class Probing(State):
     name = AgentState.PROBING
 
     def run(self, machine: SlotMachine) -> State | None:
-        update = machine.update
+        to_name = machine.update.to_name
+        if to_name is None:
+            raise InstallError(f"slot {machine.slot.name}: the update names no version to probe")
         manifest = machine.manifest
         target = ProbeTarget(
             slot=machine.slot.name,
             model=manifest.full_name,
             version=manifest.version,
-            model_dir=machine.slot.version_dir(update["to_name"]),
-            manifest_path=machine.slot.versions / f"{update['to_name']}.manifest.json",
+            model_dir=machine.slot.version_dir(to_name),
+            manifest_path=machine.slot.versions / f"{to_name}.manifest.json",
         )
         run_probe(machine.services.config.probe, target)
         machine.mark_step("probe")
@@ -313,6 +326,7 @@ class Committed(State):
     name = AgentState.COMMITTED
 
     def run(self, machine: SlotMachine) -> State | None:
+        machine.remember_installed()
         machine.slot.clear_staging()
         machine.slot.prune(machine.services.config.install.keep_versions)
         machine.finish()
@@ -328,9 +342,9 @@ class RolledBack(State):
 
     def run(self, machine: SlotMachine) -> State | None:
         update = machine.update
-        machine.slot.switch_back(update.get("from_name"))
-        if update.get("to_name") and update["to_name"] != update.get("from_name"):
-            machine.slot.remove(update["to_name"])
+        machine.slot.switch_back(update.from_name)
+        if update.to_name and update.to_name != update.from_name:
+            machine.slot.remove(update.to_name)
         machine.slot.clear_staging()
         machine.finish()
         return None
@@ -365,6 +379,10 @@ RECOVERY: dict[AgentState, type[State]] = {
     AgentState.ROLLED_BACK: RolledBack,
     AgentState.FAILED: Failed,
 }
+
+
+def slot_record_path(config: AgentConfig, slot: str) -> Path:
+    return config.state_dir / "slots" / f"{slot}.json"
 
 
 def slot_names(config: AgentConfig) -> list[str]:

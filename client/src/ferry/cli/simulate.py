@@ -47,7 +47,6 @@ from ferry.protocol.documents import (
     AgentState,
     BundleManifest,
     DesiredState,
-    Keyring,
     StatusReport,
 )
 from ferry.protocol.errors import (
@@ -56,15 +55,9 @@ from ferry.protocol.errors import (
     TruncatedError,
     UntrustedKeyError,
 )
-from ferry.protocol.signing import parse_envelope
 from ferry.protocol.timefmt import format_time, utcnow
-from ferry.protocol.verify import (
-    FileVerifier,
-    trust_first_keyring,
-    verify_desired_state,
-    verify_keyring,
-    verify_manifest,
-)
+from ferry.protocol.trust import TrustedState
+from ferry.protocol.verify import FileVerifier, SequenceFloor
 
 AGENT_VERSION = "ferry-simulator/1"
 FAIL_MARKER = "FAIL_PROBE"  # a bundle containing this file fails every health probe
@@ -243,13 +236,12 @@ class SimDevice:
         self.device_id = f"{self.cfg.prefix}-{index:05d}"
         self.full_download = index == 0 or fleet.rng.random() < self.cfg.verify_sample
         self.credential = ""
-        self.keyring: Keyring | None = None
+        self.trust: TrustedState | None = None
         self.groups: list[str] = []
         self.poll_interval_s = 60.0
         self.mqtt: LoopMqtt | None = None
         self.wake = asyncio.Event()
-        self.last_sequence = 0
-        self.last_digest: str | None = None
+        self.floor = SequenceFloor()
         self.installed: dict[str, Installed] = {}
         self.refused: set[tuple[str, int, str]] = set()  # (slot, sequence, digest) given up on
 
@@ -263,7 +255,7 @@ class SimDevice:
                 "tags": self.cfg.tags}
         data = await self._enroll_request(body)
         self.credential = data["credential"]
-        self.keyring = trust_first_keyring(data["keyring"], utcnow())
+        self.trust = TrustedState.first(data["keyring"], utcnow())
         self.groups = list(data.get("groups") or [])
         self.poll_interval_s = self.cfg.poll_interval_s or float(data.get("poll_interval_s") or 60)
         broker = data.get("mqtt")
@@ -344,24 +336,25 @@ class SimDevice:
             return self._verify_state(raw)
 
     def _verify_state(self, raw: bytes) -> DesiredState:
-        assert self.keyring is not None
-        state = verify_desired_state(raw, self.keyring, device_id=self.device_id,
-                                     last_sequence=self.last_sequence,
-                                     last_digest=self.last_digest, now=utcnow())
-        self.last_sequence, self.last_digest = state.sequence, parse_envelope(raw).digest
-        return state
+        assert self.trust is not None
+        verified = self.trust.verify_desired_state(raw, device_id=self.device_id,
+                                                   floor=self.floor, now=utcnow())
+        self.floor = SequenceFloor.accepted(verified)
+        return verified.document
 
     async def _refresh_keyring(self) -> None:
-        """Walk keyring versions one by one from the trusted one (root rotations chain)."""
-        assert self.keyring is not None
-        while True:
-            version = self.keyring.version + 1
-            response = await self.fleet.request(
-                "GET", endpoints.KEYRING_VERSION.format(version=version))
-            if response.status_code == 404:
-                return
-            response.raise_for_status()
-            self.keyring = verify_keyring(response.content, self.keyring, utcnow())
+        """The protocol's keyring walk (root rotations chain), its versions fetched first."""
+        assert self.trust is not None
+        latest = await self._keyring(None)
+        walk = {v: await self._keyring(v) for v in self.trust.missing_versions(latest)}
+        self.trust.refresh_keyring(latest, walk.__getitem__, utcnow())
+
+    async def _keyring(self, version: int | None) -> bytes:
+        path = (endpoints.KEYRING if version is None
+                else endpoints.KEYRING_VERSION.format(version=version))
+        response = await self.fleet.request("GET", path)
+        response.raise_for_status()
+        return response.content
 
     async def update(self, state: DesiredState, slot: str) -> bool:
         """One update, reported step by step; True when it ended committed."""
@@ -398,11 +391,11 @@ class SimDevice:
 
     async def _manifest(self, digest: str, allow_downgrade: bool,
                         installed: int | None) -> BundleManifest:
-        assert self.keyring is not None
+        assert self.trust is not None
         raw = await self._get(endpoints.MANIFEST.format(sha256=digest))
-        return verify_manifest(raw, self.keyring, expected_sha256=digest,
-                               hardware=self.cfg.hardware, installed_version=installed,
-                               allow_downgrade=allow_downgrade)
+        return self.trust.verify_manifest(raw, expected_sha256=digest,
+                                          hardware=self.cfg.hardware, installed_version=installed,
+                                          allow_downgrade=allow_downgrade).document
 
     async def _fetch(self, manifest: BundleManifest) -> int:
         """Stream and verify every file (sampled devices), or HEAD each file (the rest)."""

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 
 from ferry.client._errors import InputError, VerificationError
 from ferry.client._models import DownloadResult, TransferProgress, Version
-from ferry.client._trust import trusted_keyring
-from ferry.protocol.documents import BundleManifest, FileEntry, Keyring
+from ferry.client._trust import trusted_state
+from ferry.protocol.documents import BundleManifest, FileEntry
 from ferry.protocol.errors import ProtocolError
-from ferry.protocol.signing import parse_envelope
-from ferry.protocol.verify import FileVerifier, verify_file, verify_manifest
+from ferry.protocol.trust import TrustedState
+from ferry.protocol.verify import FileVerifier, verify_file
 
 if TYPE_CHECKING:
     from ferry.client._client import FerryClient, ProgressCallback
@@ -56,10 +56,10 @@ def download_bundle(client: FerryClient, version: Version, dest: Path, *,
                     hardware: str | None) -> DownloadResult:
     """Verify the version's manifest, then fetch every file into ``dest`` (see module doc)."""
     try:
-        keyring = trusted_keyring(client.keyring_bytes, client.base_url, client.trust,
-                                  {root_keyid} if root_keyid else None)
+        trust = trusted_state(client.keyring_bytes, client.base_url, client.trust,
+                              {root_keyid} if root_keyid else None)
         raw = client.manifest_bytes(version.namespace, version.model, version.version)
-        manifest = _verified_manifest(raw, keyring, version, hardware)
+        manifest = _verified_manifest(raw, trust, version, hardware)
         dest.mkdir(parents=True, exist_ok=True)
         written = 0
         for entry in manifest.files:
@@ -73,16 +73,14 @@ def download_bundle(client: FerryClient, version: Version, dest: Path, *,
         files=[dest / e.path for e in manifest.files], bytes_downloaded=written)
 
 
-def _verified_manifest(raw: bytes, keyring: Keyring, version: Version,
+def _verified_manifest(raw: bytes, trust: TrustedState, version: Version,
                        hardware: str | None) -> BundleManifest:
     """Signature, digest and hardware by the protocol checklist, then the binding to
-    the version asked for (a validly signed manifest of another model is refused)."""
-    declared = BundleManifest.from_dict(parse_envelope(raw).signed)
-    manifest = verify_manifest(
-        raw, keyring, expected_sha256=version.manifest_sha256,
-        # No hardware given: an operator's pull, not a device install; accept any.
-        hardware=hardware if hardware is not None else next(iter(declared.hardware), "any"),
-        installed_version=None, allow_downgrade=True)
+    the version asked for (a validly signed manifest of another model is refused).
+    No hardware given: an operator's pull, not a device install; any hardware goes."""
+    manifest = trust.verify_manifest(
+        raw, expected_sha256=version.manifest_sha256, hardware=hardware,
+        installed_version=None, allow_downgrade=True).document
     asked = (version.namespace, version.model, version.version)
     got = (manifest.namespace, manifest.model, manifest.version)
     if got != asked:

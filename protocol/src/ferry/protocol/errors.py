@@ -20,6 +20,7 @@ on it. Blame is split as in python-tuf: bad data from the other side is a
         ├── WrongDeviceError           wrong_device
         ├── IncompatibleHardwareError  incompatible_hardware
         ├── DigestMismatchError        manifest_mismatch
+        ├── VersionConflictError       version_conflict
         ├── LengthExceededError        length_exceeded
         ├── TruncatedError             truncated
         └── HashMismatchError          hash_mismatch
@@ -116,6 +117,12 @@ class DigestMismatchError(VerificationError):
     """The manifest is not the one the desired state points at."""
 
     code = "manifest_mismatch"
+
+
+class VersionConflictError(VerificationError):
+    """A different manifest for a model version already installed (same version, other hash)."""
+
+    code = "version_conflict"
 
 
 class LengthExceededError(VerificationError):
