@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,9 +21,11 @@ from ferry.server.mqtt import (
     MqttService,
     MqttSettings,
     mosquitto_hash,
+    render_acl,
     verify_mosquitto_hash,
 )
-from tests.mqtt._clients import Peer, RecordingSink, status_report, wait_until
+from ferry.server.mqtt._settings import SERVER_USERNAME
+from tests.mqtt._clients import Directory, Peer, RecordingSink, status_report, wait_until
 from tests.support.mosquitto import MosquittoBroker, mosquitto_passwd_binary
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "firmware_examples" / "mosquitto"
@@ -33,21 +34,6 @@ SERVER_PASSWORD = "server-secret"
 _LOCAL_KEYS = {"listener", "per_listener_settings", "persistence", "persistence_location",
                "autosave_interval", "log_dest", "log_type", "password_file", "acl_file",
                "pid_file"}
-
-
-@dataclass
-class Directory:
-    """The fleet's broker logins as the MQTT service sees them; keeps the plaintext for tests."""
-
-    passwords: dict[str, str]
-
-    def password_hash(self, device_id: str) -> str | None:
-        password = self.passwords.get(device_id)
-        return None if password is None else mosquitto_hash(password, os.urandom(12))
-
-    def logins(self) -> list[tuple[str, str]]:
-        return [(device_id, mosquitto_hash(pw, os.urandom(12)))
-                for device_id, pw in sorted(self.passwords.items())]
 
 
 def _example_conf(workdir: Path) -> str:
@@ -67,7 +53,7 @@ def fleet(tmp_path: Path) -> Iterator[tuple[MosquittoBroker, MqttService, Direct
     settings = MqttSettings(url=broker.url, password=SERVER_PASSWORD,
                             password_file=str(broker.workdir / "passwd"), pid_file=str(pid_file))
     service = MqttService(settings, directory=directory, sink=RecordingSink(set()),
-                          metrics=MqttMetrics(), client_id="srv")
+                          metrics=MqttMetrics())
     service.credentials_changed()
     broker.start()
     assert broker.process is not None
@@ -83,7 +69,7 @@ def _device(broker: MosquittoBroker, service: MqttService, device_id: str) -> Pe
 
 
 def _server(broker: MosquittoBroker) -> Peer:
-    peer = Peer(broker.url, "ferry-server", SERVER_PASSWORD)
+    peer = Peer(broker.url, SERVER_USERNAME, SERVER_PASSWORD, client_id=SERVER_USERNAME)
     assert peer.connect()
     return peer
 
@@ -169,3 +155,8 @@ def test_password_hashes_are_what_mosquitto_passwd_writes(tmp_path: Path) -> Non
     assert verify_mosquitto_hash("s3cret", line.split(":", 1)[1])
     assert not verify_mosquitto_hash("S3cret", line.split(":", 1)[1])
     assert not verify_mosquitto_hash("s3cret", "garbage")
+
+
+def test_the_example_acl_is_the_one_the_embedded_broker_writes() -> None:
+    """One set of rules: firmware_examples/mosquitto/acl is `render_acl` for the default login."""
+    assert (EXAMPLE / "acl").read_text() == render_acl([SERVER_USERNAME])
