@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from ferry.agent.mqtt import MqttLink as AgentLink
 from ferry.protocol import topics
 from ferry.protocol.canonical import canonical_json
 from ferry.server.mqtt import MqttMetrics, MqttService, MqttSettings
@@ -120,3 +121,19 @@ def test_a_hostile_device_cannot_kick_another_device_or_the_server(
     assert b.disconnects == 0
     assert embedded.lost() == 0 and embedded.service.live
     b.close()
+
+
+def test_the_agent_logs_in_with_the_client_id_the_broker_binds(embedded: Embedded) -> None:
+    """The agent's client id is its login, so even amqtt (which refuses others) accepts it."""
+    noticed = threading.Event()
+    agent = AgentLink(embedded.url, device_id="dev-a", groups=("all",), username="dev-a",
+                      password=PASSWORDS["dev-a"], keepalive_s=30, publish_timeout_s=5,
+                      reconnect_max_s=2, on_notice=noticed.set)
+    agent.start()
+    try:
+        assert wait_until(lambda: agent.connected)
+        report = status_report("dev-a")
+        assert agent.publish(report.to_dict())
+        assert wait_until(lambda: report.report_id in embedded.sink.ids())
+    finally:
+        agent.stop()

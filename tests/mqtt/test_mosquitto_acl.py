@@ -7,8 +7,11 @@ authorised message sent afterwards on the same path does arrive.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,17 +34,21 @@ from tests.support.mosquitto import MosquittoBroker, mosquitto_passwd_binary
 EXAMPLE = Path(__file__).resolve().parents[2] / "firmware_examples" / "mosquitto"
 SERVER_PASSWORD = "server-secret"
 # Lines the test replaces: ports, paths and persistence belong to the test's tmp dir.
-_LOCAL_KEYS = {"listener", "per_listener_settings", "persistence", "persistence_location",
-               "autosave_interval", "log_dest", "log_type", "password_file", "acl_file",
-               "pid_file"}
+# Persistence and autosave are kept: the kill -9 test relies on the shipped settings.
+_LOCAL_KEYS = {"listener", "per_listener_settings", "persistence_location", "log_dest",
+               "log_type", "password_file", "acl_file", "pid_file"}
+OPERATOR = ("ops-bridge", "bridge-password")
 
 
 def _example_conf(workdir: Path) -> str:
     kept = [line for line in (EXAMPLE / "mosquitto.conf").read_text().splitlines()
             if line.strip() and not line.startswith("#")
             and line.split()[0] not in _LOCAL_KEYS]
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "acl").write_text((EXAMPLE / "acl").read_text()
+                                 + f"\nuser {OPERATOR[0]}\ntopic read ferry/v1/#\n")
     return "\n".join([*kept, f"password_file {workdir / 'passwd'}",
-                      f"acl_file {EXAMPLE / 'acl'}", ""])
+                      f"acl_file {workdir / 'acl'}", f"persistence_location {workdir}/", ""])
 
 
 @pytest.fixture
@@ -50,9 +57,13 @@ def fleet(tmp_path: Path) -> Iterator[tuple[MosquittoBroker, MqttService, Direct
     broker = MosquittoBroker(tmp_path / "mosquitto")
     broker.extra_conf = _example_conf(broker.workdir)
     pid_file = tmp_path / "mosquitto.pid"
+    operator_file = tmp_path / "operator.passwd"
+    operator_file.write_text(f"# kept by the operator\n"
+                             f"{OPERATOR[0]}:{mosquitto_hash(OPERATOR[1], os.urandom(12))}\n")
     settings = MqttSettings(url=broker.url, password=SERVER_PASSWORD,
-                            password_file=str(broker.workdir / "passwd"), pid_file=str(pid_file))
-    service = MqttService(settings, directory=directory, sink=RecordingSink(set()),
+                            password_file=str(broker.workdir / "passwd"), pid_file=str(pid_file),
+                            operator_password_file=str(operator_file))
+    service = MqttService(settings, directory=directory, sink=RecordingSink({"dev-a", "dev-b"}),
                           metrics=MqttMetrics())
     service.credentials_changed()
     broker.start()
@@ -60,6 +71,17 @@ def fleet(tmp_path: Path) -> Iterator[tuple[MosquittoBroker, MqttService, Direct
     pid_file.write_text(f"{broker.process.pid}\n")
     yield broker, service, directory
     broker.stop()
+
+
+@pytest.fixture
+def running(fleet: tuple[MosquittoBroker, MqttService, Directory],
+            ) -> Iterator[tuple[MosquittoBroker, MqttService, Directory]]:
+    """The fleet with the server's link connected and subscribed."""
+    service = fleet[1]
+    asyncio.run(service.start())
+    assert service.wait_connected(10)
+    yield fleet
+    asyncio.run(service.stop())
 
 
 def _device(broker: MosquittoBroker, service: MqttService, device_id: str) -> Peer:
@@ -160,3 +182,76 @@ def test_password_hashes_are_what_mosquitto_passwd_writes(tmp_path: Path) -> Non
 def test_the_example_acl_is_the_one_the_embedded_broker_writes() -> None:
     """One set of rules: firmware_examples/mosquitto/acl is `render_acl` for the default login."""
     assert (EXAMPLE / "acl").read_text() == render_acl([SERVER_USERNAME])
+
+
+@pytest.mark.parametrize("stolen_id", ["dev-b", "ferry-agent-dev-b", SERVER_USERNAME])
+def test_a_device_logging_in_with_another_client_id_kicks_nobody(running,  # type: ignore[no-untyped-def]
+                                                                  stolen_id: str) -> None:
+    """Issue 13: with the shipped config an id is the login (use_username_as_clientid)."""
+    broker, service, _ = running
+    b = _device(broker, service, "dev-b")
+    assert b.connect()
+    for _ in range(3):
+        intruder = Peer(broker.url, "dev-a", "password-of-a", client_id=stolen_id)
+        assert intruder.connect()
+        intruder.close()
+    report = status_report("dev-b")
+    b.publish(topics.device_status("dev-b"), canonical_json(report.to_dict()))
+    assert wait_until(lambda: report.report_id in service.subscriber.sink.ids())  # type: ignore[attr-defined]
+    assert b.disconnects == 0
+    assert service.live and service.metrics.subscription_lost._value.get() == 0
+    b.close()
+
+
+def test_an_operator_login_survives_the_servers_rewrite(fleet) -> None:  # type: ignore[no-untyped-def]
+    """Issue 13: logins in the operator's file are merged into every rewrite, never dropped."""
+    broker, service, directory = fleet
+    assert _can_log_in(broker.url, *OPERATOR)
+    directory.passwords["dev-c"] = "password-of-c"        # an enrolment
+    service.credentials_changed()
+    assert wait_until(lambda: _can_log_in(broker.url, "dev-c", "password-of-c"))
+    assert _can_log_in(broker.url, *OPERATOR)
+    assert f"{OPERATOR[0]}:" in (broker.workdir / "passwd").read_text()
+
+
+def test_kill_9_of_the_broker_with_reports_in_flight_loses_none(running) -> None:  # type: ignore[no-untyped-def]
+    """Issue 14: the shipped config and the server's defaults restore its subscription."""
+    broker, service, _ = running
+    sink: RecordingSink = service.subscriber.sink  # type: ignore[assignment]
+    devices = {d: _device(broker, service, d) for d in ("dev-a", "dev-b")}
+    for peer in devices.values():
+        assert peer.connect()
+    acked: list[str] = []
+    stop = threading.Event()
+
+    def publish(device_id: str, peer: Peer) -> None:
+        while not stop.is_set():
+            report = status_report(device_id)
+            info = peer.client.publish(topics.device_status(device_id),
+                                       canonical_json(report.to_dict()), qos=1)
+            try:
+                info.wait_for_publish(2)
+                if info.is_published():
+                    acked.append(report.report_id)
+            except RuntimeError:  # disconnected: an agent keeps it queued and retries
+                time.sleep(0.1)
+            time.sleep(0.005)
+
+    threads = [threading.Thread(target=publish, args=item) for item in devices.items()]
+    for thread in threads:
+        thread.start()
+    assert wait_until(lambda: len(acked) >= 50)
+    service.link.client.loop_stop()   # the server is slow: what the broker sends it waits
+    broker.kill()
+    broker.start()
+    restarted = len(acked)
+    # The devices are back first and publish before the server has reconnected.
+    assert wait_until(lambda: len(acked) >= restarted + 100, 30)
+    service.link.client.loop_start()
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert wait_until(lambda: set(acked) <= set(sink.ids()), 20), \
+        f"{len(set(acked) - set(sink.ids()))} acknowledged reports were lost"
+    for peer in devices.values():
+        peer.close()
