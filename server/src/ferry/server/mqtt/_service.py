@@ -213,9 +213,7 @@ class MqttService:
         merged = dict(self.directory.logins())
         operator_file = self.settings.operator_password_file
         for user, pw_hash in read_operator_logins(Path(operator_file)) if operator_file else []:
-            if user == self.settings.username:
-                log.warning("operator password file: the server's own login is ignored",
-                            extra={"fields": {"path": operator_file, "username": user}})
+            if user == self.settings.username:  # replicas share one file listing all of them
                 continue
             if user in merged:
                 log.warning("operator password file: a login shadows a device's",
