@@ -18,6 +18,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker
@@ -94,7 +95,7 @@ class FerryTopicPlugin(BaseTopicPlugin):
                              self.config.server_username)
 
 
-class _Replay(ReaderAdapter):
+class _Replay(ReaderAdapter):  # type: ignore[misc]
     """A reader that yields ``prefix`` first (the CONNECT already read), then the stream."""
 
     def __init__(self, prefix: bytes, inner: ReaderAdapter) -> None:
@@ -102,7 +103,8 @@ class _Replay(ReaderAdapter):
 
     async def read(self, n: int = -1) -> bytes:
         if not self._prefix:
-            return await self._inner.read(n)
+            data: bytes = await self._inner.read(n)
+            return data
         size = len(self._prefix) if n < 0 else n
         head, self._prefix = self._prefix[:size], self._prefix[size:]
         return head
@@ -121,7 +123,7 @@ class _GuardedBroker(Broker):  # type: ignore[misc]
     "not authorised" before amqtt sees it.
     """
 
-    def __init__(self, config: dict[str, object], check: PasswordCheck) -> None:
+    def __init__(self, config: dict[str, Any], check: PasswordCheck) -> None:
         super().__init__(config)
         self._check = check
 
@@ -138,8 +140,9 @@ class _GuardedBroker(Broker):  # type: ignore[misc]
             await writer.close()
             raise AMQTTError(f"login refused from {remote_address}:{remote_port}")
         replay = _Replay(bytes(connect.to_bytes()), reader)
-        return await super()._initialize_client_session(replay, writer, remote_address,
-                                                        remote_port)
+        started: tuple[BrokerProtocolHandler, Session] = await super()._initialize_client_session(
+            replay, writer, remote_address, remote_port)
+        return started
 
     async def _allowed(self, connect: ConnectPacket) -> bool:
         payload = connect.payload
