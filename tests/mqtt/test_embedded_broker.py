@@ -20,7 +20,7 @@ import pytest
 from ferry.agent.mqtt import MqttLink as AgentLink
 from ferry.protocol import topics
 from ferry.protocol.canonical import canonical_json
-from ferry.server.mqtt import MqttMetrics, MqttService, MqttSettings
+from ferry.server.mqtt import BrokerStartError, MqttMetrics, MqttService, MqttSettings
 from tests.mqtt._clients import Directory, Peer, RecordingSink, status_report, wait_until
 from tests.support.mosquitto import free_port, require_mosquitto
 
@@ -54,20 +54,25 @@ def embedded(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Embedde
     """The server's MQTT service with its embedded broker, on an event loop in a thread."""
     if request.param == "mosquitto":
         require_mosquitto()
-    settings = MqttSettings(enabled=True, port=free_port(), embedded_broker=request.param,
-                            state_dir=str(tmp_path / "mqtt"))
-    sink, metrics = RecordingSink(set(PASSWORDS)), MqttMetrics()
-    service = MqttService(settings, directory=Directory(dict(PASSWORDS)), sink=sink,
-                          metrics=metrics)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    asyncio.run_coroutine_threadsafe(service.start(), loop).result(20)
-    assert service.wait_connected(10)
-    yield Embedded(service, sink, metrics)
-    asyncio.run_coroutine_threadsafe(service.stop(), loop).result(20)
+    embedded = _embedded(request.param, tmp_path / "mqtt")
+    asyncio.run_coroutine_threadsafe(embedded.service.start(), loop).result(20)
+    assert embedded.service.wait_connected(10)
+    yield embedded
+    asyncio.run_coroutine_threadsafe(embedded.service.stop(), loop).result(20)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
+
+
+def _embedded(kind: str, state_dir: Path) -> Embedded:
+    settings = MqttSettings(enabled=True, port=free_port(), embedded_broker=kind,
+                            state_dir=str(state_dir))
+    sink, metrics = RecordingSink(set(PASSWORDS)), MqttMetrics()
+    service = MqttService(settings, directory=Directory(dict(PASSWORDS)), sink=sink,
+                          metrics=metrics)
+    return Embedded(service, sink, metrics)
 
 
 def test_logins_are_checked(embedded: Embedded) -> None:
@@ -137,3 +142,21 @@ def test_the_agent_logs_in_with_the_client_id_the_broker_binds(embedded: Embedde
         assert wait_until(lambda: report.report_id in embedded.sink.ids())
     finally:
         agent.stop()
+
+
+def test_a_second_server_on_the_same_data_dir_leaves_the_first_broker_alone(
+        tmp_path: Path) -> None:
+    """Two Mosquittos on one persistence file would corrupt it; the second one does not start."""
+    require_mosquitto()
+    first, second = (_embedded("mosquitto", tmp_path / "mqtt") for _ in range(2))
+    asyncio.run(first.service.start())
+    try:
+        assert first.service.wait_connected(10)
+        passwords = (tmp_path / "mqtt" / "passwd").read_text()
+        with pytest.raises(BrokerStartError, match="another server's embedded broker"):
+            asyncio.run(second.service.start())
+        assert (tmp_path / "mqtt" / "passwd").read_text() == passwords
+        first.peer("dev-a").close()
+        assert first.service.live
+    finally:
+        asyncio.run(first.service.stop())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import logging
 import os
 import pwd
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ferry.protocol import topics
@@ -136,18 +137,21 @@ class MosquittoBroker:
     """
 
     def __init__(self, binary: str, state_dir: Path, host: str, port: int, *,
-                 server_usernames: Iterable[str], operator_acl: Path | None = None) -> None:
+                 server_usernames: Iterable[str], operator_acl: Path | None = None,
+                 write_passwords: Callable[[], object] = lambda: None) -> None:
         self.binary = binary
         self.state_dir = state_dir
         self.host, self.port = host, port
         self.server_usernames = tuple(server_usernames)
         self.operator_acl = operator_acl
+        self._write_passwords = write_passwords  # after the state dir is ours, before the child
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self._stopping = threading.Event()
         self._started = threading.Event()
         self._start_error: BrokerStartError | None = None
         self._thread: threading.Thread | None = None
+        self._lock_fd: int | None = None
 
     @property
     def conf_path(self) -> Path:
@@ -172,11 +176,37 @@ class MosquittoBroker:
         self.conf_path.write_text(render_config(self.state_dir, self.host, self.port))
         (self.state_dir / "acl").write_text(acl)
 
+    def _lock_state_dir(self) -> None:
+        """One broker per state dir: two would share (and corrupt) one persistence file."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise BrokerStartError(f"another server's embedded broker uses {self.state_dir}"
+                                   ) from exc
+        self._lock_fd = fd
+
+    def _unlock_state_dir(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the lock
+            self._lock_fd = None
+
     async def start(self) -> None:
         if not _port_is_free(self.host, self.port):
             raise BrokerStartError(f"embedded MQTT broker cannot listen on {self.host}:"
                                    f"{self.port}: the address is in use")
+        self._lock_state_dir()
+        try:
+            await self._start_child()
+        except BrokerStartError:
+            self._unlock_state_dir()
+            raise
+
+    async def _start_child(self) -> None:
         self.write_files()
+        self._write_passwords()
         self._thread = threading.Thread(target=self._supervise, name="ferry-mosquitto",
                                         daemon=True)
         self._thread.start()
@@ -195,6 +225,7 @@ class MosquittoBroker:
             process.terminate()  # Mosquitto saves its persistence file on SIGTERM
         if self._thread is not None:
             self._thread.join(STOP_TIMEOUT_S + 5)
+        self._unlock_state_dir()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         with self.log_path.open("ab") as out:

@@ -129,7 +129,8 @@ class MqttService:
         state = Path(settings.state_dir or tempfile.mkdtemp(prefix="ferry-mqtt-"))
         self.broker = MosquittoBroker(binary, state, settings.host, settings.port,
                                       server_usernames=[settings.username],
-                                      operator_acl=state / "operator.acl")
+                                      operator_acl=state / "operator.acl",
+                                      write_passwords=lambda: self.sync_passwords(reload=False))
         return dataclasses.replace(
             settings, password=password, password_file=str(state / "passwd"),
             pid_file=str(state / "mosquitto.pid"),
@@ -147,9 +148,9 @@ class MqttService:
         return self.link.connected.is_set()
 
     async def start(self) -> None:
-        if self.settings.password_file:  # before connecting: the file has the server's login
-            self.sync_passwords(reload=not self.settings.embedded)
-        if self.broker is not None:
+        if self.settings.password_file and not isinstance(self.broker, MosquittoBroker):
+            self.sync_passwords()  # before connecting: the file has the server's login
+        if self.broker is not None:  # our Mosquitto writes it once its state dir is ours
             await self.broker.start()
         if self.settings.password_file:
             self._syncer = threading.Thread(target=self._sync_loop, name="ferry-mqtt-passwords",
