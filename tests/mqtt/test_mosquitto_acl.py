@@ -19,7 +19,9 @@ import pytest
 
 from ferry.protocol import topics
 from ferry.protocol.canonical import canonical_json
+from ferry.server.fleet.selectors import DEVICE_ID
 from ferry.server.mqtt import (
+    MqttConfigError,
     MqttMetrics,
     MqttService,
     MqttSettings,
@@ -255,3 +257,13 @@ def test_kill_9_of_the_broker_with_reports_in_flight_loses_none(running) -> None
         f"{len(set(acked) - set(sink.ids()))} acknowledged reports were lost"
     for peer in devices.values():
         peer.close()
+
+
+def test_no_device_can_be_enrolled_under_the_servers_login() -> None:
+    """Issue 13: the server's login (and so its client id) is outside the device-id alphabet."""
+    assert not DEVICE_ID.match(SERVER_USERNAME)
+    with pytest.raises(ValueError):
+        topics.device_status(SERVER_USERNAME)
+    with pytest.raises(MqttConfigError, match="could be a device's id"):
+        MqttSettings.from_env({"FERRY_MQTT_USERNAME": "ferry-server"})
+    assert MqttSettings.from_env({"FERRY_MQTT_USERNAME": "ferry@server-2"}).username

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
+from ferry.protocol import topics
 from ferry.server.mqtt._errors import MqttConfigError
 
 ENV = "FERRY_MQTT_"
@@ -82,6 +83,10 @@ class MqttSettings:
         settings = cls(**kwargs)  # type: ignore[arg-type]
         if settings.url:
             parse_url(settings.url)
+        if _is_device_id(settings.username):
+            raise MqttConfigError(f"{ENV}USERNAME={settings.username!r} could be a device's id "
+                                  "(and its client id): use a name with '@', e.g. "
+                                  f"{SERVER_USERNAME!r}")
         if settings.embedded_broker not in EMBEDDED_BROKERS:
             raise MqttConfigError(f"{ENV}EMBEDDED_BROKER={settings.embedded_broker!r} must be "
                                   f"one of {', '.join(EMBEDDED_BROKERS)}")
@@ -95,6 +100,14 @@ _FIELDS: dict[str, type] = {
     "embedded_broker": str, "mosquitto_binary": str, "state_dir": str,
     "operator_password_file": str,
 }
+
+
+def _is_device_id(name: str) -> bool:
+    try:
+        topics.device_status(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _convert(name: str, raw: str, kind: type) -> object:
