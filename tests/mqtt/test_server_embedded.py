@@ -166,13 +166,18 @@ def test_a_burst_of_notices_and_reports_under_load_loses_nothing(
         peer.close()
 
 
-def test_killing_the_server_kills_its_broker(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["stop", "kill"])
+def test_the_broker_ends_with_its_server(tmp_path: Path, how: str) -> None:
+    """Stopped with the server (SIGTERM), and killed with it (kill -9: parent-death signal)."""
     require_mosquitto()
     process = ServerProcess(tmp_path / "server").start()
     pid = _broker_pid(process)
     assert _alive(pid)
-    process.kill()
-    wait_until(lambda: not _alive(pid), 10, "mosquitto to die with its server")
+    if how == "stop":
+        process.stop()
+    else:
+        process.kill()
+    wait_until(lambda: not _alive(pid), 10, f"mosquitto to end when its server got {how}")
 
 
 def test_readyz_and_metrics_show_a_lost_subscription(
