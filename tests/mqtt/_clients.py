@@ -90,7 +90,7 @@ class Peer:
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
-            self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
+            self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
 
     def _on_subscribe(self, _c: mqtt.Client, _u: object, _mid: int,
                       codes: list[mqtt.ReasonCode], _p: object) -> None:
