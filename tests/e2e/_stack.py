@@ -8,6 +8,7 @@ from `ferry.cli.demo`, the same code ``make demo`` runs.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,10 +18,13 @@ from typing import Any
 import httpx
 
 from ferry.cli.demo import Operator, ServerProcess, SimulatorProcess, wait_until
+from ferry.server.mqtt import mosquitto_hash
 from tests.support.mosquitto import MosquittoBroker
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "firmware_examples" / "mosquitto"
 SERVER_PASSWORD = "e2e-server-password"
+# An operator's broker login (the server merges, never writes, the operator's file).
+OBSERVER = ("e2e-observer", "e2e-observer-password")
 _LOCAL_KEYS = {"listener", "per_listener_settings", "persistence", "persistence_location",
                "autosave_interval", "log_dest", "log_type", "password_file", "acl_file",
                "pid_file"}
@@ -33,9 +37,13 @@ def example_broker(workdir: Path) -> MosquittoBroker:
     kept = [line for line in (EXAMPLE / "mosquitto.conf").read_text().splitlines()
             if line.strip() and not line.startswith("#") and line.split()[0] not in _LOCAL_KEYS]
     broker.extra_conf = "\n".join([*kept, f"password_file {workdir / 'passwd'}",
-                                   f"acl_file {EXAMPLE / 'acl'}", ""])
+                                   f"acl_file {workdir / 'acl'}", ""])
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "passwd").write_text("")
+    (workdir / "acl").write_text((EXAMPLE / "acl").read_text()
+                                 + f"\nuser {OBSERVER[0]}\ntopic read ferry/v1/#\n")
+    (workdir / "operator.passwd").write_text(
+        f"{OBSERVER[0]}:{mosquitto_hash(OBSERVER[1], os.urandom(12))}\n")
     return broker
 
 
@@ -53,6 +61,7 @@ class Stack:
             "FERRY_MQTT_URL": self.broker.url,
             "FERRY_MQTT_PASSWORD": SERVER_PASSWORD,
             "FERRY_MQTT_PASSWORD_FILE": str(self.broker.workdir / "passwd"),
+            "FERRY_MQTT_OPERATOR_PASSWORD_FILE": str(self.broker.workdir / "operator.passwd"),
             "FERRY_MQTT_PID_FILE": str(self.root / "mosquitto.pid"),
             "FERRY_POLL_INTERVAL_S": "1",
         })

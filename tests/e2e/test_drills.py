@@ -15,7 +15,7 @@ import pytest
 
 from ferry.cli.demo import AgentProcess
 from ferry.protocol import endpoints, topics
-from tests.e2e._stack import SERVER_PASSWORD, Stack, running_stack
+from tests.e2e._stack import OBSERVER, Stack, running_stack
 from tests.mqtt._clients import Peer
 from tests.support.mosquitto import require_mosquitto
 
@@ -74,7 +74,7 @@ def test_broker_outage_devices_converge_by_polling_then_push_resumes(stack: Stac
     stack.start_broker()
     stack.wait(lambda: len(_reconnected(stack, log_mark, "outage")) == 12,
                "every device to reconnect to the broker (jittered backoff)")
-    watcher = Peer(stack.broker.url, "ferry-server", SERVER_PASSWORD)
+    watcher = Peer(stack.broker.url, *OBSERVER)
     assert watcher.connect()
     watcher.subscribe(topics.group_notice("all"))
     after = stack.op.create_rollout(v3, [100])

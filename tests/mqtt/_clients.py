@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -13,7 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from ferry.protocol.documents import AgentState, StatusReport
 from ferry.protocol.timefmt import format_time, utcnow
-from ferry.server.mqtt import parse_url
+from ferry.server.mqtt import mosquitto_hash, parse_url
 
 WAIT_S = 10.0
 _ids = itertools.count()
@@ -37,6 +38,7 @@ class Peer:
         self.messages: list[tuple[str, bytes, bool]] = []
         self.connack: mqtt.ReasonCode | None = None
         self.granted: list[int] = []
+        self.disconnects = 0
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._subacked = threading.Event()
@@ -47,6 +49,7 @@ class Peer:
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
+        self.client.on_disconnect = self._on_disconnect
 
     def connect(self) -> bool:
         """True when the broker accepted the login."""
@@ -81,9 +84,13 @@ class Peer:
         self.connack = reason
         self._connected.set()
 
+    def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, _r: object,
+                       _p: object) -> None:
+        self.disconnects += 1
+
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
-            self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
+            self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
 
     def _on_subscribe(self, _c: mqtt.Client, _u: object, _mid: int,
                       codes: list[mqtt.ReasonCode], _p: object) -> None:
@@ -127,3 +134,18 @@ class RecordingSink:
     def ids(self) -> list[str]:
         with self._lock:
             return [r.report_id for r in self.reports]
+
+
+@dataclass
+class Directory:
+    """The fleet's broker logins as the MQTT service sees them; keeps the plaintext for tests."""
+
+    passwords: dict[str, str]
+
+    def password_hash(self, device_id: str) -> str | None:
+        password = self.passwords.get(device_id)
+        return None if password is None else mosquitto_hash(password, os.urandom(12))
+
+    def logins(self) -> list[tuple[str, str]]:
+        return [(device_id, mosquitto_hash(pw, os.urandom(12)))
+                for device_id, pw in sorted(self.passwords.items())]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Self
@@ -15,11 +16,12 @@ from ferry.server.mqtt import (
     MqttLink,
     MqttMetrics,
     MqttNotifier,
+    MqttService,
     MqttSettings,
     StatusSubscriber,
     status_subscription,
 )
-from tests.mqtt._clients import Peer, RecordingSink, status_report, wait_until
+from tests.mqtt._clients import Directory, Peer, RecordingSink, status_report, wait_until
 from tests.support.mosquitto import MosquittoBroker, mosquitto  # noqa: F401 (fixture)
 
 
@@ -142,3 +144,23 @@ def test_replicas_split_status_traffic_with_a_shared_subscription(
         assert wait_until(lambda: len(sinks[0].ids()) + len(sinks[1].ids()) >= 40)
     assert sorted(sinks[0].ids() + sinks[1].ids()) == sorted(r.report_id for r in sent)
     assert sinks[0].ids() and sinks[1].ids()
+
+
+def test_a_stolen_session_is_visible_in_logs_and_metrics(
+        mosquitto: MosquittoBroker, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    """On a broker that does not bind ids to logins, a thief takes the server's session."""
+    metrics = MqttMetrics(CollectorRegistry())
+    service = MqttService(MqttSettings(url=mosquitto.url), directory=Directory({}),
+                          sink=RecordingSink(set()), metrics=metrics)
+    asyncio.run(service.start())
+    try:
+        assert service.wait_connected(10)
+        thief = Peer(mosquitto.url, client_id=service.link.client_id)
+        assert thief.connect()
+        assert wait_until(lambda: metrics.subscription_lost._value.get() >= 1)
+        assert "status subscription lost" in caplog.text
+        thief.close()
+        assert wait_until(lambda: service.live)   # the server takes its session back
+        assert metrics.connected._value.get() == 1
+    finally:
+        asyncio.run(service.stop())

@@ -29,6 +29,7 @@ STAGE = {"admin", "publisher", "approver"}
 
 ACCESS: dict[tuple[str, str], str | set[str]] = {
     ("GET", "/healthz"): PUBLIC,
+    ("GET", "/readyz"): PUBLIC,
     ("GET", "/metrics"): PUBLIC,
     ("GET", "/openapi.json"): PUBLIC,
     ("GET", "/docs"): PUBLIC,

@@ -50,7 +50,8 @@ class MqttLink:
         self._on_notice = on_notice
         self._connected = threading.Event()
         self._started = False
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"ferry-agent-{device_id}")
+        # The broker binds client ids to logins (docs/mqtt.md): the id is the login, the device id.
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=username or device_id)
         if username:
             self.client.username_pw_set(username, password)
         if parts.scheme == "mqtts":

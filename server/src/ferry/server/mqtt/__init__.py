@@ -3,7 +3,8 @@
     MqttService        one per server process (lifespan): broker, link, notifier, subscriber
     MqttNotifier       ferry.server.rollouts.Notifier: one retained publish per group
     StatusSubscriber   ferry/v1/devices/+/status → validate → batch → ingest → ack
-    EmbeddedBroker     amqtt in-process, with the Mosquitto ACL's rules (dev/demo)
+    MosquittoBroker    the embedded broker when mosquitto is installed: a supervised child
+    EmbeddedBroker     amqtt in-process, the fallback without mosquitto (dev/demo)
 
 See docs/mqtt.md.
 """
@@ -21,11 +22,11 @@ from ferry.server.mqtt._errors import BrokerStartError, MqttConfigError, MqttErr
 from ferry.server.mqtt._fleet import FleetDirectory, FleetStatusSink
 from ferry.server.mqtt._link import MqttLink
 from ferry.server.mqtt._metrics import MqttMetrics
+from ferry.server.mqtt._mosquitto import MosquittoBroker, find_mosquitto, render_acl
 from ferry.server.mqtt._notifier import MqttNotifier, notice_payload
 from ferry.server.mqtt._service import (
     DeviceDirectory,
     MqttService,
-    default_client_id,
     status_subscription,
 )
 from ferry.server.mqtt._settings import DEFAULT_PORT, MqttSettings, parse_url
@@ -43,6 +44,7 @@ __all__ = [
     "EmbeddedBroker",
     "FleetDirectory",
     "FleetStatusSink",
+    "MosquittoBroker",
     "MqttConfigError",
     "MqttError",
     "MqttLink",
@@ -53,11 +55,12 @@ __all__ = [
     "StatusMessageError",
     "StatusSink",
     "StatusSubscriber",
-    "default_client_id",
+    "find_mosquitto",
     "mosquitto_hash",
     "notice_payload",
     "parse_status_message",
     "parse_url",
+    "render_acl",
     "render_password_file",
     "signal_reload",
     "start_mqtt",

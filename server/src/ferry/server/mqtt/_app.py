@@ -11,7 +11,7 @@ from ferry.server.fleet.runtime import runtime_of
 from ferry.server.mqtt._errors import BrokerStartError
 from ferry.server.mqtt._fleet import FleetDirectory, FleetStatusSink
 from ferry.server.mqtt._metrics import MqttMetrics
-from ferry.server.mqtt._service import MqttService, default_client_id
+from ferry.server.mqtt._service import MqttService
 from ferry.server.mqtt._settings import MqttSettings
 
 log = logging.getLogger("ferry.server.mqtt")
@@ -29,10 +29,11 @@ async def start_mqtt(app: FastAPI, ctx: AppContext,
         log.info("mqtt disabled; devices converge by HTTP polling")
         return None
     runtime = runtime_of(app)
-    client_id = settings.client_id or default_client_id(ctx.settings.port)
+    if not settings.state_dir:
+        settings = dataclasses.replace(settings, state_dir=str(ctx.settings.data_dir / "mqtt"))
     service = MqttService(settings, directory=FleetDirectory(ctx.read_engine),
                           sink=FleetStatusSink(ctx.engine, runtime.now),
-                          metrics=MqttMetrics(ctx.metrics.registry), client_id=client_id)
+                          metrics=MqttMetrics(ctx.metrics.registry))
     try:
         await service.start()
     except BrokerStartError as exc:
@@ -41,6 +42,7 @@ async def start_mqtt(app: FastAPI, ctx: AppContext,
                   "FERRY_MQTT_PORT to a free port or FERRY_MQTT_ENABLED=false",
                   extra={"fields": {"error": str(exc), "code": exc.code}})
         return None
+    app.state.mqtt = service  # /readyz asks it whether the status subscription is live
     runtime.notifier = service.notifier
     runtime.broker_sync = service
     # Enrolment tells devices this URL (FERRY_MQTT_PUBLIC_URL, else the broker's).

@@ -18,10 +18,15 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker
 from amqtt.contexts import Action
-from amqtt.errors import BrokerError
+from amqtt.errors import AMQTTError, BrokerError, NoDataError
+from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
+from amqtt.mqtt.connect import ConnectPacket
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
@@ -66,6 +71,8 @@ class FerryAuthPlugin(BaseAuthPlugin):
         check = _CHECKS.get(self.config.check)
         if check is None or not session.username or session.password is None:
             return False
+        if session.client_id != session.username:  # also refused before (`_GuardedBroker`)
+            return False
         try:
             return await asyncio.to_thread(check, session.username, str(session.password))
         except Exception:  # a database hiccup refuses this login; it must not kill the broker
@@ -86,6 +93,74 @@ class FerryTopicPlugin(BaseTopicPlugin):
         username = session.username if session is not None else None
         return topic_allowed(username, topic, action or Action.SUBSCRIBE,
                              self.config.server_username)
+
+
+class _Replay(ReaderAdapter):  # type: ignore[misc]
+    """A reader that yields ``prefix`` first (the CONNECT already read), then the stream."""
+
+    def __init__(self, prefix: bytes, inner: ReaderAdapter) -> None:
+        self._prefix, self._inner = prefix, inner
+
+    async def read(self, n: int = -1) -> bytes:
+        if not self._prefix:
+            data: bytes = await self._inner.read(n)
+            return data
+        size = len(self._prefix) if n < 0 else n
+        head, self._prefix = self._prefix[:size], self._prefix[size:]
+        return head
+
+    def feed_eof(self) -> None:
+        self._inner.feed_eof()
+
+
+class _GuardedBroker(Broker):  # type: ignore[misc]
+    """amqtt that authenticates a CONNECT before it touches the session of that client id.
+
+    amqtt 0.12 deletes (clean session) or takes over (persistent session) the
+    existing session of a client id first and authenticates afterwards, so a
+    refused login could still strip the server's subscription. Here a CONNECT
+    whose login fails, or whose client id is not its username, is answered
+    "not authorised" before amqtt sees it.
+    """
+
+    def __init__(self, config: dict[str, Any], check: PasswordCheck) -> None:
+        super().__init__(config)
+        self._check = check
+
+    async def _initialize_client_session(self, reader: ReaderAdapter, writer: WriterAdapter,
+                                         remote_address: str, remote_port: int,
+                                         ) -> tuple[BrokerProtocolHandler, Session]:
+        try:
+            connect = await ConnectPacket.from_stream(reader)
+        except NoDataError as exc:
+            raise AMQTTError(exc) from exc
+        if not await self._allowed(connect):
+            writer.write(ConnackPacket.build(0, NOT_AUTHORIZED).to_bytes())
+            await writer.drain()
+            await writer.close()
+            raise AMQTTError(f"login refused from {remote_address}:{remote_port}")
+        replay = _Replay(bytes(connect.to_bytes()), reader)
+        started: tuple[BrokerProtocolHandler, Session] = await super()._initialize_client_session(
+            replay, writer, remote_address, remote_port)
+        return started
+
+    async def _allowed(self, connect: ConnectPacket) -> bool:
+        payload = connect.payload
+        username = payload.username if payload is not None else None
+        password = payload.password if payload is not None else None
+        client_id = payload.client_id if payload is not None else None
+        if not username or password is None:
+            return False
+        if client_id != username:
+            log.warning("broker login refused: client id is not the login", extra={"fields": {
+                "username": username, "client_id": client_id}})
+            return False
+        try:
+            return await asyncio.to_thread(self._check, username, str(password))
+        except Exception:  # a database hiccup refuses this login; it must not kill the broker
+            log.warning("broker login check failed", exc_info=True,
+                        extra={"fields": {"username": username}})
+            return False
 
 
 class EmbeddedBroker:
@@ -115,7 +190,7 @@ class EmbeddedBroker:
                 f"{__name__}.FerryTopicPlugin": {"server_username": self.server_username},
             },
         }
-        self._broker = Broker(config)
+        self._broker = _GuardedBroker(config, self.check)
         try:
             await self._broker.start()
         except BrokerError as exc:

@@ -21,6 +21,7 @@ log = logging.getLogger("ferry.server.mqtt")
 
 KEEPALIVE_S = 30
 MessageHandler = Callable[[mqtt.MQTTMessage], None]
+StateHandler = Callable[[bool, str], None]  # (subscription live?, why)
 
 
 class MqttLink:
@@ -28,9 +29,11 @@ class MqttLink:
 
     def __init__(self, url: str, *, client_id: str, username: str = "", password: str = "",
                  subscription: str | None = None, on_message: MessageHandler | None = None,
-                 persistent: bool = True) -> None:
+                 persistent: bool = True, on_state: StateHandler | None = None) -> None:
         self.host, self.port = parse_url(url)
+        self.client_id = client_id
         self.subscription = subscription
+        self._on_state = on_state or (lambda _live, _why: None)
         self.connected = threading.Event()
         self._on_message = on_message
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
@@ -72,8 +75,8 @@ class MqttLink:
                 "broker": f"{self.host}:{self.port}", "reason": str(reason)}})
             return
         if self.subscription is None:
-            self.connected.set()
-        else:
+            self._set_live(True, "connected")
+        else:  # every (re)connect, whatever the broker says about the session it kept
             client.subscribe(self.subscription, qos=1)
         log.info("connected to broker", extra={"fields": {"broker": f"{self.host}:{self.port}"}})
 
@@ -83,12 +86,20 @@ class MqttLink:
         if any(code.is_failure for code in codes):
             log.error("the broker refused the status subscription", extra={"fields": {
                 "subscription": self.subscription, "codes": [str(c) for c in codes]}})
+            self._set_live(False, "subscription refused")
             return
-        self.connected.set()
+        self._set_live(True, "subscribed")
 
     def _disconnected(self, _client: mqtt.Client, _userdata: object, _flags: object,
                       reason: mqtt.ReasonCode, _props: object) -> None:
-        self.connected.clear()
+        self._set_live(False, str(reason))
         if reason.value != 0:
             log.warning("lost the broker; reconnecting", extra={"fields": {
                 "broker": f"{self.host}:{self.port}", "reason": str(reason)}})
+
+    def _set_live(self, live: bool, why: str) -> None:
+        if live:
+            self.connected.set()
+        else:
+            self.connected.clear()
+        self._on_state(live, why)

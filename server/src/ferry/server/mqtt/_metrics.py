@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
 class MqttMetrics:
@@ -16,3 +16,10 @@ class MqttMetrics:
             "Status messages received over MQTT, by outcome: accepted, duplicate, malformed, "
             "topic_mismatch, unknown_device, revoked_device, ingest_error",
             ["outcome"], registry=registry)
+        self.connected = Gauge("ferry_mqtt_connected",
+                               "1 while the server's status subscription is live, else 0",
+                               registry=registry)
+        self.subscription_lost = Counter(
+            "ferry_mqtt_subscription_lost",
+            "Times the live status subscription was lost (disconnect, session taken over)",
+            registry=registry)

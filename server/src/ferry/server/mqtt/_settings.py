@@ -14,11 +14,15 @@ import os
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
+from ferry.protocol import topics
 from ferry.server.mqtt._errors import MqttConfigError
 
 ENV = "FERRY_MQTT_"
 DEFAULT_PORT = 1885
-SERVER_USERNAME = "ferry-server"
+# Not a valid device id ("@" is outside [A-Za-z0-9._:-]): no device can ever hold this login
+# or, with client ids bound to logins, this client id.
+SERVER_USERNAME = "ferry@server"
+EMBEDDED_BROKERS = ("auto", "mosquitto", "amqtt")
 
 
 @dataclass(frozen=True)
@@ -32,11 +36,18 @@ class MqttSettings:
     public_url: str = ""           # what enrolment tells devices; defaults to the broker URL
     username: str = SERVER_USERNAME
     password: str = ""             # external broker: the server user's password
-    shared_group: str = "ferry"    # "$share/<group>/…" so replicas split status traffic
+    # "$share/<group>/…" splits status traffic between replicas, but Mosquitto 2.0 does not
+    # restore a shared subscription after a crash: empty (default) = a plain subscription,
+    # which the broker's persistence restores (docs/mqtt.md, "After a broker crash").
+    shared_group: str = ""
     password_file: str = ""        # Mosquitto password file the server keeps up to date
     pid_file: str = ""             # Mosquitto pid file: SIGHUP after rewriting passwords
     ingest_batch: int = 200        # status reports per database transaction
-    client_id: str = ""            # per replica; defaults to host name + HTTP port
+    client_id: str = ""            # defaults to the username (brokers bind ids to logins)
+    embedded_broker: str = "auto"  # auto: mosquitto when installed, else amqtt
+    mosquitto_binary: str = ""     # empty: /usr/sbin/mosquitto, /usr/local/sbin, PATH
+    state_dir: str = ""            # embedded Mosquitto's files; `ferry server`: <data>/mqtt
+    operator_password_file: str = ""  # logins the operator keeps; merged, never written
 
     @property
     def embedded(self) -> bool:
@@ -45,6 +56,11 @@ class MqttSettings:
     @property
     def broker_url(self) -> str:
         return self.url or f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def session_id(self) -> str:
+        """The server's MQTT client id: its login, as the broker binds ids to logins."""
+        return self.client_id or self.username
 
     @property
     def device_url(self) -> str:
@@ -67,6 +83,13 @@ class MqttSettings:
         settings = cls(**kwargs)  # type: ignore[arg-type]
         if settings.url:
             parse_url(settings.url)
+        if _is_device_id(settings.username):
+            raise MqttConfigError(f"{ENV}USERNAME={settings.username!r} could be a device's id "
+                                  "(and its client id): use a name with '@', e.g. "
+                                  f"{SERVER_USERNAME!r}")
+        if settings.embedded_broker not in EMBEDDED_BROKERS:
+            raise MqttConfigError(f"{ENV}EMBEDDED_BROKER={settings.embedded_broker!r} must be "
+                                  f"one of {', '.join(EMBEDDED_BROKERS)}")
         return settings
 
 
@@ -74,7 +97,17 @@ _FIELDS: dict[str, type] = {
     "enabled": bool, "url": str, "host": str, "port": int, "public_url": str,
     "username": str, "password": str, "shared_group": str,
     "password_file": str, "pid_file": str, "ingest_batch": int, "client_id": str,
+    "embedded_broker": str, "mosquitto_binary": str, "state_dir": str,
+    "operator_password_file": str,
 }
+
+
+def _is_device_id(name: str) -> bool:
+    try:
+        topics.device_status(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _convert(name: str, raw: str, kind: type) -> object:
