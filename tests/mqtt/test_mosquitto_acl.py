@@ -19,9 +19,9 @@ import pytest
 
 from ferry.protocol import topics
 from ferry.protocol.canonical import canonical_json
+from ferry.server.core.settings import SettingsError
 from ferry.server.fleet.selectors import DEVICE_ID
 from ferry.server.mqtt import (
-    MqttConfigError,
     MqttMetrics,
     MqttService,
     MqttSettings,
@@ -264,6 +264,6 @@ def test_no_device_can_be_enrolled_under_the_servers_login() -> None:
     assert not DEVICE_ID.match(SERVER_USERNAME)
     with pytest.raises(ValueError):
         topics.device_status(SERVER_USERNAME)
-    with pytest.raises(MqttConfigError, match="could be a device's id"):
+    with pytest.raises(SettingsError, match="could be a device's id"):
         MqttSettings.from_env({"FERRY_MQTT_USERNAME": "ferry-server"})
     assert MqttSettings.from_env({"FERRY_MQTT_USERNAME": "ferry@server-2"}).username

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ferry.server.core.settings import FleetSettings, Settings
+from ferry.server.core.settings import FleetSettings, Settings, SettingsError
 
 
 def test_the_fleet_section_is_read_by_the_same_parser() -> None:
@@ -27,3 +27,14 @@ def test_the_device_broker_url_is_not_a_setting_of_its_own() -> None:
     """FERRY_MQTT_URL means the external broker (MQTT settings), never a second fleet value."""
     assert "mqtt_url" not in {f for f in FleetSettings.__dataclass_fields__}
     assert Settings.from_env({"FERRY_MQTT_URL": "mqtt://elsewhere:1883"}).fleet == FleetSettings()
+
+
+def test_the_mqtt_section_is_read_by_the_same_parser_with_its_prefix() -> None:
+    settings = Settings.from_env({"FERRY_MQTT_URL": "mqtt://broker:1883", "FERRY_PORT": "9000",
+                                  "FERRY_MQTT_PORT": "2000", "FERRY_MQTT_INGEST_BATCH": "50"})
+    assert (settings.port, settings.mqtt.port, settings.mqtt.ingest_batch) == (9000, 2000, 50)
+    assert settings.mqtt.enabled, "an external broker's URL implies MQTT on"
+    with pytest.raises(SettingsError, match="FERRY_MQTT_PORT='x'"):
+        Settings.from_env({"FERRY_MQTT_PORT": "x"})
+    with pytest.raises(SettingsError, match="mqtt://host:port"):
+        Settings.from_env({"FERRY_MQTT_URL": "http://broker"})

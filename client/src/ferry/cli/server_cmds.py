@@ -45,8 +45,8 @@ def serve(data_dir: Path | None = None, host: str | None = None, port: int | Non
 
     from ferry.server.app import create_app
 
-    settings = _settings(data_dir, database_url, host=host, port=port)
     os.environ.setdefault("FERRY_MQTT_ENABLED", "true")  # embedded broker unless told otherwise
+    settings = _settings(data_dir, database_url, host=host, port=port)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 access_log=False, log_level="warning", timeout_graceful_shutdown=5)
 

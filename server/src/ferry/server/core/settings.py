@@ -12,8 +12,33 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_type_hints
+from urllib.parse import urlsplit
+
+from ferry.protocol import topics
 
 ENV_PREFIX = "FERRY_"
+
+MQTT_PREFIX = ENV_PREFIX + "MQTT_"
+DEFAULT_MQTT_PORT = 1885
+# Not a valid device id ("@" is outside [A-Za-z0-9._:-]): no device can ever hold this login
+# or, with client ids bound to logins, this client id.
+SERVER_USERNAME = "ferry@server"
+EMBEDDED_BROKERS = ("auto", "mosquitto", "amqtt")
+
+
+class SettingsError(ValueError):
+    """A ``FERRY_*`` setting is invalid (its message names the variable and the fix)."""
+
+    code = "config_invalid"
+
+
+def _is_device_id(name: str) -> bool:
+    try:
+        topics.device_status(name)
+    except ValueError:
+        return False
+    return True
+
 
 
 @dataclass(frozen=True)
@@ -26,6 +51,73 @@ class FleetSettings:
     start_rollout_engine: bool = True
     last_seen_flush_s: float = 2.0
     checkin_cache_poll_s: float = 0.5
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """Where the broker is, how the server logs in, and what devices are told."""
+
+    enabled: bool = False
+    url: str = ""                  # external broker; empty = start the embedded one
+    host: str = "127.0.0.1"        # embedded broker bind address
+    port: int = DEFAULT_MQTT_PORT       # embedded broker port
+    public_url: str = ""           # what enrolment tells devices; defaults to the broker URL
+    username: str = SERVER_USERNAME
+    password: str = ""             # external broker: the server user's password
+    # "$share/<group>/…" splits status traffic between replicas, but Mosquitto 2.0 does not
+    # restore a shared subscription after a crash: empty (default) = a plain subscription,
+    # which the broker's persistence restores (docs/mqtt.md, "After a broker crash").
+    shared_group: str = ""
+    password_file: str = ""        # Mosquitto password file the server keeps up to date
+    pid_file: str = ""             # Mosquitto pid file: SIGHUP after rewriting passwords
+    ingest_batch: int = 200        # status reports per database transaction
+    client_id: str = ""            # defaults to the username (brokers bind ids to logins)
+    embedded_broker: str = "auto"  # auto: mosquitto when installed, else amqtt
+    mosquitto_binary: str = ""     # empty: /usr/sbin/mosquitto, /usr/local/sbin, PATH
+    state_dir: str = ""            # embedded Mosquitto's files; `ferry server`: <data>/mqtt
+    operator_password_file: str = ""  # logins the operator keeps; merged, never written
+
+    @property
+    def embedded(self) -> bool:
+        return self.enabled and not self.url
+
+    @property
+    def broker_url(self) -> str:
+        return self.url or f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def session_id(self) -> str:
+        """The server's MQTT client id: its login, as the broker binds ids to logins."""
+        return self.client_id or self.username
+
+    @property
+    def device_url(self) -> str:
+        return self.public_url or self.broker_url
+
+    def with_overrides(self, **changes: object) -> MqttSettings:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def __post_init__(self) -> None:
+        if self.url:
+            parts = urlsplit(self.url)
+            if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+                raise SettingsError(f"{MQTT_PREFIX}URL={self.url!r} must look like "
+                                    "mqtt://host:port")
+        if _is_device_id(self.username):
+            raise SettingsError(f"{MQTT_PREFIX}USERNAME={self.username!r} could be a device's "
+                                f"id (and its client id): use a name with '@', e.g. "
+                                f"{SERVER_USERNAME!r}")
+        if self.embedded_broker not in EMBEDDED_BROKERS:
+            raise SettingsError(f"{MQTT_PREFIX}EMBEDDED_BROKER={self.embedded_broker!r} must be "
+                                f"one of {', '.join(EMBEDDED_BROKERS)}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> MqttSettings:
+        """``FERRY_MQTT_<FIELD>``; an external broker's URL implies MQTT on."""
+        values = _read(cls, os.environ if environ is None else environ, MQTT_PREFIX)
+        if values.get("url") and "enabled" not in values:
+            values["enabled"] = True
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -49,6 +141,7 @@ class Settings:
     delta_max_fraction: float = 0.6
     delta_build_workers: int = 1
     fleet: FleetSettings = field(default_factory=FleetSettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
 
     def __post_init__(self) -> None:
         if not 0 < self.delta_max_fraction <= 1 or self.delta_build_workers < 1:
@@ -93,25 +186,26 @@ class Settings:
         sets ``fleet.rollout_tick_s``): one parser, one place to look.
         """
         env = os.environ if environ is None else environ
-        return cls(**_read(cls, env), fleet=FleetSettings(**_read(FleetSettings, env)))
+        return cls(**_read(cls, env), fleet=FleetSettings(**_read(FleetSettings, env)),
+                   mqtt=MqttSettings.from_env(env))
 
 
-def _read(cls: type, env: Mapping[str, str]) -> dict[str, Any]:
-    """The ``FERRY_<FIELD>`` values present in ``env`` for the plain fields of ``cls``."""
+def _read(cls: type, env: Mapping[str, str], prefix: str = ENV_PREFIX) -> dict[str, Any]:
+    """The ``<prefix><FIELD>`` values present in ``env`` for the plain fields of ``cls``."""
     hints = get_type_hints(cls)
     values: dict[str, Any] = {}
     for item in fields(cls):
         kind = hints[item.name]
         if not item.init or is_dataclass(kind):
             continue
-        raw = env.get(ENV_PREFIX + item.name.upper())
-        if raw is None or raw == "":
+        raw = env.get(prefix + item.name.upper())
+        if raw is None or (raw == "" and kind is not str):
             continue
         try:
             values[item.name] = _convert(raw, kind)
         except ValueError as exc:
-            raise ValueError(f"{ENV_PREFIX}{item.name.upper()}={raw!r} is not a valid "
-                             f"{getattr(kind, '__name__', kind)}") from exc
+            raise SettingsError(f"{prefix}{item.name.upper()}={raw!r} is not a valid "
+                                f"{getattr(kind, '__name__', kind)}") from exc
     return values
 
 

@@ -24,13 +24,13 @@ async def start_mqtt(app: FastAPI, ctx: AppContext,
     Returns None when MQTT is off (``FERRY_MQTT_ENABLED=false``, or the embedded
     broker's port is taken): devices then converge by HTTP polling.
     """
-    settings = settings or MqttSettings.from_env()
+    settings = settings or ctx.settings.mqtt
     if not settings.enabled:
         log.info("mqtt disabled; devices converge by HTTP polling")
         return None
     runtime = runtime_of(app)
     if not settings.state_dir:
-        settings = dataclasses.replace(settings, state_dir=str(ctx.settings.data_dir / "mqtt"))
+        settings = settings.with_overrides(state_dir=str(ctx.settings.data_dir / "mqtt"))
     service = MqttService(settings, directory=FleetDirectory(ctx.read_engine),
                           sink=FleetStatusSink(ctx.engine, runtime.now),
                           metrics=MqttMetrics(ctx.metrics.registry))
