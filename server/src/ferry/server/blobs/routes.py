@@ -12,9 +12,10 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import FileResponse
 from starlette.types import Receive, Scope, Send
 
-from ferry.server.api.deps import AppContext, CtxDep, DeviceReader, Publisher
+from ferry.server.api.deps import CtxDep, DeviceReader, Publisher
 from ferry.server.audit import service as audit
 from ferry.server.blobs.schemas import BlobStored
+from ferry.server.core.context import AppContext
 from ferry.server.core.db import session_scope
 from ferry.server.core.errors import (
     BadRequestError,

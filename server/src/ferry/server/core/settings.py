@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 ENV_PREFIX = "FERRY_"
 
@@ -61,9 +62,10 @@ class Settings:
     def admin_token_path(self) -> Path:
         return self.data_dir / "admin-token"
 
-    def with_overrides(self, **changes: object) -> Settings:
+    def with_overrides(self, **changes: Any) -> Settings:
         """Copy with some fields changed (CLI flags win over the environment)."""
-        clean = {k: v for k, v in changes.items() if v is not None}
+        # Any: the values are per-field typed; `replace` rejects unknown names at run time.
+        clean: dict[str, Any] = {k: v for k, v in changes.items() if v is not None}
         if "data_dir" in clean and "database_url" not in clean:
             clean["database_url"] = os.environ.get(ENV_PREFIX + "DATABASE_URL", "")
         if ("host" in clean or "port" in clean) and "public_url" not in clean:
@@ -74,12 +76,12 @@ class Settings:
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         """Build settings from ``FERRY_<FIELD>`` variables, e.g. ``FERRY_DATA_DIR``."""
         env = os.environ if environ is None else environ
-        kwargs: dict[str, object] = {}
+        kwargs: dict[str, Any] = {}  # each value converted to its field's type by _FIELD_TYPES
         for name, kind in _FIELD_TYPES.items():
             raw = env.get(ENV_PREFIX + name.upper())
             if raw is not None and raw != "":
                 kwargs[name] = _convert(raw, kind)
-        return cls(**kwargs)  # type: ignore[arg-type]
+        return cls(**kwargs)
 
 
 _FIELD_TYPES: dict[str, type] = {

@@ -197,9 +197,9 @@ def _check_files(body: VersionCreate, blobs: BlobStore) -> list[dict[str, Any]]:
 
 def _next_version(session: Session, model: RegisteredModel) -> int:
     """Bump the per-model counter row; the row lock keeps numbers unique and monotonic."""
-    session.exec(update(RegisteredModel)  # type: ignore[call-overload]
+    session.exec(update(RegisteredModel)
                  .where(col(RegisteredModel.id) == model.id)
-                 .values(last_version=RegisteredModel.last_version + 1))
+                 .values(last_version=col(RegisteredModel.last_version) + 1))
     session.refresh(model)
     return model.last_version
 
