@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
+from typing import Any
 
 from fastapi import FastAPI, Request
 
@@ -48,14 +49,14 @@ class FleetSettings:
         ``FERRY_MQTT_URL``, ``FERRY_START_ROLLOUT_ENGINE``, ``FERRY_LAST_SEEN_FLUSH_S``,
         ``FERRY_CHECKIN_CACHE_POLL_S``."""
         env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}  # each converted to the type of its field's default
         for item in fields(cls):
             raw = env.get("FERRY_" + item.name.upper())
             if raw:
                 kind = type(getattr(cls(), item.name))
                 values[item.name] = (raw.strip().lower() in {"1", "true", "yes", "on"}
                                      if kind is bool else kind(raw))
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**values)
 
 
 @dataclass
