@@ -27,7 +27,6 @@ import hashlib
 import json
 import random
 import signal
-import socket
 import time
 import uuid
 from collections import Counter
@@ -40,6 +39,7 @@ import httpx
 import paho.mqtt.client as mqtt
 import typer
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
 from ferry.protocol import endpoints, topics
 from ferry.protocol.documents import (
@@ -148,8 +148,8 @@ class LoopMqtt:
         client.on_message = lambda _c, _u, _m: self.on_notice()
         client.on_socket_open = self._socket_open
         client.on_socket_close = self._socket_close
-        client.on_socket_register_write = lambda _c, _u, s: self.loop.add_writer(s, client.loop_write)
-        client.on_socket_unregister_write = lambda _c, _u, s: self.loop.remove_writer(s)
+        client.on_socket_register_write = self._socket_register_write
+        client.on_socket_unregister_write = self._socket_unregister_write
         self.client = client
 
     def publish(self, topic: str, payload: bytes) -> bool:
@@ -181,7 +181,7 @@ class LoopMqtt:
         if self.connected:
             self.client.disconnect()
 
-    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: mqtt.ReasonCode,
+    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: ReasonCode,
                     _p: object) -> None:
         if reason.is_failure:
             self._lost.set()
@@ -193,11 +193,19 @@ class LoopMqtt:
         self.connected = False
         self._lost.set()
 
-    def _socket_open(self, client: mqtt.Client, _u: object, sock: socket.socket) -> None:
+    def _socket_open(self, client: mqtt.Client, _u: object, sock: mqtt.SocketLike) -> None:
         self.loop.add_reader(sock, client.loop_read)
         self._misc = self.loop.create_task(self._misc_loop())
 
-    def _socket_close(self, _c: mqtt.Client, _u: object, sock: socket.socket) -> None:
+    def _socket_register_write(self, client: mqtt.Client, _u: object,
+                               sock: mqtt.SocketLike) -> None:
+        self.loop.add_writer(sock, client.loop_write)
+
+    def _socket_unregister_write(self, _c: mqtt.Client, _u: object,
+                                 sock: mqtt.SocketLike) -> None:
+        self.loop.remove_writer(sock)
+
+    def _socket_close(self, _c: mqtt.Client, _u: object, sock: mqtt.SocketLike) -> None:
         self.loop.remove_reader(sock)
         self.loop.remove_writer(sock)
         if self._misc is not None:

@@ -29,7 +29,7 @@ METADATA_KEYS: dict[str, type] = {
     "run_id": str, "git_commit": str, "metrics": dict, "hyperparameters": dict,
     "training_data": dict, "environment_hash": str, "model_card": str, "tags": list,
 }
-_KIND = {dict: "mapping", list: "list", str: "string"}
+_KIND: dict[type, str] = {dict: "mapping", list: "list", str: "string"}
 REQUIRED = ("format", "flavor", "signature", "created_by", "run_id", "git_commit")
 
 PUSH_EPILOG = """Examples:

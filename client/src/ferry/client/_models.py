@@ -9,19 +9,22 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 
 class _Record:
     """Shared (de)serialisation for the records below."""
 
+    # Every subclass is a @dataclass; declaring the marker lets mypy see that.
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Self:
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
     def to_json(self) -> dict[str, Any]:
-        return _jsonable(dataclasses.asdict(self))  # type: ignore[call-overload]
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(self).items()}
 
 
 def _jsonable(value: Any) -> Any:

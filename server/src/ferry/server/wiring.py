@@ -41,8 +41,9 @@ def install(app: FastAPI, ctx: AppContext, runtime: FleetRuntime | None = None) 
     ctx.authenticators[DEVICE_TOKEN_PREFIX] = authenticate_device
     app.state.checkin_cache = CheckinCache()
     track_changes(ctx.engine, app.state.checkin_cache)
-    app.state.fleet = runtime or FleetRuntime(settings=ctx.settings.fleet)
-    return app.state.fleet  # type: ignore[no-any-return]
+    fleet = runtime or FleetRuntime(settings=ctx.settings.fleet)
+    app.state.fleet = fleet
+    return fleet
 
 
 def start_tasks(app: FastAPI) -> Started:

@@ -7,7 +7,7 @@ write lock — for the length of the upload.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -86,7 +86,8 @@ PUBLISHERS = (ServerRole.PUBLISHER,)
 ADMINS = (ServerRole.ADMIN,)
 
 
-def require(*roles: ServerRole, namespace_param: str | None = "ns") -> Callable[..., Principal]:
+def require(*roles: ServerRole, namespace_param: str | None = "ns"
+            ) -> Callable[[Request, Principal], Awaitable[Principal]]:
     """A dependency: the principal must hold one of ``roles`` (in the path's namespace)."""
 
     async def check(request: Request, principal: CurrentPrincipal) -> Principal:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from ferry.server.api.deps import Admin, CtxDep, ReadSessionDep
 from ferry.server.audit import service as audit
@@ -26,8 +26,8 @@ def _public(row: AuditEntry) -> AuditEntryPublic:
 def list_entries(session: ReadSessionDep, _: Admin,
                  after_id: Annotated[int, Query(ge=0, le=2**53 - 1)] = 0,
                  limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[AuditEntryPublic]:
-    rows = session.exec(select(AuditEntry).where(AuditEntry.id > after_id)  # type: ignore[operator]
-                        .order_by(AuditEntry.id).limit(limit)).all()
+    rows = session.exec(select(AuditEntry).where(col(AuditEntry.id) > after_id)
+                        .order_by(col(AuditEntry.id)).limit(limit)).all()
     return [_public(row) for row in rows]
 
 

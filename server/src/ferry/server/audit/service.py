@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import update
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from ferry.protocol.canonical import canonical_json
 from ferry.server.audit.tables import AuditEntry, AuditHead
@@ -51,8 +51,8 @@ def _hashed_fields(row: AuditEntry) -> dict[str, Any]:
 def append(session: Session, *, actor: str, action: str, target: str,
            details: dict[str, Any] | None = None) -> AuditEntry:
     """Record one write; call it inside the transaction that makes the change."""
-    session.exec(update(AuditHead).where(AuditHead.id == 1)  # type: ignore[call-overload]
-                 .values(last_id=AuditHead.last_id + 1))
+    session.exec(update(AuditHead).where(col(AuditHead.id) == 1)
+                 .values(last_id=col(AuditHead.last_id) + 1))
     head = session.exec(select(AuditHead).where(AuditHead.id == 1)).one()
     session.refresh(head)
     row = AuditEntry(id=head.last_id, at=utc_now(), actor=actor, action=action, target=target,
@@ -85,8 +85,8 @@ def iter_entries(session: Session, after_id: int = 0) -> Iterator[AuditEntry]:
     """Every entry in id order, read in batches so memory stays bounded."""
     last = after_id
     while True:
-        rows = session.exec(select(AuditEntry).where(AuditEntry.id > last)  # type: ignore[operator]
-                            .order_by(AuditEntry.id).limit(VERIFY_BATCH)).all()
+        rows = session.exec(select(AuditEntry).where(col(AuditEntry.id) > last)
+                            .order_by(col(AuditEntry.id)).limit(VERIFY_BATCH)).all()
         if not rows:
             return
         yield from rows

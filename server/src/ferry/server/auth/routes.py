@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
-from sqlmodel import select
+from sqlmodel import col, select
 
 from ferry.protocol.errors import MalformedError
 from ferry.protocol.timefmt import parse_time
@@ -41,7 +41,8 @@ def create(body: TokenCreate, session: SessionDep, admin: Admin) -> TokenCreated
 
 @router.get("/tokens")
 def list_tokens(session: ReadSessionDep, _: Admin) -> list[TokenPublic]:
-    return [_public(row) for row in session.exec(select(ApiToken).order_by(ApiToken.id)).all()]
+    rows = session.exec(select(ApiToken).order_by(col(ApiToken.id))).all()
+    return [_public(row) for row in rows]
 
 
 @router.delete("/tokens/{token_id}", status_code=204, response_class=Response)

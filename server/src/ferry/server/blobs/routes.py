@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from os import PathLike
 from typing import Annotated
 
 import anyio
@@ -12,9 +13,10 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import FileResponse
 from starlette.types import Receive, Scope, Send
 
-from ferry.server.api.deps import AppContext, CtxDep, DeviceReader, Publisher
+from ferry.server.api.deps import CtxDep, DeviceReader, Publisher
 from ferry.server.audit import service as audit
 from ferry.server.blobs.schemas import BlobStored
+from ferry.server.core.context import AppContext
 from ferry.server.core.db import session_scope
 from ferry.server.core.errors import (
     BadRequestError,
@@ -40,8 +42,9 @@ class BlobResponse(FileResponse):
 
     chunk_size = DOWNLOAD_CHUNK
 
-    def __init__(self, *args: object, honour_range: bool, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, path: PathLike[str], *, honour_range: bool, media_type: str,
+                 headers: Mapping[str, str]) -> None:
+        super().__init__(path, media_type=media_type, headers=headers)
         self.honour_range = honour_range
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from sqlmodel import Session
@@ -35,8 +35,9 @@ async def _device(principal: Annotated[Principal, Depends(require(ServerRole.DEV
 
 
 DeviceId = Annotated[str, Depends(_device)]
-ENVELOPE = {200: {"content": {"application/json": {"schema": {"type": "object"}}},
-                  "description": "signed desired-state envelope {signed, signatures}"}}
+ENVELOPE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/json": {"schema": {"type": "object"}}},
+          "description": "signed desired-state envelope {signed, signatures}"}}
 
 
 @router.get("/device/desired-state", response_class=Response, responses=ENVELOPE)

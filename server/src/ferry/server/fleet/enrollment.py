@@ -91,11 +91,11 @@ def _use_token(session: Session, secret: str, now: datetime) -> EnrollmentToken:
     if row.expires_at is not None and row.expires_at <= format_time(now):
         raise UnauthenticatedError(f"enrolment token '{row.name}' expired at {row.expires_at}; "
                                    "ask an operator for a new one")
-    used = session.exec(update(EnrollmentToken)  # type: ignore[call-overload]
+    used = session.exec(update(EnrollmentToken)
                         .where(col(EnrollmentToken.id) == row.id,
                                or_(col(EnrollmentToken.max_uses).is_(None),
                                    col(EnrollmentToken.uses) < col(EnrollmentToken.max_uses)))
-                        .values(uses=EnrollmentToken.uses + 1))
+                        .values(uses=col(EnrollmentToken.uses) + 1))
     if used.rowcount != 1:
         raise UnauthenticatedError(f"enrolment token '{row.name}' has been used up "
                                    f"({row.max_uses} uses)")

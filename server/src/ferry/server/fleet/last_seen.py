@@ -22,6 +22,7 @@ from ferry.protocol.timefmt import format_time
 from ferry.server.core.db import session_scope
 from ferry.server.fleet.tables import Device
 
+# sqlmodel's SQLModel does not declare `__table__` (SQLAlchemy sets it on table models).
 _DEVICES = Device.__table__  # type: ignore[attr-defined]
 
 

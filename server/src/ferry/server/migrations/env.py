@@ -11,7 +11,10 @@ target_metadata = SQLModel.metadata
 
 
 def run_migrations_online() -> None:
-    engine = create_engine(config.get_main_option("sqlalchemy.url"), poolclass=pool.NullPool)
+    url = config.get_main_option("sqlalchemy.url")
+    if url is None:  # set by ferry.server.core.db; alembic.ini itself names no database
+        raise RuntimeError("sqlalchemy.url is not set: run migrations through ferry.server.core.db")
+    engine = create_engine(url, poolclass=pool.NullPool)
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata,
                           render_as_batch=connection.dialect.name == "sqlite")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 from sqlalchemy.exc import IntegrityError
@@ -38,8 +38,9 @@ from ferry.server.trust.tables import SignedManifest
 
 router = APIRouter(tags=["models"])
 
-ENVELOPE_RESPONSE = {200: {"content": {"application/json": {"schema": {"type": "object"}}},
-                           "description": "signed envelope {signed, signatures}"}}
+ENVELOPE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/json": {"schema": {"type": "object"}}},
+          "description": "signed envelope {signed, signatures}"}}
 AliasName = Annotated[str, Path(pattern=NAME_PATTERN)]
 # The namespace is in the body: check the role first, the namespace once the body is read.
 PublisherOfBody = Annotated[Principal, Depends(require(ServerRole.PUBLISHER, namespace_param=None))]
@@ -105,10 +106,10 @@ def create_version(ns: str, name: str, body: VersionCreate, session: SessionDep,
         session.rollback()
         _, model = registry.get_model(session, ns, name)
         files = [f.model_dump() for f in body.files]
-        version = registry.find_same_files(session, model, registry.files_digest(files))
-        if version is None:
+        same = registry.find_same_files(session, model, registry.files_digest(files))
+        if same is None:
             raise ConflictError("concurrent update; retry the request") from None
-        created = False
+        version, created = same, False
     if not created:
         response.status_code = 200
     namespace, model = registry.get_model(session, ns, name)
@@ -136,7 +137,7 @@ def get_version(ns: str, name: str, ref: str, session: ReadSessionDep, _: Reader
 @router.get("/models/{ns}/{name}/versions/{ref}/manifest", response_class=Response,
             responses=ENVELOPE_RESPONSE)
 def get_manifest(ns: str, name: str, ref: str, session: ReadSessionDep, _: DeviceReader) -> Response:
-    _, _, version = _version(session, ns, name, ref)
+    version = _version(session, ns, name, ref)[2]
     row = session.get(SignedManifest, version.manifest_sha256)
     if row is None:
         raise NotFoundError(f"manifest {version.manifest_sha256} is missing")

@@ -197,9 +197,9 @@ def _check_files(body: VersionCreate, blobs: BlobStore) -> list[dict[str, Any]]:
 
 def _next_version(session: Session, model: RegisteredModel) -> int:
     """Bump the per-model counter row; the row lock keeps numbers unique and monotonic."""
-    session.exec(update(RegisteredModel)  # type: ignore[call-overload]
+    session.exec(update(RegisteredModel)
                  .where(col(RegisteredModel.id) == model.id)
-                 .values(last_version=RegisteredModel.last_version + 1))
+                 .values(last_version=col(RegisteredModel.last_version) + 1))
     session.refresh(model)
     return model.last_version
 
@@ -242,8 +242,9 @@ def register_version(session: Session, actor: Principal, *, namespace: str, name
                        publisher_token_id=actor.token_id, created_at=created_at)
     session.add(row)
     session.flush()
+    assert row.id is not None
     for tag in sorted(set(body.tags)):
-        session.add(VersionTag(version_id=row.id, tag=tag))  # type: ignore[arg-type]
+        session.add(VersionTag(version_id=row.id, tag=tag))
     target = f"{namespace}/{name}@{number}"
     audit.append(session, actor=actor.name, action="version.create", target=target,
                  details={"manifest_sha256": manifest_sha, "files": len(files)})
@@ -270,9 +271,10 @@ def version_aliases(session: Session, version: ModelVersion) -> list[str]:
 
 def change_tags(session: Session, actor: Principal, version: ModelVersion, target: str, *,
                 add: list[str], remove: list[str]) -> None:
+    assert version.id is not None
     current = set(version_tags(session, version))
     for tag in sorted(set(add) - current):
-        session.add(VersionTag(version_id=version.id, tag=tag))  # type: ignore[arg-type]
+        session.add(VersionTag(version_id=version.id, tag=tag))
     for tag in sorted(set(remove) & current):
         row = session.get(VersionTag, (version.id, tag))
         session.delete(row)
@@ -313,10 +315,11 @@ def _legal_from(stage: Stage) -> list[str]:
 
 def set_alias(session: Session, actor: Principal, model: RegisteredModel, target: str,
               alias: str, version: ModelVersion) -> None:
+    assert model.id is not None and version.id is not None
     row = session.get(ModelAlias, (model.id, alias))
     if row is None:
-        row = ModelAlias(model_id=model.id, alias=alias, version_id=version.id)  # type: ignore[arg-type]
-    row.version_id = version.id  # type: ignore[assignment]
+        row = ModelAlias(model_id=model.id, alias=alias, version_id=version.id)
+    row.version_id = version.id
     session.add(row)
     session.flush()
     audit.append(session, actor=actor.name, action="alias.set", target=f"{target}:{alias}",

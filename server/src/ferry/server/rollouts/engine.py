@@ -83,7 +83,7 @@ def gate_passes(rollout: Rollout, counts: WaveCounts, now: datetime) -> bool:
 def time_out_silent(session: Session, rollout: Rollout, now: datetime) -> None:
     """Devices silent mid-update for too long count as ``timed_out``: nothing sticks."""
     cutoff = format_time(now - timedelta(seconds=rollout.in_progress_timeout_s))
-    session.exec(update(RolloutDevice)  # type: ignore[call-overload]
+    session.exec(update(RolloutDevice)
                  .where(col(RolloutDevice.rollout_id) == rollout.id,
                         col(RolloutDevice.state).in_([s.value for s in IN_PROGRESS]),
                         col(RolloutDevice.updated_at) < cutoff)
@@ -192,7 +192,7 @@ def announce_changes(engine: Engine, runtime: FleetRuntime) -> None:
 
 def _set_mark(engine: Engine, pk: int, old: str, new: str) -> bool:
     with session_scope(engine) as session:
-        result = session.exec(update(Rollout)  # type: ignore[call-overload]
+        result = session.exec(update(Rollout)
                               .where(col(Rollout.id) == pk, col(Rollout.announced) == old)
                               .values(announced=new))
         return bool(result.rowcount == 1)

@@ -23,11 +23,11 @@ def _gate_field(name: str) -> Any:
     return (kind, Field(default=getattr(GatePolicy(), name)))
 
 
-_GatesBase = create_model(  # type: ignore[call-overload]
+_GatesBase = create_model(
     "_GatesBase", __base__=Strict, **{name: _gate_field(name) for name in GatePolicy.names()})
 
 
-class Gates(_GatesBase):  # type: ignore[valid-type,misc]
+class Gates(_GatesBase):
     """Checked for every wave: the cohort so far must pass before the next wave opens.
 
     Generated from `ferry.protocol.gates.GatePolicy`: fields, defaults and limits.

@@ -336,11 +336,12 @@ def advance(session: Session, actor: str, rollout: Rollout, now: datetime,
 
 def _retry_failures(session: Session, rollout: Rollout, now: datetime) -> None:
     stamp = format_time(now)
-    session.exec(update(RolloutDevice)  # type: ignore[call-overload]
+    session.exec(update(RolloutDevice)
                  .where(col(RolloutDevice.rollout_id) == rollout.id,
                         col(RolloutDevice.wave) <= rollout.wave,
                         col(RolloutDevice.state).in_([s.value for s in FAILURES]))
-                 .values(state=DeviceState.PENDING.value, attempts=RolloutDevice.attempts + 1,
+                 .values(state=DeviceState.PENDING.value,
+                         attempts=col(RolloutDevice.attempts) + 1,
                          updated_at=stamp, last_report_at=stamp))
     rollout.retry_generation += 1
 
@@ -357,7 +358,7 @@ def rollback(session: Session, actor: str, rollout: Rollout, now: datetime,
 
 def on_device_revoked(session: Session, event: DeviceRevoked) -> None:
     """Subscribed to the fleet's `DeviceRevoked`: drop it from the cohorts still waiting for it."""
-    session.exec(delete(RolloutDevice).where(  # type: ignore[call-overload]
+    session.exec(delete(RolloutDevice).where(
         col(RolloutDevice.device_id) == event.device_id,
         col(RolloutDevice.state) == DeviceState.PENDING.value))
     session.flush()

@@ -35,9 +35,9 @@ def _rate(committed: int, total: int) -> float:
 def wave_table(session: Session, rollout: Rollout) -> list[dict[str, Any]]:
     """Counts by state for every wave (waves past the last percentage are left out)."""
     rows = session.exec(select(RolloutDevice.wave, RolloutDevice.state, func.count())
-                        .where(RolloutDevice.rollout_id == rollout.id)
-                        .group_by(RolloutDevice.wave, RolloutDevice.state)).all()
-    waves = [{"wave": k, "percent": p, "counts": dict.fromkeys(STATES, 0), "total": 0}
+                        .where(col(RolloutDevice.rollout_id) == rollout.id)
+                        .group_by(col(RolloutDevice.wave), col(RolloutDevice.state))).all()
+    waves: list[dict[str, Any]] = [{"wave": k, "percent": p, "counts": dict.fromkeys(STATES, 0), "total": 0}
              for k, p in enumerate(rollout.waves)]
     for wave, state, n in rows:
         if wave < len(waves):
@@ -108,8 +108,8 @@ def fleet_status(session: Session, namespaces: list[str] | None, now: datetime,
                                func.count())
                         .join(Device, col(Device.id) == col(DeviceSlot.device_id))
                         .where(col(Device.revoked_at).is_(None), DeviceSlot.model != "", *scope)
-                        .group_by(DeviceSlot.model, DeviceSlot.slot,
-                                  DeviceSlot.installed_version)).all()
+                        .group_by(col(DeviceSlot.model), col(DeviceSlot.slot),
+                                  col(DeviceSlot.installed_version))).all()
     models: dict[str, dict[str, Any]] = {}
     for model, slot, version, n in rows:
         entry = models.setdefault(f"{model}#{slot}", {"model": model, "slot": slot,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
 
@@ -15,8 +15,9 @@ from ferry.server.trust.tables import SignedManifest
 
 router = APIRouter(tags=["trust"])
 
-ENVELOPE = {200: {"content": {"application/json": {"schema": {"type": "object"}}},
-                  "description": "signed envelope {signed, signatures}"}}
+ENVELOPE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/json": {"schema": {"type": "object"}}},
+          "description": "signed envelope {signed, signatures}"}}
 
 
 def _json(text: str) -> Response:

@@ -82,7 +82,7 @@ def rotate(session: Session, key_dir: Path, role: Role, expiry_days: int) -> int
     """Replace the key of ``role`` and publish keyring version n+1; return n+1."""
     current = {r: SigningKey.load(key_path(key_dir, r)) for r in Role}
     new_key = SigningKey.generate()
-    fresh = dict(current, **{role: new_key})
+    fresh = {**current, role: new_key}
     version = latest_version(session) + 1
     signers = [current[Role.ROOT]] + ([new_key] if role is Role.ROOT else [])
     _store(session, _keyring_document(version, expiry_days, fresh), signers)

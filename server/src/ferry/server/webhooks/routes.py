@@ -40,7 +40,7 @@ def create(body: WebhookCreate, session: SessionDep, admin: Admin) -> WebhookPub
 @router.get("/webhooks")
 def list_all(session: ReadSessionDep, _: Admin) -> list[WebhookPublic]:
     rows = session.exec(select(WebhookSubscription).where(WebhookSubscription.active == True)
-                        .order_by(WebhookSubscription.id)).all()
+                        .order_by(col(WebhookSubscription.id))).all()
     return [_public(row) for row in rows]
 
 

@@ -24,7 +24,7 @@ import anyio
 import httpx
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from ferry.server.core.columns import utc_now
 from ferry.server.core.db import session_scope
@@ -89,7 +89,7 @@ class RetryPolicy:
 
     def delay(self, attempts: int) -> float:
         """Wait before attempt ``attempts + 1``: base · 2^(attempts-1)."""
-        return self.backoff_seconds * (2 ** max(0, attempts - 1))
+        return self.backoff_seconds * (2.0 ** max(0, attempts - 1))
 
 
 class WebhookWorker:
@@ -131,12 +131,12 @@ class WebhookWorker:
             due = session.exec(select(WebhookDelivery)
                                .where(WebhookDelivery.status == "pending",
                                       WebhookDelivery.next_attempt_at <= now)
-                               .order_by(WebhookDelivery.next_attempt_at).limit(BATCH)).all()
+                               .order_by(col(WebhookDelivery.next_attempt_at)).limit(BATCH)).all()
             for row in due:
-                claimed = session.exec(  # type: ignore[call-overload]
+                claimed = session.exec(
                     update(WebhookDelivery)
-                    .where(WebhookDelivery.id == row.id,
-                           WebhookDelivery.next_attempt_at == row.next_attempt_at)
+                    .where(col(WebhookDelivery.id) == row.id,
+                           col(WebhookDelivery.next_attempt_at) == row.next_attempt_at)
                     .values(next_attempt_at=now + CLAIM_LEASE_SECONDS))
                 if claimed.rowcount != 1:
                     continue
