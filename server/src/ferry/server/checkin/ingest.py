@@ -123,7 +123,7 @@ def _store(session: Session, reports: Sequence[StatusReport], now: datetime) -> 
              "rollout_id": r.rollout_id, "sequence": r.sequence, "report_seq": r.report_seq,
              "timings": dict(r.timings), "received_at": received} for r in reports]
     statement = _insert_ignoring_duplicates(session, rows)
-    return set(session.exec(statement).scalars())  # type: ignore[call-overload]
+    return set(session.exec(statement).scalars())
 
 
 def _insert(session: Session) -> Any:
@@ -164,7 +164,7 @@ def _locked_slots(session: Session, keys: set[tuple[str, str]]
     """The slot rows, created first where missing (two first reports at once must not both
     INSERT), then locked."""
     rows_wanted = [{"device_id": d, "slot": s, "updated_at": ""} for d, s in sorted(keys)]
-    session.exec(_insert(session)(DeviceSlot).values(rows_wanted)  # type: ignore[call-overload]
+    session.exec(_insert(session)(DeviceSlot).values(rows_wanted)
                  .on_conflict_do_nothing(index_elements=["device_id", "slot"]))
     rows = session.exec(select(DeviceSlot)
                         .where(tuple_(col(DeviceSlot.device_id), col(DeviceSlot.slot)).in_(keys))

@@ -94,7 +94,7 @@ class MqttSettings:
     def device_url(self) -> str:
         return self.public_url or self.broker_url
 
-    def with_overrides(self, **changes: object) -> MqttSettings:
+    def with_overrides(self, **changes: Any) -> MqttSettings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def __post_init__(self) -> None:
@@ -169,9 +169,9 @@ class Settings:
     def admin_token_path(self) -> Path:
         return self.data_dir / "admin-token"
 
-    def with_overrides(self, **changes: object) -> Settings:
+    def with_overrides(self, **changes: Any) -> Settings:
         """Copy with some fields changed (CLI flags win over the environment)."""
-        clean = {k: v for k, v in changes.items() if v is not None}
+        clean: dict[str, Any] = {k: v for k, v in changes.items() if v is not None}
         if "data_dir" in clean and "database_url" not in clean:
             clean["database_url"] = os.environ.get(ENV_PREFIX + "DATABASE_URL", "")
         if ("host" in clean or "port" in clean) and "public_url" not in clean:

@@ -60,7 +60,7 @@ def _is_group_notice(topic: str) -> bool:
             and parts[3] not in ("", "#") and parts[4] == "notice")
 
 
-class FerryAuthPlugin(BaseAuthPlugin):
+class FerryAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no type hints
     """Username/password against the check registered under ``Config.check``."""
 
     @dataclass
@@ -81,7 +81,7 @@ class FerryAuthPlugin(BaseAuthPlugin):
             return False
 
 
-class FerryTopicPlugin(BaseTopicPlugin):
+class FerryTopicPlugin(BaseTopicPlugin):  # type: ignore[misc]  # amqtt ships no type hints
     """Topic access per user, as in the Mosquitto ACL."""
 
     @dataclass

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
 from ferry.server.mqtt._settings import parse_url
 
@@ -69,7 +70,7 @@ class MqttLink:
         self.client.ack(mid, 1)
 
     def _connected(self, client: mqtt.Client, _userdata: object, _flags: object,
-                   reason: mqtt.ReasonCode, _props: object) -> None:
+                   reason: ReasonCode, _props: object) -> None:
         if reason.is_failure:
             log.warning("broker refused the connection", extra={"fields": {
                 "broker": f"{self.host}:{self.port}", "reason": str(reason)}})
@@ -81,7 +82,7 @@ class MqttLink:
         log.info("connected to broker", extra={"fields": {"broker": f"{self.host}:{self.port}"}})
 
     def _subscribed(self, _client: mqtt.Client, _userdata: object, _mid: int,
-                    codes: list[mqtt.ReasonCode], _props: object) -> None:
+                    codes: list[ReasonCode], _props: object) -> None:
         """Ready only once the status subscription is in place (nothing published is missed)."""
         if any(code.is_failure for code in codes):
             log.error("the broker refused the status subscription", extra={"fields": {
@@ -91,7 +92,7 @@ class MqttLink:
         self._set_live(True, "subscribed")
 
     def _disconnected(self, _client: mqtt.Client, _userdata: object, _flags: object,
-                      reason: mqtt.ReasonCode, _props: object) -> None:
+                      reason: ReasonCode, _props: object) -> None:
         self._set_live(False, str(reason))
         if reason.value != 0:
             log.warning("lost the broker; reconnecting", extra={"fields": {

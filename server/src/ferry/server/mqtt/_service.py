@@ -102,7 +102,7 @@ class MqttService:
         self.link = MqttLink(settings.broker_url, client_id=client_id or settings.session_id,
                              username=settings.username, password=settings.password,
                              subscription=status_subscription(settings),
-                             on_message=lambda m: self.subscriber.handle(m.topic, m.payload, m.mid),
+                             on_message=lambda m: self.subscriber.handle(m.topic, bytes(m.payload), m.mid),
                              on_state=self._link_state)
         self.subscriber.ack = self.link.ack
         self.notifier = MqttNotifier(self.link, metrics)
