@@ -122,8 +122,9 @@ def _store(session: Session, reports: Sequence[StatusReport], now: datetime) -> 
              "to_version": r.to_version, "error_code": r.error_code, "detail": r.detail,
              "rollout_id": r.rollout_id, "sequence": r.sequence, "report_seq": r.report_seq,
              "timings": dict(r.timings), "received_at": received} for r in reports]
-    statement = _insert_ignoring_duplicates(session, rows)
-    return set(session.exec(statement).scalars())
+    # executemany with RETURNING: one cached statement, batched into multi-row VALUES.
+    returned = session.connection().execute(_insert_ignoring_duplicates(session), rows)
+    return set(returned.scalars())
 
 
 def _insert(session: Session) -> Any:
@@ -131,8 +132,8 @@ def _insert(session: Session) -> Any:
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
-def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) -> Insert:
-    return (_insert(session)(DeviceReport).values(rows)  # type: ignore[no-any-return]
+def _insert_ignoring_duplicates(session: Session) -> Insert:
+    return (_insert(session)(DeviceReport)  # type: ignore[no-any-return]
             .on_conflict_do_nothing(index_elements=["report_id"])
             .returning(col(DeviceReport.report_id)))
 
