@@ -142,3 +142,41 @@ def audit_verify_command(data_dir: DataDir = None, database_url: DatabaseUrl = N
 
 if __name__ == "__main__":
     app()
+
+
+@admin_app.command("backup", epilog="Example: ferry admin backup /backups/ferry-2026-12-03 "
+                   "--data-dir ./data")
+def backup_command(
+    folder: Annotated[Path, typer.Argument(help="A new, empty folder for the backup.")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Back up database, blobs and keys (safe while the server runs; docs/deploy.md)."""
+    from ferry.server.backup import BackupError, backup
+
+    try:
+        done = backup(_settings(data_dir, database_url), folder)
+    except BackupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"backed up the {done.database} database, {done.blobs} blob files and "
+               f"{done.keys} key files to {done.folder}")
+
+
+@admin_app.command("restore", epilog="Example: ferry admin restore /backups/ferry-2026-12-03 "
+                   "--data-dir ./data")
+def restore_command(
+    folder: Annotated[Path, typer.Argument(help="A folder written by `ferry admin backup`.")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Replace database, blobs and keys with a backup (stop the server first)."""
+    from ferry.server.backup import BackupError, restore
+
+    try:
+        done = restore(_settings(data_dir, database_url), folder)
+    except BackupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"restored the {done.database} database, {done.blobs} blob files and "
+               f"{done.keys} key files from {done.folder}")
