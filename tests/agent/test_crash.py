@@ -18,7 +18,14 @@ import pytest
 from ferry.agent.machine import HALT_ENV
 from ferry.protocol.verify import verify_file
 from tests.agent.conftest import Device
-from tests.support.device_repository import CORRUPT, SLOW, DeviceRepository
+from tests.support.device_repository import (
+    CORRUPT,
+    RANGE_REFUSED,
+    SLOW,
+    STALE_RANGE,
+    Bundle,
+    DeviceRepository,
+)
 
 V1 = {"model.onnx": b"\x01" * 200_000, "config.json": b'{"v": 1}'}
 V2 = {"model.onnx": b"\x02" * 200_000, "config.json": b'{"v": 2}'}
@@ -173,3 +180,81 @@ def test_reboot_loop_in_probing_rolls_back(make_device: Any, repo: DeviceReposit
     device.stop()
     assert assert_consistent(device, (1,)) == 1
     assert slot_record(device)["last"]["error_code"] == "reboot_loop"
+
+
+# --- a kill between the last byte and the rename (issue 14) -----------------------------
+
+
+def _blob_gets(repo: DeviceRepository, sha256: str) -> list[str | None]:
+    """The Range header of every GET of a blob (None: the whole blob was asked for)."""
+    return [rng for method, path, rng in repo.requests if method == "GET" and path.endswith(sha256)]
+
+
+def _v2_with_part(
+    device: Device, repo: DeviceRepository, content: bytes
+) -> tuple[Bundle, str, Any]:
+    """v1 runs; v2 is targeted and its model.onnx.part already holds ``content``."""
+    _install_v1(device, repo)
+    v2 = repo.add_bundle(V2, version=2)
+    sha = next(e.sha256 for e in v2.manifest.files if e.path == "model.onnx")
+    part = device.slot().staging(v2.digest) / "model.onnx.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(content)
+    repo.target({"main": v2})
+    return v2, sha, part
+
+
+def test_kill_after_last_byte_before_rename_is_promoted_on_restart(
+    make_device: Any, repo: DeviceRepository
+) -> None:
+    device = make_device(PASSING_PROBE)
+    _install_v1(device, repo)
+    repo.target({"main": repo.add_bundle(V2, version=2)})
+
+    device.start(env={HALT_ENV: "download.complete"})
+    assert device.wait_exit() == -signal.SIGKILL, device.log()
+    assert list(device.slot().staging_root.rglob("*.part")), "the kill left a complete .part"
+
+    device.start()
+    wait_until_idle(device, repo, "committed")
+    device.stop()
+    assert assert_consistent(device, (2,)) == 2
+
+
+def test_complete_part_file_is_hashed_and_promoted_without_asking_the_server(
+    device: Device, repo: DeviceRepository
+) -> None:
+    v2, sha, part = _v2_with_part(device, repo, V2["model.onnx"])
+    device.sync()
+    assert assert_consistent(device, (2,)) == 2
+    assert _blob_gets(repo, sha) == [], "a complete, matching .part needs no request"
+
+
+def test_complete_part_file_with_wrong_bytes_is_downloaded_again_from_zero(
+    device: Device, repo: DeviceRepository
+) -> None:
+    v2, sha, part = _v2_with_part(device, repo, b"\x07" * len(V2["model.onnx"]))
+    device.sync()
+    assert assert_consistent(device, (2,)) == 2
+    assert _blob_gets(repo, sha) == [None], "a bad complete .part is discarded, not resumed"
+
+
+def test_416_on_resume_restarts_from_zero_once(device: Device, repo: DeviceRepository) -> None:
+    v2, sha, part = _v2_with_part(device, repo, V2["model.onnx"][:1000])
+    repo.blob_mode[sha] = STALE_RANGE
+    device.sync()
+    assert assert_consistent(device, (2,)) == 2
+    assert _blob_gets(repo, sha) == ["bytes=1000-", None]
+
+
+def test_416_without_range_fails_with_a_clear_code_instead_of_retrying(
+    device: Device, repo: DeviceRepository
+) -> None:
+    v2, sha, part = _v2_with_part(device, repo, V2["model.onnx"][:1000])
+    repo.blob_mode[sha] = RANGE_REFUSED
+    device.sync()  # fatal: no transient error escapes, nothing is retried
+    assert assert_consistent(device, (1,)) == 1
+    assert _blob_gets(repo, sha) == ["bytes=1000-", None]
+    assert slot_record(device)["last"]["error_code"] == "range_not_satisfiable"
+    failed = [r for r in repo.reports_for("main") if r["state"] == "failed"]
+    assert [r["error_code"] for r in failed] == ["range_not_satisfiable"]

@@ -46,6 +46,8 @@ ENDLESS = "endless"  # the declared bytes, then more, for ever (no Content-Lengt
 TRUNCATED = "truncated"  # the first half only, with a Content-Length to match
 CORRUPT = "corrupt"  # same length, one byte flipped
 SLOW = "slow"  # honest but throttled (for killing the agent mid-download)
+STALE_RANGE = "stale_range"  # 416 to every Range request, honest without one
+RANGE_REFUSED = "range_refused"  # 416 to every request, Range or not (a broken server)
 
 
 @dataclass
@@ -381,6 +383,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif mode == CORRUPT:
             data = data[:-1] + bytes([data[-1] ^ 0xFF])
         start = self._range_start()
+        if mode == RANGE_REFUSED or (mode == STALE_RANGE and start is not None):
+            self._error(416, "range_not_satisfiable")
+            return
         if start is not None and start >= len(data):
             self._error(416, "range_not_satisfiable")
             return

@@ -20,9 +20,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ferry.agent.errors import AgentError, DiskFullError, StopRequestedError
+from ferry.agent.crashpoints import crashpoint
+from ferry.agent.errors import (
+    AgentError,
+    DiskFullError,
+    RangeNotSatisfiableError,
+    StopRequestedError,
+)
 from ferry.agent.installer import Installed
-from ferry.agent.storage import fsync_dir
+from ferry.agent.storage import fsync_dir, fsync_file
 from ferry.agent.transport import DeviceApi
 from ferry.protocol.documents import BundleManifest, FileEntry
 from ferry.protocol.errors import LengthExceededError, ProtocolError, VerificationError
@@ -77,6 +83,7 @@ class Downloader:
             )
             if not rebuilt:
                 self._download(entry, final, progress)
+        _remove_strays(manifest, staging)
 
     def _check_space(self, manifest: BundleManifest, staging: Path) -> None:
         """Refuse before downloading rather than fill the disk halfway."""
@@ -108,6 +115,7 @@ class Downloader:
             with self.api.delta(base.sha256, entry.sha256, self.options.chunk_bytes) as chunks:
                 capped = _capped(chunks, entry.size, progress)
                 apply_delta_file(old_file, capped, final, entry.size, entry.sha256)
+            crashpoint("delta.applied")
             verify_file(final, entry.size, entry.sha256)
         except (AgentError, ProtocolError, OSError) as exc:
             final.unlink(missing_ok=True)
@@ -119,11 +127,23 @@ class Downloader:
     def _download(self, entry: FileEntry, final: Path, progress: Progress) -> None:
         """Stream one file with Range resume; verification errors delete the partial file."""
         part = part_path(final)
+        if _promote_complete_part(entry, part, final):
+            return
         try:
-            self._stream_into(entry, part, progress)
+            try:
+                self._stream_into(entry, part, progress)
+            except RangeNotSatisfiableError as exc:
+                # The server will not continue this partial file (416): start over from
+                # byte 0, once. A second 416 (no Range was sent) is fatal, never a loop.
+                log.warning(
+                    "range_refused", extra={"fields": {"file": entry.path, "detail": str(exc)}}
+                )
+                part.unlink(missing_ok=True)
+                self._stream_into(entry, part, progress)
         except VerificationError:
             part.unlink(missing_ok=True)
             raise
+        crashpoint("download.complete")
         os.replace(part, final)
         fsync_dir(final.parent)
 
@@ -141,12 +161,43 @@ class Downloader:
                     verifier.update(chunk)  # raises before a byte past the size is written
                     sink.write(chunk)
                     progress(len(chunk))
+                    crashpoint("download.chunk")
                     if self.stopping():
                         raise StopRequestedError("stopping: the download resumes at the next start")
             finally:
                 sink.flush()
                 os.fsync(sink.fileno())  # what a resume will trust as its prefix is on disk
         verifier.finish()
+
+
+def _remove_strays(manifest: BundleManifest, staging: Path) -> None:
+    """Delete what a kill left beside the files (e.g. a ``.delta-part``): it must not be installed."""
+    wanted = {staging / entry.path for entry in manifest.files}
+    for path in staging.rglob("*"):
+        if path.is_file() and path not in wanted:
+            log.info("stray_removed", extra={"fields": {"file": str(path.relative_to(staging))}})
+            path.unlink()
+
+
+def _promote_complete_part(entry: FileEntry, part: Path, final: Path) -> bool:
+    """Rename a ``.part`` file that already holds every byte (a kill before its rename).
+
+    Asking the server for ``Range: bytes=<size>-`` would only earn a 416, so the
+    file is hashed instead: it is promoted when it matches the manifest, and
+    deleted (to be downloaded again from byte 0) when it does not.
+    """
+    if not part.exists() or part.stat().st_size != entry.size:
+        return False
+    try:
+        verify_file(part, entry.size, entry.sha256)
+    except VerificationError as exc:
+        log.warning("part_discarded", extra={"fields": {"file": entry.path, "detail": str(exc)}})
+        part.unlink()
+        return False
+    fsync_file(part)
+    os.replace(part, final)
+    fsync_dir(final.parent)
+    return True
 
 
 def _hash_prefix(part: Path, verifier: FileVerifier, size: int, chunk_bytes: int) -> None:

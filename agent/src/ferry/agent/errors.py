@@ -15,6 +15,7 @@ update where it was; a *fatal* one ends the update in ``failed`` or ``rolled_bac
     │   ├── ServerError              server_error            transient
     │   ├── UnauthorizedError        unauthorized            fatal
     │   ├── NotFoundError            not_found               fatal
+    │   ├── RangeNotSatisfiableError range_not_satisfiable   fatal
     │   └── DocumentTooLargeError    document_too_large      fatal
     ├── DiskFullError                disk_full               fatal
     ├── InstallError                 install_failed          fatal
@@ -85,6 +86,13 @@ class NotFoundError(TransportError):
     """The server does not have what the signed desired state points at."""
 
     code = "not_found"
+    transient = False
+
+
+class RangeNotSatisfiableError(TransportError):
+    """The server answered 416 to a resume: asking again cannot help, starting over may."""
+
+    code = "range_not_satisfiable"
     transient = False
 
 

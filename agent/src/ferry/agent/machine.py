@@ -14,8 +14,6 @@ Every step is idempotent; recovery after a crash is one table lookup
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -25,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ferry.agent.config import AgentConfig
+from ferry.agent.crashpoints import HALT_ENV, crashpoint  # noqa: F401 (tests import HALT_ENV here)
 from ferry.agent.download import Downloader
 from ferry.agent.errors import (
     AgentError,
@@ -46,7 +45,6 @@ from ferry.protocol.verify import verify_file
 log = logging.getLogger("ferry.agent.machine")
 
 SCHEMA = 1
-HALT_ENV = "FERRY_AGENT_TEST_HALT_AT"
 POST_SWITCH = (AgentState.SWITCHING, AgentState.PROBING)
 TERMINAL = (AgentState.COMMITTED, AgentState.ROLLED_BACK, AgentState.FAILED)
 DETAIL_LIMIT = 4000
@@ -212,10 +210,10 @@ class State(ABC):
     def enter(self, machine: SlotMachine, resumed: bool, announce: bool = True) -> State | None:
         """Persist, report, then run: the order that makes crash recovery possible."""
         machine.persist(self.name, resumed)
+        crashpoint(f"{self.name.value}.persisted")  # test hook: a power cut right here
         if announce:
             machine.report(self.name)
-        if os.environ.get(HALT_ENV) == self.name.value:
-            os.kill(os.getpid(), signal.SIGKILL)  # test hook: a power cut right here
+        crashpoint(self.name.value)
         try:
             return self.run(machine)
         except (AgentError, ProtocolError, OSError) as exc:

@@ -16,6 +16,7 @@ import httpx
 from ferry.agent.errors import (
     DocumentTooLargeError,
     NotFoundError,
+    RangeNotSatisfiableError,
     ServerError,
     ServerUnreachableError,
     TransportError,
@@ -113,7 +114,7 @@ class DeviceApi:
             ) as response,
         ):
             if response.status_code == 416:
-                raise ServerError(f"{what}: range from {start} not satisfiable")
+                raise RangeNotSatisfiableError(f"{what}: range from byte {start} not satisfiable")
             _check_status(response, what)
             offset = start if response.status_code == 206 else 0
             yield offset, _guarded(response.iter_raw(chunk_bytes), what)
