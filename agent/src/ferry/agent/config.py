@@ -61,6 +61,20 @@ class InstallConfig:
 
 
 @dataclass(frozen=True)
+class DownloadConfig:
+    """How slow a transfer may be before it is abandoned (slow-retrieval guard, ``download_timeout``).
+
+    Each blob or delta request must finish within ``deadline_grace_s`` plus the bytes it
+    still has to bring divided by ``min_rate_bytes_s``, and must bring at least
+    ``min_rate_bytes_s × rate_window_s`` bytes in every window of ``rate_window_s``.
+    """
+
+    min_rate_bytes_s: int = 1024
+    rate_window_s: float = 60.0
+    deadline_grace_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class ProbeConfig:
     """The health check run against a new version before it is committed."""
 
@@ -97,6 +111,7 @@ class AgentConfig:
     poll: PollConfig = PollConfig()
     mqtt: MqttConfig = MqttConfig()
     install: InstallConfig = InstallConfig()
+    download: DownloadConfig = DownloadConfig()
     probe: ProbeConfig = ProbeConfig()
     report: ReportConfig = ReportConfig()
 
@@ -179,6 +194,7 @@ def parse_config(data: dict[str, Any], base: Path) -> AgentConfig:
         poll=_poll(top.table("poll")),
         mqtt=_mqtt(top.table("mqtt")),
         install=_install(top.table("install")),
+        download=_download(top.table("download")),
         probe=_probe(top.table("probe")),
         report=_report(top.table("report")),
     )
@@ -262,6 +278,16 @@ def _install(s: _Section) -> InstallConfig:
         chunk_bytes=s.number("chunk_bytes", 1 << 20, minimum=4096, integer=True),
         max_resumes=s.number("max_resumes", 3, minimum=1, integer=True),
         use_deltas=s.bool("use_deltas", True),
+    )
+    s.done()
+    return config
+
+
+def _download(s: _Section) -> DownloadConfig:
+    config = DownloadConfig(
+        min_rate_bytes_s=s.number("min_rate_bytes_s", 1024, minimum=1, integer=True),
+        rate_window_s=s.number("rate_window_s", 60.0, minimum=1),
+        deadline_grace_s=s.number("deadline_grace_s", 60.0),
     )
     s.done()
     return config

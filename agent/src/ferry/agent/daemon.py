@@ -72,7 +72,9 @@ class Agent:
         install = config.install
         self.downloader = Downloader(
             self.api,
-            DownloadOptions(install.chunk_bytes, install.reserve_bytes, install.use_deltas),
+            DownloadOptions(
+                install.chunk_bytes, install.reserve_bytes, install.use_deltas, config.download
+            ),
             self.stopping.is_set,
         )
         self._last_refusal: tuple[str, str] | None = None

@@ -16,14 +16,17 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ferry.agent.config import DownloadConfig
 from ferry.agent.crashpoints import crashpoint
 from ferry.agent.errors import (
     AgentError,
     DiskFullError,
+    DownloadTimeoutError,
     RangeNotSatisfiableError,
     StopRequestedError,
 )
@@ -46,6 +49,47 @@ class DownloadOptions:
     chunk_bytes: int = 1 << 20
     reserve_bytes: int = 0
     use_deltas: bool = True
+    pace: DownloadConfig = field(default_factory=DownloadConfig)
+
+
+class RateGuard:
+    """Ends a transfer that is too slow: an overall deadline and a minimum rate per window.
+
+    A per-read timeout never fires against a server that trickles one byte a second
+    (slow retrieval, TUF's "slow retrieval attack"), so every received piece is
+    counted here against the clock. The deadline is ``deadline_grace_s`` plus the
+    bytes still expected at ``min_rate_bytes_s``; the window check catches a stall
+    long before that deadline on a large file.
+    """
+
+    def __init__(
+        self,
+        expected: int,
+        pace: DownloadConfig,
+        what: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pace, self.what, self.clock = pace, what, clock
+        self.started = self.window_start = clock()
+        self.deadline = self.started + pace.deadline_grace_s + expected / pace.min_rate_bytes_s
+        self.window_bytes = 0
+
+    def update(self, count: int) -> None:
+        """Count ``count`` received bytes; raises ``DownloadTimeoutError`` when too slow."""
+        now = self.clock()
+        if now > self.deadline:
+            raise DownloadTimeoutError(
+                f"{self.what}: not complete after {now - self.started:.0f} s (deadline)"
+            )
+        self.window_bytes += count
+        elapsed = now - self.window_start
+        if elapsed >= self.pace.rate_window_s:
+            if self.window_bytes < self.pace.min_rate_bytes_s * elapsed:
+                raise DownloadTimeoutError(
+                    f"{self.what}: {self.window_bytes} bytes in {elapsed:.0f} s, below "
+                    f"{self.pace.min_rate_bytes_s} bytes/s"
+                )
+            self.window_start, self.window_bytes = now, 0
 
 
 def part_path(final: Path) -> Path:
@@ -111,9 +155,10 @@ class Downloader:
         """Rebuild ``final`` from the old file and a delta; False means "download it whole"."""
         from ferry.protocol.delta import apply_delta_file  # zstandard + bsdiff4: only when used
 
+        guard = RateGuard(entry.size, self.options.pace, f"delta for {entry.path}")
         try:
             with self.api.delta(base.sha256, entry.sha256, self.options.chunk_bytes) as chunks:
-                capped = _capped(chunks, entry.size, progress)
+                capped = _capped(chunks, entry.size, progress, guard)
                 apply_delta_file(old_file, capped, final, entry.size, entry.sha256)
             crashpoint("delta.applied")
             verify_file(final, entry.size, entry.sha256)
@@ -150,6 +195,7 @@ class Downloader:
     def _stream_into(self, entry: FileEntry, part: Path, progress: Progress) -> None:
         have = part.stat().st_size if part.exists() else 0
         verifier = FileVerifier(entry.size, entry.sha256, what=entry.path)
+        guard = RateGuard(max(entry.size - have, 0), self.options.pace, entry.path)
         blob = self.api.blob(
             entry.sha256, have if have <= entry.size else 0, self.options.chunk_bytes
         )
@@ -158,6 +204,7 @@ class Downloader:
             _hash_prefix(part, verifier, offset, self.options.chunk_bytes)
             try:
                 for chunk in chunks:
+                    guard.update(len(chunk))
                     verifier.update(chunk)  # raises before a byte past the size is written
                     sink.write(chunk)
                     progress(len(chunk))
@@ -209,10 +256,13 @@ def _hash_prefix(part: Path, verifier: FileVerifier, size: int, chunk_bytes: int
             remaining -= len(block)
 
 
-def _capped(chunks: Iterator[bytes], cap: int, progress: Progress) -> Iterator[bytes]:
-    """A delta larger than the file it rebuilds is refused while it streams."""
+def _capped(
+    chunks: Iterator[bytes], cap: int, progress: Progress, guard: RateGuard
+) -> Iterator[bytes]:
+    """A delta larger than the file it rebuilds, or too slow, is refused while it streams."""
     received = 0
     for chunk in chunks:
+        guard.update(len(chunk))
         received += len(chunk)
         if received > cap:
             raise LengthExceededError(f"delta is larger than the {cap}-byte file it rebuilds")

@@ -13,6 +13,7 @@ update where it was; a *fatal* one ends the update in ``failed`` or ``rolled_bac
     ├── TransportError               transport_error         transient
     │   ├── ServerUnreachableError   server_unreachable      transient
     │   ├── ServerError              server_error            transient
+    │   ├── DownloadTimeoutError     download_timeout        transient (reported)
     │   ├── UnauthorizedError        unauthorized            fatal
     │   ├── NotFoundError            not_found               fatal
     │   ├── RangeNotSatisfiableError range_not_satisfiable   fatal
@@ -73,6 +74,16 @@ class ServerError(TransportError):
     """The server answered 5xx or 429."""
 
     code = "server_error"
+
+
+class DownloadTimeoutError(TransportError):
+    """A transfer ran past its deadline or below the minimum rate (slow retrieval).
+
+    Transient: the partial file is kept and the download resumes later; unlike the
+    other transient errors it is reported, so the fleet view shows the stall.
+    """
+
+    code = "download_timeout"
 
 
 class UnauthorizedError(TransportError):

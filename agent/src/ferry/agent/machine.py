@@ -27,6 +27,7 @@ from ferry.agent.crashpoints import HALT_ENV, crashpoint  # noqa: F401 (tests im
 from ferry.agent.download import Downloader
 from ferry.agent.errors import (
     AgentError,
+    DownloadTimeoutError,
     InstallError,
     RebootLoopError,
     error_code,
@@ -147,6 +148,12 @@ class SlotMachine:
             fields["error_code"] = report.error_code
         log.info("transition", extra={"fields": fields})
 
+    def report_stall(self, exc: AgentError) -> None:
+        """Report a transient error the fleet must see (a stalled download); the state stays."""
+        self.set_error(exc)
+        self.report(self.state)
+        self.record.update(error_code=None, detail="")
+
     def mark_step(self, name: str) -> None:
         """Close the timing of the step that just ended (wall clock: it survives restarts)."""
         update = self.update
@@ -246,6 +253,9 @@ class Downloading(State):
                 machine.slot.current(),
                 progress,
             )
+        except DownloadTimeoutError as exc:
+            machine.report_stall(exc)  # kept: the partial files; resumed: after the backoff
+            raise
         finally:
             write_json(machine.path, machine.record)  # keep the byte count across retries
         machine.mark_step("download")
