@@ -12,6 +12,7 @@ import fcntl
 import logging
 import random
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ from ferry.agent.installer import Slot, version_name
 from ferry.agent.machine import RolledBack, Services, SlotMachine, slot_names
 from ferry.agent.mqtt import MqttLink
 from ferry.agent.reports import ReportQueue, ReportSender
-from ferry.agent.storage import read_json
+from ferry.agent.storage import read_json, remove_temps
 from ferry.agent.transport import DeviceApi
 from ferry.protocol.canonical import parse_json
 from ferry.protocol.documents import AgentState, DesiredState, Keyring, SlotTarget, StatusReport
@@ -132,13 +133,24 @@ class Agent:
     def recover(self) -> None:
         """At start: resume or undo every update a crash interrupted."""
         with self.locked():
+            self.reports.sweep()
+            remove_temps(self.config.state_dir / "slots")
             for name in slot_names(self.config):
                 try:
-                    self.machine(name).recover()
+                    machine = self.machine(name)
+                    machine.recover()
                 except AgentError as exc:
                     log.warning(
                         "recover_deferred", extra={"fields": {"slot": name, "error": exc.code}}
                     )
+                    continue
+                if machine.state is AgentState.IDLE:  # no install between stage and manifest
+                    self._sweep(machine.slot)
+
+    def _sweep(self, slot: Slot) -> None:
+        """Remove what a kill left in a slot: temp links, half-removed version folders."""
+        for name in slot.sweep():
+            log.info("leftover_removed", extra={"fields": {"slot": slot.name, "path": name}})
 
     def sync(self) -> None:
         """Fetch, verify and apply the desired state once. Transient errors propagate."""
@@ -279,6 +291,7 @@ class Agent:
                 "from_name": previous.name,
                 "to_name": None,
                 "timings": {},
+                "started_ms": int(time.time() * 1000),  # tells its report id from earlier ones
             }
             machine.record.update(update=update, error_code=None, detail="rolled back by hand")
             machine.run(RolledBack())

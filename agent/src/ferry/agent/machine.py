@@ -49,6 +49,7 @@ SCHEMA = 1
 POST_SWITCH = (AgentState.SWITCHING, AgentState.PROBING)
 TERMINAL = (AgentState.COMMITTED, AgentState.ROLLED_BACK, AgentState.FAILED)
 DETAIL_LIMIT = 4000
+REPORT_IDS = uuid.UUID("6f1c5c3e-2b4e-4d0a-9a51-5f0e0c7d2a10")  # uuid5 namespace of report ids
 
 
 def _now_ms() -> int:
@@ -120,13 +121,20 @@ class SlotMachine:
 
     # --- reports --------------------------------------------------------------------
 
-    def report(self, state: AgentState) -> None:
+    def report_id(self, state: AgentState) -> str:
+        """One id per (update, state): the report repeated after a crash is the same report."""
+        update = self.update or {}
+        key = [self.services.device_id, self.slot.name, state.value]
+        key += [str(update.get(k)) for k in ("digest", "sequence", "started_ms")]
+        return str(uuid.uuid5(REPORT_IDS, "/".join(key)))
+
+    def report(self, state: AgentState, report_id: str | None = None) -> None:
         update = self.update or {}
         timings = dict(update.get("timings", {}))
         if state in TERMINAL and "started_ms" in update:
             timings["total_ms"] = max(_now_ms() - update["started_ms"], 0)
         report = StatusReport(
-            report_id=str(uuid.uuid4()),
+            report_id=report_id or self.report_id(state),
             device_id=self.services.device_id,
             slot=self.slot.name,
             state=state,
@@ -151,7 +159,7 @@ class SlotMachine:
     def report_stall(self, exc: AgentError) -> None:
         """Report a transient error the fleet must see (a stalled download); the state stays."""
         self.set_error(exc)
-        self.report(self.state)
+        self.report(self.state, report_id=str(uuid.uuid4()))  # each stall is news
         self.record.update(error_code=None, detail="")
 
     def mark_step(self, name: str) -> None:
@@ -174,6 +182,7 @@ class SlotMachine:
     def refuse(self, update: dict[str, Any], exc: BaseException) -> None:
         """Record and report an update refused before anything was downloaded."""
         update.setdefault("timings", {})
+        update.setdefault("started_ms", _now_ms())
         self.record.update(update=update)
         self.set_error(exc)
         self.run(Failed())
