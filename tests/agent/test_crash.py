@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ferry.agent.machine import HALT_ENV
+from ferry.agent.crashpoints import HALT_ENV
 from ferry.protocol.verify import verify_file
 from tests.agent.conftest import Device
 from tests.support.device_repository import (

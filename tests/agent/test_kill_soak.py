@@ -106,7 +106,9 @@ def assert_runs_complete(device: Device, versions: tuple[int, ...]) -> int:
     assert current.manifest.version in versions, current.manifest.version
     for folder in slot.versions.iterdir():
         installed = slot.installed(folder.name) if folder.is_dir() else None
-        for entry in installed.manifest.files if installed else ():
+        if installed is None:
+            continue  # a manifest file, or a folder not (yet, or any more) installed
+        for entry in installed.manifest.files:
             verify_file(installed.path / entry.path, entry.size, entry.sha256)
     return current.manifest.version
 

@@ -26,7 +26,7 @@ API = "/api/v1"
 
 def children(pid: int) -> set[int]:
     """Living (not zombie) processes whose parent is ``pid`` (Linux /proc)."""
-    found = set()
+    found: set[int] = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             status = _status(int(entry.name))
@@ -90,7 +90,8 @@ def test_kill_9_of_the_server_leaves_no_delta_worker_or_resource_tracker(
 
 def descendants(pid: int) -> set[int]:
     """Every living process below ``pid``."""
-    found, frontier = set(), {pid}
+    found: set[int] = set()
+    frontier = {pid}
     while frontier:
         below = set().union(*(children(p) for p in frontier)) - found
         found |= below
