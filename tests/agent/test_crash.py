@@ -209,16 +209,21 @@ def test_kill_after_last_byte_before_rename_is_promoted_on_restart(
 ) -> None:
     device = make_device(PASSING_PROBE)
     _install_v1(device, repo)
-    repo.target({"main": repo.add_bundle(V2, version=2)})
+    v2 = repo.add_bundle(V2, version=2)
+    repo.target({"main": v2})
 
     device.start(env={HALT_ENV: "download.complete"})
     assert device.wait_exit() == -signal.SIGKILL, device.log()
-    assert list(device.slot().staging_root.rglob("*.part")), "the kill left a complete .part"
+    (part,) = device.slot().staging_root.rglob("*.part")
+    entry = next(e for e in v2.manifest.files if part.name == f"{e.path}.part")
+    assert part.stat().st_size == entry.size, "the kill left a complete .part"
+    asked_before = len(_blob_gets(repo, entry.sha256))
 
     device.start()
     wait_until_idle(device, repo, "committed")
     device.stop()
     assert assert_consistent(device, (2,)) == 2
+    assert len(_blob_gets(repo, entry.sha256)) == asked_before, "promoted, not fetched again"
 
 
 def test_complete_part_file_is_hashed_and_promoted_without_asking_the_server(
