@@ -11,7 +11,7 @@ PART_FILES := protocol/pyproject.toml agent/pyproject.toml client/pyproject.toml
 RUNTIME := $(VENV)/.runtime
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test soak bench lint clean
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ demo: $(RUNTIME)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The randomised kill -9 test of the agent (tests/agent/test_kill_soak.py) with many trials;
+# `make test` runs a few. Same seed, same kills: FERRY_SOAK_SEED=n picks another sequence.
+SOAK_TRIALS ?= 200
+soak: install
+	FERRY_SOAK_TRIALS=$(SOAK_TRIALS) $(PY) -m pytest -q tests/agent/test_kill_soak.py $(PYTEST_ARGS)
 
 bench: install
 	$(PY) bench/run_all.py $(BENCH_ARGS)

@@ -8,6 +8,8 @@ from typing import Any
 from ferry.agent.errors import ServerUnreachableError
 from ferry.agent.reports import ReportQueue, ReportSender
 from ferry.protocol.documents import AgentState, StatusReport
+from tests.agent.conftest import Device
+from tests.support.device_repository import DeviceRepository
 
 
 def _report(n: int) -> StatusReport:
@@ -83,3 +85,21 @@ def test_terminal_reports_stay_queued_until_the_server_confirms_them(tmp_path: P
     server_up = True
     assert sender.flush()
     assert published == ["r-0", "r-done", "r-done"] and queue.count() == 0
+
+
+def test_the_same_report_is_queued_once(tmp_path: Path) -> None:
+    queue = _queue(tmp_path, 2)
+    queue.put(_report(1))  # repeated after a restart: same id
+    assert [r["report_id"] for _, r in queue.pending(10)] == ["r-0", "r-1"]
+
+
+def test_report_temp_files_left_by_a_kill_are_removed_at_recovery(
+    device: Device, repo: DeviceRepository
+) -> None:
+    folder = device.config.state_dir / "reports"
+    folder.mkdir(parents=True, exist_ok=True)
+    leftover = folder / ".000000000007-3b1f.json.tmp"  # write_atomic killed before its rename
+    leftover.write_bytes(b'{"report_id": "3b1f", "sta')
+    device.agent.recover()
+    assert not leftover.exists()
+    assert device.agent.reports.count() == 0

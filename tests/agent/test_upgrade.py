@@ -40,6 +40,8 @@ def old_device(tmp_path: Path) -> Iterator[tuple[Device, DeviceRepository]]:
     facts = json.loads((FIXTURE / "authority.json").read_text())
     state = tmp_path / "device" / "state"
     shutil.copytree(FIXTURE / "state", state, symlinks=True)
+    # The old agent left an empty staging folder, which git cannot keep.
+    (state / "models" / "main" / "staging").mkdir(exist_ok=True)
     (state / "credential").chmod(0o600)
     repo = DeviceRepository(_authority(facts), device_id=facts["device_id"])
     repo.credential, repo.sequence = facts["credential"], facts["sequence"]

@@ -46,6 +46,9 @@ ENDLESS = "endless"  # the declared bytes, then more, for ever (no Content-Lengt
 TRUNCATED = "truncated"  # the first half only, with a Content-Length to match
 CORRUPT = "corrupt"  # same length, one byte flipped
 SLOW = "slow"  # honest but throttled (for killing the agent mid-download)
+TRICKLE = "trickle"  # honest, one byte every ``trickle_delay_s`` (slow retrieval)
+STALE_RANGE = "stale_range"  # 416 to every Range request, honest without one
+RANGE_REFUSED = "range_refused"  # 416 to every request, Range or not (a broken server)
 
 
 @dataclass
@@ -102,6 +105,7 @@ class DeviceRepository:
         self.deltas: dict[tuple[str, str], bytes] = {}
         self.blob_mode: dict[str, str] = {}
         self.slow_chunk_delay_s = 0.02
+        self.trickle_delay_s = 0.02
         self.bytes_sent: Counter[str] = Counter()
         self.sequence = 0
         self.desired: bytes | None = None
@@ -384,6 +388,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif mode == CORRUPT:
             data = data[:-1] + bytes([data[-1] ^ 0xFF])
         start = self._range_start()
+        if mode == RANGE_REFUSED or (mode == STALE_RANGE and start is not None):
+            self._error(416, "range_not_satisfiable")
+            return
         if start is not None and start >= len(data):
             self._error(416, "range_not_satisfiable")
             return
@@ -394,7 +401,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self._write_chunks(sha256, body, delay=self.repo.slow_chunk_delay_s if mode == SLOW else 0)
+        if mode == TRICKLE:
+            self._write_chunks(sha256, body, delay=self.repo.trickle_delay_s, step=1)
+        else:
+            self._write_chunks(sha256, body, self.repo.slow_chunk_delay_s if mode == SLOW else 0)
 
     def _range_start(self) -> int | None:
         header = self.headers.get("Range")
@@ -402,11 +412,13 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return int(header.removeprefix("bytes=").split("-")[0])
 
-    def _write_chunks(self, sha256: str, body: memoryview, delay: float) -> None:
-        step = 64 << 10
+    def _write_chunks(
+        self, sha256: str, body: memoryview, delay: float, step: int = 64 << 10
+    ) -> None:
         try:
             for offset in range(0, len(body), step):
                 self.wfile.write(body[offset : offset + step])
+                self.wfile.flush()
                 self.repo.bytes_sent[sha256] += len(body[offset : offset + step])
                 if delay:
                     time.sleep(delay)

@@ -61,6 +61,20 @@ class InstallConfig:
 
 
 @dataclass(frozen=True)
+class DownloadConfig:
+    """How slow a transfer may be before it is abandoned (slow-retrieval guard, ``download_timeout``).
+
+    Each blob or delta request must finish within ``deadline_grace_s`` plus the bytes it
+    still has to bring divided by ``min_rate_bytes_s``, and must bring at least
+    ``min_rate_bytes_s × rate_window_s`` bytes in every window of ``rate_window_s``.
+    """
+
+    min_rate_bytes_s: int = 1024
+    rate_window_s: float = 60.0
+    deadline_grace_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class ProbeConfig:
     """The health check run against a new version before it is committed."""
 
@@ -97,6 +111,7 @@ class AgentConfig:
     poll: PollConfig = PollConfig()
     mqtt: MqttConfig = MqttConfig()
     install: InstallConfig = InstallConfig()
+    download: DownloadConfig = DownloadConfig()
     probe: ProbeConfig = ProbeConfig()
     report: ReportConfig = ReportConfig()
 
@@ -116,7 +131,7 @@ class _Section:
         self.seen.add(key)
         return self.data.get(key, default)
 
-    def str(self, key: str, default: str | None = None, required: bool = False) -> Any:
+    def text(self, key: str, default: str | None = None, required: bool = False) -> Any:
         value = self.get(key, default)
         if value is None and not required:
             return None
@@ -166,12 +181,12 @@ def load_config(path: str | Path) -> AgentConfig:
 def parse_config(data: dict[str, Any], base: Path) -> AgentConfig:
     """Validate a parsed TOML document; relative paths are relative to the file."""
     top = _Section(data, "")
-    state_dir = base / top.str("state_dir", required=True)
-    models_dir = top.str("models_dir")
+    state_dir = base / top.text("state_dir", required=True)
+    models_dir = top.text("models_dir")
     config = AgentConfig(
         state_dir=state_dir,
         models_dir=base / models_dir if models_dir else state_dir / "models",
-        hardware=top.str("hardware", required=True),
+        hardware=top.text("hardware", required=True),
         device_id=_device_id(top),
         tags=_tags(top),
         log_level=_log_level(top),
@@ -179,6 +194,7 @@ def parse_config(data: dict[str, Any], base: Path) -> AgentConfig:
         poll=_poll(top.table("poll")),
         mqtt=_mqtt(top.table("mqtt")),
         install=_install(top.table("install")),
+        download=_download(top.table("download")),
         probe=_probe(top.table("probe")),
         report=_report(top.table("report")),
     )
@@ -187,7 +203,7 @@ def parse_config(data: dict[str, Any], base: Path) -> AgentConfig:
 
 
 def _device_id(top: _Section) -> str | None:
-    value = top.str("device_id")
+    value: str | None = top.text("device_id")
     if value is not None and not _TAG.match(value):
         raise ConfigError("config key 'device_id' may hold only letters, digits and . _ : -")
     return value
@@ -196,7 +212,7 @@ def _device_id(top: _Section) -> str | None:
 def _tags(top: _Section) -> dict[str, str]:
     section = top.table("tags")
     for key in section.data:
-        value = section.str(key, required=True)
+        value = section.text(key, required=True)
         if not _TAG.match(key) or not _TAG.match(value):
             raise ConfigError(
                 f"config key '{section.name(key)}': tags use letters, digits and . _ : -"
@@ -206,19 +222,19 @@ def _tags(top: _Section) -> dict[str, str]:
 
 
 def _log_level(top: _Section) -> str:
-    level = top.str("log_level", "info")
+    level: str = top.text("log_level", "info")
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError("config key 'log_level' must be one of debug, info, warning, error")
     return level
 
 
 def _server(s: _Section) -> ServerConfig:
-    url = s.str("url")
+    url = s.text("url")
     if url is not None and not url.startswith(("http://", "https://")):
         raise ConfigError("config key 'server.url' must start with http:// or https://")
     config = ServerConfig(
         url=url,
-        ca_file=s.str("ca_file"),
+        ca_file=s.text("ca_file"),
         timeout_s=s.number("timeout_s", 30.0, minimum=0.1),
         max_document_bytes=s.number("max_document_bytes", 1 << 20, minimum=1024, integer=True),
     )
@@ -242,7 +258,7 @@ def _poll(s: _Section) -> PollConfig:
 
 
 def _mqtt(s: _Section) -> MqttConfig:
-    url = s.str("url")
+    url = s.text("url")
     if url is not None and not url.startswith(("mqtt://", "mqtts://")):
         raise ConfigError("config key 'mqtt.url' must start with mqtt:// or mqtts://")
     config = MqttConfig(
@@ -267,13 +283,23 @@ def _install(s: _Section) -> InstallConfig:
     return config
 
 
+def _download(s: _Section) -> DownloadConfig:
+    config = DownloadConfig(
+        min_rate_bytes_s=s.number("min_rate_bytes_s", 1024, minimum=1, integer=True),
+        rate_window_s=s.number("rate_window_s", 60.0, minimum=1),
+        deadline_grace_s=s.number("deadline_grace_s", 60.0),
+    )
+    s.done()
+    return config
+
+
 def _probe(s: _Section) -> ProbeConfig:
     command = s.get("command", [])
     if isinstance(command, str):
         command = shlex.split(command)
     if not isinstance(command, list) or not all(isinstance(arg, str) and arg for arg in command):
         raise ConfigError("config key 'probe.command' must be a string or a list of strings")
-    entry_point = s.str("entry_point")
+    entry_point = s.text("entry_point")
     if entry_point is not None and not _ENTRY_POINT.match(entry_point):
         raise ConfigError("config key 'probe.entry_point' must look like 'package.module:function'")
     if command and entry_point:

@@ -12,6 +12,7 @@ import fcntl
 import logging
 import random
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ from ferry.agent.machine import RolledBack, Services, SlotMachine, slot_names, s
 from ferry.agent.mqtt import MqttLink
 from ferry.agent.record import Update, load_record
 from ferry.agent.reports import ReportQueue, ReportSender
+from ferry.agent.storage import remove_temps
 from ferry.agent.transport import DeviceApi
 from ferry.protocol.documents import (
     AgentState,
@@ -82,7 +84,9 @@ class Agent:
         install = config.install
         self.downloader = Downloader(
             self.api,
-            DownloadOptions(install.chunk_bytes, install.reserve_bytes, install.use_deltas),
+            DownloadOptions(
+                install.chunk_bytes, install.reserve_bytes, install.use_deltas, config.download
+            ),
             self.stopping.is_set,
         )
         self._last_refusal: tuple[str, str] | None = None
@@ -140,13 +144,24 @@ class Agent:
     def recover(self) -> None:
         """At start: resume or undo every update a crash interrupted."""
         with self.locked():
+            self.reports.sweep()
+            remove_temps(self.config.state_dir / "slots")
             for name in slot_names(self.config):
                 try:
-                    self.machine(name).recover()
+                    machine = self.machine(name)
+                    machine.recover()
                 except AgentError as exc:
                     log.warning(
                         "recover_deferred", extra={"fields": {"slot": name, "error": exc.code}}
                     )
+                    continue
+                if machine.state is AgentState.IDLE:  # no install between stage and manifest
+                    self._sweep(machine.slot)
+
+    def _sweep(self, slot: Slot) -> None:
+        """Remove what a kill left in a slot: temp links, half-removed version folders."""
+        for name in slot.sweep():
+            log.info("leftover_removed", extra={"fields": {"slot": slot.name, "path": name}})
 
     def sync(self) -> None:
         """Fetch, verify and apply the desired state once. Transient errors propagate."""
@@ -280,6 +295,7 @@ class Agent:
                 from_version=current.manifest.version,
                 to_version=previous.manifest.version,
                 from_name=previous.name,
+                started_ms=int(time.time() * 1000),  # tells its report id from earlier ones
             )
             machine.record.error_code, machine.record.detail = None, "rolled back by hand"
             machine.run(RolledBack())

@@ -16,13 +16,22 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ferry.agent.errors import AgentError, DiskFullError, StopRequestedError
+from ferry.agent.config import DownloadConfig
+from ferry.agent.crashpoints import crashpoint
+from ferry.agent.errors import (
+    AgentError,
+    DiskFullError,
+    DownloadTimeoutError,
+    RangeNotSatisfiableError,
+    StopRequestedError,
+)
 from ferry.agent.installer import Installed
-from ferry.agent.storage import fsync_dir
+from ferry.agent.storage import fsync_dir, fsync_file
 from ferry.agent.transport import DeviceApi
 from ferry.protocol.documents import BundleManifest, FileEntry
 from ferry.protocol.errors import LengthExceededError, ProtocolError, VerificationError
@@ -40,6 +49,47 @@ class DownloadOptions:
     chunk_bytes: int = 1 << 20
     reserve_bytes: int = 0
     use_deltas: bool = True
+    pace: DownloadConfig = field(default_factory=DownloadConfig)
+
+
+class RateGuard:
+    """Ends a transfer that is too slow: an overall deadline and a minimum rate per window.
+
+    A per-read timeout never fires against a server that trickles one byte a second
+    (slow retrieval, TUF's "slow retrieval attack"), so every received piece is
+    counted here against the clock. The deadline is ``deadline_grace_s`` plus the
+    bytes still expected at ``min_rate_bytes_s``; the window check catches a stall
+    long before that deadline on a large file.
+    """
+
+    def __init__(
+        self,
+        expected: int,
+        pace: DownloadConfig,
+        what: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pace, self.what, self.clock = pace, what, clock
+        self.started = self.window_start = clock()
+        self.deadline = self.started + pace.deadline_grace_s + expected / pace.min_rate_bytes_s
+        self.window_bytes = 0
+
+    def update(self, count: int) -> None:
+        """Count ``count`` received bytes; raises ``DownloadTimeoutError`` when too slow."""
+        now = self.clock()
+        if now > self.deadline:
+            raise DownloadTimeoutError(
+                f"{self.what}: not complete after {now - self.started:.0f} s (deadline)"
+            )
+        self.window_bytes += count
+        elapsed = now - self.window_start
+        if elapsed >= self.pace.rate_window_s:
+            if self.window_bytes < self.pace.min_rate_bytes_s * elapsed:
+                raise DownloadTimeoutError(
+                    f"{self.what}: {self.window_bytes} bytes in {elapsed:.0f} s, below "
+                    f"{self.pace.min_rate_bytes_s} bytes/s"
+                )
+            self.window_start, self.window_bytes = now, 0
 
 
 def part_path(final: Path) -> Path:
@@ -77,6 +127,7 @@ class Downloader:
             )
             if not rebuilt:
                 self._download(entry, final, progress)
+        _remove_strays(manifest, staging)
 
     def _check_space(self, manifest: BundleManifest, staging: Path) -> None:
         """Refuse before downloading rather than fill the disk halfway."""
@@ -104,10 +155,12 @@ class Downloader:
         """Rebuild ``final`` from the old file and a delta; False means "download it whole"."""
         from ferry.protocol.delta import apply_delta_file  # zstandard + bsdiff4: only when used
 
+        guard = RateGuard(entry.size, self.options.pace, f"delta for {entry.path}")
         try:
             with self.api.delta(base.sha256, entry.sha256, self.options.chunk_bytes) as chunks:
-                capped = _capped(chunks, entry.size, progress)
+                capped = _capped(chunks, entry.size, progress, guard)
                 apply_delta_file(old_file, capped, final, entry.size, entry.sha256)
+            crashpoint("delta.applied")
             verify_file(final, entry.size, entry.sha256)
         except (AgentError, ProtocolError, OSError) as exc:
             final.unlink(missing_ok=True)
@@ -119,17 +172,30 @@ class Downloader:
     def _download(self, entry: FileEntry, final: Path, progress: Progress) -> None:
         """Stream one file with Range resume; verification errors delete the partial file."""
         part = part_path(final)
+        if _promote_complete_part(entry, part, final):
+            return
         try:
-            self._stream_into(entry, part, progress)
+            try:
+                self._stream_into(entry, part, progress)
+            except RangeNotSatisfiableError as exc:
+                # The server will not continue this partial file (416): start over from
+                # byte 0, once. A second 416 (no Range was sent) is fatal, never a loop.
+                log.warning(
+                    "range_refused", extra={"fields": {"file": entry.path, "detail": str(exc)}}
+                )
+                part.unlink(missing_ok=True)
+                self._stream_into(entry, part, progress)
         except VerificationError:
             part.unlink(missing_ok=True)
             raise
+        crashpoint("download.complete")
         os.replace(part, final)
         fsync_dir(final.parent)
 
     def _stream_into(self, entry: FileEntry, part: Path, progress: Progress) -> None:
         have = part.stat().st_size if part.exists() else 0
         verifier = FileVerifier(entry.size, entry.sha256, what=entry.path)
+        guard = RateGuard(max(entry.size - have, 0), self.options.pace, entry.path)
         blob = self.api.blob(
             entry.sha256, have if have <= entry.size else 0, self.options.chunk_bytes
         )
@@ -138,15 +204,47 @@ class Downloader:
             _hash_prefix(part, verifier, offset, self.options.chunk_bytes)
             try:
                 for chunk in chunks:
+                    guard.update(len(chunk))
                     verifier.update(chunk)  # raises before a byte past the size is written
                     sink.write(chunk)
                     progress(len(chunk))
+                    crashpoint("download.chunk")
                     if self.stopping():
                         raise StopRequestedError("stopping: the download resumes at the next start")
             finally:
                 sink.flush()
                 os.fsync(sink.fileno())  # what a resume will trust as its prefix is on disk
         verifier.finish()
+
+
+def _remove_strays(manifest: BundleManifest, staging: Path) -> None:
+    """Delete what a kill left beside the files (e.g. a ``.delta-part``): it must not be installed."""
+    wanted = {staging / entry.path for entry in manifest.files}
+    for path in staging.rglob("*"):
+        if path.is_file() and path not in wanted:
+            log.info("stray_removed", extra={"fields": {"file": str(path.relative_to(staging))}})
+            path.unlink()
+
+
+def _promote_complete_part(entry: FileEntry, part: Path, final: Path) -> bool:
+    """Rename a ``.part`` file that already holds every byte (a kill before its rename).
+
+    Asking the server for ``Range: bytes=<size>-`` would only earn a 416, so the
+    file is hashed instead: it is promoted when it matches the manifest, and
+    deleted (to be downloaded again from byte 0) when it does not.
+    """
+    if not part.exists() or part.stat().st_size != entry.size:
+        return False
+    try:
+        verify_file(part, entry.size, entry.sha256)
+    except VerificationError as exc:
+        log.warning("part_discarded", extra={"fields": {"file": entry.path, "detail": str(exc)}})
+        part.unlink()
+        return False
+    fsync_file(part)
+    os.replace(part, final)
+    fsync_dir(final.parent)
+    return True
 
 
 def _hash_prefix(part: Path, verifier: FileVerifier, size: int, chunk_bytes: int) -> None:
@@ -158,10 +256,13 @@ def _hash_prefix(part: Path, verifier: FileVerifier, size: int, chunk_bytes: int
             remaining -= len(block)
 
 
-def _capped(chunks: Iterator[bytes], cap: int, progress: Progress) -> Iterator[bytes]:
-    """A delta larger than the file it rebuilds is refused while it streams."""
+def _capped(
+    chunks: Iterator[bytes], cap: int, progress: Progress, guard: RateGuard
+) -> Iterator[bytes]:
+    """A delta larger than the file it rebuilds, or too slow, is refused while it streams."""
     received = 0
     for chunk in chunks:
+        guard.update(len(chunk))
         received += len(chunk)
         if received > cap:
             raise LengthExceededError(f"delta is larger than the {cap}-byte file it rebuilds")

@@ -13,8 +13,10 @@ update where it was; a *fatal* one ends the update in ``failed`` or ``rolled_bac
     ├── TransportError               transport_error         transient
     │   ├── ServerUnreachableError   server_unreachable      transient
     │   ├── ServerError              server_error            transient
+    │   ├── DownloadTimeoutError     download_timeout        transient (reported)
     │   ├── UnauthorizedError        unauthorized            fatal
     │   ├── NotFoundError            not_found               fatal
+    │   ├── RangeNotSatisfiableError range_not_satisfiable   fatal
     │   └── DocumentTooLargeError    document_too_large      fatal
     ├── DiskFullError                disk_full               fatal
     ├── InstallError                 install_failed          fatal
@@ -74,6 +76,16 @@ class ServerError(TransportError):
     code = "server_error"
 
 
+class DownloadTimeoutError(TransportError):
+    """A transfer ran past its deadline or below the minimum rate (slow retrieval).
+
+    Transient: the partial file is kept and the download resumes later; unlike the
+    other transient errors it is reported, so the fleet view shows the stall.
+    """
+
+    code = "download_timeout"
+
+
 class UnauthorizedError(TransportError):
     """The device credential was refused (revoked device): retrying will not help."""
 
@@ -85,6 +97,13 @@ class NotFoundError(TransportError):
     """The server does not have what the signed desired state points at."""
 
     code = "not_found"
+    transient = False
+
+
+class RangeNotSatisfiableError(TransportError):
+    """The server answered 416 to a resume: asking again cannot help, starting over may."""
+
+    code = "range_not_satisfiable"
     transient = False
 
 

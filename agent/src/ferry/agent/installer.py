@@ -3,6 +3,7 @@
     <models_dir>/<slot>/
         current -> versions/v3-1a2b3c4d5e6f7a8b      (one atomic rename switches it)
         previous -> versions/v2-…                    (instant rollback)
+        previous-of-v3-… -> versions/v1-…            (what ``previous`` was before v3's switch)
         versions/v3-…/model.onnx                     (each version in its own folder)
         versions/v3-….manifest.json                  (its verified, signed manifest)
         staging/<manifest digest>/                   (downloads in progress)
@@ -21,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ferry.agent.crashpoints import crashpoint
 from ferry.agent.errors import InstallError
-from ferry.agent.storage import fsync_dir, fsync_file, replace_symlink, write_json
+from ferry.agent.storage import fsync_dir, fsync_file, remove_temps, replace_symlink, write_json
 from ferry.protocol.documents import BundleManifest
 from ferry.protocol.signing import parse_envelope
 
@@ -117,24 +119,54 @@ class Slot:
                     fsync_file(file)
             os.replace(source, target)
             fsync_dir(self.versions)
+            crashpoint("stage.moved")
         write_json(self._manifest_path(name), manifest_envelope)
         return target
 
+    def _memo(self, name: str) -> Path:
+        return self.root / f"previous-of-{name}"
+
     def switch(self, name: str, previous: str | None) -> None:
-        """Point ``previous`` at the running version, then ``current`` at ``name``."""
+        """Point ``previous`` at the running version, then ``current`` at ``name``.
+
+        What ``previous`` pointed at before is kept as ``previous-of-<name>``, so a
+        rollback of ``name`` restores it (N-1 stays reachable). Run again after a
+        crash, the memo written by the first run is kept, not overwritten.
+        """
         if not self.version_dir(name).is_dir():
             raise InstallError(f"slot {self.name}: version {name} is not installed")
         if previous is not None and previous != name:
+            if not self._memo(name).is_symlink():
+                self._forget_memos()
+                before = _link_name(self.previous_link)
+                if before is not None and before != previous:
+                    replace_symlink(self._memo(name), f"versions/{before}")
             replace_symlink(self.previous_link, f"versions/{previous}")
+            crashpoint("switch.previous")
         replace_symlink(self.current_link, f"versions/{name}")
 
     def switch_back(self, previous: str | None) -> None:
-        """Make ``previous`` current again, or remove ``current`` when there was none."""
+        """Make ``previous`` current again, or remove ``current`` when there was none.
+
+        ``previous`` then points where it did before the undone switch (or by hand:
+        before the version being left was installed), when that version is on disk.
+        """
         if previous is None:
             self.current_link.unlink(missing_ok=True)
             fsync_dir(self.root)
             return
+        leaving = _link_name(self.current_link)
+        memo = self._memo(leaving) if leaving is not None else None
+        before = _link_name(memo) if memo is not None else None
+        if before is not None and before != previous and self.version_dir(before).is_dir():
+            replace_symlink(self.previous_link, f"versions/{before}")
         replace_symlink(self.current_link, f"versions/{previous}")
+        if memo is not None and leaving != previous:
+            memo.unlink(missing_ok=True)
+
+    def _forget_memos(self) -> None:
+        for memo in self.root.glob("previous-of-*"):
+            memo.unlink(missing_ok=True)
 
     def clear_staging(self, keep: str | None = None) -> None:
         """Remove abandoned downloads (all but ``keep``)."""
@@ -144,8 +176,39 @@ class Slot:
             if entry.name != keep:
                 shutil.rmtree(entry, ignore_errors=True)
 
+    def _linked(self) -> set[str]:
+        """Versions a link points at: never removed, whatever state they are in."""
+        return {n for n in map(_link_name, (self.current_link, self.previous_link)) if n}
+
+    def remove_orphans(self) -> list[str]:
+        """Delete version folders without a manifest: half-removed (a kill mid-delete).
+
+        Only when no install of this slot is between ``stage``'s move and its
+        manifest write (the state machine is idle or committing).
+        """
+        linked = self._linked()
+        orphans = [
+            p.name
+            for p in self.versions.iterdir()
+            if p.is_dir() and p.name not in linked and not self._manifest_path(p.name).exists()
+        ]
+        for name in orphans:
+            shutil.rmtree(self.version_dir(name), ignore_errors=True)
+        return orphans
+
+    def sweep(self) -> list[str]:
+        """After a restart with the slot idle: remove temp links and half-removed versions."""
+        if not self.versions.is_dir():
+            return []
+        return remove_temps(self.root) + remove_temps(self.versions) + self.remove_orphans()
+
     def prune(self, keep_versions: int) -> list[str]:
-        """Remove the oldest versions beyond ``keep_versions``; never current or previous."""
+        """Remove the oldest versions beyond ``keep_versions``; never current or previous.
+
+        Half-removed folders go first: one would otherwise count as the newest version
+        (its mtime is the moment of the kill) and push a real one out.
+        """
+        self.remove_orphans()
         protected = {v.name for v in (self.current(), self.previous()) if v is not None}
         names = sorted(
             (p.name for p in self.versions.iterdir() if p.is_dir()),
@@ -156,8 +219,7 @@ class Slot:
         for name in names[keep_versions:]:
             if name in protected:
                 continue
-            self._manifest_path(name).unlink(missing_ok=True)
-            shutil.rmtree(self.version_dir(name), ignore_errors=True)
+            self._delete(name)
             removed.append(name)
         return removed
 
@@ -165,5 +227,19 @@ class Slot:
         """Delete a version that was rolled back, unless a link still points at it."""
         protected = {v.name for v in (self.current(), self.previous()) if v is not None}
         if name not in protected:
-            self._manifest_path(name).unlink(missing_ok=True)
-            shutil.rmtree(self.version_dir(name), ignore_errors=True)
+            self._delete(name)
+
+    def _delete(self, name: str) -> None:
+        """Manifest first: from then on the folder is no installed version, only an orphan."""
+        self._manifest_path(name).unlink(missing_ok=True)
+        fsync_dir(self.versions)
+        crashpoint("remove.manifest")
+        shutil.rmtree(self.version_dir(name), ignore_errors=True)
+
+
+def _link_name(link: Path) -> str | None:
+    """The version folder name a link points at, or None when there is no link."""
+    try:
+        return Path(os.readlink(link)).name
+    except OSError:
+        return None

@@ -14,8 +14,6 @@ Every step is idempotent; recovery after a crash is one table lookup
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -25,9 +23,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ferry.agent.config import AgentConfig
+from ferry.agent.crashpoints import HALT_ENV, crashpoint  # noqa: F401 (tests import HALT_ENV here)
 from ferry.agent.download import Downloader
 from ferry.agent.errors import (
     AgentError,
+    DownloadTimeoutError,
     InstallError,
     RebootLoopError,
     error_code,
@@ -45,10 +45,10 @@ from ferry.protocol.verify import verify_file
 
 log = logging.getLogger("ferry.agent.machine")
 
-HALT_ENV = "FERRY_AGENT_TEST_HALT_AT"
 POST_SWITCH = (AgentState.SWITCHING, AgentState.PROBING)
 TERMINAL = (AgentState.COMMITTED, AgentState.ROLLED_BACK, AgentState.FAILED)
 DETAIL_LIMIT = 4000
+REPORT_IDS = uuid.UUID("6f1c5c3e-2b4e-4d0a-9a51-5f0e0c7d2a10")  # uuid5 namespace of report ids
 
 
 def _now_ms() -> int:
@@ -128,13 +128,20 @@ class SlotMachine:
 
     # --- reports --------------------------------------------------------------------
 
-    def report(self, state: AgentState) -> None:
+    def report_id(self, state: AgentState) -> str:
+        """One id per (update, state): the report repeated after a crash is the same report."""
+        update = self.record.update or Update(digest="")
+        key = [self.services.device_id, self.slot.name, state.value]
+        key += [str(v) for v in (update.digest, update.sequence, update.started_ms)]
+        return str(uuid.uuid5(REPORT_IDS, "/".join(key)))
+
+    def report(self, state: AgentState, report_id: str | None = None) -> None:
         update = self.record.update or Update(digest="")
         timings = dict(update.timings)
         if state in TERMINAL and update.started_ms is not None:
             timings["total_ms"] = max(_now_ms() - update.started_ms, 0)
         report = StatusReport(
-            report_id=str(uuid.uuid4()),
+            report_id=report_id or self.report_id(state),
             device_id=self.services.device_id,
             slot=self.slot.name,
             state=state,
@@ -160,6 +167,12 @@ class SlotMachine:
             fields["error_code"] = report.error_code
         log.info("transition", extra={"fields": fields})
 
+    def report_stall(self, exc: AgentError) -> None:
+        """Report a transient error the fleet must see (a stalled download); the state stays."""
+        self.set_error(exc)
+        self.report(self.state, report_id=str(uuid.uuid4()))  # each stall is news
+        self.record.error_code, self.record.detail = None, ""
+
     def mark_step(self, name: str) -> None:
         """Close the timing of the step that just ended (wall clock: it survives restarts)."""
         update = self.update
@@ -178,6 +191,8 @@ class SlotMachine:
 
     def refuse(self, update: Update, exc: BaseException) -> None:
         """Record and report an update refused before anything was downloaded."""
+        if update.started_ms is None:
+            update.started_ms = _now_ms()
         self.record.update = update
         self.set_error(exc)
         self.run(Failed())
@@ -219,10 +234,10 @@ class State(ABC):
     def enter(self, machine: SlotMachine, resumed: bool, announce: bool = True) -> State | None:
         """Persist, report, then run: the order that makes crash recovery possible."""
         machine.persist(self.name, resumed)
+        crashpoint(f"{self.name.value}.persisted")  # test hook: a power cut right here
         if announce:
             machine.report(self.name)
-        if os.environ.get(HALT_ENV) == self.name.value:
-            os.kill(os.getpid(), signal.SIGKILL)  # test hook: a power cut right here
+        crashpoint(self.name.value)
         try:
             return self.run(machine)
         except (AgentError, ProtocolError, OSError) as exc:
@@ -255,6 +270,9 @@ class Downloading(State):
                 machine.slot.current(),
                 progress,
             )
+        except DownloadTimeoutError as exc:
+            machine.report_stall(exc)  # kept: the partial files; resumed: after the backoff
+            raise
         finally:
             machine.save()  # keep the byte count across retries
         machine.mark_step("download")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ferry.agent.errors import AgentError
-from ferry.agent.storage import write_atomic
+from ferry.agent.storage import remove_temps, write_atomic
 from ferry.protocol.documents import TERMINAL_STATES, StatusReport
 
 log = logging.getLogger("ferry.agent.reports")
@@ -41,9 +41,15 @@ class ReportQueue:
         return sorted(self.folder.glob("*.json"))
 
     def put(self, report: StatusReport) -> None:
-        """Persist a report before anyone tries to send it; drop the oldest beyond the cap."""
+        """Persist a report before anyone tries to send it; drop the oldest beyond the cap.
+
+        A report whose id is already queued (the same report again, after a restart)
+        is not queued twice.
+        """
         with self._lock:
             files = self._files()
+            if any(path.name.endswith(f"-{report.report_id}.json") for path in files):
+                return
             counter = int(files[-1].name.split("-", 1)[0]) + 1 if files else 1
             body = json.dumps(report.to_dict(), sort_keys=True).encode("utf-8")
             write_atomic(self.folder / f"{counter:012d}-{report.report_id}.json", body)
@@ -55,6 +61,11 @@ class ReportQueue:
         """The oldest ``limit`` reports, in the order they were queued."""
         with self._lock:
             return [(path, json.loads(path.read_bytes())) for path in self._files()[:limit]]
+
+    def sweep(self) -> None:
+        """Remove report temp files a kill left behind (call with the agent lock held)."""
+        for name in remove_temps(self.folder):
+            log.info("temp_removed", extra={"fields": {"file": name}})
 
     def count(self) -> int:
         return len(self._files())

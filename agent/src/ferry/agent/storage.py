@@ -11,6 +11,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ferry.agent.crashpoints import crashpoint
+
+TEMP_GLOB = ".*.tmp"  # what write_atomic and replace_symlink leave behind when killed
+
 
 def fsync_dir(path: Path) -> None:
     """Make a rename or a new entry in ``path`` durable."""
@@ -41,6 +45,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    crashpoint("write.temp")
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
@@ -65,3 +70,16 @@ def replace_symlink(link: Path, target: str) -> None:
     os.symlink(target, tmp)
     os.replace(tmp, link)
     fsync_dir(link.parent)
+
+
+def remove_temps(folder: Path) -> list[str]:
+    """Delete the temp files a kill left in ``folder`` (never a complete file: not renamed).
+
+    Only for a folder nobody writes to at the same time (the agent lock is held).
+    """
+    removed = []
+    for leftover in folder.glob(TEMP_GLOB) if folder.is_dir() else ():
+        if leftover.is_symlink() or not leftover.is_dir():
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover.name)
+    return removed

@@ -16,6 +16,7 @@ import httpx
 from ferry.agent.errors import (
     DocumentTooLargeError,
     NotFoundError,
+    RangeNotSatisfiableError,
     ServerError,
     ServerUnreachableError,
     TransportError,
@@ -113,10 +114,10 @@ class DeviceApi:
             ) as response,
         ):
             if response.status_code == 416:
-                raise ServerError(f"{what}: range from {start} not satisfiable")
+                raise RangeNotSatisfiableError(f"{what}: range from byte {start} not satisfiable")
             _check_status(response, what)
             offset = start if response.status_code == 206 else 0
-            yield offset, _guarded(response.iter_raw(chunk_bytes), what)
+            yield offset, _guarded(_pieces(response, chunk_bytes), what)
 
     @contextmanager
     def delta(
@@ -127,7 +128,7 @@ class DeviceApi:
         path = endpoints.DELTA.format(from_sha256=from_sha256, to_sha256=to_sha256)
         with _translated(what), self._client.stream("GET", path) as response:
             _check_status(response, what)
-            yield _guarded(response.iter_raw(chunk_bytes), what)
+            yield _guarded(_pieces(response, chunk_bytes), what)
 
     def post_status(self, reports: list[dict[str, Any]]) -> set[str]:
         """Send reports; returns the ids the server has now (accepted or already known)."""
@@ -145,6 +146,18 @@ class DeviceApi:
         if not isinstance(result, dict):
             raise TransportError("enroll: the server's answer is not a JSON object")
         return result
+
+
+def _pieces(response: httpx.Response, chunk_bytes: int) -> Iterator[bytes]:
+    """The body as the network delivers it, split at ``chunk_bytes`` but never held back.
+
+    ``iter_raw(chunk_size)`` buffers until a whole chunk arrived: a server trickling
+    one byte a second would keep the agent waiting inside it, out of reach of the
+    download deadline. Each network read (at most 64 KiB in httpcore) is passed on.
+    """
+    for data in response.iter_raw():
+        for start in range(0, len(data), chunk_bytes):
+            yield data[start : start + chunk_bytes]
 
 
 def _guarded(chunks: Iterator[bytes], what: str) -> Iterator[bytes]:

@@ -41,6 +41,7 @@ from ferry.protocol.delta.codec import (
     split_planes,
 )
 from ferry.server.deltas._layout import read_layout
+from ferry.server.deltas._lifetime import exit_with_parent, lifetime_args
 from ferry.server.deltas._plan import ChunkPlan, old_pieces, plan_chunks
 
 _READ = 1 << 20
@@ -240,8 +241,8 @@ def _encode_all(
     with ProcessPoolExecutor(
         max_workers=options.workers,
         mp_context=context,
-        initializer=_init_worker,
-        initargs=(old, new, index, options),
+        initializer=_init_chunk_worker,
+        initargs=(lifetime_args(), old, new, index, options),  # die with the build's process
     ) as pool:
         for result in pool.map(_encode_batch, batches):
             yield from result
@@ -255,6 +256,18 @@ class _Worker:
     index: ClassVar[dict[tuple[int, bytes], int]] = {}
     options: ClassVar[EncodeOptions] = EncodeOptions(workers=1)
     zstd: ClassVar[zstandard.ZstdCompressor | None] = None
+
+
+def _init_chunk_worker(
+    lifetime: tuple[int, bool],
+    old: Path | None,
+    new: Path,
+    index: dict[tuple[int, bytes], int],
+    options: EncodeOptions,
+) -> None:
+    """Initializer of a chunk worker: bound to its parent's life, then set up like any worker."""
+    exit_with_parent(*lifetime)
+    _init_worker(old, new, index, options)
 
 
 def _init_worker(

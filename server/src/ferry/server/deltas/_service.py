@@ -22,6 +22,7 @@ from typing import Any
 
 from ferry.protocol.delta import DeltaDescriptor
 from ferry.server.deltas._encoder import EncodeOptions, build_delta
+from ferry.server.deltas._lifetime import exit_with_parent, lifetime_args
 
 DEFAULT_MAX_FRACTION = 0.6
 FORMAT = "ferry-delta/1"
@@ -142,7 +143,10 @@ class DeltaService:
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             context = multiprocessing.get_context("spawn")  # never fork a threaded server
-            self._pool = ProcessPoolExecutor(max_workers=self._max_builds, mp_context=context)
+            self._pool = ProcessPoolExecutor(
+                max_workers=self._max_builds, mp_context=context,
+                initializer=exit_with_parent, initargs=lifetime_args(),  # die with the server
+            )  # fmt: skip
         return self._pool
 
     def close(self) -> None:
