@@ -103,3 +103,24 @@ def test_report_temp_files_left_by_a_kill_are_removed_at_recovery(
     device.agent.recover()
     assert not leftover.exists()
     assert device.agent.reports.count() == 0
+
+
+def test_report_seq_grows_across_restarts_and_an_empty_queue(tmp_path: Path) -> None:
+    """The device's own order of its reports survives the agent and an emptied spool."""
+    queue = ReportQueue(tmp_path / "reports", 10)
+    queue.put(_report(1))
+    queue.put(_report(2))
+    for path, _ in queue.pending(10):
+        queue.remove(path)  # sent and confirmed: the spool is empty
+    reopened = ReportQueue(tmp_path / "reports", 10)
+    reopened.put(_report(3))
+    assert [r["report_seq"] for _, r in reopened.pending(10)] == [3]
+
+
+def test_a_damaged_report_counter_never_goes_backwards(tmp_path: Path) -> None:
+    queue = ReportQueue(tmp_path / "reports", 10)
+    queue.put(_report(1))
+    (tmp_path / "reports" / "report-seq").write_text("garbage")
+    queue.put(_report(2))
+    seqs = [r["report_seq"] for _, r in queue.pending(10)]
+    assert seqs[0] == 1 and seqs[1] > 1

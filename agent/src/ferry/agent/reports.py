@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from ferry.protocol.documents import TERMINAL_STATES, StatusReport
 
 log = logging.getLogger("ferry.agent.reports")
 
+SEQUENCE_FILE = "report-seq"  # not *.json: never taken for a queued report
 SERVER_CONFIRMED = frozenset(state.value for state in TERMINAL_STATES)
 
 
@@ -51,11 +54,29 @@ class ReportQueue:
             if any(path.name.endswith(f"-{report.report_id}.json") for path in files):
                 return
             counter = int(files[-1].name.split("-", 1)[0]) + 1 if files else 1
+            report = replace(report, report_seq=self._next_report_seq())
             body = json.dumps(report.to_dict(), sort_keys=True).encode("utf-8")
             write_atomic(self.folder / f"{counter:012d}-{report.report_id}.json", body)
             for stale in files[: max(len(files) + 1 - self.max_queued, 0)]:
                 log.warning("report_dropped", extra={"fields": {"file": stale.name}})
                 stale.unlink(missing_ok=True)
+
+    def _next_report_seq(self) -> int:
+        """The device's report counter, persisted before the report that carries it.
+
+        It only ever grows (a restart, an empty queue or a crash between the two
+        writes can skip a number, never repeat one), so the server orders this
+        device's reports by it whatever the transport (docs/protocol.md).
+        """
+        path = self.folder / SEQUENCE_FILE
+        try:
+            last = int(path.read_text().strip() or 0)
+        except FileNotFoundError:
+            last = 0
+        except ValueError:  # damaged: jump to the clock in ms, far above any count so far
+            last = int(time.time() * 1000)
+        write_atomic(path, f"{last + 1}\n".encode())
+        return last + 1
 
     def pending(self, limit: int) -> list[tuple[Path, dict[str, Any]]]:
         """The oldest ``limit`` reports, in the order they were queued."""

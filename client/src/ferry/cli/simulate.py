@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import random
 import signal
@@ -252,6 +253,7 @@ class SimDevice:
         self.floor = SequenceFloor()
         self.installed: dict[str, Installed] = {}
         self.refused: set[tuple[str, int, str]] = set()  # (slot, sequence, digest) given up on
+        self.report_seq = itertools.count(1)  # the device's own report order (in memory)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -435,7 +437,8 @@ class SimDevice:
                 report_id=str(uuid.uuid4()), device_id=self.device_id, slot=slot, state=step,
                 at=format_time(utcnow()), from_version=from_version, to_version=to_version,
                 error_code=error_code, detail=detail, sequence=state.sequence,
-                rollout_id=state.rollout_id, bytes_downloaded=downloaded))
+                rollout_id=state.rollout_id, bytes_downloaded=downloaded,
+                report_seq=next(self.report_seq)))
         return report
 
     async def send(self, report: StatusReport) -> None:
