@@ -7,7 +7,11 @@ COPY agent agent
 COPY client client
 COPY server server
 RUN pip install --no-cache-dir ./protocol ./agent ./client ./server
-RUN useradd --system --create-home ferry
+# The folders the stack mounts volumes on, owned by the user that writes them (a named
+# volume takes the ownership of the image's folder when it is first created).
+RUN useradd --system --create-home ferry \
+ && mkdir -p /data /mqtt-auth /var/lib/ferry-agent \
+ && chown ferry:ferry /data /mqtt-auth /var/lib/ferry-agent
 USER ferry
 EXPOSE 8080
 CMD ["ferry", "server", "--host", "0.0.0.0", "--port", "8080"]
