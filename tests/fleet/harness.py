@@ -222,8 +222,11 @@ def build_fleet(data_dir: Path, database_url: str = "") -> tuple[Fleet, TestClie
                         start_webhook_worker=False)
     app = create_app(settings)
     clock, notifier, broker = FrozenClock(), RecordingNotifier(), RecordingBrokerSync()
+    # The epoch poller runs hourly: tests poll by hand, so a background poll between two
+    # steps of a test never empties the cache behind its back (caching stays on).
     app.state.fleet = FleetRuntime(settings=FleetSettings(start_rollout_engine=False,
-                                                          last_seen_flush_s=3600),
+                                                          last_seen_flush_s=3600,
+                                                          checkin_cache_poll_s=3600),
                                    clock=clock, notifier=notifier, broker_sync=broker)
     client = TestClient(app)
     admin = bearer(settings.admin_token_path.read_text().strip())

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import Index
 from sqlmodel import Field, SQLModel
 
+from ferry.server.core import epoch
 from ferry.server.core.columns import json_field, utc_now
 
 
@@ -101,3 +102,6 @@ class FleetEpoch(SQLModel, table=True):
 
     id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
     value: int = 0
+
+# What a desired state and a device's authentication depend on (`ferry.server.core.epoch`).
+epoch.watch(Device, ["revoked_at", "tags", "groups", "hardware", "namespace", "credential_hash"])
