@@ -147,10 +147,13 @@ class Fleet:
         return str(r.json()["token"])
 
     def enroll(self, token: str, device_id: str | None = None, hardware: str = "x86_64",
-               tags: dict[str, str] | None = None, expect: int = 201) -> Any:
-        r = self.client.post(f"{API}/device/enroll", json={
-            "enrollment_token": token, "device_id": device_id, "hardware": hardware,
-            "agent_version": "0.1.0", "tags": tags or {}})
+               tags: dict[str, str] | None = None, expect: int = 201,
+               credential: str | None = None) -> Any:
+        body = {"enrollment_token": token, "device_id": device_id, "hardware": hardware,
+                "agent_version": "0.1.0", "tags": tags or {}}
+        if credential is not None:
+            body["credential"] = credential
+        r = self.client.post(f"{API}/device/enroll", json=body)
         assert r.status_code == expect, r.text
         if expect != 201:
             return r

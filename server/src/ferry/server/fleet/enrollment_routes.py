@@ -75,7 +75,7 @@ def enroll(body: EnrollRequest, session: SessionDep, runtime: RuntimeDep) -> Enr
     """No bearer token: the enrolment token in the body is the credential."""
     done = enrollment.enroll(session, token=body.enrollment_token, device_id=body.device_id,
                              hardware=body.hardware, agent_version=body.agent_version,
-                             tags=body.tags, now=runtime.now())
+                             tags=body.tags, now=runtime.now(), credential=body.credential)
     keyring = json.loads(trust.get_envelope(session))
     session.commit()
     runtime.broker_sync.credentials_changed()

@@ -50,6 +50,8 @@ class Device(SQLModel, table=True):
     enrolled_with: int | None = None
     last_seen_at: str | None = None
     revoked_at: str | None = None
+    # Until then one enrolment of this id without its current credential is allowed.
+    reenrollment_approved_until: str | None = None
     ds_sequence: int = 0
     ds_content_digest: str = ""
     ds_envelope: str = ""
