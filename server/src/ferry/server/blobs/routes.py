@@ -104,7 +104,8 @@ async def put_blob(sha256: Digest, request: Request, ctx: CtxDep, publisher: Pub
                    response: Response) -> BlobStored:
     limit = ctx.settings.max_blob_bytes
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() \
+            and int(declared) > limit:
         raise PayloadTooLargeError(f"upload of {declared} bytes exceeds the limit of {limit}",
                                    {"max_bytes": limit})
     try:

@@ -10,6 +10,7 @@ from sqlmodel import Session
 
 from ferry.server.api.deps import Reader, ReadSessionDep, SessionDep, require
 from ferry.server.auth.service import Principal, ServerRole
+from ferry.server.core.numbers import MAX_ROW_ID
 from ferry.server.fleet import devices, enrollment
 from ferry.server.fleet.runtime import FleetRuntime, get_runtime
 from ferry.server.fleet.schemas import (
@@ -42,7 +43,7 @@ def device_public(session: Session, device: Device) -> DevicePublic:
 def list_devices(session: ReadSessionDep, reader: Reader, namespace: str | None = None,
                  selector: str = "", include_revoked: bool = False,
                  limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-                 offset: Annotated[int, Query(ge=0)] = 0) -> list[DevicePublic]:
+                 offset: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0) -> list[DevicePublic]:
     rows = devices.list_devices(session, reader, namespace=namespace,
                                 selector=parse_selector(selector),
                                 include_revoked=include_revoked, limit=limit, offset=offset)
