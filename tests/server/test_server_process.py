@@ -111,6 +111,13 @@ def _signer(base: str, credential: str) -> str:
     return str(r.json()["signatures"][0]["keyid"])
 
 
+def _cache_hits(server: ServerProcess) -> float:
+    metrics = httpx.get(f"{server.base}/metrics", timeout=10).text
+    line = next(line for line in metrics.splitlines()
+                if line.startswith("ferry_checkin_cache_hits_total "))
+    return float(line.split()[1])
+
+
 def test_a_director_key_rotated_on_the_host_reaches_every_check_in_at_once(
         server_process: ServerProcess) -> None:
     """`ferry keys rotate` is another process writing the same database and key files: the
@@ -121,8 +128,11 @@ def test_a_director_key_rotated_on_the_host_reaches_every_check_in_at_once(
                        json={"namespace": "vision", "name": "t"}).json()["token"]
         device = c.post(f"{API}/device/enroll", json={
             "enrollment_token": token, "device_id": "cam-1", "hardware": "x86_64"}).json()
+    time.sleep(1.5)  # let the epoch poller (every 0.5 s) see the enrolment's own bump first
     old = _signer(server_process.base, device["credential"])
-    assert _signer(server_process.base, device["credential"]) == old  # now served from cache
+    hits = _cache_hits(server_process)
+    assert _signer(server_process.base, device["credential"]) == old
+    assert _cache_hits(server_process) == hits + 1  # now served from the check-in cache
     rotated = subprocess.run([sys.executable, "-m", "ferry.cli.server_cmds", "keys", "rotate",
                               "--role", "director", "--data-dir", str(server_process.data_dir)],
                              capture_output=True, text=True, check=False)
