@@ -153,3 +153,21 @@ def test_logs_are_json_lines_without_the_credential(device: Device, repo: Device
     assert {"ts", "level", "logger", "event"} <= set(lines[0])
     assert any(line["event"] == "transition" and line["state"] == "committed" for line in lines)
     assert repo.credential not in device.log()
+
+
+def test_reenroll_presents_the_current_credential_only_to_its_own_server(
+    make_device: Any, repo: DeviceRepository
+) -> None:
+    """The server refuses to re-enrol an existing id for a bare token holder (takeover);
+    the real device proves itself with the credential it holds, and only to its server."""
+    device = make_device(enrolled=False)
+    first = cli(device, "enroll", "--server", repo.url, "--token", repo.enrollment_token)
+    assert first.returncode == 0, first.stderr
+    assert "credential" not in repo.enrollments[-1]
+    again = cli(device, "enroll", "--server", repo.url, "--token", repo.enrollment_token)
+    assert again.returncode == 0, again.stderr
+    sent = repo.enrollments[-1]
+    assert (sent["device_id"], sent["credential"]) == (repo.device_id, repo.credential)
+    other_url = repo.url.replace("127.0.0.1", "localhost")
+    cli(device, "enroll", "--server", other_url, "--token", repo.enrollment_token)
+    assert "credential" not in repo.enrollments[-1]

@@ -18,6 +18,7 @@ ACCESS: dict[tuple[str, str], str | set[str]] = {
     ("GET", "/api/v1/devices/{device_id}"): READ,
     ("POST", "/api/v1/devices/{device_id}/tags"): OPERATE,
     ("POST", "/api/v1/devices/{device_id}/revoke"): OPERATE,
+    ("POST", "/api/v1/devices/{device_id}/approve-reenrollment"): OPERATE,
     ("POST", "/api/v1/rollouts"): OPERATE,
     ("GET", "/api/v1/rollouts"): READ,
     ("GET", "/api/v1/rollouts/{rollout_id}"): READ,

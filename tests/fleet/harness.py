@@ -147,10 +147,13 @@ class Fleet:
         return str(r.json()["token"])
 
     def enroll(self, token: str, device_id: str | None = None, hardware: str = "x86_64",
-               tags: dict[str, str] | None = None, expect: int = 201) -> Any:
-        r = self.client.post(f"{API}/device/enroll", json={
-            "enrollment_token": token, "device_id": device_id, "hardware": hardware,
-            "agent_version": "0.1.0", "tags": tags or {}})
+               tags: dict[str, str] | None = None, expect: int = 201,
+               credential: str | None = None) -> Any:
+        body = {"enrollment_token": token, "device_id": device_id, "hardware": hardware,
+                "agent_version": "0.1.0", "tags": tags or {}}
+        if credential is not None:
+            body["credential"] = credential
+        r = self.client.post(f"{API}/device/enroll", json=body)
         assert r.status_code == expect, r.text
         if expect != 201:
             return r
@@ -222,8 +225,8 @@ def build_fleet(data_dir: Path, database_url: str = "") -> tuple[Fleet, TestClie
                         start_webhook_worker=False)
     app = create_app(settings)
     clock, notifier, broker = FrozenClock(), RecordingNotifier(), RecordingBrokerSync()
-    # Background loops idle too: the engine, the last-seen writer and the epoch poller
-    # (tests call EpochPoller.check() when they want another replica's change seen).
+    # The epoch poller runs hourly: tests poll by hand, so a background poll between two
+    # steps of a test never empties the cache behind its back (caching stays on).
     app.state.fleet = FleetRuntime(settings=FleetSettings(start_rollout_engine=False,
                                                           last_seen_flush_s=3600,
                                                           checkin_cache_poll_s=3600),

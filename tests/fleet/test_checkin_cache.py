@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from ferry.protocol.keys import SigningKey
 from ferry.server.checkin.cache import CheckinCache, Entry, EpochPoller
+from ferry.server.core.db import make_engine, session_scope
 from ferry.server.fleet.runtime import FleetSettings
+from ferry.server.fleet.tables import Device
 from tests.fleet.harness import API, START, Fleet, build_fleet
 
 
@@ -150,3 +156,45 @@ def test_the_cache_is_bounded_and_refuses_entries_read_before_a_change() -> None
     cache.invalidate()
     cache.store("d", stale)
     assert len(cache) == 0
+
+
+def _signer(envelope: dict[str, Any]) -> str:
+    return str(envelope["signatures"][0]["keyid"])
+
+
+def _director_keyid(data_dir: Path) -> str:
+    return SigningKey.load(data_dir / "keys" / "director.pem").public.keyid
+
+
+def test_a_director_key_rotated_by_the_host_cli_reaches_cached_devices(fleet: Fleet) -> None:
+    """`ferry keys rotate` is another process with no cache of its own: it must still bump
+    the epoch, or this replica serves documents signed by the revoked key for hours."""
+    (agent,) = fleet.devices(1)
+    poller = EpochPoller(_cache(fleet), fleet.app.state.ctx.read_engine)
+    poller.check()
+    data_dir = fleet.app.state.ctx.settings.data_dir
+    old = _director_keyid(data_dir)
+    assert _signer(fleet.desired(agent)) == old
+    result = subprocess.run([sys.executable, "-m", "ferry.cli.server_cmds", "keys", "rotate",
+                             "--role", "director", "--data-dir", str(data_dir)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert poller.check() is True
+    new = _director_keyid(data_dir)
+    assert new != old and _signer(fleet.desired(agent)) == new
+
+
+def test_a_tag_change_written_by_a_process_without_a_cache_bumps_the_epoch(fleet: Fleet) -> None:
+    """Any session on the database counts, not only those of an engine that has a cache."""
+    (agent,) = fleet.devices(1)
+    poller = EpochPoller(_cache(fleet), fleet.app.state.ctx.read_engine)
+    poller.check()
+    fleet.desired(agent)
+    other = make_engine(fleet.app.state.ctx.settings.database_url)
+    with session_scope(other) as session:
+        device = session.get(Device, agent.device_id)
+        assert device is not None
+        device.tags = {**device.tags, "region": "eu"}
+        session.add(device)
+    other.dispose()
+    assert poller.check() is True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ferry.protocol.verify import trust_first_keyring
+from ferry.server.fleet.enrollment import REENROLLMENT_APPROVAL_S
 from tests.fleet.harness import API, Fleet, bearer
 
 
@@ -80,13 +81,68 @@ def test_mqtt_login_is_offered_only_when_mqtt_is_configured(fleet: Fleet) -> Non
     assert mqtt["url"] == "mqtt://broker:1884" and mqtt["password"]
 
 
-def test_reenrolment_rotates_the_credential(fleet: Fleet) -> None:
+def _uses(fleet: Fleet, name: str = "batch") -> int:
+    rows = fleet.client.get(f"{API}/enrollment-tokens", headers=fleet.admin).json()
+    return int(next(row["uses"] for row in rows if row["name"] == name))
+
+
+def test_a_token_holder_cannot_take_over_an_enrolled_device_id(fleet: Fleet) -> None:
+    """Any enrolment token of the namespace used to re-enrol an existing id, locking the real
+    device out and handing the intruder its desired state."""
+    token = fleet.enrollment_token()
+    real = fleet.enroll(token, "cam-1")
+    used = _uses(fleet)
+    r = fleet.enroll(token, "cam-1", expect=409)
+    error = r.json()["error"]
+    assert error["code"] == "conflict" and "'cam-1'" in error["message"]
+    assert error["details"] == {"device_id": "cam-1"}
+    assert fleet.client.get(f"{API}/device/desired-state", headers=real.headers).status_code == 200
+    assert _uses(fleet) == used  # a refused enrolment does not spend a use of the token
+
+
+def test_reenrolment_with_the_current_credential_rotates_it(fleet: Fleet) -> None:
     token = fleet.enrollment_token()
     first = fleet.enroll(token, "cam-1")
-    second = fleet.enroll(token, "cam-1")
+    second = fleet.enroll(token, "cam-1", credential=first.credential)
     path = f"{API}/device/desired-state"
     assert fleet.client.get(path, headers=first.headers).status_code == 401
     assert fleet.client.get(path, headers=second.headers).status_code == 200
+
+
+def test_reenrolment_with_a_stale_or_foreign_credential_is_refused(fleet: Fleet) -> None:
+    token = fleet.enrollment_token()
+    first = fleet.enroll(token, "cam-1")
+    other = fleet.enroll(token, "cam-2")
+    second = fleet.enroll(token, "cam-1", credential=first.credential)
+    for wrong in (first.credential, other.credential, "frd_guess"):
+        r = fleet.enroll(token, "cam-1", credential=wrong, expect=403)
+        assert "'cam-1'" in r.json()["error"]["message"]
+    assert fleet.client.get(f"{API}/device/desired-state",
+                            headers=second.headers).status_code == 200
+
+
+def test_an_operator_approval_allows_exactly_one_reenrolment(fleet: Fleet) -> None:
+    """A device that lost its credential (wiped storage) comes back with an operator's word."""
+    token = fleet.enrollment_token()
+    lost = fleet.enroll(token, "cam-1")
+    r = fleet.client.post(f"{API}/devices/cam-1/approve-reenrollment", headers=fleet.admin)
+    assert r.status_code == 200, r.text
+    assert r.json()["reenrollment_approved_until"]
+    back = fleet.enroll(token, "cam-1")
+    assert fleet.client.get(f"{API}/device/desired-state", headers=lost.headers).status_code == 401
+    assert fleet.client.get(f"{API}/device/desired-state", headers=back.headers).status_code == 200
+    fleet.enroll(token, "cam-1", expect=409)  # the approval was used up
+
+
+def test_an_approval_expires_and_needs_an_operator_of_the_namespace(fleet: Fleet) -> None:
+    token = fleet.enrollment_token()
+    fleet.enroll(token, "cam-1")
+    path = f"{API}/devices/cam-1/approve-reenrollment"
+    viewer = fleet.token("viewer", ["vision"])
+    assert fleet.client.post(path, headers=viewer).status_code == 403
+    assert fleet.client.post(path, headers=fleet.admin).status_code == 200
+    fleet.clock.advance(REENROLLMENT_APPROVAL_S + 1)
+    fleet.enroll(token, "cam-1", expect=409)
 
 
 def test_bad_enrolment_input_is_422(fleet: Fleet) -> None:

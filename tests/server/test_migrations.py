@@ -14,7 +14,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 from sqlmodel import SQLModel
 
 from ferry.server.core.db import alembic_config, migrate
@@ -78,3 +78,22 @@ def test_registry_on_postgres(pg_url: str, harness_factory: Callable[..., Harnes
     found = h.client.get(f"{API}/versions?metric=accuracy>=0.9&name=resnet", headers=h.admin)
     assert len(found.json()) == 12
     assert h.client.get(f"{API}/audit/verify", headers=h.admin).json()["ok"] is True
+
+
+def test_a_migration_applied_under_running_replicas_bumps_the_fleet_epoch(tmp_path: Path) -> None:
+    """Migrations write through Alembic, not sessions: without a bump, replicas polling the
+    epoch would keep serving check-ins cached from the old schema and data."""
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    migrate(url)
+    command.downgrade(alembic_config(url), "-1")
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        before = conn.execute(text("SELECT value FROM fleet_epoch")).scalar_one()
+    migrate(url)
+    with engine.connect() as conn:
+        after = conn.execute(text("SELECT value FROM fleet_epoch")).scalar_one()
+    migrate(url)  # nothing to apply: no bump
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT value FROM fleet_epoch")).scalar_one() == after
+    engine.dispose()
+    assert after == before + 1

@@ -7,6 +7,8 @@ import hashlib
 import json
 import secrets
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -100,3 +102,45 @@ def test_restart_keeps_state_and_does_not_mint_another_admin(tmp_path: Path) -> 
             assert c.get(f"{API}/keyring").json()["signed"]["version"] == 1
     finally:
         second.stop()
+
+
+def _signer(base: str, credential: str) -> str:
+    r = httpx.get(f"{base}{API}/device/desired-state",
+                  headers={"Authorization": f"Bearer {credential}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    return str(r.json()["signatures"][0]["keyid"])
+
+
+def _cache_hits(server: ServerProcess) -> float:
+    metrics = httpx.get(f"{server.base}/metrics", timeout=10).text
+    line = next(line for line in metrics.splitlines()
+                if line.startswith("ferry_checkin_cache_hits_total "))
+    return float(line.split()[1])
+
+
+def test_a_director_key_rotated_on_the_host_reaches_every_check_in_at_once(
+        server_process: ServerProcess) -> None:
+    """`ferry keys rotate` is another process writing the same database and key files: the
+    running server must stop serving documents signed by the revoked key within a poll."""
+    with _client(server_process) as c:
+        c.post(f"{API}/namespaces", json={"name": "vision"})
+        token = c.post(f"{API}/enrollment-tokens",
+                       json={"namespace": "vision", "name": "t"}).json()["token"]
+        device = c.post(f"{API}/device/enroll", json={
+            "enrollment_token": token, "device_id": "cam-1", "hardware": "x86_64"}).json()
+    time.sleep(1.5)  # let the epoch poller (every 0.5 s) see the enrolment's own bump first
+    old = _signer(server_process.base, device["credential"])
+    hits = _cache_hits(server_process)
+    assert _signer(server_process.base, device["credential"]) == old
+    assert _cache_hits(server_process) == hits + 1  # now served from the check-in cache
+    rotated = subprocess.run([sys.executable, "-m", "ferry.cli.server_cmds", "keys", "rotate",
+                              "--role", "director", "--data-dir", str(server_process.data_dir)],
+                             capture_output=True, text=True, check=False)
+    assert rotated.returncode == 0, rotated.stderr
+    deadline = time.monotonic() + 15  # the epoch poll runs every 0.5 s; generous on a busy host
+    while (signer := _signer(server_process.base, device["credential"])) == old \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with _client(server_process) as c:
+        keyring = c.get(f"{API}/keyring").json()["signed"]
+    assert signer != old and keyring["roles"]["director"]["keyids"] == [signer]

@@ -3,9 +3,10 @@
 The first keyring is trusted only if its own root signed it (and, when the
 operator passed ``--root-keyid``, only if that root is the expected one). On
 re-enrolment the already pinned root stays in charge: the new keyring must
-verify against it, so a re-enrolment cannot swap the root. Re-enrolment does
-clear the desired-state sequence floor: it is the operator's way back for a
-device whose floor a compromised director key inflated (see docs/protocol.md).
+verify against it, so a re-enrolment cannot swap the root; and the agent presents
+its current credential, without which the server refuses to re-enrol an existing id.
+Re-enrolment does clear the desired-state sequence floor: it is the operator's way
+back for a device whose floor a compromised director key inflated (docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -30,25 +31,44 @@ def enroll(
     api = DeviceApi(
         server_url, None, timeout_s=config.server.timeout_s, verify=config.server.ca_file or True
     )
-    body = {
+    files = DeviceFiles(config.state_dir)
+    body: dict[str, Any] = {
         "enrollment_token": token,
         "device_id": config.device_id,
         "hardware": config.hardware,
         "agent_version": __version__,
         "tags": config.tags,
     }
+    body.update(_proof_of_identity(files, config.device_id, server_url))
     try:
         answer = api.enroll(body)
     except AgentError as exc:
         raise EnrollmentError(f"enrolment at {server_url} failed: {exc}") from exc
     finally:
         api.close()
-    files = DeviceFiles(config.state_dir)
     trust = _pin_keyring(files, answer.get("keyring"), root_keyids)
     identity = _identity(answer, server_url)
     files.save_identity(identity)
     files.save_trust(trust)
     return identity
+
+
+def _proof_of_identity(
+    files: DeviceFiles, device_id: str | None, server_url: str
+) -> dict[str, Any]:
+    """The id and current credential of an earlier enrolment at the same server, if any.
+
+    The server re-enrols an existing id only for a caller that presents its current
+    credential (or with an operator's approval), so a token alone cannot take a device
+    over. The credential goes only to the server that issued it.
+    """
+    try:
+        previous = files.load_identity()
+    except NotEnrolledError:
+        return {}
+    if previous.server_url != server_url or device_id not in (None, previous.device_id):
+        return {}
+    return {"device_id": previous.device_id, "credential": previous.credential}
 
 
 def _pin_keyring(files: DeviceFiles, envelope: Any, root_keyids: set[str] | None) -> TrustState:

@@ -25,6 +25,8 @@ import ferry.server.metadata  # noqa: F401  (every table on SQLModel.metadata)
 from ferry.protocol.timefmt import utcnow
 from ferry.server import wiring as fleet_wiring
 from ferry.server.api import system
+from ferry.server.api.body_limits import BodyLimitMiddleware
+from ferry.server.api.http_semantics import HeadMiddleware, method_not_allowed
 from ferry.server.audit import routes as audit_routes
 from ferry.server.audit import service as audit
 from ferry.server.auth import routes as token_routes
@@ -195,6 +197,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ctx = ctx
     fleet_wiring.install(app, ctx)
     install_error_handlers(app)
+    app.add_exception_handler(405, method_not_allowed)
+    app.add_middleware(BodyLimitMiddleware)  # inside observability: 413s are logged, counted
+    app.add_middleware(HeadMiddleware)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     app.include_router(system.router)
     for router in API_ROUTERS:

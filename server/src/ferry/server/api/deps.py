@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -18,6 +18,7 @@ from sqlmodel import Session
 from ferry.server.auth.service import Principal, ServerRole, lookup, principal_of
 from ferry.server.core.context import AppContext, Authenticator
 from ferry.server.core.errors import UnauthenticatedError
+from ferry.server.core.numbers import MAX_ROW_ID
 
 
 async def get_ctx(request: Request) -> AppContext:
@@ -27,6 +28,8 @@ async def get_ctx(request: Request) -> AppContext:
 
 
 CtxDep = Annotated[AppContext, Depends(get_ctx)]
+# A row id in a path: bounded, so no integer past 64 bits reaches the database (422).
+RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
 
 
 def _session(engine: Engine) -> Iterator[Session]:

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Response
 from sqlmodel import col, select
 
 from ferry.protocol.errors import MalformedError
 from ferry.protocol.timefmt import parse_time
-from ferry.server.api.deps import Admin, CurrentPrincipal, ReadSessionDep, SessionDep
+from ferry.server.api.deps import Admin, CurrentPrincipal, ReadSessionDep, RowId, SessionDep
 from ferry.server.audit import service as audit
 from ferry.server.auth.schemas import TokenCreate, TokenCreated, TokenPublic, WhoAmI
-from ferry.server.auth.service import ServerRole, create_token
+from ferry.server.auth.service import ServerRole, create_token, revoke_token
 from ferry.server.auth.tables import ApiToken
-from ferry.server.core.columns import utc_now
 from ferry.server.core.errors import NotFoundError, ValidationFailedError
 
 router = APIRouter(tags=["tokens"])
@@ -46,13 +43,11 @@ def list_tokens(session: ReadSessionDep, _: Admin) -> list[TokenPublic]:
 
 
 @router.delete("/tokens/{token_id}", status_code=204, response_class=Response)
-def revoke(token_id: Annotated[int, Path(ge=1, le=2**53 - 1)], session: SessionDep, admin: Admin) -> Response:
+def revoke(token_id: RowId, session: SessionDep, admin: Admin) -> Response:
     row = session.get(ApiToken, token_id)
     if row is None:
         raise NotFoundError(f"token {token_id} does not exist")
-    if row.revoked_at is None:
-        row.revoked_at = utc_now()
-        session.add(row)
+    if revoke_token(session, row):
         audit.append(session, actor=admin.name, action="token.revoke", target=f"token:{row.id}",
                      details={"name": row.name})
         session.commit()

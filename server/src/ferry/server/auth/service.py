@@ -12,11 +12,11 @@ import secrets
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from ferry.server.auth.tables import ApiToken
 from ferry.server.core.columns import utc_now
-from ferry.server.core.errors import ForbiddenError
+from ferry.server.core.errors import ConflictError, ForbiddenError
 
 TOKEN_PREFIX = "fry_"
 ALL_NAMESPACES = "*"
@@ -81,11 +81,34 @@ def create_token(session: Session, *, name: str, role: ServerRole, namespaces: l
 def lookup(session: Session, secret: str) -> ApiToken | None:
     """The live token for ``secret``, or None when unknown, revoked or expired."""
     row = session.exec(select(ApiToken).where(ApiToken.token_hash == hash_token(secret))).first()
-    if row is None or row.revoked_at is not None:
-        return None
-    if row.expires_at is not None and row.expires_at <= utc_now():
-        return None
-    return row
+    return row if row is not None and _is_live(row, utc_now()) else None
+
+
+def _is_live(row: ApiToken, now: str) -> bool:
+    return row.revoked_at is None and (row.expires_at is None or row.expires_at > now)
+
+
+def revoke_token(session: Session, row: ApiToken) -> bool:
+    """Revoke ``row``; True when this call revoked it.
+
+    The last live admin token is refused (409): revoking it locks every operator out,
+    leaving only ``ferry admin create-token`` on the host. Live admin rows are locked
+    first (``FOR UPDATE``), so two concurrent revocations cannot both pass the check.
+    """
+    now = utc_now()
+    if row.revoked_at is not None:
+        return False
+    if row.role == ServerRole.ADMIN.value and _is_live(row, now):
+        admins = session.exec(select(ApiToken).where(ApiToken.role == ServerRole.ADMIN.value,
+                                                     col(ApiToken.revoked_at).is_(None))
+                              .with_for_update()).all()
+        if not any(_is_live(other, now) and other.id != row.id for other in admins):
+            raise ConflictError(f"token {row.id} ('{row.name}') is the last admin token; "
+                                "create another admin token before revoking it",
+                                {"token_id": row.id})
+    row.revoked_at = now
+    session.add(row)
+    return True
 
 
 def principal_of(row: ApiToken) -> Principal:

@@ -14,6 +14,7 @@ from starlette.responses import FileResponse
 from starlette.types import Receive, Scope, Send
 
 from ferry.server.api.deps import CtxDep, DeviceReader, Publisher
+from ferry.server.api.http_semantics import IMMUTABLE, check_conditions
 from ferry.server.audit import service as audit
 from ferry.server.blobs.schemas import BlobStored
 from ferry.server.core.context import AppContext
@@ -79,10 +80,13 @@ def _stored_size(ctx: CtxDep, sha256: str) -> int:
 
 @router.head("/blobs/{sha256}", response_class=Response,
              responses={200: {"description": "stored; Content-Length is its size"}})
-def head_blob(sha256: Digest, ctx: CtxDep, _: DeviceReader) -> Response:
+def head_blob(sha256: Digest, request: Request, ctx: CtxDep, _: DeviceReader) -> Response:
     size = _stored_size(ctx, sha256)
-    return Response(headers={"Content-Length": str(size), "ETag": f'"{sha256}"',
-                             "Accept-Ranges": "bytes"})
+    etag = f'"{sha256}"'
+    if (answer := check_conditions(request, etag, IMMUTABLE)) is not None:
+        return answer
+    return Response(headers={"Content-Length": str(size), "ETag": etag,
+                             "Accept-Ranges": "bytes", **IMMUTABLE})
 
 
 @router.get("/blobs/{sha256}", response_class=Response, responses={
@@ -91,12 +95,13 @@ def head_blob(sha256: Digest, ctx: CtxDep, _: DeviceReader) -> Response:
     206: {"description": "the requested byte range"}})
 def get_blob(sha256: Digest, request: Request, ctx: CtxDep, _: DeviceReader) -> Response:
     size = _stored_size(ctx, sha256)
+    etag = f'"{sha256}"'
+    if (answer := check_conditions(request, etag, IMMUTABLE)) is not None:
+        return answer
     honour = check_range(request.headers.get("range"), size)
     ctx.metrics.download_requests.inc()
     return BlobResponse(ctx.blobs.path(sha256), media_type="application/octet-stream",
-                        honour_range=honour,
-                        headers={"ETag": f'"{sha256}"',
-                                 "Cache-Control": "public, max-age=31536000, immutable"})
+                        honour_range=honour, headers={"ETag": etag, **IMMUTABLE})
 
 
 @router.put("/blobs/{sha256}", status_code=201, openapi_extra={"requestBody": {
@@ -107,7 +112,8 @@ async def put_blob(sha256: Digest, request: Request, ctx: CtxDep, publisher: Pub
                    response: Response) -> BlobStored:
     limit = ctx.settings.max_blob_bytes
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() \
+            and int(declared) > limit:
         raise PayloadTooLargeError(f"upload of {declared} bytes exceeds the limit of {limit}",
                                    {"max_bytes": limit})
     try:

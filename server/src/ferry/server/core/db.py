@@ -30,11 +30,13 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session, create_engine
 
+from ferry.server.core import epoch
 from ferry.server.core.errors import DatabaseBusyError
 
 log = logging.getLogger("ferry.server.core.db")
@@ -231,5 +233,28 @@ def startup_lock(database_url: str, lock_dir: Path) -> Iterator[None]:
 
 
 def migrate(database_url: str) -> None:
-    """``alembic upgrade head``, run from code so an installed wheel needs no CLI."""
+    """``alembic upgrade head``, run from code so an installed wheel needs no CLI.
+
+    A migration writes through Alembic, not through sessions: when it applied any
+    revision, bump the fleet epoch so running replicas drop what they cached from the
+    old schema or data (`ferry.server.core.epoch`).
+    """
+    before = _revisions(database_url)
     command.upgrade(alembic_config(database_url), "head")
+    if _revisions(database_url) != before:
+        engine = create_engine(make_url(database_url), poolclass=NullPool)
+        try:
+            with engine.begin() as connection:
+                epoch.bump(connection)
+        finally:
+            engine.dispose()
+
+
+def _revisions(database_url: str) -> tuple[str, ...]:
+    """The revisions the database is at (empty before the first migration)."""
+    engine = create_engine(make_url(database_url), poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            return tuple(sorted(MigrationContext.configure(connection).get_current_heads()))
+    finally:
+        engine.dispose()

@@ -8,6 +8,7 @@
     ├── NotFoundError                (404 not_found)
     ├── MethodNotAllowedError        (405 method_not_allowed)
     ├── ConflictError                (409 conflict)
+    ├── PreconditionFailedError      (412 precondition_failed)
     ├── PayloadTooLargeError         (413 payload_too_large)
     ├── RangeNotSatisfiableError     (416 range_not_satisfiable)
     ├── ValidationFailedError        (422 validation_error)
@@ -88,6 +89,12 @@ class ConflictError(ServerError):
     code, status = "conflict", 409
 
 
+class PreconditionFailedError(ServerError):
+    """An ``If-Match`` (or ``If-None-Match`` on a write) does not hold for the resource."""
+
+    code, status = "precondition_failed", 412
+
+
 class PayloadTooLargeError(ServerError):
     """The upload exceeds the configured size limit."""
 
@@ -115,7 +122,7 @@ class DatabaseBusyError(ServerError):
 _STATUS_ERRORS: dict[int, type[ServerError]] = {
     400: BadRequestError, 401: UnauthenticatedError, 403: ForbiddenError,
     404: NotFoundError, 405: MethodNotAllowedError, 409: ConflictError,
-    413: PayloadTooLargeError, 416: RangeNotSatisfiableError, 422: ValidationFailedError,
+    412: PreconditionFailedError, 413: PayloadTooLargeError, 416: RangeNotSatisfiableError, 422: ValidationFailedError,
 }
 
 

@@ -11,6 +11,7 @@ import anyio
 from fastapi import APIRouter, Request, Response
 
 from ferry.server.api.deps import CtxDep, DeviceReader
+from ferry.server.api.http_semantics import check_conditions
 from ferry.server.blobs.routes import BlobResponse, Digest, check_range
 from ferry.server.core.errors import NotFoundError
 from ferry.server.deltas.jobs import DeltaJobs, Lookup
@@ -31,6 +32,8 @@ def deltas_of(request: Request) -> DeltaJobs | None:
     return jobs
 
 
+@router.head("/deltas/{from_sha256}/{to_sha256}", response_class=Response,
+             include_in_schema=False)  # headers only: the file is not read
 @router.get("/deltas/{from_sha256}/{to_sha256}", response_class=Response, responses={
     200: {"content": {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
           "description": "the delta; X-Ferry-Delta-Sha256 and X-Ferry-Delta-Size name it"},
@@ -54,10 +57,13 @@ async def get_delta(from_sha256: Digest, to_sha256: Digest, request: Request, ct
         raise NotFoundError("no delta worth sending: download the full file",
                             {"max_fraction": jobs.service.max_fraction})
     record = found.offer.record
+    etag = f'"{record.delta_sha256}"'
+    if (answer := check_conditions(request, etag)) is not None:
+        return answer
     honour = check_range(request.headers.get("range"), record.delta_size)
     if not honour:
         ctx.metrics.delta_served_bytes.inc(record.delta_size)
     return BlobResponse(found.offer.path, media_type=MEDIA_TYPE, honour_range=honour,
-                        headers={"ETag": f'"{record.delta_sha256}"',
+                        headers={"ETag": etag,
                                  "X-Ferry-Delta-Sha256": record.delta_sha256,
                                  "X-Ferry-Delta-Size": str(record.delta_size)})

@@ -1,4 +1,5 @@
-"""Device records for operators: list, show (with status history), tag, untag, revoke."""
+"""Device records for operators: list, show (with status history), tag, untag, revoke,
+approve a re-enrolment."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from sqlmodel import Session
 
 from ferry.server.api.deps import Reader, ReadSessionDep, SessionDep, require
 from ferry.server.auth.service import Principal, ServerRole
-from ferry.server.fleet import devices
+from ferry.server.core.numbers import MAX_ROW_ID
+from ferry.server.fleet import devices, enrollment
 from ferry.server.fleet.runtime import FleetRuntime, get_runtime
 from ferry.server.fleet.schemas import (
     DeviceDetail,
     DevicePublic,
+    ReenrollmentApproved,
     ReportPublic,
     SlotPublic,
     TagsChange,
@@ -40,7 +43,7 @@ def device_public(session: Session, device: Device) -> DevicePublic:
 def list_devices(session: ReadSessionDep, reader: Reader, namespace: str | None = None,
                  selector: str = "", include_revoked: bool = False,
                  limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-                 offset: Annotated[int, Query(ge=0)] = 0) -> list[DevicePublic]:
+                 offset: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0) -> list[DevicePublic]:
     rows = devices.list_devices(session, reader, namespace=namespace,
                                 selector=parse_selector(selector),
                                 include_revoked=include_revoked, limit=limit, offset=offset)
@@ -77,3 +80,13 @@ def revoke_device(device_id: str, session: SessionDep, operator: Operator,
     if changed:
         runtime.broker_sync.credentials_changed()
     return device_public(session, device)
+
+
+@router.post("/devices/{device_id}/approve-reenrollment")
+def approve_reenrollment(device_id: str, session: SessionDep, operator: Operator,
+                         runtime: RuntimeDep) -> ReenrollmentApproved:
+    """One enrolment of this id without its current credential (a device that lost it)."""
+    device = devices.get_device(session, operator, device_id)
+    until = enrollment.approve_reenrollment(session, operator, device, runtime.now())
+    session.commit()
+    return ReenrollmentApproved(device_id=device.id, reenrollment_approved_until=until)

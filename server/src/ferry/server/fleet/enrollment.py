@@ -7,10 +7,11 @@ devices racing for the last use cannot both win.
 
 from __future__ import annotations
 
+import hmac
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import or_, update
 from sqlmodel import Session, col, select
@@ -20,6 +21,7 @@ from ferry.protocol.timefmt import format_time
 from ferry.server.audit import service as audit
 from ferry.server.auth.service import Principal, ServerRole
 from ferry.server.core.errors import (
+    ConflictError,
     ForbiddenError,
     NotFoundError,
     UnauthenticatedError,
@@ -34,6 +36,9 @@ from ferry.server.fleet.credentials import (
 from ferry.server.fleet.selectors import DEVICE_ID, check_tags, groups_for
 from ferry.server.fleet.tables import Device, EnrollmentToken
 from ferry.server.registry.service import get_namespace
+
+# How long an operator's approval to re-enrol a device without its credential stays usable.
+REENROLLMENT_APPROVAL_S = 24 * 3600
 
 
 def create_token(session: Session, actor: Principal, *, namespace: str, name: str,
@@ -103,9 +108,13 @@ def _use_token(session: Session, secret: str, now: datetime) -> EnrollmentToken:
 
 
 def enroll(session: Session, *, token: str, device_id: str | None, hardware: str,
-           agent_version: str, tags: dict[str, str], now: datetime) -> Enrolled:
+           agent_version: str, tags: dict[str, str], now: datetime,
+           credential: str | None = None) -> Enrolled:
     """Create the device (or rotate an existing one's credentials) in the token's namespace.
 
+    An enrolment token admits *new* devices; re-enrolling an existing id also needs that
+    device's current ``credential`` or an operator's approval (`approve_reenrollment`),
+    or any token holder could lock the real device out and take its desired state.
     The hardware type is also the ``hw`` tag, so selectors can say ``hw=jetson-orin``.
     """
     row = _use_token(session, token, now)
@@ -115,23 +124,59 @@ def enroll(session: Session, *, token: str, device_id: str | None, hardware: str
     all_tags = check_tags({**row.tags, **tags, "hw": hardware})
     device_id = device_id or f"dev-{secrets.token_hex(8)}"
     device = session.get(Device, device_id)
-    if device is not None and device.namespace != row.namespace:
-        raise ForbiddenError(f"device '{device_id}' belongs to another namespace; this token "
-                             f"enrols into '{row.namespace}'")
-    if device is not None and device.revoked_at is not None:
-        raise ForbiddenError(f"device '{device_id}' was revoked; enrol it under a new id")
-    credential, mqtt_password = new_secret(DEVICE_TOKEN_PREFIX), secrets.token_urlsafe(24)
+    if device is not None:
+        _check_reenrollment(device, row.namespace, credential, now)
+    new_credential, mqtt_password = new_secret(DEVICE_TOKEN_PREFIX), secrets.token_urlsafe(24)
     device = device or Device(id=device_id, namespace=row.namespace, hardware=hardware,
                               credential_hash="", enrolled_at=format_time(now))
     device.hardware, device.agent_version, device.tags = hardware, agent_version, all_tags
     device.groups = groups_for(all_tags)
-    device.credential_hash = sha256_hex(credential)
+    device.credential_hash = sha256_hex(new_credential)
     device.mqtt_password_hash = mosquitto_hash(mqtt_password)
     device.enrolled_with, device.last_seen_at = row.id, format_time(now)
+    device.reenrollment_approved_until = None
     session.add(device)
     session.flush()
     audit.append(session, actor=f"device:{device_id}", action="device.enroll",
                  target=f"device:{device_id}",
                  details={"namespace": row.namespace, "enrollment_token": row.id,
                           "hardware": hardware, "tags": all_tags})
-    return Enrolled(device, credential, mqtt_password)
+    return Enrolled(device, new_credential, mqtt_password)
+
+
+def _check_reenrollment(device: Device, namespace: str, credential: str | None,
+                        now: datetime) -> None:
+    """Refuse to re-enrol ``device`` unless it proves itself or an operator approved it."""
+    if device.namespace != namespace:
+        raise ForbiddenError(f"device '{device.id}' belongs to another namespace; this token "
+                             f"enrols into '{namespace}'")
+    if device.revoked_at is not None:
+        raise ForbiddenError(f"device '{device.id}' was revoked; enrol it under a new id")
+    if credential is not None:
+        if not hmac.compare_digest(sha256_hex(credential), device.credential_hash):
+            raise ForbiddenError(f"the credential presented for device '{device.id}' is not "
+                                 "its current one", {"device_id": device.id})
+        return
+    approved = device.reenrollment_approved_until
+    if approved is not None and format_time(now) < approved:
+        return
+    raise ConflictError(
+        f"device '{device.id}' is already enrolled; re-enrolling it needs its current "
+        f"credential (field 'credential') or an operator's approval "
+        f"(POST /api/v1/devices/{device.id}/approve-reenrollment)", {"device_id": device.id})
+
+
+def approve_reenrollment(session: Session, actor: Principal, device: Device,
+                         now: datetime) -> str:
+    """Let one enrolment of ``device``'s id through without its credential (a device that
+    lost its storage); returns until when. Used up by that enrolment."""
+    actor.require((ServerRole.OPERATOR,), device.namespace)
+    if device.revoked_at is not None:
+        raise ConflictError(f"device '{device.id}' was revoked; enrol it under a new id",
+                            {"device_id": device.id})
+    until = format_time(now + timedelta(seconds=REENROLLMENT_APPROVAL_S))
+    device.reenrollment_approved_until = until
+    session.add(device)
+    audit.append(session, actor=actor.name, action="device.approve_reenrollment",
+                 target=f"device:{device.id}", details={"until": until})
+    return until

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Response
 
 from ferry.protocol.errors import MalformedError
 from ferry.protocol.timefmt import format_time, parse_time
-from ferry.server.api.deps import SessionDep, require
+from ferry.server.api.deps import RowId, SessionDep, require
 from ferry.server.auth.service import Principal, ServerRole
 from ferry.server.core.errors import ValidationFailedError
 from ferry.server.fleet import enrollment
@@ -63,7 +63,7 @@ def list_tokens(session: SessionDep, operator: Operator,
 
 
 @router.delete("/enrollment-tokens/{token_id}", status_code=204, response_class=Response)
-def revoke_token(token_id: int, session: SessionDep, operator: Operator,
+def revoke_token(token_id: RowId, session: SessionDep, operator: Operator,
                  runtime: RuntimeDep) -> Response:
     enrollment.revoke_token(session, operator, token_id, runtime.now())
     session.commit()
@@ -75,7 +75,7 @@ def enroll(body: EnrollRequest, session: SessionDep, runtime: RuntimeDep) -> Enr
     """No bearer token: the enrolment token in the body is the credential."""
     done = enrollment.enroll(session, token=body.enrollment_token, device_id=body.device_id,
                              hardware=body.hardware, agent_version=body.agent_version,
-                             tags=body.tags, now=runtime.now())
+                             tags=body.tags, now=runtime.now(), credential=body.credential)
     keyring = json.loads(trust.get_envelope(session))
     session.commit()
     runtime.broker_sync.credentials_changed()

@@ -45,6 +45,13 @@ class EnrollRequest(Strict):
     hardware: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
     agent_version: Annotated[str, StringConstraints(max_length=64)] = ""
     tags: TagMap = Field(default_factory=dict)
+    # Re-enrolling an existing id: the device's current credential (``frd_…``).
+    credential: Annotated[str, StringConstraints(max_length=256)] | None = None
+
+
+class ReenrollmentApproved(BaseModel):
+    device_id: str
+    reenrollment_approved_until: str
 
 
 class MqttLogin(BaseModel):

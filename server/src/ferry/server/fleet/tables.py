@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import Index
 from sqlmodel import Field, SQLModel
 
+from ferry.server.core import epoch
 from ferry.server.core.columns import json_field, utc_now
 
 
@@ -49,6 +50,8 @@ class Device(SQLModel, table=True):
     enrolled_with: int | None = None
     last_seen_at: str | None = None
     revoked_at: str | None = None
+    # Until then one enrolment of this id without its current credential is allowed.
+    reenrollment_approved_until: str | None = None
     ds_sequence: int = 0
     ds_content_digest: str = ""
     ds_envelope: str = ""
@@ -104,3 +107,6 @@ class FleetEpoch(SQLModel, table=True):
 
     id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
     value: int = 0
+
+# What a desired state and a device's authentication depend on (`ferry.server.core.epoch`).
+epoch.watch(Device, ["revoked_at", "tags", "groups", "hardware", "namespace", "credential_hash"])

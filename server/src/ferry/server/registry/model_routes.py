@@ -20,6 +20,7 @@ from ferry.server.api.deps import (
 )
 from ferry.server.auth.service import Principal, ServerRole
 from ferry.server.core.errors import ConflictError, NotFoundError
+from ferry.server.core.numbers import MAX_ROW_ID
 from ferry.server.core.schemas import NAME_PATTERN
 from ferry.server.registry import service as registry
 from ferry.server.registry.schemas import (
@@ -167,7 +168,7 @@ def change_stage(ns: str, name: str, ref: str, body: StageChange, session: Sessi
 @router.put("/models/{ns}/{name}/aliases/{alias}")
 def set_alias(ns: str, name: str, alias: AliasName, body: AliasSet, session: SessionDep,
               publisher: Publisher) -> AliasPublic:
-    if alias.isdigit():
+    if alias.isascii() and alias.isdigit():
         raise ConflictError("an alias cannot be a number (it would shadow a version)")
     _, model, version = _version(session, ns, name, str(body.version))
     registry.set_alias(session, publisher, model, f"{ns}/{name}", alias, version)
@@ -191,7 +192,7 @@ def search(session: ReadSessionDep, reader: Reader, namespace: str | None = None
            metric: Annotated[list[str] | None,
                              Query(description="e.g. accuracy>=0.9; repeatable")] = None,
            limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-           offset: Annotated[int, Query(ge=0)] = 0) -> list[VersionPublic]:
+           offset: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0) -> list[VersionPublic]:
     query = registry.SearchQuery(namespace=namespace, name=name, tag=tag, stage=stage, alias=alias,
                                  metrics=tuple(registry.parse_metric_filter(m) for m in metric or []),
                                  limit=limit, offset=offset)

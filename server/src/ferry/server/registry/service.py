@@ -35,6 +35,7 @@ from ferry.server.core.errors import (
     NotFoundError,
     ValidationFailedError,
 )
+from ferry.server.core.numbers import ascii_int
 from ferry.server.registry.events import AliasMoved
 from ferry.server.registry.schemas import Stage, VersionCreate
 from ferry.server.registry.tables import (
@@ -159,9 +160,9 @@ def files_digest(files: list[dict[str, Any]]) -> str:
 
 def resolve_version(session: Session, model: RegisteredModel, ref: str) -> ModelVersion:
     """``ref`` is a version number or an alias."""
-    if ref.isdigit() and len(ref) <= 15:
+    if (number := ascii_int(ref)) is not None:
         row = session.exec(select(ModelVersion).where(ModelVersion.model_id == model.id,
-                                                      ModelVersion.version == int(ref))).first()
+                                                      ModelVersion.version == number)).first()
     else:
         row = session.exec(select(ModelVersion).join(
             ModelAlias, col(ModelAlias.version_id) == col(ModelVersion.id))

@@ -15,6 +15,7 @@ from enum import StrEnum
 
 from ferry.protocol.documents import AgentState
 from ferry.server.core.errors import ConflictError
+from ferry.server.core.numbers import ascii_int
 
 
 class RolloutState(StrEnum):
@@ -85,5 +86,4 @@ def public_id(rollout_pk: int) -> str:
 
 def parse_id(text: str) -> int | None:
     """``r-12`` (or ``12``) → 12; anything else → None."""
-    digits = text.removeprefix("r-")
-    return int(digits) if digits.isdigit() and len(digits) <= 15 else None
+    return ascii_int(text.removeprefix("r-"))

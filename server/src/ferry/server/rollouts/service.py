@@ -24,6 +24,7 @@ from ferry.protocol.waves import wave_index
 from ferry.server.audit import service as audit
 from ferry.server.auth.service import Principal
 from ferry.server.core.errors import ConflictError, NotFoundError, ValidationFailedError
+from ferry.server.core.numbers import ascii_int
 from ferry.server.fleet.events import DeviceRevoked
 from ferry.server.fleet.selectors import canary_only, format_selector, matches, selectors_overlap
 from ferry.server.fleet.tables import Device, DeviceSlot
@@ -77,8 +78,8 @@ def resolve_model(session: Session, namespace: str, name: str) -> RegisteredMode
 def resolve_version(session: Session, model: RegisteredModel, ref: str) -> ModelVersion:
     """``ref`` is a version number or an alias of ``model``."""
     stmt = select(ModelVersion).where(ModelVersion.model_id == model.id)
-    if ref.isdigit() and len(ref) <= 15:
-        stmt = stmt.where(ModelVersion.version == int(ref))
+    if (number := ascii_int(ref)) is not None:
+        stmt = stmt.where(ModelVersion.version == number)
     else:
         stmt = stmt.join(ModelAlias, col(ModelAlias.version_id) == col(ModelVersion.id)).where(
             ModelAlias.alias == ref)

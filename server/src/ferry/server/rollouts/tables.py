@@ -8,6 +8,7 @@ from sqlalchemy import Index
 from sqlmodel import Field, SQLModel
 
 from ferry.protocol.gates import GatePolicy
+from ferry.server.core import epoch
 from ferry.server.core.columns import json_field, utc_now
 
 _GATES = GatePolicy()
@@ -86,3 +87,8 @@ class AliasBinding(SQLModel, table=True):
     template: dict[str, Any] = json_field(dict)
     created_by: str
     created_at: str = Field(default_factory=utc_now)
+
+# What the desired states of a rollout's devices depend on (`ferry.server.core.epoch`).
+epoch.watch(Rollout, ["namespace", "model", "slot", "version", "manifest_sha256", "hardware",
+                      "selector", "waves", "state", "wave", "retry_generation"])
+epoch.watch(RolloutDevice, ["wave", "state", "attempts", "from_version", "from_manifest"])

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Request, Response
 
 from ferry.protocol.canonical import parse_json
 from ferry.server.api.deps import DeviceReader, ReadSessionDep
+from ferry.server.api.http_semantics import IMMUTABLE, check_conditions
 from ferry.server.core.errors import ForbiddenError, NotFoundError
 from ferry.server.core.schemas import SHA256_PATTERN
 from ferry.server.trust import service as trust
@@ -36,8 +37,9 @@ def keyring_version(version: Annotated[int, Path(ge=1, le=2**31 - 1)],
 
 
 @router.get("/manifests/{sha256}", response_class=Response, responses=ENVELOPE)
-def manifest(sha256: Annotated[str, Path(pattern=SHA256_PATTERN)], session: ReadSessionDep,
-             reader: DeviceReader) -> Response:
+def manifest(sha256: Annotated[str, Path(pattern=SHA256_PATTERN)], request: Request,
+             session: ReadSessionDep, reader: DeviceReader) -> Response:
+    """Immutable once signed: the ETag is the digest it is stored under."""
     row = session.get(SignedManifest, sha256)
     if row is None:
         raise NotFoundError(f"manifest {sha256} does not exist")
@@ -45,4 +47,9 @@ def manifest(sha256: Annotated[str, Path(pattern=SHA256_PATTERN)], session: Read
     if not reader.in_namespace(namespace):
         raise ForbiddenError(f"the token '{reader.name}' is not scoped to namespace "
                              f"'{namespace}'")
-    return _json(row.envelope)
+    etag = f'"{sha256}"'
+    if (answer := check_conditions(request, etag, IMMUTABLE)) is not None:
+        return answer
+    response = _json(row.envelope)
+    response.headers.update({"ETag": etag, **IMMUTABLE})
+    return response

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlmodel import Field, SQLModel
 
+from ferry.server.core import epoch
 from ferry.server.core.columns import utc_now
 
 
@@ -24,3 +25,6 @@ class SignedManifest(SQLModel, table=True):
     sha256: str = Field(primary_key=True)
     envelope: str
     created_at: str = Field(default_factory=utc_now)
+
+# A new keyring (a rotated or renewed key) re-signs every desired state.
+epoch.watch(KeyringVersion, ["version", "envelope", "expires_at"])

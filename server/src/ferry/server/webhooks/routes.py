@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Response
 from sqlmodel import col, select
 
-from ferry.server.api.deps import Admin, ReadSessionDep, SessionDep
+from ferry.server.api.deps import Admin, ReadSessionDep, RowId, SessionDep
 from ferry.server.audit import service as audit
 from ferry.server.core.errors import NotFoundError, ValidationFailedError
 from ferry.server.webhooks.schemas import DeliveryPublic, WebhookCreate, WebhookPublic
@@ -15,7 +13,6 @@ from ferry.server.webhooks.service import EVENT_TYPES
 from ferry.server.webhooks.tables import EventOutbox, WebhookDelivery, WebhookSubscription
 
 router = APIRouter(tags=["webhooks"])
-WebhookId = Annotated[int, Path(ge=1, le=2**53 - 1)]
 
 
 def _public(row: WebhookSubscription) -> WebhookPublic:
@@ -45,7 +42,7 @@ def list_all(session: ReadSessionDep, _: Admin) -> list[WebhookPublic]:
 
 
 @router.delete("/webhooks/{webhook_id}", status_code=204, response_class=Response)
-def delete(webhook_id: WebhookId, session: SessionDep, admin: Admin) -> Response:
+def delete(webhook_id: RowId, session: SessionDep, admin: Admin) -> Response:
     """Deactivate (rows stay, so past deliveries keep their subscriber)."""
     row = session.get(WebhookSubscription, webhook_id)
     if row is None or not row.active:
@@ -58,7 +55,7 @@ def delete(webhook_id: WebhookId, session: SessionDep, admin: Admin) -> Response
 
 
 @router.get("/webhooks/{webhook_id}/deliveries")
-def deliveries(webhook_id: WebhookId, session: ReadSessionDep, _: Admin) -> list[DeliveryPublic]:
+def deliveries(webhook_id: RowId, session: ReadSessionDep, _: Admin) -> list[DeliveryPublic]:
     """Delivery attempts for one subscription, newest first (status, attempts, last error)."""
     if session.get(WebhookSubscription, webhook_id) is None:
         raise NotFoundError(f"webhook {webhook_id} does not exist")

@@ -1,7 +1,7 @@
 """Report order: the device's own report sequence on reports, slots and memberships.
 
-Revision ID: 0004_report_order
-Revises: 0003_fleet_epoch
+Revision ID: 0005_report_order
+Revises: 0004_reenrollment_approval
 Create Date: 2026-12-03 12:00:00
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0004_report_order'
-down_revision: str | None = '0003_fleet_epoch'
+revision: str = '0005_report_order'
+down_revision: str | None = '0004_reenrollment_approval'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,125 @@
+"""The fleet epoch: one counter row that every write shaping a signed document bumps.
+
+Check-in caches (`ferry.server.checkin.cache`) serve stored desired states while
+nothing they depend on has changed; they learn of changes from this counter. So
+the bump must not depend on *which* process writes: the API of this replica,
+another replica, ``ferry keys rotate`` on the host, a migration. It therefore
+lives here, below every concept, and is installed by importing the tables: each
+concept declares next to its table the columns a desired state, a device
+authentication or a signer depends on (`watch`), and any process that can write
+such a row has imported its table and with it these session events.
+
+* a transaction that adds or deletes a watched row, changes a watched column, or
+  runs an ORM bulk statement on one marks itself; before commit, as its last
+  statement (once every other row lock is held, so waiting for the epoch row can
+  never close a deadlock cycle), it bumps ``fleet_epoch.value``; after commit it
+  calls the engine's local listeners (`on_change`: this replica's cache empties
+  at once, other processes see the new value at their next poll);
+* `migrate` in `ferry.server.core.db` bumps it when it applied a revision, since a
+  migration writes through Alembic, not through sessions.
+
+Bookkeeping columns (``announced``, ``updated_at``, ``last_seen_at``) are not
+watched: writing them keeps every cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+from weakref import WeakKeyDictionary
+
+from sqlalchemy import event, inspect, text
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
+
+_WATCHED: dict[type, frozenset[str]] = {}
+_LISTENERS: WeakKeyDictionary[Engine, list[Callable[[], None]]] = WeakKeyDictionary()
+_BUMP = text("UPDATE fleet_epoch SET value = value + 1 WHERE id = 1")
+READ = text("SELECT value FROM fleet_epoch WHERE id = 1")
+_MARK = "ferry_fleet_changed"
+
+
+def watch(table: type, columns: Iterable[str]) -> None:
+    """Declare the columns of ``table`` that shape a signed document (called by tables.py)."""
+    _WATCHED[table] = frozenset(columns)
+
+
+def watched() -> dict[type, frozenset[str]]:
+    """What is watched, per table (for tests and docs)."""
+    return dict(_WATCHED)
+
+
+def on_change(engine: Engine, callback: Callable[[], None]) -> None:
+    """Call ``callback`` after every commit on ``engine`` that bumped the epoch."""
+    _LISTENERS.setdefault(engine, []).append(callback)
+
+
+def bump(connection: Connection) -> None:
+    """Bump the epoch inside ``connection``'s transaction (writers outside sessions)."""
+    connection.execute(_BUMP)
+
+
+def _changed(obj: object) -> bool:
+    """A watched column of an updated row changed."""
+    fields = _WATCHED.get(type(obj))
+    if fields is None:
+        return False
+    attrs = inspect(obj).attrs
+    return any(attrs[name].history.has_changes() for name in fields)
+
+
+def _statement_columns(state: ORMExecuteState) -> set[str] | None:
+    """Columns an UPDATE sets, or None when they cannot be told (then it counts as watched)."""
+    values = getattr(state.statement, "_values", None)
+    if not values:
+        return None  # e.g. ORM bulk UPDATE by primary key: the columns are in the parameters
+    return {getattr(key, "key", None) or str(key) for key in values}
+
+
+@event.listens_for(Session, "after_flush")
+def _after_flush(session: Session, _flush: UOWTransaction) -> None:
+    added_or_removed = [*session.new, *session.deleted]
+    if any(type(obj) in _WATCHED for obj in added_or_removed) or \
+            any(_changed(obj) for obj in session.dirty):
+        session.info[_MARK] = True
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _bulk_statement(state: ORMExecuteState) -> Any:
+    """ORM bulk UPDATE/DELETE/INSERT (a wave's members, time-outs) skip the flush: run the
+    statement here and mark the transaction when it changed watched rows."""
+    if not (state.is_update or state.is_delete or state.is_insert):
+        return None
+    mapper = state.bind_mapper
+    fields = _WATCHED.get(mapper.class_) if mapper is not None else None
+    if fields is None:
+        return None
+    columns = _statement_columns(state) if state.is_update else None
+    if columns is not None and not columns & fields:
+        return None
+    result = state.invoke_statement()
+    if state.is_insert or getattr(result, "rowcount", 1) != 0:
+        state.session.info[_MARK] = True
+    return result
+
+
+@event.listens_for(Session, "before_commit")
+def _bump_epoch(session: Session) -> None:
+    """Bump the shared epoch last (see the module docstring)."""
+    session.flush()
+    if session.info.get(_MARK):
+        bump(session.connection())
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    if not session.info.pop(_MARK, False):
+        return
+    bind = session.bind
+    for callback in _LISTENERS.get(bind, []) if isinstance(bind, Engine) else []:
+        callback()
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_MARK, None)
