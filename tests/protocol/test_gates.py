@@ -58,3 +58,10 @@ def test_a_gate_passes_only_after_the_bake_with_enough_committed() -> None:
     assert policy.passes(9, 10, bake_left_s=0)
     assert not policy.passes(9, 10, bake_left_s=1)
     assert not policy.passes(8, 10, bake_left_s=0)
+
+
+def test_a_gate_that_cannot_pass_any_more_is_told_apart_from_one_still_waiting() -> None:
+    policy = GatePolicy(min_success_pct=100)
+    assert not policy.unreachable(committed=2, failures=0, cohort=3)  # one still under way
+    assert policy.unreachable(committed=2, failures=1, cohort=3)
+    assert not GatePolicy(min_success_pct=60).unreachable(committed=2, failures=1, cohort=3)

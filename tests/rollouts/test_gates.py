@@ -80,7 +80,7 @@ def test_failure_limit_halts_and_stops_new_devices(fleet: Fleet) -> None:
 
 
 def test_failure_percentage_limit(fleet: Fleet) -> None:
-    rollout, waves, version = _start(fleet, max_failure_pct=25, bake_s=3600)
+    rollout, waves, version = _start(fleet, max_failure_pct=25, min_success_pct=75, bake_s=3600)
     cohort = waves[0]
     quarter = len(cohort) // 4  # at most 25 %: tolerated
     fail(fleet, cohort[:quarter], version, rollout["id"])

@@ -228,7 +228,7 @@ class Agent:
         update = Update(
             digest=target.manifest_sha256,
             sequence=desired.sequence,
-            rollout_id=desired.rollout_id,
+            rollout_id=target.rollout_id or desired.rollout_id,
             model=target.model,
             to_version=target.version,
             from_version=current.manifest.version if current else None,

@@ -437,7 +437,8 @@ class SimDevice:
                 report_id=str(uuid.uuid4()), device_id=self.device_id, slot=slot, state=step,
                 at=format_time(utcnow()), from_version=from_version, to_version=to_version,
                 error_code=error_code, detail=detail, sequence=state.sequence,
-                rollout_id=state.rollout_id, bytes_downloaded=downloaded,
+                rollout_id=state.slots[slot].rollout_id or state.rollout_id,
+                bytes_downloaded=downloaded,
                 report_seq=next(self.report_seq)))
         return report
 

@@ -316,6 +316,9 @@ class SlotTarget:
     version: int
     manifest_sha256: str
     allow_downgrade: bool = False
+    rollout_id: str | None = None
+    """The rollout this slot answers to (two rollouts of two models may target one device
+    at once; the document-level ``rollout_id`` names only the newest)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -323,6 +326,7 @@ class SlotTarget:
             "version": self.version,
             "manifest_sha256": self.manifest_sha256,
             "allow_downgrade": self.allow_downgrade,
+            **({"rollout_id": self.rollout_id} if self.rollout_id is not None else {}),
         }
 
     @classmethod
@@ -335,6 +339,7 @@ class SlotTarget:
             version=_int(data, "version", where, minimum=1),
             manifest_sha256=_str(data, "manifest_sha256", where, _SHA256),
             allow_downgrade=_bool(data, "allow_downgrade", where),
+            rollout_id=_opt_str(data, "rollout_id", where),
         )
 
 

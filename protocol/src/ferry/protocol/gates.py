@@ -79,6 +79,10 @@ class GatePolicy:
             return True
         return self.max_failure_pct is not None and failures * 100 > self.max_failure_pct * cohort
 
+    def unreachable(self, committed: int, failures: int, cohort: int) -> bool:
+        """Even if every device still under way commits, the success rate stays too low."""
+        return (committed + (cohort - committed - failures)) * 100 < self.min_success_pct * cohort
+
     def passes(self, committed: int, cohort: int, bake_left_s: int) -> bool:
         """The wave has baked and enough of the cohort committed."""
         return bake_left_s == 0 and committed * 100 >= self.min_success_pct * cohort

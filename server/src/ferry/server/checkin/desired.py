@@ -75,7 +75,8 @@ def _claim(rollout: Rollout, member: RolloutDevice) -> Claim | None:
     rid, state = public_id(rollout.id or 0), RolloutState(rollout.state)
     # Rolling out a version older than the one a device runs is a deliberate, signed downgrade.
     older = member.from_version is not None and rollout.version < member.from_version
-    new = SlotTarget(rollout.model, rollout.version, rollout.manifest_sha256, allow_downgrade=older)
+    new = SlotTarget(rollout.model, rollout.version, rollout.manifest_sha256,
+                     allow_downgrade=older, rollout_id=rid)
     if state in (S.RUNNING, S.PAUSED):
         return Claim(rid, new, member.attempts) if 0 <= member.wave <= rollout.wave else None
     if state is S.COMPLETED:
@@ -85,7 +86,7 @@ def _claim(rollout: Rollout, member: RolloutDevice) -> Claim | None:
     took = member.state in (*_TOOK, DeviceState.ROLLED_BACK)
     if took and member.from_version and member.from_manifest:
         back = SlotTarget(rollout.model, member.from_version, member.from_manifest,
-                          allow_downgrade=True)
+                          allow_downgrade=True, rollout_id=rid)
         return Claim(rid, back, member.attempts)
     return None
 

@@ -81,13 +81,27 @@ def gate_passes(rollout: Rollout, counts: WaveCounts, now: datetime) -> bool:
 
 
 def time_out_silent(session: Session, rollout: Rollout, now: datetime) -> None:
-    """Devices silent mid-update for too long count as ``timed_out``: nothing sticks."""
+    """Devices silent for too long count as ``timed_out``: no state sticks for ever.
+
+    Mid-update (``timed_out``), and also ``pending`` in an opened wave (``never_started``):
+    a device that is offline, or that never fetched the document naming this rollout,
+    would otherwise hold its wave's gate open for ever.
+    """
     cutoff = format_time(now - timedelta(seconds=rollout.in_progress_timeout_s))
     session.exec(update(RolloutDevice)
                  .where(col(RolloutDevice.rollout_id) == rollout.id,
                         col(RolloutDevice.state).in_([s.value for s in IN_PROGRESS]),
                         col(RolloutDevice.updated_at) < cutoff)
                  .values(state=DeviceState.TIMED_OUT.value, error_code="timed_out",
+                         updated_at=format_time(now)))
+    if rollout.wave_started_at is None or rollout.wave_started_at >= cutoff:
+        return  # the newest wave opened less than a timeout ago: its pending may still start
+    session.exec(update(RolloutDevice)
+                 .where(col(RolloutDevice.rollout_id) == rollout.id,
+                        col(RolloutDevice.state) == DeviceState.PENDING.value,
+                        col(RolloutDevice.wave) <= rollout.wave,
+                        col(RolloutDevice.updated_at) < cutoff)
+                 .values(state=DeviceState.TIMED_OUT.value, error_code="never_started",
                          updated_at=format_time(now)))
 
 
@@ -128,6 +142,13 @@ def evaluate(session: Session, rollout: Rollout, now: datetime) -> None:
                   f"{counts.total} devices failed")
         service.transition(session, rollout, RolloutState.HALTED, actor=ACTOR, now=now,
                            reason=reason)
+        if rollout.auto_rollback:
+            service.rollback(session, ACTOR, rollout, now, reason="automatic rollback on halt")
+    elif rollout.gates().unreachable(counts.committed, counts.final_failures, counts.total):
+        service.transition(session, rollout, RolloutState.HALTED, actor=ACTOR, now=now,
+                           reason=f"the gate can no longer pass in wave {rollout.wave}: "
+                                  f"{counts.final_failures} of {counts.total} devices failed "
+                                  f"for good and {rollout.min_success_pct} % must commit")
         if rollout.auto_rollback:
             service.rollback(session, ACTOR, rollout, now, reason="automatic rollback on halt")
     elif gate_passes(rollout, counts, now):
