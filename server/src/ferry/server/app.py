@@ -40,6 +40,7 @@ from ferry.server.core.observability import Metrics, ObservabilityMiddleware, co
 from ferry.server.core.periodic import Periodic
 from ferry.server.core.schemas import ErrorBody
 from ferry.server.core.settings import Settings
+from ferry.server.dashboard import routes as dashboard
 from ferry.server.deltas import DeltaService
 from ferry.server.deltas import routes as delta_routes
 from ferry.server.deltas.jobs import DeltaJobs
@@ -190,6 +191,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     app.include_router(system.router)
+    dashboard.mount(app)
     for router in API_ROUTERS:
         app.include_router(router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
     return app
