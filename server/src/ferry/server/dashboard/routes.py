@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Form, Request
+from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -23,18 +23,26 @@ from sqlmodel import Session
 from ferry.server.api.deps import CtxDep, ReadSessionDep, SessionDep
 from ferry.server.auth.service import TOKEN_PREFIX, Principal, ServerRole, lookup, principal_of
 from ferry.server.core.context import AppContext
-from ferry.server.core.errors import ForbiddenError
+from ferry.server.core.errors import ForbiddenError, NotFoundError
 from ferry.server.dashboard import session as cookie
+from ferry.server.dashboard.audit_view import AuditFilter, audit_view
+from ferry.server.dashboard.fleet_view import FleetFilter, device_view, fleet_view
+from ferry.server.dashboard.model_view import model_view, models_view, version_view
 from ferry.server.dashboard.rollout_view import ACTION_TARGET, can_operate, plan, rollout_view
+from ferry.server.fleet.devices import get_device
 from ferry.server.fleet.runtime import runtime_of
+from ferry.server.registry import service as registry
+from ferry.server.registry.tables import Namespace, RegisteredModel
 from ferry.server.rollouts import service
 from ferry.server.rollouts.engine import announce_changes
+from ferry.server.rollouts.members import MemberQuery, list_members, parse_states
 from ferry.server.rollouts.routes import ACTIONS
 from ferry.server.rollouts.status import rollout_public
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
 router = APIRouter(prefix="/ui", include_in_schema=False)
+DEVICE_PAGE = 100
 LIVE_POLL_S = 1.0  # how often an open rollout page re-counts its waves
 HEARTBEAT_S = 15.0  # an SSE comment keeps proxies from closing an idle stream
 STREAM_MAX_S = 600.0  # then the browser's EventSource reconnects (and re-authenticates)
@@ -186,6 +194,81 @@ def act(request: Request, rollout_id: str, action: str, session: SessionDep, ctx
     session.commit()
     announce_changes(ctx.engine, runtime)
     return _redirect(f"/ui/rollouts/{rollout_id}")
+
+
+@router.get("/rollouts/{rollout_id}/devices")
+def rollout_devices_page(request: Request, rollout_id: str, session: ReadSessionDep, user: User,
+                         state: str = "failed", wave: int | None = None,
+                         cursor: str | None = None) -> HTMLResponse:
+    """The rollout's devices in a state (failed by default) with their error codes and why."""
+    rollout = service.get_rollout(session, user, rollout_id)
+    query = MemberQuery(states=parse_states(state), wave=wave, limit=DEVICE_PAGE,
+                        cursor=cursor)
+    page = list_members(session, rollout, query, runtime_of(request.app).now())
+    return render(request, "rollout_devices.html", user, section="rollouts",
+                  rollout=rollout_public(rollout), page=page, state=state, wave=wave)
+
+
+# --- fleet, models, audit -----------------------------------------------------------
+
+
+@router.get("/fleet")
+def fleet_page(request: Request, session: ReadSessionDep, user: User, namespace: str = "",
+               tag: str = "", hardware: str = "", q: str = "",
+               offset: Annotated[int, Query(ge=0)] = 0) -> HTMLResponse:
+    flt = FleetFilter(namespace=namespace, tag=tag, hardware=hardware, q=q, offset=offset)
+    view = fleet_view(session, user, flt, runtime_of(request.app).now())
+    return render(request, "fleet.html", user, **view)
+
+
+@router.get("/devices/{device_id}")
+def device_page(request: Request, device_id: str, session: ReadSessionDep,
+                user: User) -> HTMLResponse:
+    device = get_device(session, user, device_id)
+    return render(request, "device.html", user,
+                  **device_view(session, device, runtime_of(request.app).now()))
+
+
+@router.get("/models")
+def models_page(request: Request, session: ReadSessionDep, user: User, q: str = "",
+                namespace: str = "") -> HTMLResponse:
+    rows = registry.list_models(session, user, namespace=namespace or None, q=q or None,
+                                tag=None)
+    return render(request, "models.html", user, models=models_view(session, rows), q=q,
+                  namespace=namespace)
+
+
+def _model(session: Session, user: Principal, ns: str, name: str
+           ) -> tuple[Namespace, RegisteredModel]:
+    if not user.in_namespace(ns):
+        raise NotFoundError(f"model '{ns}/{name}' does not exist")
+    return registry.get_model(session, ns, name)
+
+
+@router.get("/models/{ns}/{name}")
+def model_page(request: Request, ns: str, name: str, session: ReadSessionDep, user: User,
+               a: int | None = None, b: int | None = None) -> HTMLResponse:
+    namespace, model = _model(session, user, ns, name)
+    return render(request, "model.html", user, **model_view(session, namespace, model, a, b))
+
+
+@router.get("/models/{ns}/{name}/versions/{ref}")
+def version_page(request: Request, ns: str, name: str, ref: str, session: ReadSessionDep,
+                 user: User) -> HTMLResponse:
+    namespace, model = _model(session, user, ns, name)
+    version = registry.resolve_version(session, model, ref)
+    return render(request, "version.html", user,
+                  **version_view(session, namespace, model, version))
+
+
+@router.get("/audit")
+def audit_page(request: Request, session: ReadSessionDep, user: User, q: str = "",
+               action: str = "", before: int | None = None) -> HTMLResponse:
+    """Admins only, as ``GET /api/v1/audit``; others get a page that says so."""
+    if user.role is not ServerRole.ADMIN:
+        return render(request, "audit.html", user, status_code=403, forbidden=True)
+    view = audit_view(session, AuditFilter(q=q, action=action, before=before))
+    return render(request, "audit.html", user, forbidden=False, **view)
 
 
 def live_fragment(ctx: AppContext, app: FastAPI, secret: str, rollout_id: str) -> str | None:
