@@ -8,9 +8,10 @@ from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Path, Request, Response
+from prometheus_client import Counter as CounterChild
 from starlette.requests import ClientDisconnect
 from starlette.responses import FileResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ferry.server.api.deps import AppContext, CtxDep, DeviceReader, Publisher
 from ferry.server.audit import service as audit
@@ -40,14 +41,26 @@ class BlobResponse(FileResponse):
 
     chunk_size = DOWNLOAD_CHUNK
 
-    def __init__(self, *args: object, honour_range: bool, **kwargs: object) -> None:
+    def __init__(self, *args: object, honour_range: bool, sent: CounterChild | None = None,
+                 **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.honour_range = honour_range
+        self.sent = sent  # counts the body bytes actually sent (ranges, aborted downloads)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.honour_range:
             scope = dict(scope, headers=[(k, v) for k, v in scope["headers"] if k != b"range"])
-        await super().__call__(scope, receive, send)
+        counter = self.sent
+        if counter is None:
+            await super().__call__(scope, receive, send)
+            return
+
+        async def counting(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.body":
+                counter.inc(len(message.get("body", b"")))
+
+        await super().__call__(scope, receive, counting)
 
 
 def check_range(header: str | None, size: int) -> bool:
@@ -91,7 +104,7 @@ def get_blob(sha256: Digest, request: Request, ctx: CtxDep, _: DeviceReader) -> 
     honour = check_range(request.headers.get("range"), size)
     ctx.metrics.download_requests.inc()
     return BlobResponse(ctx.blobs.path(sha256), media_type="application/octet-stream",
-                        honour_range=honour,
+                        honour_range=honour, sent=ctx.metrics.served_bytes.labels("full"),
                         headers={"ETag": f'"{sha256}"',
                                  "Cache-Control": "public, max-age=31536000, immutable"})
 

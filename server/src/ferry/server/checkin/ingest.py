@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from ferry.protocol.documents import AgentState, StatusReport
-from ferry.protocol.timefmt import format_time, utcnow
+from ferry.protocol.timefmt import format_time, parse_time, utcnow
 from ferry.server.core.errors import ForbiddenError, UnauthenticatedError
 from ferry.server.fleet.tables import Device, DeviceReport, DeviceSlot
 from ferry.server.rollouts.machine import AGENT_TO_DEVICE, DeviceState, RolloutState, parse_id
@@ -31,6 +31,7 @@ class IngestResult:
 
     accepted: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
+    lags_s: list[float] = field(default_factory=list)  # ingest time minus the report's own
 
 
 def ingest_reports(session: Session, device_id: str, reports: Sequence[StatusReport],
@@ -54,10 +55,19 @@ def ingest_reports(session: Session, device_id: str, reports: Sequence[StatusRep
         seen.add(report.report_id)
         _apply(session, report, now)
         result.accepted.append(report.report_id)
+        result.lags_s.append(_lag(report, now))
     device.last_seen_at = format_time(now)
     session.add(device)
     session.flush()
     return result
+
+
+def _lag(report: StatusReport, now: datetime) -> float:
+    """Seconds from the report's timestamp to now (a device clock ahead of ours gives 0)."""
+    try:
+        return max(0.0, (now - parse_time(report.at)).total_seconds())
+    except ValueError:
+        return 0.0
 
 
 def _store(session: Session, report: StatusReport, now: datetime) -> bool:

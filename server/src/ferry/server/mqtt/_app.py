@@ -32,7 +32,7 @@ async def start_mqtt(app: FastAPI, ctx: AppContext,
     runtime = runtime_of(app)
     client_id = settings.client_id or default_client_id(ctx.settings.port)
     service = MqttService(settings, directory=FleetDirectory(ctx.read_engine),
-                          sink=FleetStatusSink(ctx.engine, runtime.now),
+                          sink=FleetStatusSink(ctx.engine, runtime.now, ctx.metrics),
                           metrics=MqttMetrics(ctx.metrics.registry), client_id=client_id)
     try:
         await service.start()
@@ -42,6 +42,8 @@ async def start_mqtt(app: FastAPI, ctx: AppContext,
                   "FERRY_MQTT_PORT to a free port or FERRY_MQTT_ENABLED=false",
                   extra={"fields": {"error": str(exc), "code": exc.code}})
         return None
+    ctx.metrics.mqtt_connected.set_function(lambda: float(service.link.connected.is_set()))
+    service.link.on_publish_error = ctx.metrics.mqtt_publish_errors.inc
     runtime.notifier = service.notifier
     runtime.broker_sync = service
     # Enrolment tells devices this URL (FERRY_MQTT_PUBLIC_URL, else the broker's).

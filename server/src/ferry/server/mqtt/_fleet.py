@@ -12,6 +12,7 @@ from sqlmodel import Session
 from ferry.protocol.documents import StatusReport
 from ferry.server.checkin.ingest import ingest_reports
 from ferry.server.core.db import session_scope
+from ferry.server.core.observability import Metrics
 from ferry.server.fleet.credentials import broker_credentials
 from ferry.server.fleet.tables import Device
 
@@ -45,9 +46,11 @@ class FleetStatusSink:
     connection opened before its revocation).
     """
 
-    def __init__(self, engine: Engine, clock: Callable[[], datetime]) -> None:
+    def __init__(self, engine: Engine, clock: Callable[[], datetime],
+                 metrics: Metrics | None = None) -> None:
         self.engine = engine
         self.clock = clock
+        self.metrics = metrics
 
     def ingest(self, batch: Sequence[tuple[str, StatusReport]]) -> dict[str, int]:
         by_device: dict[str, list[StatusReport]] = defaultdict(list)
@@ -55,6 +58,7 @@ class FleetStatusSink:
             by_device[device_id].append(report)
         outcome = {"accepted": 0, "duplicate": 0, "unknown_device": 0, "revoked_device": 0}
         now = self.clock().replace(microsecond=0)
+        lags: list[float] = []
         with session_scope(self.engine) as session:
             for device_id, reports in by_device.items():
                 device = session.get(Device, device_id)
@@ -64,4 +68,7 @@ class FleetStatusSink:
                 result = ingest_reports(session, device_id, reports, now)
                 outcome["accepted"] += len(result.accepted)
                 outcome["duplicate"] += len(result.duplicates)
+                lags.extend(result.lags_s)
+        if self.metrics is not None:  # after the commit: counted once it is durable
+            self.metrics.record_reports("mqtt", outcome["accepted"], outcome["duplicate"], lags)
         return outcome
