@@ -90,9 +90,6 @@ class Metrics:
         self.gate_decisions = Counter("ferry_rollout_gate_decisions", "Gate evaluations of "
                                       "rollouts by decision", ["decision"],
                                       registry=self.registry)
-        self.mqtt_connected = Gauge("ferry_mqtt_connected", "1 while the broker connection is "
-                                    "up and the status subscription acknowledged, else 0",
-                                    registry=self.registry)
         self.mqtt_publish_errors = Counter("ferry_mqtt_publish_errors", "MQTT publishes the "
                                            "client could not queue or send",
                                            registry=self.registry)
@@ -111,6 +108,12 @@ class Metrics:
         self.cached_checkin_requests = self.requests.labels("GET", route, "200")
         self.cached_checkin_latency = self.latency.labels("GET", route)
         self.cached_checkin_duration = self.checkin_latency.labels("cached")
+
+    def track_mqtt(self, connected: Callable[[], bool]) -> None:
+        """Export ``ferry_mqtt_connected`` (only when MQTT runs, so no false alert when off)."""
+        gauge = Gauge("ferry_mqtt_connected", "1 while the broker connection is up and the "
+                      "status subscription acknowledged, else 0", registry=self.registry)
+        gauge.set_function(lambda: float(connected()))
 
     def _zero_fill(self) -> None:
         """Every bounded label value exists from the start, so rates and alerts see zeros."""

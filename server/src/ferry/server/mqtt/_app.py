@@ -42,7 +42,7 @@ async def start_mqtt(app: FastAPI, ctx: AppContext,
                   "FERRY_MQTT_PORT to a free port or FERRY_MQTT_ENABLED=false",
                   extra={"fields": {"error": str(exc), "code": exc.code}})
         return None
-    ctx.metrics.mqtt_connected.set_function(lambda: float(service.link.connected.is_set()))
+    ctx.metrics.track_mqtt(service.ready)
     service.link.on_publish_error = ctx.metrics.mqtt_publish_errors.inc
     runtime.notifier = service.notifier
     runtime.broker_sync = service
