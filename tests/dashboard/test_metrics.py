@@ -79,11 +79,12 @@ def test_gate_decisions_are_counted(fleet: Fleet) -> None:
 def test_checkin_latency_is_measured_on_both_the_computed_and_the_cached_path(fleet: Fleet
                                                                            ) -> None:
     agent = fleet.devices(1)[0]
-    fleet.desired(agent)  # computed and signed, then cached
-    fleet.desired(agent)  # answered from the cache ahead of the app
+    for _ in range(5):  # the first is computed and signed, later ones come from the cache
+        fleet.desired(agent)  # (unless the epoch poller emptied it meanwhile: then computed)
     m = scrape(fleet)
-    assert value(m, "ferry_checkin_duration_seconds_count", path="computed") == 1
-    assert value(m, "ferry_checkin_duration_seconds_count", path="cached") == 1
+    computed = value(m, "ferry_checkin_duration_seconds_count", path="computed")
+    cached = value(m, "ferry_checkin_duration_seconds_count", path="cached")
+    assert computed >= 1 and cached >= 1 and computed + cached == 5
 
 
 def test_bytes_served_count_full_blobs_and_ranges(fleet: Fleet) -> None:
