@@ -49,7 +49,7 @@ STREAM_MAX_S = 600.0  # then the browser's EventSource reconnects (and re-authen
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Frame-Options": "DENY",
-                    "Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
+                    "Referrer-Policy": "same-origin", "Cache-Control": "no-store",
                     "X-Content-Type-Options": "nosniff"}
 
 
@@ -320,10 +320,16 @@ def rollout_events(request: Request, rollout_id: str, ctx: CtxDep, session: Read
                              media_type="text/event-stream", headers=headers)
 
 
+def no_icon() -> Response:
+    """Browsers ask for an icon even on JSON error pages; answer without a 404."""
+    return Response(status_code=204)
+
+
 def mount(app: FastAPI) -> None:
     """Add the pages, the static files and the sign-in redirect to ``app``."""
     app.include_router(router)
     app.add_api_route("/", home, include_in_schema=False)
+    app.add_api_route("/favicon.ico", no_icon, include_in_schema=False)
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="dashboard-static")
 
     async def to_sign_in(request: Request, exc: Exception) -> Response:

@@ -31,7 +31,11 @@ def csrf_ok(session_token: str, submitted: str | None) -> bool:
 
 
 def same_origin(origin: str | None, host: str | None) -> bool:
-    """A browser POST names its Origin; one from another host is refused outright."""
+    """A browser POST names its Origin; one from another host is refused outright.
+
+    Pages send ``Referrer-Policy: same-origin``: with ``no-referrer`` Chromium sends
+    ``Origin: null`` on same-site form posts, which this check must (and does) refuse.
+    """
     if not origin:
         return True  # old browsers and non-browser clients: the CSRF token still decides
     return origin != "null" and urlsplit(origin).netloc == (host or "")
