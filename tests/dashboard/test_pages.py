@@ -156,3 +156,22 @@ def test_a_tampered_audit_entry_shows_the_chain_broken(fleet: Fleet) -> None:
 def test_only_an_admin_reads_the_audit_page(fleet: Fleet) -> None:
     r = browser(fleet, fleet.token("operator")).get("/ui/audit")
     assert r.status_code == 403 and "data-entry" not in r.text and "for admins" in r.text
+
+
+def test_device_supplied_text_is_escaped_on_pages_and_in_the_live_fragment(fleet: Fleet) -> None:
+    """A device controls its report's detail and error code: it must not inject markup."""
+    from ferry.server.dashboard import routes
+
+    rollout, agents = live_rollout(fleet, devices=2, max_retries=0)
+    agent = by_wave(rollout, agents)[0][0]
+    attack = '<script>alert(1)</script><img src=x onerror="alert(2)">'
+    _report_with_detail(fleet, agent, attack, state="rolled_back", to_version=1,
+                        rollout_id=rollout["id"], error_code="probe_failed")
+    client = browser(fleet, fleet.admin)
+    pages = [client.get(f"/ui/devices/{agent.device_id}").text,
+             client.get(f"/ui/rollouts/{rollout['id']}/devices?state=failed").text,
+             routes.live_fragment(fleet.app.state.ctx, fleet.app,
+                                  client.cookies["ferry_session"], rollout["id"]) or ""]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in pages[0] + pages[1]
+    for html in pages:
+        assert "<script>alert" not in html and "<img src=x" not in html
