@@ -213,3 +213,9 @@ def test_the_real_server_is_ready_with_its_broker_subscription(stack: Stack) -> 
     assert value(metrics, "ferry_mqtt_connected") == 1
     assert value(metrics, "ferry_status_reports_total", transport="mqtt",
                  outcome="accepted") > 0
+    # Counted by the real loops and routes (the wiring, not a test's own callback):
+    assert value(metrics, "ferry_rollout_gate_decisions_total", decision="complete") >= 1
+    assert value(metrics, "ferry_rollout_gate_decisions_total", decision="advance") >= 1
+    assert value(metrics, "ferry_checkin_duration_seconds_count", path="computed") > 0
+    assert value(metrics, "ferry_served_bytes_total", kind="full") > 0  # sampled downloads
+    assert value(metrics, "ferry_devices", status="online") == DEVICES
