@@ -19,6 +19,7 @@ ORDER = [
     "bench_deltas.py",
     "bench_checkin.py",
     "bench_rollout.py",
+    "bench_dashboard.py",
 ]
 
 

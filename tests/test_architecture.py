@@ -19,7 +19,7 @@ SERVER = ROOT / "server" / "src" / "ferry" / "server"
 
 # Lowest first: each concept may import core and the concepts listed before it.
 SERVER_LAYERS = ["core", "audit", "auth", "trust", "webhooks", "registry", "blobs", "fleet",
-                 "rollouts", "checkin", "deltas", "mqtt"]
+                 "rollouts", "checkin", "deltas", "mqtt", "dashboard"]
 COMPOSITION = {"api", "app", "wiring", "metadata", "migrations", "backup"}
 PARTS = {
     "protocol": set(),

@@ -3,100 +3,30 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from typer.testing import CliRunner, Result
 
-from ferry.cli.main import app
 from ferry.client import ConflictError, FerryClient, MemoryTrustStore
 from tests.fleet.harness import report_doc
+from tests.rollouts.cli_harness import enroll, ferry, publish, server
 
-FERRY = Path(sys.executable).parent / "ferry"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    data = tmp_path_factory.mktemp("fleet-cli") / "data"
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
-    env["FERRY_ROLLOUT_TICK_S"] = "0.2"
-    log = data.parent / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(FERRY), "server", "--data-dir", str(data), "--port",
-                                 str(port)], stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        yield url, (data / "admin-token").read_text().strip()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-
-
-def ferry(server: tuple[str, str], tmp_path: Path, *args: str) -> Result:
-    env = {"FERRY_CONFIG": str(tmp_path / "config.toml"), "FERRY_SERVER": server[0],
-           "FERRY_TOKEN": server[1], "COLUMNS": "200"}
-    return CliRunner().invoke(app, list(args), env=env)
-
-
-def _publish(http: httpx.Client) -> None:
-    assert http.post("/api/v1/namespaces", json={"name": "vision"}).status_code == 201
-    assert http.post("/api/v1/models", json={"namespace": "vision", "name": "det"}).status_code == 201
-    data = b"weights v1"
-    sha = hashlib.sha256(data).hexdigest()
-    assert http.put(f"/api/v1/blobs/{sha}", content=data).status_code == 201
-    body = {"files": [{"path": "m.onnx", "sha256": sha, "size": len(data)}], "format": "onnx",
-            "flavor": "onnxruntime", "signature": {"inputs": [], "outputs": []},
-            "hardware": [], "metadata": {"created_by": "ci", "run_id": "r", "git_commit": "c"}}
-    assert http.post("/api/v1/models/vision/det/versions", json=body).status_code == 201
-    for stage in ("Staging", "Production"):
-        r = http.post("/api/v1/models/vision/det/versions/1/stage", json={"stage": stage})
-        assert r.status_code == 200, r.text
-
-
-def _enroll(http: httpx.Client, token: str, device_id: str) -> dict[str, Any]:
-    r = http.post("/api/v1/device/enroll", json={"enrollment_token": token, "device_id": device_id,
-                                                 "hardware": "x86_64", "tags": {"site": "lyon"}})
-    assert r.status_code == 201, r.text
-    return dict(r.json())
+__all__ = ["server"]
 
 
 def test_operator_drives_a_rollout_from_the_terminal(server: tuple[str, str],
                                                      tmp_path: Path) -> None:
     url, admin = server
     http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin}"})
-    _publish(http)
+    publish(http)
     result = ferry(server, tmp_path, "enrollment-token", "create", "vision", "line-3",
                    "--max-uses", "3", "--tag", "region=eu", "--json")
     assert result.exit_code == 0, result.output
     token = json.loads(result.output)["token"]
-    devices = [_enroll(http, token, f"cam-{i}") for i in range(3)]
+    devices = [enroll(http, token, f"cam-{i}") for i in range(3)]
     assert devices[0]["groups"] == ["all", "hw:x86_64", "region:eu", "site:lyon"]
 
     result = ferry(server, tmp_path, "rollout", "create", "vision/det@1", "--selector",

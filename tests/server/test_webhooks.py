@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.server.conftest import API, Harness
+from tests.support.metrics import parse, value
 
 SECRET = "s3cret-for-tests"
 
@@ -83,6 +84,18 @@ def _wait_for(h: Harness, hook: int, status: str, count: int = 1) -> list[dict]:
     raise AssertionError(f"no {status} delivery: {rows}")
 
 
+def _wait_for_metric(h: Harness, outcome: str, expected: float) -> None:
+    """The counter follows the row's commit by a moment."""
+    deadline, seen = time.monotonic() + 10, None
+    while time.monotonic() < deadline:
+        seen = value(parse(h.client.get("/metrics").text), "ferry_webhook_deliveries_total",
+                     outcome=outcome)
+        if seen == expected:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"ferry_webhook_deliveries_total{{outcome={outcome}}} is {seen}")
+
+
 def test_delivery_is_signed_and_retried_until_it_succeeds(
         harness_factory: Callable[..., Harness],
         receiver_factory: Callable[[list[int]], Receiver]) -> None:
@@ -100,6 +113,8 @@ def test_delivery_is_signed_and_retried_until_it_succeeds(
     event = json.loads(body)
     assert event["type"] == "version.created"
     assert event["data"]["model"] == "resnet" and event["data"]["version"] == 1
+    _wait_for_metric(h, "delivered", 1)
+    _wait_for_metric(h, "failed", 2)
 
 
 def test_delivery_gives_up_after_max_attempts(
@@ -112,6 +127,8 @@ def test_delivery_gives_up_after_max_attempts(
     rows = _wait_for(h, hook, "failed")
     assert rows[0]["attempts"] == 3 and rows[0]["last_error"] == "HTTP 500"
     assert len(receiver.requests) == 3
+    _wait_for_metric(h, "gave_up", 1)
+    _wait_for_metric(h, "failed", 2)
 
 
 def test_only_subscribed_events_are_sent(

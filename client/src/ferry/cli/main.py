@@ -13,7 +13,14 @@ from typing import Annotated
 
 import typer
 
-from ferry.cli import account_cmds, fleet_cmds, registry_cmds, simulate, transfer_cmds
+from ferry.cli import (
+    account_cmds,
+    fleet_cmds,
+    registry_cmds,
+    rollout_ops,  # noqa: F401  (adds its commands to `ferry rollout`)
+    simulate,
+    transfer_cmds,
+)
 
 HELP = """Ferry: push, promote and pull signed ML model bundles.
 
@@ -76,7 +83,7 @@ app.add_typer(account_cmds.token_app, name="token")
 app.add_typer(account_cmds.audit_app, name="audit")
 app.add_typer(fleet_cmds.devices_app, name="devices")
 app.add_typer(fleet_cmds.token_app, name="enrollment-token")
-app.add_typer(fleet_cmds.rollout_app, name="rollout")
+app.add_typer(fleet_cmds.rollout_app, name="rollout")  # with rollout_ops' commands
 app.add_typer(fleet_cmds.status_app, name="status")
 if (server_app := _server_commands()) is not None:
     _merge(app, server_app)

@@ -7,7 +7,7 @@ they are read by people and dashboards rather than passed back to the API.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -75,6 +75,44 @@ class Rollout(_Record):
     created_by: str = ""
     created_at: str = ""
     updated_at: str = ""
+
+
+@dataclass(frozen=True)
+class RolloutMember(_Record):
+    """One device of a rollout: where it is (``wave`` is 1-based), since when, and why it failed.
+
+    ``error_message`` is the device's own account (the probe's output for a probe
+    failure), or the server's for a device that timed out.
+    """
+
+    device_id: str
+    wave: int
+    state: str
+    hardware: str = ""
+    since: str = ""
+    time_in_state_s: int = 0
+    last_report_at: str | None = None
+    attempts: int = 0
+    from_version: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True)
+class RolloutMembersPage(_Record):
+    """One page of `FerryClient.rollout_devices`; pass ``next_cursor`` back for the next."""
+
+    rollout_id: str
+    total: int
+    devices: list[RolloutMember]
+    next_cursor: str | None = None
+    at: str = ""
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> RolloutMembersPage:
+        return cls(rollout_id=data["rollout_id"], total=data["total"], at=data.get("at", ""),
+                   next_cursor=data.get("next_cursor"),
+                   devices=[RolloutMember.from_json(d) for d in data["devices"]])
 
 
 @dataclass(frozen=True)
@@ -179,6 +217,33 @@ class FleetMixin:
     def rollout_status(self, rollout_id: str) -> dict[str, Any]:
         """Counts per wave and state, success rate, gate status, time in wave."""
         return dict(self._json("GET", f"/rollouts/{_seg(rollout_id)}/status"))
+
+    def rollout_devices(self, rollout_id: str, *, state: str | Sequence[str] | None = None,
+                        wave: int | None = None, limit: int = 100,
+                        cursor: str | None = None) -> RolloutMembersPage:
+        """One page of the rollout's devices, by device id.
+
+        ``state``: device states (``failed`` covers failed, rolled_back and timed_out);
+        ``wave``: 1-based; ``limit`` up to 1000.
+        """
+        states = state if isinstance(state, str) or state is None else ",".join(state)
+        params = _drop_none({"state": states or None, "wave": wave, "limit": limit,
+                             "cursor": cursor})
+        return RolloutMembersPage.parse(
+            self._json("GET", f"/rollouts/{_seg(rollout_id)}/devices", params=params))
+
+    def iter_rollout_devices(self, rollout_id: str, *, state: str | Sequence[str] | None = None,
+                             wave: int | None = None, page_size: int = 500
+                             ) -> Iterator[RolloutMember]:
+        """Every matching device of the rollout, fetching pages as they are consumed."""
+        cursor: str | None = None
+        while True:
+            page = self.rollout_devices(rollout_id, state=state, wave=wave, limit=page_size,
+                                        cursor=cursor)
+            yield from page.devices
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
 
     def fleet_status(self, namespace: str | None = None) -> dict[str, Any]:
         """Device counts and the installed versions per model."""

@@ -48,6 +48,9 @@ from ferry.server.core.observability import Metrics, ObservabilityMiddleware, co
 from ferry.server.core.periodic import Periodic
 from ferry.server.core.schemas import ErrorBody
 from ferry.server.core.settings import Settings
+from ferry.server.dashboard import routes as dashboard
+from ferry.server.dashboard.fleet_view import ONLINE_WINDOW_S
+from ferry.server.dashboard.gauges import fleet_gauges
 from ferry.server.deltas import DeltaService
 from ferry.server.deltas import routes as delta_routes
 from ferry.server.deltas.jobs import DeltaJobs
@@ -171,9 +174,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         worker = WebhookWorker(engine, RetryPolicy(settings.webhook_max_attempts,
                                                    settings.webhook_backoff_seconds,
                                                    settings.webhook_timeout_seconds),
-                               settings.webhook_poll_seconds, read_engine=read_engine)
+                               settings.webhook_poll_seconds, read_engine=read_engine,
+                               on_outcome=lambda o: metrics.webhook_deliveries.labels(o).inc())
         task = asyncio.create_task(worker.run()) if settings.start_webhook_worker else None
         mqtt = await start_mqtt(app, ctx)
+        app.state.mqtt = mqtt
         jobs = _start_deltas(app, ctx)
         fleet_tasks = fleet_wiring.start_tasks(app)
         renewer = Periodic(lambda: _renew_keyring(ctx), KEYRING_CHECK_S, "keyring renewal")
@@ -195,6 +200,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FerryApp(title="Ferry registry", version="1", lifespan=lifespan)
     app.state.ctx = ctx
+    app.state.mqtt = None
+    metrics.snapshots.sources.append(
+        lambda: fleet_gauges(read_engine, runtime_of(app).now(), ONLINE_WINDOW_S))
     fleet_wiring.install(app, ctx)
     install_error_handlers(app)
     app.add_exception_handler(405, method_not_allowed)
@@ -202,6 +210,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(HeadMiddleware)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     app.include_router(system.router)
+    dashboard.mount(app)
     for router in API_ROUTERS:
         app.include_router(router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
     return app

@@ -58,8 +58,9 @@ def start_tasks(app: FastAPI) -> Started:
                               settings.checkin_cache_poll_s, "reading fleet_epoch",
                               on_error=cache.invalidate))
     if settings.start_rollout_engine:
-        loops.append(Periodic(lambda: tick(ctx.engine, runtime), settings.rollout_tick_s,
-                              "rollout tick"))
+        decided = ctx.metrics.gate_decisions
+        loops.append(Periodic(lambda: tick(ctx.engine, runtime, lambda d: decided.labels(d).inc()),
+                              settings.rollout_tick_s, "rollout tick"))
     return [(loop, asyncio.create_task(loop.run())) for loop in loops]
 
 

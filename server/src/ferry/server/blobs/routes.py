@@ -9,9 +9,10 @@ from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Path, Request, Response
+from prometheus_client import Counter as CounterChild
 from starlette.requests import ClientDisconnect
 from starlette.responses import FileResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ferry.server.api.deps import CtxDep, DeviceReader, Publisher
 from ferry.server.api.http_semantics import IMMUTABLE, check_conditions
@@ -44,14 +45,25 @@ class BlobResponse(FileResponse):
     chunk_size = DOWNLOAD_CHUNK
 
     def __init__(self, path: PathLike[str], *, honour_range: bool, media_type: str,
-                 headers: Mapping[str, str]) -> None:
+                 headers: Mapping[str, str], sent: CounterChild | None = None) -> None:
         super().__init__(path, media_type=media_type, headers=headers)
         self.honour_range = honour_range
+        self.sent = sent  # counts the body bytes actually sent (ranges, aborted downloads)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.honour_range:
             scope = dict(scope, headers=[(k, v) for k, v in scope["headers"] if k != b"range"])
-        await super().__call__(scope, receive, send)
+        counter = self.sent
+        if counter is None:
+            await super().__call__(scope, receive, send)
+            return
+
+        async def counting(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.body":
+                counter.inc(len(message.get("body", b"")))
+
+        await super().__call__(scope, receive, counting)
 
 
 def check_range(header: str | None, size: int) -> bool:
@@ -101,7 +113,8 @@ def get_blob(sha256: Digest, request: Request, ctx: CtxDep, _: DeviceReader) -> 
     honour = check_range(request.headers.get("range"), size)
     ctx.metrics.download_requests.inc()
     return BlobResponse(ctx.blobs.path(sha256), media_type="application/octet-stream",
-                        honour_range=honour, headers={"ETag": etag, **IMMUTABLE})
+                        honour_range=honour, sent=ctx.metrics.served_bytes.labels("full"),
+                        headers={"ETag": etag, **IMMUTABLE})
 
 
 @router.put("/blobs/{sha256}", status_code=201, openapi_extra={"requestBody": {

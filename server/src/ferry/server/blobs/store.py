@@ -31,6 +31,13 @@ class LocalBlobStore(BlobStore):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
+    def unavailable(self) -> str | None:
+        if not self.root.is_dir():
+            return f"{self.root} is not a directory"
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            return f"{self.root} is not writable"
+        return None
+
     def path(self, sha256: str) -> Path:
         check_digest(sha256)
         return self.root / sha256[:2] / sha256[2:]

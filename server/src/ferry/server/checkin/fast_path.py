@@ -75,6 +75,7 @@ def bearer_secret(scope: Scope) -> str | None:
 def _record(metrics: Metrics, device_id: str, elapsed: float) -> None:
     metrics.cached_checkin_requests.inc()
     metrics.cached_checkin_latency.observe(elapsed)
+    metrics.cached_checkin_duration.observe(elapsed)
     metrics.checkin_cache_hits.inc()
     if access_log.isEnabledFor(logging.DEBUG):
         access_log.debug("request", extra={"fields": {

@@ -31,7 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from ferry.protocol.documents import AgentState, StatusReport
-from ferry.protocol.timefmt import format_time, utcnow
+from ferry.protocol.timefmt import format_time, parse_time, utcnow
 from ferry.server.core.errors import ForbiddenError, UnauthenticatedError
 from ferry.server.fleet.tables import Device, DeviceReport, DeviceSlot
 from ferry.server.rollouts.machine import AGENT_TO_DEVICE, DeviceState, RolloutState, parse_id
@@ -48,6 +48,7 @@ class IngestResult:
     duplicates: list[str] = field(default_factory=list)
     unknown_device: list[str] = field(default_factory=list)
     revoked_device: list[str] = field(default_factory=list)
+    lags_s: list[float] = field(default_factory=list)  # ingest time minus the report's own
 
 
 def ingest_reports(session: Session, device_id: str, reports: Sequence[StatusReport],
@@ -82,6 +83,8 @@ def ingest_batch(session: Session, reports: Sequence[StatusReport],
     for report in (r for r in reports if r.device_id in live):
         first = report.report_id in stored and report.report_id not in counted
         (result.accepted if first else result.duplicates).append(report.report_id)
+        if first:
+            result.lags_s.append(_lag(report, now))
         counted.add(report.report_id)
     stamp = format_time(now)
     for device in live.values():
@@ -102,6 +105,14 @@ def _live_devices(session: Session, ids: set[str], result: IngestResult,
         elif device.revoked_at is not None:
             result.revoked_device.append(report.report_id)
     return {d.id: d for d in rows if d.revoked_at is None}
+
+
+def _lag(report: StatusReport, now: datetime) -> float:
+    """Seconds from the report's timestamp to now (a device clock ahead of ours gives 0)."""
+    try:
+        return max(0.0, (now - parse_time(report.at)).total_seconds())
+    except ValueError:
+        return 0.0
 
 
 def _first_copies(reports: Sequence[StatusReport]) -> list[StatusReport]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -49,6 +50,7 @@ def desired_state(request: Request, device_id: DeviceId, ctx: CtxDep,
     the device's row lock. Sessions are opened here rather than through session
     dependencies, each of which would cost two more worker-thread hops.
     """
+    started = time.perf_counter()
     cache: CheckinCache = request.app.state.checkin_cache
     generation = cache.generation  # before reading: a change committed meanwhile voids the entry
     now, ttl_s = runtime.now(), runtime.settings.desired_state_ttl_s
@@ -67,11 +69,12 @@ def desired_state(request: Request, device_id: DeviceId, ctx: CtxDep,
         assert secret is not None  # the route's authentication read the same header
         cache.store(credential_key(secret),
                     Entry(device_id, served.body, parse_time(served.expires_at), generation))
+    ctx.metrics.checkin_latency.labels("computed").observe(time.perf_counter() - started)
     return Response(served.body, media_type="application/json")
 
 
 @router.post("/device/status")
-def post_status(body: StatusBatch, device_id: DeviceId, session: SessionDep,
+def post_status(body: StatusBatch, device_id: DeviceId, session: SessionDep, ctx: CtxDep,
                 runtime: RuntimeDep) -> StatusAccepted:
     reports = []
     for index, raw in enumerate(body.reports):
@@ -81,4 +84,6 @@ def post_status(body: StatusBatch, device_id: DeviceId, session: SessionDep,
             raise ValidationFailedError(f"reports[{index}]: {exc}", {"index": index}) from exc
     result = ingest_reports(session, device_id, reports, runtime.now())
     session.commit()
+    ctx.metrics.record_reports("http", len(result.accepted), len(result.duplicates),
+                               result.lags_s)
     return StatusAccepted(accepted=result.accepted, duplicates=result.duplicates)

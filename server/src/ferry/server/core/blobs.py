@@ -54,3 +54,7 @@ class BlobStore(ABC):
     def exists(self, sha256: str) -> bool:
         return self.size(sha256) is not None
 
+    def unavailable(self) -> str | None:
+        """Why the store cannot take or serve blobs right now, or None when it can (/readyz)."""
+        return None
+

@@ -12,14 +12,46 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ferry.protocol.endpoints import API, DESIRED_STATE
 
 access_log = logging.getLogger("ferry.server.access")
+log = logging.getLogger("ferry.server")
+
+# Check-ins are sub-millisecond from the cache and tens of milliseconds when signed.
+CHECKIN_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# A report waits in an offline device's queue for seconds to days.
+LAG_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 6 * 3600.0, 86400.0)
+TRANSPORTS = ("http", "mqtt")
+GATE_DECISIONS = ("start", "wait", "advance", "complete", "halt")
+WEBHOOK_OUTCOMES = ("delivered", "failed", "gave_up")
+Snapshot = Callable[[], Iterable[GaugeMetricFamily]]
+
+
+class SnapshotCollector(Collector):
+    """Gauges read from the database at scrape time (fleet, rollouts): one function per set.
+
+    A failing source is logged and skipped, so ``/metrics`` still answers with the rest.
+    """
+
+    def __init__(self) -> None:
+        self.sources: list[Snapshot] = []
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        for source in self.sources:
+            try:
+                families = list(source())
+            except Exception:
+                log.exception("a metrics snapshot failed")
+                continue
+            yield from families
 
 
 class Metrics:
@@ -43,6 +75,31 @@ class Metrics:
                                     "(offered, not_worth_it, failed, dropped)", ["outcome"],
                                     registry=self.registry)
 
+        self.checkin_latency = Histogram(
+            "ferry_checkin_duration_seconds", "Device check-ins (GET desired state) by path: "
+            "cached (answered ahead of the app) or computed", ["path"],
+            buckets=CHECKIN_BUCKETS, registry=self.registry)
+        self.served_bytes = Counter("ferry_served_bytes", "Artifact bytes sent to clients by "
+                                    "kind (full blob or delta)", ["kind"], registry=self.registry)
+        self.status_reports = Counter("ferry_status_reports", "Device status reports received "
+                                      "by transport and outcome (accepted, duplicate)",
+                                      ["transport", "outcome"], registry=self.registry)
+        self.ingest_lag = Histogram("ferry_status_report_lag_seconds", "From a report's own "
+                                    "timestamp to its ingest, accepted reports only",
+                                    ["transport"], buckets=LAG_BUCKETS, registry=self.registry)
+        self.gate_decisions = Counter("ferry_rollout_gate_decisions", "Gate evaluations of "
+                                      "rollouts by decision", ["decision"],
+                                      registry=self.registry)
+        self.mqtt_publish_errors = Counter("ferry_mqtt_publish_errors", "MQTT publishes the "
+                                           "client could not queue or send",
+                                           registry=self.registry)
+        self.webhook_deliveries = Counter("ferry_webhook_deliveries", "Webhook delivery "
+                                          "attempts by outcome (delivered, failed = will retry, "
+                                          "gave_up)", ["outcome"], registry=self.registry)
+        self.snapshots = SnapshotCollector()
+        self.registry.register(self.snapshots)
+        self._zero_fill()
+
         self.checkin_cache_hits = Counter("ferry_checkin_cache_hits", "Device check-ins "
                                           "answered from the check-in cache",
                                           registry=self.registry)
@@ -50,6 +107,30 @@ class Metrics:
         route = DESIRED_STATE.removeprefix(API)
         self.cached_checkin_requests = self.requests.labels("GET", route, "200")
         self.cached_checkin_latency = self.latency.labels("GET", route)
+        self.cached_checkin_duration = self.checkin_latency.labels("cached")
+
+    def _zero_fill(self) -> None:
+        """Every bounded label value exists from the start, so rates and alerts see zeros."""
+        for kind in ("full", "delta"):
+            self.served_bytes.labels(kind)
+        for transport in TRANSPORTS:
+            self.ingest_lag.labels(transport)
+            for outcome in ("accepted", "duplicate"):
+                self.status_reports.labels(transport, outcome)
+        for decision in GATE_DECISIONS:
+            self.gate_decisions.labels(decision)
+        for outcome in WEBHOOK_OUTCOMES:
+            self.webhook_deliveries.labels(outcome)
+        self.checkin_latency.labels("computed")
+
+    def record_reports(self, transport: str, accepted: int, duplicates: int,
+                       lags_s: Iterable[float]) -> None:
+        """One ingested batch: counts by outcome and each accepted report's lag."""
+        self.status_reports.labels(transport, "accepted").inc(accepted)
+        self.status_reports.labels(transport, "duplicate").inc(duplicates)
+        lag = self.ingest_lag.labels(transport)
+        for seconds in lags_s:
+            lag.observe(max(0.0, seconds))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -64,6 +64,7 @@ async def get_delta(from_sha256: Digest, to_sha256: Digest, request: Request, ct
     if not honour:
         ctx.metrics.delta_served_bytes.inc(record.delta_size)
     return BlobResponse(found.offer.path, media_type=MEDIA_TYPE, honour_range=honour,
+                        sent=ctx.metrics.served_bytes.labels("delta"),
                         headers={"ETag": etag,
                                  "X-Ferry-Delta-Sha256": record.delta_sha256,
                                  "X-Ferry-Delta-Size": str(record.delta_size)})

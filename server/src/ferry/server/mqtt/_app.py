@@ -32,7 +32,7 @@ async def start_mqtt(app: FastAPI, ctx: AppContext,
     if not settings.state_dir:
         settings = settings.with_overrides(state_dir=str(ctx.settings.data_dir / "mqtt"))
     service = MqttService(settings, directory=FleetDirectory(ctx.read_engine),
-                          sink=FleetStatusSink(ctx.engine, runtime.now),
+                          sink=FleetStatusSink(ctx.engine, runtime.now, ctx.metrics),
                           metrics=MqttMetrics(ctx.metrics.registry))
     try:
         await service.start()
@@ -42,7 +42,7 @@ async def start_mqtt(app: FastAPI, ctx: AppContext,
                   "FERRY_MQTT_PORT to a free port or FERRY_MQTT_ENABLED=false",
                   extra={"fields": {"error": str(exc), "code": exc.code}})
         return None
-    app.state.mqtt = service  # /readyz asks it whether the status subscription is live
+    service.link.on_publish_error = ctx.metrics.mqtt_publish_errors.inc
     runtime.notifier = service.notifier
     runtime.broker_sync = service
     # Enrolment tells devices this URL (FERRY_MQTT_PUBLIC_URL, else the broker's).

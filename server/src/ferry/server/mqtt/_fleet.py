@@ -11,6 +11,7 @@ from sqlmodel import Session
 from ferry.protocol.documents import StatusReport
 from ferry.server.checkin.ingest import ingest_batch
 from ferry.server.core.db import session_scope
+from ferry.server.core.observability import Metrics
 from ferry.server.fleet.credentials import broker_credentials
 from ferry.server.fleet.tables import Device
 
@@ -44,14 +45,20 @@ class FleetStatusSink:
     connection opened before its revocation).
     """
 
-    def __init__(self, engine: Engine, clock: Callable[[], datetime]) -> None:
+    def __init__(self, engine: Engine, clock: Callable[[], datetime],
+                 metrics: Metrics | None = None) -> None:
         self.engine = engine
         self.clock = clock
+        self.metrics = metrics
 
     def ingest(self, batch: Sequence[tuple[str, StatusReport]]) -> dict[str, int]:
         now = self.clock().replace(microsecond=0)
         with session_scope(self.engine) as session:
             result = ingest_batch(session, [report for _, report in batch], now)
-        return {"accepted": len(result.accepted), "duplicate": len(result.duplicates),
-                "unknown_device": len(result.unknown_device),
-                "revoked_device": len(result.revoked_device)}
+        outcome = {"accepted": len(result.accepted), "duplicate": len(result.duplicates),
+                   "unknown_device": len(result.unknown_device),
+                   "revoked_device": len(result.revoked_device)}
+        if self.metrics is not None:  # after the commit: counted once it is durable
+            self.metrics.record_reports("mqtt", outcome["accepted"], outcome["duplicate"],
+                                        result.lags_s)
+        return outcome

@@ -35,7 +35,8 @@ class MqttLink:
         self.client_id = client_id
         self.subscription = subscription
         self._on_state = on_state or (lambda _live, _why: None)
-        self.connected = threading.Event()
+        self.connected = threading.Event()  # set once connected *and* subscribed
+        self.on_publish_error: Callable[[], None] | None = None  # counted by the app's metrics
         self._on_message = on_message
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   clean_session=not persistent, protocol=mqtt.MQTTv311,
@@ -63,8 +64,14 @@ class MqttLink:
         return self.connected.wait(timeout)
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        """QoS 1; paho queues it while disconnected and sends it after reconnecting."""
-        self.client.publish(topic, payload, qos=1, retain=retain)
+        """QoS 1; paho queues it while disconnected and sends it after reconnecting.
+
+        A refusal other than "not connected" (queued, sent later) counts as an error.
+        """
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN) \
+                and self.on_publish_error is not None:
+            self.on_publish_error()
 
     def ack(self, mid: int) -> None:
         self.client.ack(mid, 1)

@@ -172,6 +172,10 @@ class MqttService:
         if self.broker is not None:
             await self.broker.stop()
 
+    def ready(self) -> bool:
+        """Connected to the broker with the status subscription acknowledged (/readyz)."""
+        return self.live
+
     def wait_connected(self, timeout: float = CONNECT_WAIT_S) -> bool:
         return self.link.wait_connected(timeout)
 

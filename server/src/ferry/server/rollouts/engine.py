@@ -12,6 +12,7 @@ Nothing is kept in memory between ticks: a restarted server carries on.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -127,13 +128,15 @@ def schedule_retries(session: Session, rollout: Rollout, now: datetime) -> int:
     return retried
 
 
-def evaluate(session: Session, rollout: Rollout, now: datetime) -> None:
-    """One gate evaluation of one locked rollout."""
+def evaluate(session: Session, rollout: Rollout, now: datetime) -> str:
+    """One gate evaluation of one locked rollout; returns the decision (for the metrics):
+    ``start``, ``wait``, ``advance``, ``complete`` or ``halt``."""
     if rollout.state == RolloutState.SCHEDULED:
         if rollout.start_at is None or rollout.start_at <= format_time(now):
             service.transition(session, rollout, RolloutState.RUNNING, actor=ACTOR, now=now,
                                wave=0, reason="start time reached")
-        return
+            return "start"
+        return "wait"
     time_out_silent(session, rollout, now)
     schedule_retries(session, rollout, now)
     counts = cohort_counts(session, rollout)
@@ -144,16 +147,21 @@ def evaluate(session: Session, rollout: Rollout, now: datetime) -> None:
                            reason=reason)
         if rollout.auto_rollback:
             service.rollback(session, ACTOR, rollout, now, reason="automatic rollback on halt")
-    elif rollout.gates().unreachable(counts.committed, counts.final_failures, counts.total):
+        return "halt"
+    if rollout.gates().unreachable(counts.committed, counts.final_failures, counts.total):
         service.transition(session, rollout, RolloutState.HALTED, actor=ACTOR, now=now,
                            reason=f"the gate can no longer pass in wave {rollout.wave}: "
                                   f"{counts.final_failures} of {counts.total} devices failed "
                                   f"for good and {rollout.min_success_pct} % must commit")
         if rollout.auto_rollback:
             service.rollback(session, ACTOR, rollout, now, reason="automatic rollback on halt")
-    elif gate_passes(rollout, counts, now):
+        return "halt"
+    if gate_passes(rollout, counts, now):
+        last = rollout.wave + 1 >= len(rollout.waves)
         service.advance(session, ACTOR, rollout, now,
                         reason=f"gate passed: {counts.committed}/{counts.total} committed")
+        return "complete" if last else "advance"
+    return "wait"
 
 
 def lock_for_evaluation(session: Session, rollout_pk: int) -> Rollout | None:
@@ -163,8 +171,10 @@ def lock_for_evaluation(session: Session, rollout_pk: int) -> Rollout | None:
                         .with_for_update(skip_locked=True)).first()
 
 
-def tick(engine: Engine, runtime: FleetRuntime) -> None:
-    """Evaluate every due rollout once, then announce whatever changed."""
+def tick(engine: Engine, runtime: FleetRuntime,
+         record: Callable[[str], None] | None = None) -> None:
+    """Evaluate every due rollout once, then announce whatever changed; ``record`` gets
+    each gate decision once its transaction committed."""
     now = runtime.now()
     with session_scope(engine) as session:
         due = session.exec(select(Rollout.id).where(col(Rollout.state).in_(_EVALUATED))).all()
@@ -172,8 +182,9 @@ def tick(engine: Engine, runtime: FleetRuntime) -> None:
         try:
             with session_scope(engine) as session:
                 rollout = lock_for_evaluation(session, pk or 0)
-                if rollout is not None:
-                    evaluate(session, rollout, now)
+                decision = evaluate(session, rollout, now) if rollout is not None else None
+            if decision is not None and record is not None:
+                record(decision)
         except Exception:  # one broken rollout must not stop the others
             log.exception("gate evaluation of %s failed", public_id(pk or 0))
     announce_changes(engine, runtime)

@@ -1,4 +1,4 @@
-"""Sync status: per rollout (waves, counts, gate) and fleet-wide (installed versions)."""
+"""Sync status: per rollout (waves, counts, gate, devices) and fleet-wide (installed versions)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from ferry.server.api.deps import Reader, ReadSessionDep
 from ferry.server.auth.service import ALL_NAMESPACES, ServerRole
 from ferry.server.fleet.runtime import FleetRuntime, get_runtime
 from ferry.server.rollouts import service
+from ferry.server.rollouts.members import MAX_PAGE, MemberQuery, list_members, parse_states
 from ferry.server.rollouts.status import fleet_status, rollout_status
 
 router = APIRouter(tags=["status"])
@@ -21,6 +22,21 @@ def get_rollout_status(rollout_id: str, session: ReadSessionDep, reader: Reader,
                        runtime: RuntimeDep) -> dict[str, Any]:
     rollout = service.get_rollout(session, reader, rollout_id)
     return rollout_status(session, rollout, runtime.now())
+
+
+@router.get("/rollouts/{rollout_id}/devices")
+def get_rollout_devices(rollout_id: str, session: ReadSessionDep, reader: Reader,
+                        runtime: RuntimeDep, state: str | None = None,
+                        wave: Annotated[int | None, Query(ge=1)] = None,
+                        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+                        cursor: Annotated[str | None, Query(max_length=256)] = None
+                        ) -> dict[str, Any]:
+    """The rollout's devices, a page at a time: state, wave (1-based), last report, error
+    code and message, time in state. ``state`` is a comma list; ``failed`` covers every
+    failure (failed, rolled_back, timed_out). Follow ``next_cursor`` until it is null."""
+    rollout = service.get_rollout(session, reader, rollout_id)
+    query = MemberQuery(states=parse_states(state), wave=wave, limit=limit, cursor=cursor)
+    return list_members(session, rollout, query, runtime.now())
 
 
 @router.get("/fleet/status")

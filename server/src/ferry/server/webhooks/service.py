@@ -17,6 +17,7 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,8 +97,10 @@ class WebhookWorker:
     """Delivers due webhook rows until stopped."""
 
     def __init__(self, engine: Engine, policy: RetryPolicy, poll_seconds: float = 1.0,
-                 read_engine: Engine | None = None) -> None:
+                 read_engine: Engine | None = None,
+                 on_outcome: Callable[[str], None] | None = None) -> None:
         self.engine = engine
+        self.on_outcome = on_outcome  # delivered, failed (will retry) or gave_up; for metrics
         self.read_engine = read_engine or engine
         self.policy = policy
         self.poll_seconds = poll_seconds
@@ -184,6 +187,9 @@ class WebhookWorker:
                 row.last_error = error
                 row.next_attempt_at = time.time() + self.policy.delay(attempts)
             session.add(row)
+        if self.on_outcome is not None:
+            self.on_outcome("delivered" if error is None else
+                            "gave_up" if attempts >= self.policy.max_attempts else "failed")
 
 
 def jobs_pending_soon(jobs: list[_Job]) -> bool:

@@ -1,0 +1,103 @@
+"""The operator's questions, asked from the terminal against a real `ferry server`:
+which devices failed and why. Each test reads what a person sees (text at 80 and
+200 columns), what a script reads (``--json``) and the exit code."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fleet.harness import report_doc
+from tests.rollouts.cli_harness import enroll, ferry, publish, send_report, server
+
+__all__ = ["server"]
+
+PROBE_OUTPUT = ("Traceback (most recent call last):\n  File \"probe.py\", line 9, in <module>\n"
+                "    check(session.run(None, feed))\n"
+                "AssertionError: output 'scores' has shape [1, 4], expected [1, 3]")
+
+
+@pytest.fixture(scope="module")
+def http(server: tuple[str, str]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server[0],
+                      headers={"Authorization": f"Bearer {server[1]}"}) as client:
+        publish(client)
+        yield client
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def devices_of(http: httpx.Client, batch: str, n: int, hardware: str = "x86_64"
+               ) -> list[dict[str, Any]]:
+    r = http.post("/api/v1/enrollment-tokens", json={"namespace": "vision", "name": batch,
+                                                     "max_uses": None})
+    token = r.json()["token"]
+    return [enroll(http, token, f"{batch}-{i:02d}", hardware, {"batch": batch})
+            for i in range(n)]
+
+
+def table_rows(output: str) -> list[list[str]]:
+    """The cells of a rich table's body rows (the header's separators are ┃, not │)."""
+    return [[cell.strip() for cell in line.split("│")] for line in output.splitlines()
+            if "│" in line]
+
+
+def report(server: tuple[str, str], device: dict[str, Any], state: str, rollout_id: str,
+           version: int = 1, error_code: str | None = None, detail: str = "") -> None:
+    doc = report_doc(device["device_id"], state, to_version=version, rollout_id=rollout_id,
+                     at=now(), error_code=error_code)
+    doc["detail"] = detail
+    send_report(server[0], device, doc)
+
+
+def test_rollout_devices_names_the_failed_devices_and_the_probe_output(
+        server: tuple[str, str], http: httpx.Client, tmp_path: Path) -> None:
+    fleet = devices_of(http, "probe", 3)
+    created = ferry(server, tmp_path, "rollout", "create", "vision/det@1", "--selector",
+                    "batch=probe", "--waves", "100", "--bake", "3600", "--json")
+    rollout_id = json.loads(created.output)["id"]
+    report(server, fleet[0], "committed", rollout_id)
+    report(server, fleet[1], "rolled_back", rollout_id, error_code="probe_failed",
+           detail=PROBE_OUTPUT)
+
+    narrow = ferry(server, tmp_path, "rollout", "devices", rollout_id, "--state", "failed",
+                   columns=80)
+    assert narrow.exit_code == 0, narrow.output
+    lines = narrow.output.splitlines()
+    assert lines[0] == f"{rollout_id}: 1 device (state failed)"
+    assert all(len(line) <= 80 for line in lines), narrow.output
+    assert "probe-01" in narrow.output and "rolled_back" in narrow.output
+    assert "probe_failed" in narrow.output and "expected [1, 3]" in narrow.output
+    assert "last report" not in narrow.output and "probe-00" not in narrow.output
+
+    wide = ferry(server, tmp_path, "rollout", "devices", rollout_id, columns=200)
+    assert wide.exit_code == 0 and "last report" in wide.output
+    assert wide.output.splitlines()[0] == f"{rollout_id}: 3 devices"
+    rows = {row[0]: row for row in table_rows(wide.output)}
+    assert rows["probe-00"][1:3] == ["1", "committed"]
+    assert rows["probe-02"][1:3] == ["1", "pending"] and rows["probe-02"][4] == "never"
+
+    scripted = ferry(server, tmp_path, "rollout", "devices", rollout_id, "--state", "failed",
+                     "--json")
+    body = json.loads(scripted.output)
+    assert (body["total"], body["shown"]) == (1, 1)
+    [row] = body["devices"]
+    assert (row["device_id"], row["wave"], row["error_code"]) == ("probe-01", 1, "probe_failed")
+    assert row["error_message"] == PROBE_OUTPUT
+
+    limited = ferry(server, tmp_path, "rollout", "devices", rollout_id, "--limit", "2")
+    assert "… 1 more; raise --limit or use --json" in limited.output
+
+    typo = ferry(server, tmp_path, "rollout", "devices", rollout_id, "--state", "faild")
+    assert typo.exit_code == 1 and "unknown device state 'faild'" in typo.output
+    no_wave = ferry(server, tmp_path, "rollout", "devices", rollout_id, "--wave", "2")
+    assert no_wave.exit_code == 1 and "has waves 1..1" in no_wave.output
+    assert ferry(server, tmp_path, "rollout", "cancel", rollout_id).exit_code == 0
