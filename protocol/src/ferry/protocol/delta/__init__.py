@@ -1,7 +1,8 @@
 """Ferry's model-aware binary deltas: container format, descriptor and the device-side decoder.
 
 Standard library plus ``zstandard`` and ``bsdiff4`` only (no numpy), so it runs on
-the device. The server's encoder lives in :mod:`ferry.server.deltas`.
+the device. The encoder lives in :mod:`ferry.protocol.delta.encode`
+(imported by the server and the `ferry delta` command, never by the device).
 """
 
 from ferry.protocol.delta._apply import apply_delta_file, decode_chunk

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ferry.protocol.delta import DeltaDescriptor
-from ferry.server.deltas._encoder import EncodeOptions, build_delta
+from ferry.protocol.delta.encode import EncodeOptions, build_delta
 
 DEFAULT_MAX_FRACTION = 0.6
 FORMAT = "ferry-delta/1"

@@ -40,8 +40,8 @@ from ferry.protocol.delta.codec import (
     sparse_encode,
     split_planes,
 )
-from ferry.server.deltas._layout import read_layout
-from ferry.server.deltas._plan import ChunkPlan, old_pieces, plan_chunks
+from ferry.protocol.delta.encode._layout import read_layout
+from ferry.protocol.delta.encode._plan import ChunkPlan, old_pieces, plan_chunks
 
 _READ = 1 << 20
 SPARSE_RATIO = 8  # lane deltas compressed below 1/8 of the chunk are tried with sparse codings
