@@ -15,10 +15,14 @@ from dataclasses import dataclass
 
 from ferry.protocol.delta import Op
 from ferry.protocol.delta.encode._layout import Tensor
+from ferry.protocol.delta.encode._match import Matcher
 
 RAW_WIDTH = 4  # unknown bytes are most often float32 weights
 RAW_OPS = (Op.XOR,)
 SMALL_TENSOR = 64 << 10  # tensors below this are grouped with their small neighbours
+MATCHED_REGION = 64 << 10  # raw regions from this size on are located in the old file
+MIN_PIECE = 64  # the shortest chunk a placement boundary may cut ...
+SHORT_PIECES = 16  # ... while short pieces stay below this many plus one per chunk_size
 
 
 @dataclass(frozen=True)
@@ -42,20 +46,25 @@ def plan_chunks(
     old_layout: list[Tensor] | None,
     old_size: int | None,
     chunk_size: int,
+    matcher: Matcher | None = None,
 ) -> list[ChunkPlan]:
-    """Every byte of the new file in exactly one chunk, in file order."""
+    """Every byte of the new file in exactly one chunk, in file order.
+
+    ``matcher`` locates raw regions (bytes outside tensors, whole unknown files)
+    in the old file; without one they pair with the same old offsets.
+    """
     if chunk_size % 8:
         raise ValueError("chunk_size must be a multiple of 8 so lanes never straddle chunks")
     if new_layout is None:
-        return list(_raw(0, new_size, old_size, chunk_size))
+        return list(_raw(0, new_size, old_size, chunk_size, matcher))
     old_by_name = {t.name: t for t in old_layout or ()}
     plans: list[ChunkPlan] = []
     position = 0
     for tensor in _group_small(new_layout, old_by_name, chunk_size):
-        plans += _raw(position, tensor.offset, old_size, chunk_size)
+        plans += _raw(position, tensor.offset, old_size, chunk_size, matcher)
         plans += _tensor(tensor, old_by_name.get(tensor.name), chunk_size)
         position = tensor.offset + tensor.length
-    plans += _raw(position, new_size, old_size, chunk_size)
+    plans += _raw(position, new_size, old_size, chunk_size, matcher)
     return plans
 
 
@@ -116,16 +125,34 @@ def _merged(run: list[Tensor], old_by_name: dict[str, Tensor]) -> Tensor:
     return Tensor(name, first.width, first.is_float, first.offset, length)
 
 
-def _raw(start: int, end: int, old_size: int | None, chunk_size: int) -> Iterator[ChunkPlan]:
-    for offset in range(start, end, chunk_size):
+def _raw(
+    start: int, end: int, old_size: int | None, chunk_size: int, matcher: Matcher | None
+) -> Iterator[ChunkPlan]:
+    """Chunks of bytes with no tensor layout, each paired with old bytes at its shift.
+
+    Without a matcher (or in small regions such as headers) the shift is zero and
+    the counterpart window one chunk either side; a located chunk gets a quarter
+    chunk either side (enough for local insertions, and bsdiff's time grows with it).
+    """
+    located = matcher is not None and old_size is not None and end - start >= MATCHED_REGION
+    offset, short = start, 0
+    while offset < end:
         length = min(chunk_size, end - offset)
-        aligned = offset if old_size is not None and offset + length <= old_size else None
-        cp_offset, cp_length = _window(
-            offset - chunk_size, offset + length + chunk_size, 0, old_size or 0
-        )
+        at, margin = offset, chunk_size
+        if located:
+            assert matcher is not None
+            shift, usable = matcher.locate(offset, length)
+            at, margin = offset + shift, chunk_size // 4
+            if usable < length:  # the placement ends (or another starts) here: cut
+                budget = SHORT_PIECES + (offset - start) // chunk_size
+                length = max(usable, MIN_PIECE if short < budget else chunk_size // 16)
+                short += length < chunk_size // 16
+        aligned = at if old_size is not None and at + length <= old_size else None
+        cp_offset, cp_length = _window(at - margin, at + length + margin, 0, old_size or 0)
         yield ChunkPlan(
             offset, length, RAW_WIDTH, RAW_OPS, False, (Op.NONE,), aligned, cp_offset, cp_length
         )
+        offset += length
 
 
 def _tensor(new: Tensor, old: Tensor | None, chunk_size: int) -> Iterator[ChunkPlan]:
