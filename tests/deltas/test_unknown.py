@@ -48,7 +48,9 @@ def test_reordered_edited_unknown_container_is_within_two_percent_of_bsdiff(
     whole_file_bsdiff = len(bsdiff4.diff(old.read_bytes(), new.read_bytes()))
     assert result.size <= 1.02 * whole_file_bsdiff
     data = new.read_bytes()
-    apply_delta_file(old, result.path, tmp_path / "out", len(data), hashlib.sha256(data).hexdigest())
+    apply_delta_file(
+        old, result.path, tmp_path / "out", len(data), hashlib.sha256(data).hexdigest()
+    )
     assert (tmp_path / "out").read_bytes() == data
 
 

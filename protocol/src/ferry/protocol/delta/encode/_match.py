@@ -47,8 +47,11 @@ class Matcher:
         there, so a chunk never straddles two placements. Updates the running shift."""
         data = os.pread(self.new_fd, length, offset)
         candidates = {self.shift, 0, *self._votes(data, offset)}
-        runs = {shift: self._run(data, offset + shift)
-                for shift in candidates if 0 <= offset + shift <= self.old_size}
+        runs = {
+            shift: self._run(data, offset + shift)
+            for shift in candidates
+            if 0 <= offset + shift <= self.old_size
+        }
         starting = [shift for shift, (score, _, first) in runs.items() if score and first < _FINE]
         if starting:
             best = max(starting, key=lambda shift: (runs[shift][0], shift == self.shift))
@@ -95,7 +98,6 @@ class Matcher:
         while end < min(len(data), len(old)) and data[end] == old[end]:  # to the byte
             end += 1
         return score, (len(data) if end + step >= len(data) else end), first
-
 
     def _index(self) -> dict[bytes, int]:
         if self._anchors is None:
