@@ -46,6 +46,7 @@ class Tensor:
     is_float: bool
     offset: int
     length: int
+    row: int = 0  # bytes of one slice along dim 0 (row-major); 0 when the shape is unknown
 
     @property
     def ops(self) -> tuple[Op, ...]:
@@ -96,14 +97,31 @@ def _safetensors(fd: int, size: int) -> list[Tensor]:
         if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end):
             raise ValueError("bad offsets")
         if end > begin:
-            tensors.append(Tensor(name, width, is_float, base + begin, end - begin))
+            row = row_bytes(info.get("shape"), width, end - begin)
+            tensors.append(Tensor(name, width, is_float, base + begin, end - begin, row))
     return tensors
+
+
+def row_bytes(shape: object, width: int, length: int) -> int:
+    """Bytes of one slice along dim 0, when ``shape`` is a list of ints matching ``length``.
+
+    A scalar or an inconsistent shape gives 0 (unknown): no row alignment then.
+    """
+    if not isinstance(shape, list) or not shape:
+        return 0
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        return 0
+    row = width
+    for dim in shape[1:]:
+        row *= dim
+    return row if row and row * shape[0] == length else 0
 
 
 # --- ONNX: the few protobuf fields we need --------------------------------------------
 
 _MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5
-_TENSOR_DATA_TYPE, _TENSOR_NAME, _TENSOR_RAW_DATA = 2, 8, 9
+_TENSOR_DIMS, _TENSOR_DATA_TYPE, _TENSOR_NAME, _TENSOR_RAW_DATA = 1, 2, 8, 9
+_MAX_DIMS_BYTES = 128  # a packed dims field of a real tensor is a few bytes
 
 
 class _Wire:
@@ -174,9 +192,13 @@ def _onnx(fd: int, size: int) -> list[Tensor]:
 
 
 def _onnx_tensor(fd: int, start: int, length: int) -> Tensor | None:
-    name, dtype, raw = "", 0, None
+    name, dtype, raw, dims = "", 0, None, []
     for number, wire, value in _Wire(fd, start, start + length).fields():
-        if number == _TENSOR_NAME and wire == 2:
+        if number == _TENSOR_DIMS and wire == 0:
+            dims.append(value)
+        elif number == _TENSOR_DIMS and wire == 2 and value[1] <= _MAX_DIMS_BYTES:
+            dims += _packed_varints(fd, *value)
+        elif number == _TENSOR_NAME and wire == 2:
             name = os.pread(fd, value[1], value[0]).decode("utf-8")
         elif number == _TENSOR_DATA_TYPE and wire == 0:
             dtype = value
@@ -185,4 +207,12 @@ def _onnx_tensor(fd: int, start: int, length: int) -> Tensor | None:
     if raw is None or raw[1] == 0 or dtype not in _ONNX_DTYPES:
         return None
     width, is_float = _ONNX_DTYPES[dtype]
-    return Tensor(name, width, is_float, raw[0], raw[1])
+    return Tensor(name, width, is_float, raw[0], raw[1], row_bytes(dims, width, raw[1]))
+
+
+def _packed_varints(fd: int, start: int, length: int) -> list[int]:
+    wire = _Wire(fd, start, start + length)
+    values = []
+    while wire.pos < wire.end:
+        values.append(wire.varint())
+    return values

@@ -156,37 +156,51 @@ def _raw(
 
 
 def _tensor(new: Tensor, old: Tensor | None, chunk_size: int) -> Iterator[ChunkPlan]:
-    same = old is not None and old.length == new.length and old.width == new.width
-    for rel in range(0, new.length, chunk_size):
+    """Chunks of one tensor: aligned with its old version over their common leading rows.
+
+    A tensor whose dim 0 grew or shrank (vocabulary extension, a grown classifier head,
+    pruned rows) keeps its row size, so in row-major order the rows both versions have
+    are the same leading bytes: those chunks are aligned (lane deltas), and a chunk
+    ends where the common block ends. Added rows are coded as new. A tensor whose
+    other dimensions changed gets a proportional window of its old bytes as counterpart.
+    """
+    common = _common_bytes(new, old)
+    rel = 0
+    while rel < new.length:
         length = min(chunk_size, new.length - rel)
-        if old is None:
-            yield ChunkPlan(
-                new.offset + rel, length, new.width, new.ops, True, new.baseless_ops, None
-            )
-        elif same:
-            at = old.offset + rel
-            yield ChunkPlan(
-                new.offset + rel, length, new.width, new.ops, True, new.baseless_ops, at, at, length
-            )
-        else:
-            centre = old.offset + rel * old.length // new.length
-            cp_offset, cp_length = _window(
-                centre - chunk_size,
-                centre + length + chunk_size,
-                old.offset,
-                old.offset + old.length,
-            )
-            yield ChunkPlan(
-                new.offset + rel,
-                length,
-                new.width,
-                new.ops,
-                True,
-                new.baseless_ops,
-                None,
-                cp_offset,
-                cp_length,
-            )
+        if rel < common:
+            length = min(length, common - rel)
+        yield _tensor_chunk(new, old, rel, length, rel < common, chunk_size)
+        rel += length
+
+
+def _common_bytes(new: Tensor, old: Tensor | None) -> int:
+    """Leading bytes of ``new`` that line up with the same bytes of ``old``."""
+    if old is None or old.width != new.width:
+        return 0
+    if old.length == new.length:
+        return new.length
+    if old.row and old.row == new.row and old.is_float == new.is_float:
+        return min(old.length, new.length)
+    return 0
+
+
+def _tensor_chunk(
+    new: Tensor, old: Tensor | None, rel: int, length: int, aligned: bool, chunk_size: int
+) -> ChunkPlan:
+    offset, ops, baseless = new.offset + rel, new.ops, new.baseless_ops
+    if old is None:
+        return ChunkPlan(offset, length, new.width, ops, True, baseless, None)
+    if aligned:
+        at = old.offset + rel
+        return ChunkPlan(offset, length, new.width, ops, True, baseless, at, at, length)
+    if old.row and old.row == new.row:  # added rows: nothing in the old tensor is theirs
+        return ChunkPlan(offset, length, new.width, ops, True, baseless, None)
+    centre = old.offset + rel * old.length // new.length
+    cp_offset, cp_length = _window(
+        centre - chunk_size, centre + length + chunk_size, old.offset, old.offset + old.length
+    )
+    return ChunkPlan(offset, length, new.width, ops, True, baseless, None, cp_offset, cp_length)
 
 
 def _window(start: int, end: int, low: int, high: int) -> tuple[int, int]:
