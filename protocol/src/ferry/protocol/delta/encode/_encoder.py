@@ -40,7 +40,7 @@ from ferry.protocol.delta.codec import (
     sparse_encode,
     split_planes,
 )
-from ferry.protocol.delta.encode._layout import read_layout
+from ferry.protocol.delta.encode._layout import read_layout, sidecar
 from ferry.protocol.delta.encode._match import Matcher
 from ferry.protocol.delta.encode._plan import ChunkPlan, old_pieces, plan_chunks
 
@@ -134,7 +134,7 @@ def build_bsdiff40(
 def _build(old: Path | None, new: Path, out: Path, options: EncodeOptions) -> DeltaResult:
     new_size = new.stat().st_size
     with open(new, "rb") as new_file:
-        new_layout = read_layout(new_file.fileno(), new_size)
+        new_layout = read_layout(new_file.fileno(), new_size, sidecar(new))
     if old is None:
         plans = plan_chunks(new_layout, new_size, None, None, options.chunk_size)
         index: dict[tuple[int, bytes], int] = {}
@@ -142,7 +142,7 @@ def _build(old: Path | None, new: Path, out: Path, options: EncodeOptions) -> De
     else:
         base_size = old.stat().st_size
         with open(old, "rb") as old_file, open(new, "rb") as new_file:
-            old_layout = read_layout(old_file.fileno(), base_size)
+            old_layout = read_layout(old_file.fileno(), base_size, sidecar(old))
             index, base_sha256 = _index_old(
                 old_file.fileno(), old_pieces(old_layout, base_size, options.chunk_size)
             )

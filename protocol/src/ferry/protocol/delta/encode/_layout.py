@@ -3,20 +3,27 @@
 safetensors is an 8-byte little-endian header length, a JSON header and the data;
 ONNX is protobuf, whose initializers' ``raw_data`` we locate with a minimal
 wire-format walk (the ``onnx`` package parses values but does not report file
-offsets). Files are read with ``os.pread`` in small pieces, never mapped, so a
-multi-GiB model costs no memory here. Anything else has no layout, and deltas
-fall back to aligning equal offsets.
+offsets). GGUF, TFLite, PyTorch zip checkpoints and OpenVINO IR (whose offsets
+are in the ``.xml`` beside the ``.bin``) are in ``_formats``. Files are read with
+``os.pread`` in small pieces, never mapped, so a multi-GiB model costs no memory
+here. Anything else, or any of these that does not parse cleanly, has no layout:
+its bytes are then located in the old file by the matcher (``_match``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
-from ferry.protocol.delta import Op
+from ferry.protocol.delta.encode._formats import gguf, openvino, tflite, torch_zip
+from ferry.protocol.delta.encode._tensor import Tensor, row_bytes
+
+__all__ = ["Tensor", "format_of", "read_layout", "row_bytes", "sidecar"]
 
 # dtype name → (bytes per element, lane operations worth trying, is float)
 _SAFETENSORS_DTYPES: dict[str, tuple[int, bool]] = {
@@ -31,44 +38,67 @@ _ONNX_DTYPES: dict[int, tuple[int, bool]] = {
     7: (8, False), 9: (1, False), 10: (2, True), 11: (8, True), 12: (4, False), 13: (8, False),
     16: (2, True),
 }  # fmt: skip
-FLOAT_OPS = (Op.XOR, Op.XORROT, Op.SUBZZ)
-INT_OPS = (Op.SUB, Op.SUBZZ, Op.XOR)
 _MAX_SAFETENSORS_HEADER = 100 << 20
 _MAX_MODEL_FIELDS = 64  # a ModelProto has a handful of top-level fields; random bytes do not
 
 
-@dataclass(frozen=True)
-class Tensor:
-    """One tensor's bytes in the file: name, element width, float or integer, range."""
-
-    name: str
-    width: int
-    is_float: bool
-    offset: int
-    length: int
-    row: int = 0  # bytes of one slice along dim 0 (row-major); 0 when the shape is unknown
-
-    @property
-    def ops(self) -> tuple[Op, ...]:
-        """Lane operations worth trying against the aligned old tensor."""
-        return FLOAT_OPS if self.is_float else INT_OPS
-
-    @property
-    def baseless_ops(self) -> tuple[Op, ...]:
-        """Lane operations worth trying without a base (rotation helps 16/32-bit floats)."""
-        return (Op.NONE, Op.ROT) if self.is_float and self.width in (2, 4) else (Op.NONE,)
+# Errors any parser may raise on bytes that are not its format (or are forged).
+_REFUSED = (
+    ValueError, KeyError, TypeError, IndexError, OverflowError, UnicodeDecodeError,
+    struct.error, ElementTree.ParseError,
+)  # fmt: skip
+Parser = Callable[[int, int], list[Tensor]]
 
 
-def read_layout(fd: int, size: int) -> list[Tensor] | None:
-    """The tensors of a safetensors or ONNX file, sorted by offset; None if neither."""
-    for parser in (_safetensors, _onnx):
+def read_layout(fd: int, size: int, sidecar: Path | None = None) -> list[Tensor] | None:
+    """The tensors of a model file, sorted by offset; None when no parser accepts it.
+
+    ``sidecar``: an OpenVINO ``.xml`` describing this ``.bin``. Tensors that overlap
+    or run past the end refuse the whole layout (exact duplicates, shared constants,
+    are kept once).
+    """
+    return _read(fd, size, sidecar)[1]
+
+
+def sidecar(path: Path) -> Path | None:
+    """The OpenVINO ``model.xml`` that describes ``model.bin``, when it sits beside it."""
+    xml = path.with_suffix(".xml")
+    return xml if path.suffix == ".bin" and xml.is_file() else None
+
+
+def format_of(fd: int, size: int, sidecar: Path | None = None) -> str:
+    """The name of the parser that read the file's layout, or ``"bytes"``."""
+    return _read(fd, size, sidecar)[0]
+
+
+def _read(fd: int, size: int, sidecar: Path | None) -> tuple[str, list[Tensor] | None]:
+    parsers: list[tuple[str, Parser]] = [
+        ("safetensors", _safetensors), ("onnx", _onnx), ("gguf", gguf), ("tflite", tflite),
+        ("pytorch-zip", torch_zip),
+    ]  # fmt: skip
+    if sidecar is not None:
+        parsers.insert(0, ("openvino", lambda _fd, bin_size: openvino(sidecar, bin_size)))
+    for name, parser in parsers:
         try:
             tensors = parser(fd, size)
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError):
+        except _REFUSED:
             continue
         if tensors:
-            return _non_overlapping(sorted(tensors, key=lambda t: t.offset), size)
-    return None
+            layout = _non_overlapping(_unique(tensors), size)
+            if layout is not None:
+                return name, layout
+    return "bytes", None
+
+
+def _unique(tensors: list[Tensor]) -> list[Tensor]:
+    """Sorted by offset, exact duplicates of a range (one constant used twice) once."""
+    seen: set[tuple[int, int]] = set()
+    out = []
+    for tensor in sorted(tensors, key=lambda t: (t.offset, t.length)):
+        if (tensor.offset, tensor.length) not in seen:
+            seen.add((tensor.offset, tensor.length))
+            out.append(tensor)
+    return out
 
 
 def _non_overlapping(tensors: list[Tensor], size: int) -> list[Tensor] | None:
@@ -100,21 +130,6 @@ def _safetensors(fd: int, size: int) -> list[Tensor]:
             row = row_bytes(info.get("shape"), width, end - begin)
             tensors.append(Tensor(name, width, is_float, base + begin, end - begin, row))
     return tensors
-
-
-def row_bytes(shape: object, width: int, length: int) -> int:
-    """Bytes of one slice along dim 0, when ``shape`` is a list of ints matching ``length``.
-
-    A scalar or an inconsistent shape gives 0 (unknown): no row alignment then.
-    """
-    if not isinstance(shape, list) or not shape:
-        return 0
-    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        return 0
-    row = width
-    for dim in shape[1:]:
-        row *= dim
-    return row if row and row * shape[0] == length else 0
 
 
 # --- ONNX: the few protobuf fields we need --------------------------------------------

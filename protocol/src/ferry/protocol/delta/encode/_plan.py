@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ferry.protocol.delta import Op
-from ferry.protocol.delta.encode._layout import Tensor
 from ferry.protocol.delta.encode._match import Matcher
+from ferry.protocol.delta.encode._tensor import Tensor
 
 RAW_WIDTH = 4  # unknown bytes are most often float32 weights
 RAW_OPS = (Op.XOR,)
