@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import BinaryIO, Protocol
 
 from ferry.protocol.delta._errors import (
     DeltaCorruptError,
+    DeltaError,
     DeltaResultMismatchError,
     DeltaTooLargeError,
     DeltaTruncatedError,
@@ -209,8 +211,13 @@ def _apply(
     header = DeltaHeader.parse(stream.read_exact(header_len, "header"), limits)
     if header.target_size != expected_size or header.target_sha256 != expected_sha256:
         raise DeltaResultMismatchError("delta builds another artifact than the manifest describes")
-    with _open_base(old_path, header) as old:
-        _apply_chunks(stream, header, old, sink, limits)
+    with _open_base(old_path, header) as (old, base):
+        try:
+            _apply_chunks(stream, header, old, sink, limits)
+        except DeltaError:
+            base.require()  # a chunk that failed on the wrong base is a wrong base
+            raise
+        base.require()
 
 
 def _open_old(old_path: str | os.PathLike[str]) -> BinaryIO:
@@ -220,13 +227,45 @@ def _open_old(old_path: str | os.PathLike[str]) -> BinaryIO:
         raise DeltaWrongBaseError(f"old artifact cannot be read: {exc}") from exc
 
 
+class _BaseCheck:
+    """The old artifact's sha256, computed in a thread while the chunks are decoded.
+
+    hashlib releases the GIL on large updates, so on a device with two cores hashing
+    the base costs no wall time; ``require`` waits for it and refuses a wrong base.
+    Chunks read the base before it is verified, but each chunk and the result are
+    verified too, and nothing is renamed into place before ``require`` passes.
+    """
+
+    def __init__(self, fd: int | None, expected: str | None) -> None:
+        self.expected, self.actual, self.error = expected, "", ""
+        self._thread = None
+        if fd is not None:
+            self._thread = threading.Thread(target=self._run, args=(fd,), daemon=True)
+            self._thread.start()
+
+    def _run(self, fd: int) -> None:
+        try:
+            self.actual = _sha256_of(fd)
+        except OSError as exc:
+            self.error = str(exc)
+
+    def require(self) -> None:
+        if self._thread is None:
+            return
+        self._thread.join()
+        if self.error:
+            raise DeltaWrongBaseError(f"old artifact cannot be read: {self.error}")
+        if self.actual != self.expected:
+            raise DeltaWrongBaseError("old artifact is not the delta's base (sha256 differs)")
+
+
 @contextmanager
 def _open_base(
     old_path: str | os.PathLike[str] | None, header: DeltaHeader
-) -> Iterator[BinaryIO | None]:
-    """Open and authenticate the old artifact: size first (cheap), then its sha256."""
+) -> Iterator[tuple[BinaryIO | None, _BaseCheck]]:
+    """Open the old artifact, check its size (cheap) and start hashing it (``_BaseCheck``)."""
     if header.base_sha256 is None:
-        yield None
+        yield None, _BaseCheck(None, None)
         return
     if old_path is None:
         raise DeltaWrongBaseError("delta needs an old artifact and none was given")
@@ -236,18 +275,23 @@ def _open_base(
             raise DeltaWrongBaseError(
                 f"old artifact is {size} bytes, delta base {header.base_size}"
             )
-        if _sha256_of(handle) != header.base_sha256:
-            raise DeltaWrongBaseError("old artifact is not the delta's base (sha256 differs)")
-        yield handle
+        check = _BaseCheck(handle.fileno(), header.base_sha256)
+        try:
+            yield handle, check
+        finally:
+            if check._thread is not None:
+                check._thread.join()  # never close the file under the hashing thread
 
 
-def _sha256_of(handle: BinaryIO) -> str:
-    """Hash an open file from its start through one reused buffer (no per-block allocation)."""
+def _sha256_of(fd: int) -> str:
+    """Hash a file by ``pread`` through one reused buffer (no shared file position)."""
     digest = hashlib.sha256()
     buffer = bytearray(_HASH_BLOCK)
     view = memoryview(buffer)
-    while count := handle.readinto(view):
+    offset = 0
+    while count := os.preadv(fd, [view], offset):
         digest.update(view[:count])
+        offset += count
     return digest.hexdigest()
 
 
