@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from ferry.cli import account_cmds, fleet_cmds, registry_cmds, simulate, transfer_cmds
+from ferry.cli import account_cmds, delta_cmds, fleet_cmds, registry_cmds, simulate, transfer_cmds
 
 HELP = """Ferry: push, promote and pull signed ML model bundles.
 
@@ -78,5 +78,6 @@ app.add_typer(fleet_cmds.devices_app, name="devices")
 app.add_typer(fleet_cmds.token_app, name="enrollment-token")
 app.add_typer(fleet_cmds.rollout_app, name="rollout")
 app.add_typer(fleet_cmds.status_app, name="status")
+app.add_typer(delta_cmds.app, name="delta")
 if (server_app := _server_commands()) is not None:
     _merge(app, server_app)

@@ -26,6 +26,7 @@ from ferry.protocol.delta._format import (
     DeltaLimits,
     payload_cap,
 )
+from ferry.protocol.delta._inspect import DeltaIndex, read_index
 from ferry.protocol.delta.codec import Op
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "DeltaDescriptor",
     "DeltaError",
     "DeltaHeader",
+    "DeltaIndex",
     "DeltaLimits",
     "DeltaResultMismatchError",
     "DeltaTooLargeError",
@@ -48,4 +50,5 @@ __all__ = [
     "apply_delta_file",
     "decode_chunk",
     "payload_cap",
+    "read_index",
 ]

@@ -12,5 +12,16 @@ from ferry.protocol.delta.encode._encoder import (
     build_compressed,
     build_delta,
 )
+from ferry.protocol.delta.encode._layout import Tensor, format_of, read_layout, sidecar
 
-__all__ = ["DeltaResult", "EncodeOptions", "build_bsdiff40", "build_compressed", "build_delta"]
+__all__ = [
+    "DeltaResult",
+    "EncodeOptions",
+    "Tensor",
+    "build_bsdiff40",
+    "build_compressed",
+    "build_delta",
+    "format_of",
+    "read_layout",
+    "sidecar",
+]
