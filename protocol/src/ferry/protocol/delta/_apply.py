@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, Self
 
 from ferry.protocol.delta._errors import (
     DeltaCorruptError,
@@ -51,6 +52,7 @@ from ferry.protocol.delta.codec import (
 )
 
 _READ = 64 << 10  # reading a whole-file bsdiff patch: small blocks, checked against its cap
+_PENDING = 2  # decoded chunks waiting for the hashing thread (memory: ≤ 2 chunks)
 _HASH_BLOCK = 64 << 10  # hashing the old file: one reused buffer, far below any chunk
 
 
@@ -298,23 +300,75 @@ def _sha256_of(fd: int) -> str:
 def _apply_chunks(
     stream: _Stream, header: DeltaHeader, old: BinaryIO | None, sink: BinaryIO, limits: DeltaLimits
 ) -> None:
-    whole = hashlib.sha256()
     written = 0
-    for index in range(header.chunks):
-        record = ChunkRecord.parse(stream.read_exact(RECORD.size, f"record of chunk {index}"))
-        _check_record(record, index, written, header, limits)
-        payload = stream.read_exact(record.payload_len, f"payload of chunk {index}")
-        source = _read_source(old, record)
-        data = decode_chunk(record, payload, source)
-        if hashlib.sha256(data).digest() != record.sha256:
-            raise DeltaCorruptError(f"chunk {index} does not hash to its recorded sha256")
-        sink.write(data)
-        whole.update(data)
-        written += record.out_size
+    with _OutputCheck() as check:
+        for index in range(header.chunks):
+            record = ChunkRecord.parse(stream.read_exact(RECORD.size, f"record of chunk {index}"))
+            _check_record(record, index, written, header, limits)
+            payload = stream.read_exact(record.payload_len, f"payload of chunk {index}")
+            source = _read_source(old, record)
+            data = decode_chunk(record, payload, source)
+            sink.write(data)
+            check.put(index, data, record.sha256)
+            written += record.out_size
+        whole = check.finish()
     if written != header.target_size:
         raise DeltaCorruptError(f"chunks make {written} bytes, header says {header.target_size}")
-    if whole.hexdigest() != header.target_sha256:
+    if whole != header.target_sha256:
         raise DeltaResultMismatchError("the rebuilt artifact does not match the manifest sha256")
+
+
+class _OutputCheck:
+    """Each chunk's sha256 and the whole result's, in a thread beside the decoding.
+
+    hashlib releases the GIL, so the main thread only decodes. At most
+    ``_PENDING`` decoded chunks wait for their hash (bounded memory); a chunk
+    that does not hash to its record is reported at the next ``put`` (so a bad
+    stream is abandoned within a few chunks) and at ``finish``, always before
+    anything is renamed into place.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[int, bytes | bytearray, bytes] | None] = queue.Queue(
+            maxsize=_PENDING
+        )
+        self._whole = hashlib.sha256()
+        self.failed: int | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            index, data, expected = item
+            if self.failed is not None:
+                continue
+            if hashlib.sha256(data).digest() != expected:
+                self.failed = index
+            else:
+                self._whole.update(data)
+
+    def _raise_if_failed(self) -> None:
+        if self.failed is not None:
+            raise DeltaCorruptError(f"chunk {self.failed} does not hash to its recorded sha256")
+
+    def put(self, index: int, data: bytes | bytearray, expected: bytes) -> None:
+        self._raise_if_failed()
+        self._queue.put((index, data, expected))
+
+    def finish(self) -> str:
+        """Wait for every pending chunk; the whole result's sha256."""
+        self._queue.put(None)
+        self._thread.join()
+        self._raise_if_failed()
+        return self._whole.hexdigest()
 
 
 def _check_record(
