@@ -21,6 +21,7 @@ RAW_WIDTH = 4  # unknown bytes are most often float32 weights
 RAW_OPS = (Op.XOR,)
 SMALL_TENSOR = 64 << 10  # tensors below this are grouped with their small neighbours
 MATCHED_REGION = 64 << 10  # raw regions from this size on are located in the old file
+SMALL_WINDOW = 64 << 10  # old bytes either side of a short unlocated chunk (a zip entry header)
 MIN_PIECE = 64  # the shortest chunk a placement boundary may cut ...
 SHORT_PIECES = 16  # ... while short pieces stay below this many plus one per chunk_size
 
@@ -131,14 +132,15 @@ def _raw(
     """Chunks of bytes with no tensor layout, each paired with old bytes at its shift.
 
     Without a matcher (or in small regions such as headers) the shift is zero and
-    the counterpart window one chunk either side; a located chunk gets a quarter
-    chunk either side (enough for local insertions, and bsdiff's time grows with it).
+    the counterpart window four times the chunk (at least 64 KiB, at most one chunk)
+    either side; a located chunk gets a quarter chunk either side (enough for local
+    insertions; bsdiff's time grows with the window).
     """
     located = matcher is not None and old_size is not None and end - start >= MATCHED_REGION
     offset, short = start, 0
     while offset < end:
         length = min(chunk_size, end - offset)
-        at, margin = offset, chunk_size
+        at, margin = offset, min(chunk_size, max(4 * length, SMALL_WINDOW))
         if located:
             assert matcher is not None
             shift, usable = matcher.locate(offset, length)
