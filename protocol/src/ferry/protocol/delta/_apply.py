@@ -301,14 +301,13 @@ def _apply_chunks(
     stream: _Stream, header: DeltaHeader, old: BinaryIO | None, sink: BinaryIO, limits: DeltaLimits
 ) -> None:
     written = 0
-    with _OutputCheck() as check:
+    with _OutputCheck(sink) as check:
         for index in range(header.chunks):
             record = ChunkRecord.parse(stream.read_exact(RECORD.size, f"record of chunk {index}"))
             _check_record(record, index, written, header, limits)
             payload = stream.read_exact(record.payload_len, f"payload of chunk {index}")
             source = _read_source(old, record)
             data = decode_chunk(record, payload, source)
-            sink.write(data)
             check.put(index, data, record.sha256)
             written += record.out_size
         whole = check.finish()
@@ -319,16 +318,19 @@ def _apply_chunks(
 
 
 class _OutputCheck:
-    """Each chunk's sha256 and the whole result's, in a thread beside the decoding.
+    """Each chunk's sha256, its write and the whole result's sha256, in a thread
+    beside the decoding.
 
-    hashlib releases the GIL, so the main thread only decodes. At most
-    ``_PENDING`` decoded chunks wait for their hash (bounded memory); a chunk
-    that does not hash to its record is reported at the next ``put`` (so a bad
-    stream is abandoned within a few chunks) and at ``finish``, always before
-    anything is renamed into place.
+    hashlib and file writes release the GIL, so the main thread only decodes. At
+    most ``_PENDING`` decoded chunks wait (bounded memory); a chunk is written only
+    once it hashes to its record. A chunk that does not, or a failed write, is
+    reported at the next ``put`` (so a bad stream is abandoned within a few
+    chunks) and at ``finish``, always before anything is renamed into place.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sink: BinaryIO) -> None:
+        self._sink = sink
+        self.error: OSError | None = None
         self._queue: queue.Queue[tuple[int, bytes | bytearray, bytes] | None] = queue.Queue(
             maxsize=_PENDING
         )
@@ -348,14 +350,21 @@ class _OutputCheck:
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
             index, data, expected = item
-            if self.failed is not None:
+            if self.failed is not None or self.error is not None:
                 continue
             if hashlib.sha256(data).digest() != expected:
                 self.failed = index
-            else:
-                self._whole.update(data)
+                continue
+            try:
+                self._sink.write(data)
+            except OSError as exc:
+                self.error = exc
+                continue
+            self._whole.update(data)
 
     def _raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error
         if self.failed is not None:
             raise DeltaCorruptError(f"chunk {self.failed} does not hash to its recorded sha256")
 
