@@ -240,6 +240,7 @@ class _BaseCheck:
 
     def __init__(self, fd: int | None, expected: str | None) -> None:
         self.expected, self.actual, self.error = expected, "", ""
+        self._stop = threading.Event()
         self._thread = None
         if fd is not None:
             self._thread = threading.Thread(target=self._run, args=(fd,), daemon=True)
@@ -247,9 +248,15 @@ class _BaseCheck:
 
     def _run(self, fd: int) -> None:
         try:
-            self.actual = _sha256_of(fd)
+            self.actual = _sha256_of(fd, self._stop)
         except OSError as exc:
             self.error = str(exc)
+
+    def cancel(self) -> None:
+        """Stop hashing (the apply failed for another reason) and wait for the thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
     def require(self) -> None:
         if self._thread is None:
@@ -281,17 +288,19 @@ def _open_base(
         try:
             yield handle, check
         finally:
-            if check._thread is not None:
-                check._thread.join()  # never close the file under the hashing thread
+            check.cancel()  # never close the file under the hashing thread
 
 
-def _sha256_of(fd: int) -> str:
-    """Hash a file by ``pread`` through one reused buffer (no shared file position)."""
+def _sha256_of(fd: int, stop: threading.Event) -> str:
+    """Hash a file by ``pread`` through one reused buffer (no shared file position);
+    "" when ``stop`` is set first."""
     digest = hashlib.sha256()
     buffer = bytearray(_HASH_BLOCK)
     view = memoryview(buffer)
     offset = 0
     while count := os.preadv(fd, [view], offset):
+        if stop.is_set():
+            return ""
         digest.update(view[:count])
         offset += count
     return digest.hexdigest()
