@@ -239,3 +239,18 @@ def test_int8_weights_are_not_lane_coded_as_float(tmp_path: Path) -> None:
         layout = read_layout(handle.fileno(), new.stat().st_size)
     assert layout is not None and layout[0].width == 1 and not layout[0].is_float
     _round_trip(old, new, tmp_path)
+
+
+def test_gguf_with_a_long_metadata_value_keeps_its_layout(tmp_path: Path) -> None:
+    """Values are skipped, not read: a 2 MB chat template is no reason to give up the layout."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
+    writer.add_string("tokenizer.chat_template", "{{ x }}" * 300_000)
+    writer.add_tensor("w", weights()["dense.weight"])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    found, layout = _layout(tmp_path / "m.gguf")
+    assert found == "gguf" and layout is not None and layout[0][0] == "w"

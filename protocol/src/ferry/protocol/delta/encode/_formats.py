@@ -20,6 +20,7 @@ from ferry.protocol.delta.encode._tensor import Tensor, row_bytes
 
 MAX_ENTRIES = 1 << 20  # tensors, zip entries, key/value pairs: far above any real model
 MAX_META = 64 << 20  # a pickle, a zip central directory, an OpenVINO xml
+MAX_NAME = 64 << 10  # a key or tensor name read into memory
 
 
 class _Reader:
@@ -51,10 +52,11 @@ class _Reader:
     def u64(self) -> int:
         return self.unpack("Q")[0]
 
-    def count(self, at_least_bytes_each: int) -> int:
-        """A u64 element count that the rest of the file could actually hold."""
+    def count(self, at_least_bytes_each: int, cap: int | None = None) -> int:
+        """A u64 element count that the rest of the file could actually hold (and, for
+        things that are read into memory or looped over, at most ``cap``)."""
         n = self.u64()
-        if n > MAX_ENTRIES and at_least_bytes_each > 0 or n * at_least_bytes_each > self.end:
+        if n * max(at_least_bytes_each, 1) > self.end - self.pos or (cap is not None and n > cap):
             raise ValueError(f"declared count {n} exceeds what the file can hold")
         return n
 
@@ -223,7 +225,7 @@ def gguf(fd: int, size: int) -> list[Tensor]:
         raise ValueError("not GGUF")
     if reader.u32() not in (2, 3):
         raise ValueError("unsupported GGUF version")
-    tensor_count, kv_count = reader.count(24), reader.count(12)
+    tensor_count, kv_count = reader.count(24, MAX_ENTRIES), reader.count(12, MAX_ENTRIES)
     alignment = 32
     for _ in range(kv_count):
         key = _gguf_string(reader)
@@ -245,7 +247,7 @@ def gguf(fd: int, size: int) -> list[Tensor]:
 
 
 def _gguf_string(reader: _Reader) -> str:
-    return reader.take(reader.count(1)).decode("utf-8")
+    return reader.take(reader.count(1, MAX_NAME)).decode("utf-8")
 
 
 def _gguf_skip_value(reader: _Reader, value_type: int, depth: int = 0) -> None:
@@ -259,7 +261,7 @@ def _gguf_skip_value(reader: _Reader, value_type: int, depth: int = 0) -> None:
             each = _GGUF_SCALARS[element_type]
             reader.skip(reader.count(each) * each)
         else:
-            for _ in range(reader.count(8)):
+            for _ in range(reader.count(8, MAX_ENTRIES)):
                 _gguf_skip_value(reader, element_type, depth + 1)
     else:
         raise ValueError(f"unknown GGUF value type {value_type}")
@@ -312,21 +314,21 @@ class _FlatBuffer:
     def __init__(self, fd: int, size: int) -> None:
         self.fd, self.size = fd, size
 
-    def _read(self, at: int, n: int) -> bytes:
+    def read(self, at: int, n: int) -> bytes:
         if at < 0 or at + n > self.size:
             raise ValueError("FlatBuffer offset out of bounds")
         return os.pread(self.fd, n, at)
 
     def u32(self, at: int) -> int:
-        return int.from_bytes(self._read(at, 4), "little")
+        return int.from_bytes(self.read(at, 4), "little")
 
     def field(self, table: int, index: int) -> int | None:
         """Absolute position of a table's field, or None when it is absent."""
-        vtable = table - int.from_bytes(self._read(table, 4), "little", signed=True)
-        vtable_len = int.from_bytes(self._read(vtable, 2), "little")
+        vtable = table - int.from_bytes(self.read(table, 4), "little", signed=True)
+        vtable_len = int.from_bytes(self.read(vtable, 2), "little")
         if vtable_len < 4 or 4 + 2 * index + 2 > vtable_len:
             return None
-        rel = int.from_bytes(self._read(vtable + 4 + 2 * index, 2), "little")
+        rel = int.from_bytes(self.read(vtable + 4 + 2 * index, 2), "little")
         return table + rel if rel else None
 
     def ref(self, at: int) -> int:
@@ -347,14 +349,14 @@ class _FlatBuffer:
         at = self.field(table, index)
         if at is None:
             return default
-        value: int = struct.unpack("<" + fmt, self._read(at, struct.calcsize(fmt)))[0]
+        value: int = struct.unpack("<" + fmt, self.read(at, struct.calcsize(fmt)))[0]
         return value
 
 
 def tflite(fd: int, size: int) -> list[Tensor]:
     """Buffers of a TFLite model, named and typed by the first tensor that uses each."""
     fb = _FlatBuffer(fd, size)
-    if size < 8 or fb._read(4, 4) != _TFL_IDENT:
+    if size < 8 or fb.read(4, 4) != _TFL_IDENT:
         raise ValueError("not TFLite")
     model = fb.ref(0)
     names = _tflite_tensors(fb, model)
@@ -402,12 +404,10 @@ def _tflite_tensors(fb: _FlatBuffer, model: int) -> dict[int, tuple[str, int, bo
             name = f"buffer{buffer}"
             if name_at is not None:
                 string = fb.ref(name_at)
-                name = fb._read(string + 4, min(fb.u32(string), 4096)).decode("utf-8")
+                name = fb.read(string + 4, min(fb.u32(string), 4096)).decode("utf-8")
             dims, n_dims = fb.vector(tensor, _TENSOR_SHAPE, 4)
             shape = (
-                list(struct.unpack(f"<{n_dims}i", fb._read(dims, 4 * n_dims)))
-                if n_dims <= 8
-                else []
+                list(struct.unpack(f"<{n_dims}i", fb.read(dims, 4 * n_dims))) if n_dims <= 8 else []
             )
             out[buffer] = (name, width, is_float, shape)
     return out
