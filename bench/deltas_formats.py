@@ -55,7 +55,10 @@ def _formats(directory: Path, total: int) -> dict[str, tuple[Path, Path]]:
         (folder / "old").mkdir(parents=True, exist_ok=True)
         (folder / "new").mkdir(parents=True, exist_ok=True)
         extra = {"extra_meta": "fine-tuned " * 20} if writer is write_torch_zip else {}
-        out[name] = (writer(folder / "old" / file, old), writer(folder / "new" / file, new, **extra))
+        out[name] = (
+            writer(folder / "old" / file, old),
+            writer(folder / "new" / file, new, **extra),
+        )
     return out
 
 
