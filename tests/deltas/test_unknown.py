@@ -13,10 +13,13 @@ import random
 from pathlib import Path
 
 import bsdiff4
+import pytest
 
 from ferry.protocol.delta import apply_delta_file
 from ferry.protocol.delta.encode import EncodeOptions, build_delta
 from ferry.protocol.delta.encode._match import Matcher
+from ferry.protocol.delta.encode._plan import plan_chunks
+from tests.deltas.models import SMALL
 
 
 def _edit(rng: random.Random, data: bytes, fraction: float) -> bytes:
@@ -87,3 +90,30 @@ def test_matcher_ignores_padding_and_runs_of_its_own_patterns(tmp_path: Path) ->
         shift, _ = matcher.locate(0, 1 << 20)
         assert matcher._anchors == {}
     assert shift == 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_located_chunks_tile_the_new_file_exactly(seed: int, tmp_path: Path) -> None:
+    """Cuts at placement boundaries never overlap, skip bytes or run past a region's end."""
+    rng = random.Random(seed)
+    blocks = [rng.randbytes(rng.randrange(100, 90_000)) for _ in range(8)]
+    old = b"".join(blocks)
+    picked = [rng.choice(blocks)[: rng.randrange(1, 90_000)] for _ in range(10)]
+    new = b"".join(
+        _edit(rng, block, 0.01) + rng.randbytes(rng.randrange(0, 70)) for block in picked
+    )
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "new").write_bytes(new)
+    with open(tmp_path / "old", "rb") as o, open(tmp_path / "new", "rb") as n:
+        plans = plan_chunks(
+            None, len(new), None, len(old), 64 << 10, Matcher(o.fileno(), len(old), n.fileno())
+        )
+    position = 0
+    for plan in plans:
+        assert plan.offset == position and plan.length > 0
+        assert plan.aligned is None or plan.aligned + plan.length <= len(old)
+        position += plan.length
+    assert position == len(new)
+    result = build_delta(tmp_path / "old", tmp_path / "new", tmp_path / "delta", SMALL)
+    digest = hashlib.sha256(new).hexdigest()
+    apply_delta_file(tmp_path / "old", result.path, tmp_path / "out", len(new), digest)

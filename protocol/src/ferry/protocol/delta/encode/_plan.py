@@ -147,7 +147,8 @@ def _raw(
             at, margin = offset + shift, chunk_size // 4
             if usable < length:  # the placement ends (or another starts) here: cut
                 budget = SHORT_PIECES + (offset - start) // chunk_size
-                length = max(usable, MIN_PIECE if short < budget else chunk_size // 16)
+                shortest = MIN_PIECE if short < budget else chunk_size // 16
+                length = min(max(usable, shortest), length)
                 short += length < chunk_size // 16
         aligned = at if old_size is not None and at + length <= old_size else None
         cp_offset, cp_length = _window(at - margin, at + length + margin, 0, old_size or 0)
