@@ -8,7 +8,8 @@ nothing; whole-file bsdiff finds them anywhere. This module finds them cheaply:
 - **Anchors.** Positions in the old file where one of a few 2-byte patterns occurs
   (found with ``bytes.find``, C speed), at most one per ``_SPACING`` bytes per
   pattern; each is keyed by the 24 bytes it starts. Memory is bounded by
-  ``old_size / _SPACING`` entries per pattern (about 4 MB for 1 GiB).
+  ``old_size / _SPACING`` entries per pattern: at most 256 Ki anchors (~30 MB) per
+  GiB, ~52 Ki (~6 MB) on random-like bytes.
 - **Votes.** Every pattern occurrence in a new chunk whose 24 bytes are an anchor
   votes for a shift (old offset − new offset).
 - **Check.** The most voted shifts, the previous chunk's shift and zero are scored
