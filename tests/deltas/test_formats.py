@@ -254,3 +254,15 @@ def test_gguf_with_a_long_metadata_value_keeps_its_layout(tmp_path: Path) -> Non
     writer.close()
     found, layout = _layout(tmp_path / "m.gguf")
     assert found == "gguf" and layout is not None and layout[0][0] == "w"
+
+
+def test_openvino_bin_without_its_xml_takes_the_byte_path(tmp_path: Path) -> None:
+    """Content-addressed blobs have no sibling .xml: the .bin is coded by bytes, correctly."""
+    tensors = weights()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    old = write_openvino(tmp_path / "a" / "m", tensors)
+    new = write_openvino(tmp_path / "b" / "m", fine_tuned(tensors, 7))
+    new.with_suffix(".xml").unlink()
+    assert _layout(new) == ("bytes", None)
+    _round_trip(old, new, tmp_path)
