@@ -18,15 +18,19 @@ WIDTH = {"F32": 4, "F16": 2, "BF16": 2, "I8": 1, "U8": 1, "I32": 4, "F64": 8}
 SMALL = EncodeOptions(chunk_size=64 << 10, workers=1)
 
 
-def write_safetensors(path: Path, tensors: Tensors) -> Path:
-    """8-byte little-endian header length, JSON header, then the tensors in dict order."""
+def write_safetensors(
+    path: Path, tensors: Tensors, shapes: dict[str, list[int]] | None = None
+) -> Path:
+    """8-byte little-endian header length, JSON header, then the tensors in dict order.
+
+    Shapes default to one dimension of the tensor's element count."""
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, (dtype, data) in tensors.items():
         count = len(data) // WIDTH[dtype]
         header[name] = {
             "dtype": dtype,
-            "shape": [count],
+            "shape": (shapes or {}).get(name, [count]),
             "data_offsets": [offset, offset + len(data)],
         }
         offset += len(data)
@@ -99,3 +103,25 @@ def make_pair(
         write_safetensors(directory / "old.safetensors", old),
         write_safetensors(directory / "new.safetensors", new),
     )
+
+
+def vocabulary_pair(
+    directory: Path, rows: tuple[int, int] = (3_000, 3_100), dim: int = 64, seed: int = 11
+) -> tuple[Path, Path]:
+    """A vocabulary extension plus a small fine-tune: the embedding grows by 100 rows
+    (appended), every old weight drifts a little, and a dense layer keeps its shape."""
+    rng = random.Random(seed)
+    embedding = floats(rng, rows[0] * dim)
+    dense = floats(rng, 128 * dim)
+    grown = drift(embedding, rng) + floats(rng, (rows[1] - rows[0]) * dim)
+    old = write_safetensors(
+        directory / "old.safetensors",
+        {"embeddings.weight": ("F32", f32(embedding)), "dense.weight": ("F32", f32(dense))},
+        {"embeddings.weight": [rows[0], dim], "dense.weight": [128, dim]},
+    )
+    new = write_safetensors(
+        directory / "new.safetensors",
+        {"embeddings.weight": ("F32", f32(grown)), "dense.weight": ("F32", f32(drift(dense, rng)))},
+        {"embeddings.weight": [rows[1], dim], "dense.weight": [128, dim]},
+    )
+    return old, new

@@ -13,8 +13,8 @@ import pytest
 import zstandard
 
 from ferry.protocol.delta import Codec, Op, apply_delta_file
+from ferry.protocol.delta.encode._layout import read_layout
 from ferry.server.deltas import DeltaResult, EncodeOptions, build_compressed, build_delta
-from ferry.server.deltas._layout import read_layout
 from tests.deltas.models import SMALL, f32, floats, split_delta, write_safetensors
 
 Pair = Callable[..., tuple[Path, Path]]

@@ -15,6 +15,7 @@ import typer
 
 from ferry.cli import (
     account_cmds,
+    delta_cmds,
     fleet_cmds,
     registry_cmds,
     rollout_ops,  # noqa: F401  (adds its commands to `ferry rollout`)
@@ -85,5 +86,6 @@ app.add_typer(fleet_cmds.devices_app, name="devices")
 app.add_typer(fleet_cmds.token_app, name="enrollment-token")
 app.add_typer(fleet_cmds.rollout_app, name="rollout")  # with rollout_ops' commands
 app.add_typer(fleet_cmds.status_app, name="status")
+app.add_typer(delta_cmds.app, name="delta")
 if (server_app := _server_commands()) is not None:
     _merge(app, server_app)

@@ -1,7 +1,8 @@
 """Ferry's model-aware binary deltas: container format, descriptor and the device-side decoder.
 
 Standard library plus ``zstandard`` and ``bsdiff4`` only (no numpy), so it runs on
-the device. The server's encoder lives in :mod:`ferry.server.deltas`.
+the device. The encoder lives in :mod:`ferry.protocol.delta.encode`
+(imported by the server and the `ferry delta` command, never by the device).
 """
 
 from ferry.protocol.delta._apply import apply_delta_file, decode_chunk
@@ -25,6 +26,7 @@ from ferry.protocol.delta._format import (
     DeltaLimits,
     payload_cap,
 )
+from ferry.protocol.delta._inspect import DeltaIndex, read_index
 from ferry.protocol.delta.codec import Op
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "DeltaDescriptor",
     "DeltaError",
     "DeltaHeader",
+    "DeltaIndex",
     "DeltaLimits",
     "DeltaResultMismatchError",
     "DeltaTooLargeError",
@@ -47,4 +50,5 @@ __all__ = [
     "apply_delta_file",
     "decode_chunk",
     "payload_cap",
+    "read_index",
 ]

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, Self, cast
 
 from ferry.protocol.delta._errors import (
     DeltaCorruptError,
+    DeltaError,
     DeltaResultMismatchError,
     DeltaTooLargeError,
     DeltaTruncatedError,
@@ -49,6 +52,7 @@ from ferry.protocol.delta.codec import (
 )
 
 _READ = 64 << 10  # reading a whole-file bsdiff patch: small blocks, checked against its cap
+_PENDING = 2  # decoded chunks waiting for the hashing thread (memory: ≤ 2 chunks)
 _HASH_BLOCK = 64 << 10  # hashing the old file: one reused buffer, far below any chunk
 
 
@@ -183,9 +187,9 @@ def _open_delta(delta: DeltaSource) -> Iterator[_Readable]:
         with open(delta, "rb") as handle:
             yield handle
     elif hasattr(delta, "read"):
-        yield delta  # type: ignore[misc]
+        yield cast(_Readable, delta)
     else:
-        yield _IterReader(delta)  # type: ignore[arg-type]
+        yield _IterReader(delta)
 
 
 def _apply(
@@ -209,8 +213,13 @@ def _apply(
     header = DeltaHeader.parse(stream.read_exact(header_len, "header"), limits)
     if header.target_size != expected_size or header.target_sha256 != expected_sha256:
         raise DeltaResultMismatchError("delta builds another artifact than the manifest describes")
-    with _open_base(old_path, header) as old:
-        _apply_chunks(stream, header, old, sink, limits)
+    with _open_base(old_path, header) as (old, base):
+        try:
+            _apply_chunks(stream, header, old, sink, limits)
+        except DeltaError:
+            base.require()  # a chunk that failed on the wrong base is a wrong base
+            raise
+        base.require()
 
 
 def _open_old(old_path: str | os.PathLike[str]) -> BinaryIO:
@@ -220,13 +229,52 @@ def _open_old(old_path: str | os.PathLike[str]) -> BinaryIO:
         raise DeltaWrongBaseError(f"old artifact cannot be read: {exc}") from exc
 
 
+class _BaseCheck:
+    """The old artifact's sha256, computed in a thread while the chunks are decoded.
+
+    hashlib releases the GIL on large updates, so on a device with two cores hashing
+    the base costs no wall time; ``require`` waits for it and refuses a wrong base.
+    Chunks read the base before it is verified, but each chunk and the result are
+    verified too, and nothing is renamed into place before ``require`` passes.
+    """
+
+    def __init__(self, fd: int | None, expected: str | None) -> None:
+        self.expected, self.actual, self.error = expected, "", ""
+        self._stop = threading.Event()
+        self._thread = None
+        if fd is not None:
+            self._thread = threading.Thread(target=self._run, args=(fd,), daemon=True)
+            self._thread.start()
+
+    def _run(self, fd: int) -> None:
+        try:
+            self.actual = _sha256_of(fd, self._stop)
+        except OSError as exc:
+            self.error = str(exc)
+
+    def cancel(self) -> None:
+        """Stop hashing (the apply failed for another reason) and wait for the thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def require(self) -> None:
+        if self._thread is None:
+            return
+        self._thread.join()
+        if self.error:
+            raise DeltaWrongBaseError(f"old artifact cannot be read: {self.error}")
+        if self.actual != self.expected:
+            raise DeltaWrongBaseError("old artifact is not the delta's base (sha256 differs)")
+
+
 @contextmanager
 def _open_base(
     old_path: str | os.PathLike[str] | None, header: DeltaHeader
-) -> Iterator[BinaryIO | None]:
-    """Open and authenticate the old artifact: size first (cheap), then its sha256."""
+) -> Iterator[tuple[BinaryIO | None, _BaseCheck]]:
+    """Open the old artifact, check its size (cheap) and start hashing it (``_BaseCheck``)."""
     if header.base_sha256 is None:
-        yield None
+        yield None, _BaseCheck(None, None)
         return
     if old_path is None:
         raise DeltaWrongBaseError("delta needs an old artifact and none was given")
@@ -236,41 +284,109 @@ def _open_base(
             raise DeltaWrongBaseError(
                 f"old artifact is {size} bytes, delta base {header.base_size}"
             )
-        if _sha256_of(handle) != header.base_sha256:
-            raise DeltaWrongBaseError("old artifact is not the delta's base (sha256 differs)")
-        yield handle
+        check = _BaseCheck(handle.fileno(), header.base_sha256)
+        try:
+            yield handle, check
+        finally:
+            check.cancel()  # never close the file under the hashing thread
 
 
-def _sha256_of(handle: BinaryIO) -> str:
-    """Hash an open file from its start through one reused buffer (no per-block allocation)."""
+def _sha256_of(fd: int, stop: threading.Event) -> str:
+    """Hash a file by ``pread`` through one reused buffer (no shared file position);
+    "" when ``stop`` is set first."""
     digest = hashlib.sha256()
     buffer = bytearray(_HASH_BLOCK)
     view = memoryview(buffer)
-    while count := handle.readinto(view):
+    offset = 0
+    while count := os.preadv(fd, [view], offset):
+        if stop.is_set():
+            return ""
         digest.update(view[:count])
+        offset += count
     return digest.hexdigest()
 
 
 def _apply_chunks(
     stream: _Stream, header: DeltaHeader, old: BinaryIO | None, sink: BinaryIO, limits: DeltaLimits
 ) -> None:
-    whole = hashlib.sha256()
     written = 0
-    for index in range(header.chunks):
-        record = ChunkRecord.parse(stream.read_exact(RECORD.size, f"record of chunk {index}"))
-        _check_record(record, index, written, header, limits)
-        payload = stream.read_exact(record.payload_len, f"payload of chunk {index}")
-        source = _read_source(old, record)
-        data = decode_chunk(record, payload, source)
-        if hashlib.sha256(data).digest() != record.sha256:
-            raise DeltaCorruptError(f"chunk {index} does not hash to its recorded sha256")
-        sink.write(data)
-        whole.update(data)
-        written += record.out_size
+    with _OutputCheck(sink) as check:
+        for index in range(header.chunks):
+            record = ChunkRecord.parse(stream.read_exact(RECORD.size, f"record of chunk {index}"))
+            _check_record(record, index, written, header, limits)
+            payload = stream.read_exact(record.payload_len, f"payload of chunk {index}")
+            source = _read_source(old, record)
+            data = decode_chunk(record, payload, source)
+            check.put(index, data, record.sha256)
+            written += record.out_size
+        whole = check.finish()
     if written != header.target_size:
         raise DeltaCorruptError(f"chunks make {written} bytes, header says {header.target_size}")
-    if whole.hexdigest() != header.target_sha256:
+    if whole != header.target_sha256:
         raise DeltaResultMismatchError("the rebuilt artifact does not match the manifest sha256")
+
+
+class _OutputCheck:
+    """Each chunk's sha256, its write and the whole result's sha256, in a thread
+    beside the decoding.
+
+    hashlib and file writes release the GIL, so the main thread only decodes. At
+    most ``_PENDING`` decoded chunks wait (bounded memory); a chunk is written only
+    once it hashes to its record. A chunk that does not, or a failed write, is
+    reported at the next ``put`` (so a bad stream is abandoned within a few
+    chunks) and at ``finish``, always before anything is renamed into place.
+    """
+
+    def __init__(self, sink: BinaryIO) -> None:
+        self._sink = sink
+        self.error: OSError | None = None
+        self._queue: queue.Queue[tuple[int, bytes | bytearray, bytes] | None] = queue.Queue(
+            maxsize=_PENDING
+        )
+        self._whole = hashlib.sha256()
+        self.failed: int | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            index, data, expected = item
+            if self.failed is not None or self.error is not None:
+                continue
+            if hashlib.sha256(data).digest() != expected:
+                self.failed = index
+                continue
+            try:
+                self._sink.write(data)
+            except OSError as exc:
+                self.error = exc
+                continue
+            self._whole.update(data)
+
+    def _raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.failed is not None:
+            raise DeltaCorruptError(f"chunk {self.failed} does not hash to its recorded sha256")
+
+    def put(self, index: int, data: bytes | bytearray, expected: bytes) -> None:
+        self._raise_if_failed()
+        self._queue.put((index, data, expected))
+
+    def finish(self) -> str:
+        """Wait for every pending chunk; the whole result's sha256."""
+        self._queue.put(None)
+        self._thread.join()
+        self._raise_if_failed()
+        return self._whole.hexdigest()
 
 
 def _check_record(

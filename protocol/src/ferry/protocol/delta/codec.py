@@ -47,7 +47,7 @@ BASE_OPS = frozenset({Op.XOR, Op.SUB, Op.SUBZZ, Op.XORROT})  # for lane deltas
 # --- byte planes --------------------------------------------------------------------
 
 
-def split_planes(data: bytes | memoryview, width: int) -> bytes:
+def split_planes(data: bytes | bytearray | memoryview, width: int) -> bytes:
     """Byte ``i`` of every element, for i = 0..width-1, then the odd tail bytes."""
     if width == 1:
         return bytes(data)
@@ -56,7 +56,7 @@ def split_planes(data: bytes | memoryview, width: int) -> bytes:
     return b"".join(raw[i:usable:width] for i in range(width)) + raw[usable:]
 
 
-def merge_planes(data: bytes | memoryview, width: int) -> bytes | bytearray:
+def merge_planes(data: bytes | bytearray | memoryview, width: int) -> bytes | bytearray:
     """Inverse of :func:`split_planes`: strided slice assignment, no per-byte loop.
 
     Returns the buffer it filled (no copy into ``bytes``): the decoder only reads it.
@@ -385,6 +385,7 @@ def bspatch(source: bytes, patch: bytes, out_size: int) -> bytes:
     diff = _bz2_bounded(view[body : body + ld], out_size, "bsdiff diff")
     extra = _bz2_bounded(view[body + ld :], out_size, "bsdiff extra")
     try:
-        return bsdiff4.core.patch(source, out_size, control, diff, extra)
+        patched: bytes = bsdiff4.core.patch(source, out_size, control, diff, extra)
+        return patched
     except (ValueError, MemoryError, OverflowError) as exc:
         raise DeltaCorruptError(f"bsdiff patch does not apply: {exc}") from exc

@@ -1,6 +1,10 @@
-"""Delta building on the server: the encoder and an on-demand, cached delta service."""
+"""Delta building on the server: an on-demand, cached delta service around the encoder.
 
-from ferry.server.deltas._encoder import (
+The encoder itself is :mod:`ferry.protocol.delta.encode` (no server dependencies, so
+the `ferry delta` command runs it without a server); it is re-exported here.
+"""
+
+from ferry.protocol.delta.encode import (
     DeltaResult,
     EncodeOptions,
     build_bsdiff40,

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ferry.protocol.delta import DeltaDescriptor
-from ferry.server.deltas._encoder import EncodeOptions, build_delta
-from ferry.server.deltas._lifetime import exit_with_parent, lifetime_args
+from ferry.protocol.delta.encode import EncodeOptions, build_delta
+from ferry.protocol.delta.encode._lifetime import exit_with_parent, lifetime_args
 
 DEFAULT_MAX_FRACTION = 0.6
 FORMAT = "ferry-delta/1"

@@ -166,7 +166,7 @@ def rollout_pairs(engine: Engine, rollout_pk: int) -> list[Pair]:
                    DeviceSlot.model == rollout.model,
                    col(DeviceSlot.installed_version).is_not(None),
                    DeviceSlot.installed_version != target_version)
-            .group_by(DeviceSlot.installed_version)).all()
+            .group_by(col(DeviceSlot.installed_version))).all()
         wanted = sorted({v for v in installed if v is not None} | {target_version})
         rows = session.exec(select(ModelVersion).where(
             ModelVersion.model_id == rollout.model_id, col(ModelVersion.version).in_(wanted))).all()

@@ -14,11 +14,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ferry.protocol.delta import Op
-from ferry.server.deltas._layout import Tensor
+from ferry.protocol.delta.encode._match import Matcher
+from ferry.protocol.delta.encode._tensor import Tensor
 
 RAW_WIDTH = 4  # unknown bytes are most often float32 weights
 RAW_OPS = (Op.XOR,)
 SMALL_TENSOR = 64 << 10  # tensors below this are grouped with their small neighbours
+MATCHED_REGION = 64 << 10  # raw regions from this size on are located in the old file
+SMALL_WINDOW = 64 << 10  # old bytes either side of a short unlocated chunk (a zip entry header)
+MIN_PIECE = 64  # the shortest chunk a placement boundary may cut ...
+SHORT_PIECES = 16  # ... while short pieces stay below this many plus one per chunk_size
 
 
 @dataclass(frozen=True)
@@ -42,20 +47,25 @@ def plan_chunks(
     old_layout: list[Tensor] | None,
     old_size: int | None,
     chunk_size: int,
+    matcher: Matcher | None = None,
 ) -> list[ChunkPlan]:
-    """Every byte of the new file in exactly one chunk, in file order."""
+    """Every byte of the new file in exactly one chunk, in file order.
+
+    ``matcher`` locates raw regions (bytes outside tensors, whole unknown files)
+    in the old file; without one they pair with the same old offsets.
+    """
     if chunk_size % 8:
         raise ValueError("chunk_size must be a multiple of 8 so lanes never straddle chunks")
     if new_layout is None:
-        return list(_raw(0, new_size, old_size, chunk_size))
+        return list(_raw(0, new_size, old_size, chunk_size, matcher))
     old_by_name = {t.name: t for t in old_layout or ()}
     plans: list[ChunkPlan] = []
     position = 0
     for tensor in _group_small(new_layout, old_by_name, chunk_size):
-        plans += _raw(position, tensor.offset, old_size, chunk_size)
+        plans += _raw(position, tensor.offset, old_size, chunk_size, matcher)
         plans += _tensor(tensor, old_by_name.get(tensor.name), chunk_size)
         position = tensor.offset + tensor.length
-    plans += _raw(position, new_size, old_size, chunk_size)
+    plans += _raw(position, new_size, old_size, chunk_size, matcher)
     return plans
 
 
@@ -116,50 +126,84 @@ def _merged(run: list[Tensor], old_by_name: dict[str, Tensor]) -> Tensor:
     return Tensor(name, first.width, first.is_float, first.offset, length)
 
 
-def _raw(start: int, end: int, old_size: int | None, chunk_size: int) -> Iterator[ChunkPlan]:
-    for offset in range(start, end, chunk_size):
+def _raw(
+    start: int, end: int, old_size: int | None, chunk_size: int, matcher: Matcher | None
+) -> Iterator[ChunkPlan]:
+    """Chunks of bytes with no tensor layout, each paired with old bytes at its shift.
+
+    Without a matcher (or in small regions such as headers) the shift is zero and
+    the counterpart window four times the chunk (at least 64 KiB, at most one chunk)
+    either side; a located chunk gets a quarter chunk either side (enough for local
+    insertions; bsdiff's time grows with the window).
+    """
+    located = matcher is not None and old_size is not None and end - start >= MATCHED_REGION
+    offset, short = start, 0
+    while offset < end:
         length = min(chunk_size, end - offset)
-        aligned = offset if old_size is not None and offset + length <= old_size else None
-        cp_offset, cp_length = _window(
-            offset - chunk_size, offset + length + chunk_size, 0, old_size or 0
-        )
+        at, margin = offset, min(chunk_size, max(4 * length, SMALL_WINDOW))
+        if located:
+            assert matcher is not None
+            shift, usable = matcher.locate(offset, length)
+            at, margin = offset + shift, chunk_size // 4
+            if usable < length:  # the placement ends (or another starts) here: cut
+                budget = SHORT_PIECES + (offset - start) // chunk_size
+                shortest = MIN_PIECE if short < budget else chunk_size // 16
+                length = min(max(usable, shortest), length)
+                short += length < chunk_size // 16
+        aligned = at if old_size is not None and at + length <= old_size else None
+        cp_offset, cp_length = _window(at - margin, at + length + margin, 0, old_size or 0)
         yield ChunkPlan(
             offset, length, RAW_WIDTH, RAW_OPS, False, (Op.NONE,), aligned, cp_offset, cp_length
         )
+        offset += length
 
 
 def _tensor(new: Tensor, old: Tensor | None, chunk_size: int) -> Iterator[ChunkPlan]:
-    same = old is not None and old.length == new.length and old.width == new.width
-    for rel in range(0, new.length, chunk_size):
+    """Chunks of one tensor: aligned with its old version over their common leading rows.
+
+    A tensor whose dim 0 grew or shrank (vocabulary extension, a grown classifier head,
+    pruned rows) keeps its row size, so in row-major order the rows both versions have
+    are the same leading bytes: those chunks are aligned (lane deltas), and a chunk
+    ends where the common block ends. Added rows are coded as new. A tensor whose
+    other dimensions changed gets a proportional window of its old bytes as counterpart.
+    """
+    common = _common_bytes(new, old)
+    rel = 0
+    while rel < new.length:
         length = min(chunk_size, new.length - rel)
-        if old is None:
-            yield ChunkPlan(
-                new.offset + rel, length, new.width, new.ops, True, new.baseless_ops, None
-            )
-        elif same:
-            at = old.offset + rel
-            yield ChunkPlan(
-                new.offset + rel, length, new.width, new.ops, True, new.baseless_ops, at, at, length
-            )
-        else:
-            centre = old.offset + rel * old.length // new.length
-            cp_offset, cp_length = _window(
-                centre - chunk_size,
-                centre + length + chunk_size,
-                old.offset,
-                old.offset + old.length,
-            )
-            yield ChunkPlan(
-                new.offset + rel,
-                length,
-                new.width,
-                new.ops,
-                True,
-                new.baseless_ops,
-                None,
-                cp_offset,
-                cp_length,
-            )
+        if rel < common:
+            length = min(length, common - rel)
+        yield _tensor_chunk(new, old, rel, length, rel < common, chunk_size)
+        rel += length
+
+
+def _common_bytes(new: Tensor, old: Tensor | None) -> int:
+    """Leading bytes of ``new`` that line up with the same bytes of ``old``."""
+    if old is None or old.width != new.width:
+        return 0
+    if old.length == new.length:
+        return new.length
+    if old.row and old.row == new.row and old.is_float == new.is_float:
+        return min(old.length, new.length)
+    return 0
+
+
+def _tensor_chunk(
+    new: Tensor, old: Tensor | None, rel: int, length: int, aligned: bool, chunk_size: int
+) -> ChunkPlan:
+    offset, ops, baseless = new.offset + rel, new.ops, new.baseless_ops
+    if old is None:
+        return ChunkPlan(offset, length, new.width, ops, True, baseless, None)
+    if aligned:
+        at = old.offset + rel
+        return ChunkPlan(offset, length, new.width, ops, True, baseless, at, at, length)
+    if old.row and old.row == new.row:  # added rows: nothing in the old tensor is theirs
+        return ChunkPlan(offset, length, new.width, ops, True, baseless, None)
+    centre = old.offset + rel * old.length // new.length
+    cp_offset, cp_length = _window(
+        centre - chunk_size, centre + length + chunk_size, old.offset, old.offset + old.length
+    )
+    return ChunkPlan(offset, length, new.width, ops, True, baseless, None, cp_offset, cp_length)
 
 
 def _window(start: int, end: int, low: int, high: int) -> tuple[int, int]:

@@ -3,20 +3,27 @@
 safetensors is an 8-byte little-endian header length, a JSON header and the data;
 ONNX is protobuf, whose initializers' ``raw_data`` we locate with a minimal
 wire-format walk (the ``onnx`` package parses values but does not report file
-offsets). Files are read with ``os.pread`` in small pieces, never mapped, so a
-multi-GiB model costs no memory here. Anything else has no layout, and deltas
-fall back to aligning equal offsets.
+offsets). GGUF, TFLite, PyTorch zip checkpoints and OpenVINO IR (whose offsets
+are in the ``.xml`` beside the ``.bin``) are in ``_formats``. Files are read with
+``os.pread`` in small pieces, never mapped, so a multi-GiB model costs no memory
+here. Anything else, or any of these that does not parse cleanly, has no layout:
+its bytes are then located in the old file by the matcher (``_match``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
-from ferry.protocol.delta import Op
+from ferry.protocol.delta.encode._formats import gguf, openvino, tflite, torch_zip
+from ferry.protocol.delta.encode._tensor import Tensor, row_bytes
+
+__all__ = ["Tensor", "format_of", "read_layout", "row_bytes", "sidecar"]
 
 # dtype name → (bytes per element, lane operations worth trying, is float)
 _SAFETENSORS_DTYPES: dict[str, tuple[int, bool]] = {
@@ -31,43 +38,67 @@ _ONNX_DTYPES: dict[int, tuple[int, bool]] = {
     7: (8, False), 9: (1, False), 10: (2, True), 11: (8, True), 12: (4, False), 13: (8, False),
     16: (2, True),
 }  # fmt: skip
-FLOAT_OPS = (Op.XOR, Op.XORROT, Op.SUBZZ)
-INT_OPS = (Op.SUB, Op.SUBZZ, Op.XOR)
 _MAX_SAFETENSORS_HEADER = 100 << 20
 _MAX_MODEL_FIELDS = 64  # a ModelProto has a handful of top-level fields; random bytes do not
 
 
-@dataclass(frozen=True)
-class Tensor:
-    """One tensor's bytes in the file: name, element width, float or integer, range."""
-
-    name: str
-    width: int
-    is_float: bool
-    offset: int
-    length: int
-
-    @property
-    def ops(self) -> tuple[Op, ...]:
-        """Lane operations worth trying against the aligned old tensor."""
-        return FLOAT_OPS if self.is_float else INT_OPS
-
-    @property
-    def baseless_ops(self) -> tuple[Op, ...]:
-        """Lane operations worth trying without a base (rotation helps 16/32-bit floats)."""
-        return (Op.NONE, Op.ROT) if self.is_float and self.width in (2, 4) else (Op.NONE,)
+# Errors any parser may raise on bytes that are not its format (or are forged).
+_REFUSED = (
+    ValueError, KeyError, TypeError, IndexError, OverflowError, UnicodeDecodeError,
+    struct.error, ElementTree.ParseError,
+)  # fmt: skip
+Parser = Callable[[int, int], list[Tensor]]
 
 
-def read_layout(fd: int, size: int) -> list[Tensor] | None:
-    """The tensors of a safetensors or ONNX file, sorted by offset; None if neither."""
-    for parser in (_safetensors, _onnx):
+def read_layout(fd: int, size: int, sidecar: Path | None = None) -> list[Tensor] | None:
+    """The tensors of a model file, sorted by offset; None when no parser accepts it.
+
+    ``sidecar``: an OpenVINO ``.xml`` describing this ``.bin``. Tensors that overlap
+    or run past the end refuse the whole layout (exact duplicates, shared constants,
+    are kept once).
+    """
+    return _read(fd, size, sidecar)[1]
+
+
+def sidecar(path: Path) -> Path | None:
+    """The OpenVINO ``model.xml`` that describes ``model.bin``, when it sits beside it."""
+    xml = path.with_suffix(".xml")
+    return xml if path.suffix == ".bin" and xml.is_file() else None
+
+
+def format_of(fd: int, size: int, sidecar: Path | None = None) -> str:
+    """The name of the parser that read the file's layout, or ``"bytes"``."""
+    return _read(fd, size, sidecar)[0]
+
+
+def _read(fd: int, size: int, sidecar: Path | None) -> tuple[str, list[Tensor] | None]:
+    parsers: list[tuple[str, Parser]] = [
+        ("safetensors", _safetensors), ("onnx", _onnx), ("gguf", gguf), ("tflite", tflite),
+        ("pytorch-zip", torch_zip),
+    ]  # fmt: skip
+    if sidecar is not None:
+        parsers.insert(0, ("openvino", lambda _fd, bin_size: openvino(sidecar, bin_size)))
+    for name, parser in parsers:
         try:
             tensors = parser(fd, size)
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError):
+        except _REFUSED:
             continue
         if tensors:
-            return _non_overlapping(sorted(tensors, key=lambda t: t.offset), size)
-    return None
+            layout = _non_overlapping(_unique(tensors), size)
+            if layout is not None:
+                return name, layout
+    return "bytes", None
+
+
+def _unique(tensors: list[Tensor]) -> list[Tensor]:
+    """Sorted by offset, exact duplicates of a range (one constant used twice) once."""
+    seen: set[tuple[int, int]] = set()
+    out = []
+    for tensor in sorted(tensors, key=lambda t: (t.offset, t.length)):
+        if (tensor.offset, tensor.length) not in seen:
+            seen.add((tensor.offset, tensor.length))
+            out.append(tensor)
+    return out
 
 
 def _non_overlapping(tensors: list[Tensor], size: int) -> list[Tensor] | None:
@@ -96,14 +127,16 @@ def _safetensors(fd: int, size: int) -> list[Tensor]:
         if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end):
             raise ValueError("bad offsets")
         if end > begin:
-            tensors.append(Tensor(name, width, is_float, base + begin, end - begin))
+            row = row_bytes(info.get("shape"), width, end - begin)
+            tensors.append(Tensor(name, width, is_float, base + begin, end - begin, row))
     return tensors
 
 
 # --- ONNX: the few protobuf fields we need --------------------------------------------
 
 _MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5
-_TENSOR_DATA_TYPE, _TENSOR_NAME, _TENSOR_RAW_DATA = 2, 8, 9
+_TENSOR_DIMS, _TENSOR_DATA_TYPE, _TENSOR_NAME, _TENSOR_RAW_DATA = 1, 2, 8, 9
+_MAX_DIMS_BYTES = 128  # a packed dims field of a real tensor is a few bytes
 
 
 class _Wire:
@@ -174,9 +207,13 @@ def _onnx(fd: int, size: int) -> list[Tensor]:
 
 
 def _onnx_tensor(fd: int, start: int, length: int) -> Tensor | None:
-    name, dtype, raw = "", 0, None
+    name, dtype, raw, dims = "", 0, None, []
     for number, wire, value in _Wire(fd, start, start + length).fields():
-        if number == _TENSOR_NAME and wire == 2:
+        if number == _TENSOR_DIMS and wire == 0:
+            dims.append(value)
+        elif number == _TENSOR_DIMS and wire == 2 and value[1] <= _MAX_DIMS_BYTES:
+            dims += _packed_varints(fd, *value)
+        elif number == _TENSOR_NAME and wire == 2:
             name = os.pread(fd, value[1], value[0]).decode("utf-8")
         elif number == _TENSOR_DATA_TYPE and wire == 0:
             dtype = value
@@ -185,4 +222,12 @@ def _onnx_tensor(fd: int, start: int, length: int) -> Tensor | None:
     if raw is None or raw[1] == 0 or dtype not in _ONNX_DTYPES:
         return None
     width, is_float = _ONNX_DTYPES[dtype]
-    return Tensor(name, width, is_float, raw[0], raw[1])
+    return Tensor(name, width, is_float, raw[0], raw[1], row_bytes(dims, width, raw[1]))
+
+
+def _packed_varints(fd: int, start: int, length: int) -> list[int]:
+    wire = _Wire(fd, start, start + length)
+    values = []
+    while wire.pos < wire.end:
+        values.append(wire.varint())
+    return values

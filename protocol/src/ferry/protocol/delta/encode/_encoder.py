@@ -40,9 +40,10 @@ from ferry.protocol.delta.codec import (
     sparse_encode,
     split_planes,
 )
-from ferry.server.deltas._layout import read_layout
-from ferry.server.deltas._lifetime import exit_with_parent, lifetime_args
-from ferry.server.deltas._plan import ChunkPlan, old_pieces, plan_chunks
+from ferry.protocol.delta.encode._layout import read_layout, sidecar
+from ferry.protocol.delta.encode._lifetime import exit_with_parent, lifetime_args
+from ferry.protocol.delta.encode._match import Matcher
+from ferry.protocol.delta.encode._plan import ChunkPlan, old_pieces, plan_chunks
 
 _READ = 1 << 20
 SPARSE_RATIO = 8  # lane deltas compressed below 1/8 of the chunk are tried with sparse codings
@@ -134,19 +135,22 @@ def build_bsdiff40(
 def _build(old: Path | None, new: Path, out: Path, options: EncodeOptions) -> DeltaResult:
     new_size = new.stat().st_size
     with open(new, "rb") as new_file:
-        new_layout = read_layout(new_file.fileno(), new_size)
+        new_layout = read_layout(new_file.fileno(), new_size, sidecar(new))
     if old is None:
         plans = plan_chunks(new_layout, new_size, None, None, options.chunk_size)
         index: dict[tuple[int, bytes], int] = {}
         base_size, base_sha256 = 0, None
     else:
         base_size = old.stat().st_size
-        with open(old, "rb") as old_file:
-            old_layout = read_layout(old_file.fileno(), base_size)
+        with open(old, "rb") as old_file, open(new, "rb") as new_file:
+            old_layout = read_layout(old_file.fileno(), base_size, sidecar(old))
             index, base_sha256 = _index_old(
                 old_file.fileno(), old_pieces(old_layout, base_size, options.chunk_size)
             )
-        plans = plan_chunks(new_layout, new_size, old_layout, base_size, options.chunk_size)
+            matcher = Matcher(old_file.fileno(), base_size, new_file.fileno())
+            plans = plan_chunks(
+                new_layout, new_size, old_layout, base_size, options.chunk_size, matcher
+            )
     header = DeltaHeader(
         chunk_size=max((p.length for p in plans), default=1),
         chunks=len(plans),
@@ -361,17 +365,18 @@ def _smallest(plan: ChunkPlan, data: bytes, old: bytes | None) -> _Candidate:
             residual = split_planes(lane_delta(data, None, op, plan.width), plan.width)
             candidates.append(_zstd_candidate(residual, Codec.ZSTD, op, plan.width))
     if old is not None:
-        for op in plan.ops:
-            residual = split_planes(lane_delta(data, old, op, plan.width), plan.width)
+        lanes = [(op, plan.width) for op in plan.ops]
+        if not plan.tensor:  # unknown bytes: a byte-wise difference, as bsdiff's diff block
+            lanes.append((Op.SUB, 1))
+        for op, width in lanes:
+            residual = split_planes(lane_delta(data, old, op, width), width)
             candidates.append(
-                _zstd_candidate(
-                    residual, Codec.FLOAT, op, plan.width, (plan.aligned or 0, plan.length)
-                )
+                _zstd_candidate(residual, Codec.FLOAT, op, width, (plan.aligned or 0, plan.length))
             )
-    best = min(candidates, key=lambda c: len(c.payload))
+    best = _sparse(_polish(min(candidates, key=lambda c: len(c.payload))), candidates)
     if plan.cp_length and _Worker.old_fd is not None and _worth_a_reference(plan, best):
         best = _with_reference(plan, data, best)
-    return _sparse(_polish(best), candidates)
+    return best
 
 
 def _sparse(best: _Candidate, candidates: list[_Candidate]) -> _Candidate:
@@ -402,21 +407,28 @@ def _worth_a_reference(plan: ChunkPlan, best: _Candidate) -> bool:
 
 
 def _with_reference(plan: ChunkPlan, data: bytes, best: _Candidate) -> _Candidate:
-    """zstd with the old counterpart as prefix; bsdiff only where that found byte matches.
+    """zstd with the old counterpart as prefix, and bsdiff; the smallest of them and ``best``.
 
-    bsdiff costs ~0.5 s per MiB and loses to lane deltas on aligned tensors, so it is
-    tried only when the cheap prefix coder has already beaten every other codec.
+    bsdiff costs ~0.5 s per MiB and loses to lane deltas on aligned tensors, so on
+    tensor chunks it is tried only when the cheap prefix coder has already beaten
+    every other codec. On bytes with no tensor layout (an unknown container, the
+    bytes between tensors) it is always tried: nothing else finds shifted runs
+    with a few changed bytes, and those must never lose to whole-file bsdiff.
     """
     assert _Worker.old_fd is not None
     source = os.pread(_Worker.old_fd, plan.cp_length, plan.cp_offset)
     prefix = zstandard.ZstdCompressionDict(source, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
     ref = zstandard.ZstdCompressor(level=_Worker.options.level, dict_data=prefix).compress(data)
-    if len(ref) >= len(best.payload):
-        return best
-    best = _Candidate(ref, Codec.ZSTD_REF, Op.NONE, 1, plan.cp_offset, plan.cp_length, data, prefix)
-    if plan.cp_length <= _Worker.options.bsdiff_max_source:
+    ref_won = len(ref) < len(best.payload)
+    if ref_won:
+        best = _polish(
+            _Candidate(
+                ref, Codec.ZSTD_REF, Op.NONE, 1, plan.cp_offset, plan.cp_length, data, prefix
+            )
+        )
+    if (ref_won or not plan.tensor) and plan.cp_length <= _Worker.options.bsdiff_max_source:
         patch = bsdiff4.diff(source, data)
-        if len(patch) < len(ref) and _bsdiff_acceptable(patch, plan.length):
+        if len(patch) < len(best.payload) and _bsdiff_acceptable(patch, plan.length):
             best = _Candidate(
                 patch, Codec.BSDIFF, src_offset=plan.cp_offset, src_len=plan.cp_length
             )
