@@ -76,13 +76,13 @@ def test_a_failed_transaction_releases_the_gate(tmp_path: Path) -> None:
 def test_a_stuck_holder_is_named_and_the_waiter_gets_a_busy_error(
         caplog: pytest.LogCaptureFixture) -> None:
     gate = WriterGate("test.db", timeout_s=1.5)
-    gate._acquire()  # noqa: SLF001 - a holder that never lets go
+    gate._acquire()
     holder = threading.current_thread().name
     caught: list[DatabaseBusyError] = []
 
     def waiter() -> None:
         try:
-            gate._acquire()  # noqa: SLF001
+            gate._acquire()
         except DatabaseBusyError as exc:
             caught.append(exc)
 

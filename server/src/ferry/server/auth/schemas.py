@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints
 
 from ferry.server.auth.service import ServerRole
 from ferry.server.core.schemas import Strict, Timestamp
@@ -23,7 +23,7 @@ class TokenRole(StrEnum):
 class TokenCreate(Strict):
     name: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     role: TokenRole
-    namespaces: list[Annotated[str, StringConstraints(pattern=r"^(\*|[a-z0-9][a-z0-9._-]{0,62})$")]] = ["*"]
+    namespaces: list[Annotated[str, StringConstraints(pattern=r"^(\*|[a-z0-9][a-z0-9._-]{0,62})$")]] = Field(default_factory=lambda: ["*"])
     expires_at: Timestamp | None = None
 
 class TokenPublic(BaseModel):

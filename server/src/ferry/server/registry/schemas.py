@@ -31,7 +31,7 @@ class ModelCreate(Strict):
     namespace: Name
     name: Name
     description: Annotated[str, StringConstraints(max_length=4096)] = ""
-    tags: list[Tag] = []
+    tags: list[Tag] = Field(default_factory=list)
 
 class ModelPublic(BaseModel):
     namespace: str
@@ -69,9 +69,9 @@ class VersionCreate(Strict):
     format: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     flavor: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     signature: dict[str, Any]
-    hardware: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] = []
+    hardware: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] = Field(default_factory=list)
     metadata: VersionMetadata
-    tags: list[Tag] = []
+    tags: list[Tag] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _finite_numbers(self) -> VersionCreate:
@@ -98,8 +98,8 @@ class VersionPublic(BaseModel):
     stage_changed_at: str | None
 
 class TagsChange(Strict):
-    add: list[Tag] = []
-    remove: list[Tag] = []
+    add: list[Tag] = Field(default_factory=list)
+    remove: list[Tag] = Field(default_factory=list)
 
 class StageChange(Strict):
     stage: Stage
