@@ -44,9 +44,11 @@ class RecordingNotifier:
     """Keeps every announcement, so tests can count publishes per wave."""
 
     calls: list[tuple[list[str], str]] = field(default_factory=list)
+    epochs: list[int | None] = field(default_factory=list)
 
-    def announce(self, groups: list[str], rollout_id: str) -> None:
+    def announce(self, groups: list[str], rollout_id: str, epoch: int | None = None) -> None:
         self.calls.append((list(groups), rollout_id))
+        self.epochs.append(epoch)
 
 
 @dataclass

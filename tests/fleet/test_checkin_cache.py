@@ -198,3 +198,42 @@ def test_a_tag_change_written_by_a_process_without_a_cache_bumps_the_epoch(fleet
         session.add(device)
     other.dispose()
     assert poller.check() is True
+
+
+def test_a_notified_device_is_not_answered_from_a_cache_behind_the_notice(
+        fleet: Fleet, tmp_path: Path) -> None:
+    """Push across replicas: replica B announces a rollout; a device checking in at replica A
+    before A's poller ran sends the notice's epoch back and gets the new document at once."""
+    (agent,) = fleet.devices(1)
+    poller = EpochPoller(_cache(fleet), fleet.app.state.ctx.read_engine)
+    poller.check()
+    before = fleet.desired(agent)["signed"]
+    other_dir = tmp_path / "replica-b"
+    shutil.copytree(fleet.app.state.ctx.settings.data_dir, other_dir, dirs_exist_ok=True)
+    replica_b, client_b = build_fleet(other_dir,
+                                      database_url=fleet.app.state.ctx.settings.database_url)
+    with client_b:
+        version = replica_b.version()
+        rollout = replica_b.rollout(version=str(version), waves=[100])
+        replica_b.tick()
+    (epoch,) = {e for e in replica_b.notifier.epochs if e is not None}
+    headers = agent.headers
+    stale = fleet.client.get(f"{API}/device/desired-state", headers=headers).json()["signed"]
+    assert stale["sequence"] == before["sequence"], "without the epoch: the documented window"
+    fresh = fleet.client.get(f"{API}/device/desired-state",
+                             headers={**headers, "X-Ferry-Epoch": str(epoch)}).json()["signed"]
+    assert fresh["sequence"] > before["sequence"]
+    assert fresh["slots"]["main"]["rollout_id"] == rollout["id"]
+
+
+def test_a_forged_epoch_only_costs_its_sender_a_database_read(fleet: Fleet) -> None:
+    (agent, other) = fleet.devices(2)
+    EpochPoller(_cache(fleet), fleet.app.state.ctx.read_engine).check()
+    fleet.desired(agent)
+    fleet.desired(other)
+    generation = _cache(fleet).generation
+    forged = {**agent.headers, "X-Ferry-Epoch": str(10**17)}
+    assert fleet.client.get(f"{API}/device/desired-state", headers=forged).status_code == 200
+    assert _cache(fleet).generation == generation and len(_cache(fleet)) == 2
+    junk = {**agent.headers, "X-Ferry-Epoch": "-1; drop"}
+    assert fleet.client.get(f"{API}/device/desired-state", headers=junk).status_code == 200

@@ -169,7 +169,8 @@ class Agent:
             now = utcnow()
             try:
                 self._refresh_keyring(now)
-                desired = self._accept_desired_state(self.api.desired_state(), now)
+                epoch = self.mqtt.notice_epoch if self.mqtt is not None else None
+                desired = self._accept_desired_state(self.api.desired_state(epoch), now)
             except (ProtocolError, AgentError) as exc:
                 if not _is_refusal(exc):
                     raise

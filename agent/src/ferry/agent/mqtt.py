@@ -48,6 +48,9 @@ class MqttLink:
             topics.group_notice(g) for g in groups
         ]
         self._on_notice = on_notice
+        # The newest fleet epoch a notice named: sent back with the desired-state request,
+        # so a replica whose cache is behind answers from its database.
+        self.notice_epoch: int | None = None
         self._connected = threading.Event()
         self._started = False
         # The broker binds client ids to logins (docs/mqtt.md): the id is the login, the device id.
@@ -97,6 +100,9 @@ class MqttLink:
 
     def _message_cb(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         log.info("notice", extra={"fields": {"topic": message.topic}})
+        epoch = topics.notice_epoch(bytes(message.payload))
+        if epoch is not None and (self.notice_epoch is None or epoch > self.notice_epoch):
+            self.notice_epoch = epoch
         self._on_notice()
 
     def publish(self, report: dict[str, Any]) -> bool:

@@ -22,7 +22,7 @@ from ferry.agent.errors import (
     TransportError,
     UnauthorizedError,
 )
-from ferry.protocol import endpoints
+from ferry.protocol import endpoints, topics
 from ferry.protocol.canonical import parse_json
 
 
@@ -76,9 +76,9 @@ class DeviceApi:
     def close(self) -> None:
         self._client.close()
 
-    def _document(self, path: str, what: str) -> bytes:
+    def _document(self, path: str, what: str, headers: dict[str, str] | None = None) -> bytes:
         """GET a JSON document, refusing it once it grows past the cap."""
-        with _translated(what), self._client.stream("GET", path) as response:
+        with _translated(what), self._client.stream("GET", path, headers=headers) as response:
             _check_status(response, what)
             body = bytearray()
             for chunk in response.iter_bytes():
@@ -94,8 +94,11 @@ class DeviceApi:
             endpoints.KEYRING_VERSION.format(version=version), f"keyring v{version}"
         )
 
-    def desired_state(self) -> bytes:
-        return self._document(endpoints.DESIRED_STATE, "desired state")
+    def desired_state(self, notice_epoch: int | None = None) -> bytes:
+        """``notice_epoch``: the fleet epoch of the last notice (see `topics.NOTICE_EPOCH_HEADER`)."""
+        headers = {topics.NOTICE_EPOCH_HEADER: str(notice_epoch)} if notice_epoch is not None \
+            else None
+        return self._document(endpoints.DESIRED_STATE, "desired state", headers)
 
     def manifest(self, sha256: str) -> bytes:
         return self._document(endpoints.MANIFEST.format(sha256=sha256), f"manifest {sha256[:12]}")

@@ -131,7 +131,7 @@ class LoopMqtt:
     """One paho client whose socket is watched by the asyncio loop — no thread per device."""
 
     def __init__(self, url: str, client_id: str, username: str, password: str,
-                 subscriptions: list[str], on_notice: Callable[[], None]) -> None:
+                 subscriptions: list[str], on_notice: Callable[[bytes], None]) -> None:
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 1883
         self.subscriptions = subscriptions
@@ -146,7 +146,7 @@ class LoopMqtt:
         client.username_pw_set(username, password)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_message = lambda _c, _u, _m: self.on_notice()
+        client.on_message = lambda _c, _u, message: self.on_notice(bytes(message.payload))
         client.on_socket_open = self._socket_open
         client.on_socket_close = self._socket_close
         client.on_socket_register_write = self._socket_register_write
@@ -254,6 +254,7 @@ class SimDevice:
         self.installed: dict[str, Installed] = {}
         self.refused: set[tuple[str, int, str]] = set()  # (slot, sequence, digest) given up on
         self.report_seq = itertools.count(1)  # the device's own report order (in memory)
+        self.notice_epoch: int | None = None  # sent back so a lagging replica skips its cache
 
     @property
     def headers(self) -> dict[str, str]:
@@ -296,8 +297,11 @@ class SimDevice:
         raise SimulationError(f"enrolment of {self.device_id}: no answer after "
                               f"{ENROLL_ATTEMPTS} attempts")
 
-    def _noticed(self) -> None:
+    def _noticed(self, payload: bytes) -> None:
         self.fleet.stats.notices += 1
+        epoch = topics.notice_epoch(payload)
+        if epoch is not None and (self.notice_epoch is None or epoch > self.notice_epoch):
+            self.notice_epoch = epoch
         self.wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -321,7 +325,9 @@ class SimDevice:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def sync(self) -> None:
-        raw = await self._get(endpoints.DESIRED_STATE)
+        extra = {topics.NOTICE_EPOCH_HEADER: str(self.notice_epoch)} \
+            if self.notice_epoch is not None else {}
+        raw = await self._get(endpoints.DESIRED_STATE, extra)
         self.fleet.stats.desired_state_fetches += 1
         try:
             state = await self._verified_state(raw)
@@ -474,8 +480,8 @@ class SimDevice:
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_BACKOFF_S)
 
-    async def _get(self, path: str) -> bytes:
-        response = await self.fleet.request("GET", path, headers=self.headers)
+    async def _get(self, path: str, extra: dict[str, str] | None = None) -> bytes:
+        response = await self.fleet.request("GET", path, headers={**self.headers, **(extra or {})})
         response.raise_for_status()
         return response.content
 

@@ -7,6 +7,7 @@ publish only to their own status topic; the Mosquitto ACL patterns in
 
 from __future__ import annotations
 
+import json
 import re
 
 PREFIX = "ferry/v1"
@@ -44,3 +45,29 @@ def device_id_from_status_topic(topic: str) -> str | None:
     if len(parts) == 5 and "/".join(parts[:3]) == f"{PREFIX}/devices" and parts[4] == "status":
         return parts[3]
     return None
+
+
+# --- the notice document (plain JSON, unsigned: it carries no authority) ---------------------
+
+NOTICE_TYPE = "notice"
+NOTICE_EPOCH_HEADER = "X-Ferry-Epoch"
+"""Sent with a device's desired-state request after a notice: the server's cache of an
+older fleet epoch then answers from the database (a notice can outrun a replica's cache)."""
+
+
+def notice_payload(reason: str, rollout_id: str | None, epoch: int | None,
+                   issued_at: str) -> bytes:
+    """A notice: "fetch your signed desired state"; ``epoch`` is the server's fleet epoch."""
+    return json.dumps({"_type": NOTICE_TYPE, "spec_version": 1, "reason": reason,
+                       "rollout_id": rollout_id, "epoch": epoch, "issued_at": issued_at},
+                      sort_keys=True, separators=(",", ":")).encode()
+
+
+def notice_epoch(payload: bytes) -> int | None:
+    """The fleet epoch a notice names, or None (older servers, or anything malformed)."""
+    try:
+        value = json.loads(payload).get("epoch")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 \
+        else None

@@ -56,11 +56,19 @@ class CheckinCache:
     def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
         self.max_entries = max_entries
         self.generation = 0
+        self.known_epoch: int | None = None  # the fleet epoch this replica last read
         self._entries: dict[str, Entry] = {}
         self._lock = threading.Lock()
 
-    def lookup(self, key: str, now: datetime, ttl_s: int) -> Entry | None:
-        """The entry when its generation is current and its document is far from expiry."""
+    def lookup(self, key: str, now: datetime, ttl_s: int,
+               min_epoch: int | None = None) -> Entry | None:
+        """The entry when its generation is current and its document is far from expiry.
+
+        ``min_epoch`` comes from a notice the device received: while this replica has
+        not read that epoch yet, the entry may predate the change it announced.
+        """
+        if min_epoch is not None and (self.known_epoch is None or min_epoch > self.known_epoch):
+            return None
         entry = self._entries.get(key)
         if entry is None or entry.generation != self.generation:
             return None
@@ -108,6 +116,7 @@ class EpochPoller:
             value = connection.execute(epoch.READ).scalar_one()
         moved = self._seen is not None and value != self._seen
         self._seen = value
+        self.cache.known_epoch = int(value)
         if moved:
             self.cache.invalidate()
         return moved

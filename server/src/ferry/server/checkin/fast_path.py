@@ -22,6 +22,7 @@ from typing import Any
 from starlette.types import Scope, Send
 
 from ferry.protocol.endpoints import API, DESIRED_STATE, DEVICE_TOKEN_PREFIX
+from ferry.protocol.topics import NOTICE_EPOCH_HEADER
 from ferry.server.checkin.cache import CheckinCache, credential_key
 from ferry.server.core.observability import Metrics, access_log
 from ferry.server.fleet.runtime import FleetRuntime
@@ -55,11 +56,23 @@ def _cached(state: Any, scope: Scope) -> tuple[str, bytes] | None:
         return None
     cache: CheckinCache = state.checkin_cache
     now = runtime.now()
-    entry = cache.lookup(credential_key(secret), now, runtime.settings.desired_state_ttl_s)
+    entry = cache.lookup(credential_key(secret), now, runtime.settings.desired_state_ttl_s,
+                         notice_epoch_of(scope))
     if entry is None:
         return None
     runtime.last_seen.touch(entry.device_id, now)
     return entry.device_id, entry.body
+
+
+_EPOCH_HEADER = NOTICE_EPOCH_HEADER.lower().encode("latin-1")
+
+
+def notice_epoch_of(scope: Scope) -> int | None:
+    """The fleet epoch a device's notice named (``X-Ferry-Epoch``), if any and well-formed."""
+    for name, value in scope["headers"]:
+        if name == _EPOCH_HEADER:
+            return int(value) if value.isdigit() and len(value) <= 18 else None
+    return None
 
 
 def bearer_secret(scope: Scope) -> str | None:

@@ -13,7 +13,8 @@ from typing import Protocol
 class Notifier(Protocol):
     """Tell the devices of ``groups`` that their desired state may have changed."""
 
-    def announce(self, groups: list[str], rollout_id: str) -> None: ...
+    def announce(self, groups: list[str], rollout_id: str, epoch: int | None = None) -> None:
+        """``epoch``: the fleet epoch the change committed at (devices send it back)."""
 
 
 class BrokerSync(Protocol):
@@ -31,7 +32,7 @@ class StartHook(Protocol):
 class NullNotifier:
     """Used when MQTT is off: devices still converge by polling."""
 
-    def announce(self, groups: list[str], rollout_id: str) -> None:
+    def announce(self, groups: list[str], rollout_id: str, epoch: int | None = None) -> None:
         return None
 
 

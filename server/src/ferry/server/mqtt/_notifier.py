@@ -7,24 +7,19 @@ Retained, so a device that connects later still hears the latest one; the
 
 from __future__ import annotations
 
-import json
 from typing import Protocol
 
 from ferry.protocol import topics
-from ferry.protocol.documents import SPEC_VERSION
 from ferry.protocol.timefmt import format_time, utcnow
 from ferry.server.mqtt._metrics import MqttMetrics
 
-NOTICE_TYPE = "notice"
 REASON_DESIRED_STATE = "desired-state"
 REASON_KEYRING = "keyring"
 
 
-def notice_payload(reason: str, rollout_id: str | None) -> bytes:
-    """The notice document of docs/api.md (plain JSON; devices only read ``_type``)."""
-    return json.dumps({"_type": NOTICE_TYPE, "spec_version": SPEC_VERSION, "reason": reason,
-                       "rollout_id": rollout_id, "issued_at": format_time(utcnow())},
-                      sort_keys=True, separators=(",", ":")).encode()
+def notice_payload(reason: str, rollout_id: str | None, epoch: int | None = None) -> bytes:
+    """The notice document of docs/api.md (`ferry.protocol.topics.notice_payload`)."""
+    return topics.notice_payload(reason, rollout_id, epoch, format_time(utcnow()))
 
 
 class Publisher(Protocol):
@@ -38,9 +33,10 @@ class MqttNotifier:
         self._link = link
         self._metrics = metrics
 
-    def announce(self, groups: list[str], rollout_id: str | None) -> None:
+    def announce(self, groups: list[str], rollout_id: str | None,
+                 epoch: int | None = None) -> None:
         """A wave opened or a rollout changed: every device of these groups re-fetches."""
-        payload = notice_payload(REASON_DESIRED_STATE, rollout_id)
+        payload = notice_payload(REASON_DESIRED_STATE, rollout_id, epoch)
         for group in sorted(set(groups)):
             self._link.publish(topics.group_notice(group), payload, retain=True)
             self._metrics.notices.labels("group").inc()

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from ferry.protocol.timefmt import format_time, parse_time
+from ferry.server.core import epoch
 from ferry.server.core.db import session_scope
 from ferry.server.fleet.runtime import FleetRuntime
 from ferry.server.fleet.selectors import announce_groups
@@ -210,13 +211,16 @@ def announce_changes(engine: Engine, runtime: FleetRuntime) -> None:
     with session_scope(engine) as session:
         rows = session.exec(select(Rollout).where(col(Rollout.announced) != _marker_sql())).all()
         pending = [(r.id or 0, r.announced, marker(r), r.state, dict(r.selector)) for r in rows]
+        # Read after the changes committed: a device that sends it back bypasses a replica's
+        # cache that has not seen this epoch yet (docs/rollouts.md, "Push across replicas").
+        now_epoch = session.connection().execute(epoch.READ).scalar_one() if pending else None
     for pk, old, new, state, selector in pending:
         if not _set_mark(engine, pk, old, new) or state in _SILENT:
             continue
         if new.startswith(STARTED) and not old.startswith(STARTED):
             runtime.start_hook.rollout_started(pk)
         try:
-            runtime.notifier.announce(announce_groups(selector), public_id(pk))
+            runtime.notifier.announce(announce_groups(selector), public_id(pk), now_epoch)
         except Exception:
             log.exception("announcing %s failed; retrying on the next tick", public_id(pk))
             _set_mark(engine, pk, new, old)
