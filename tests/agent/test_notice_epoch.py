@@ -27,6 +27,6 @@ def test_the_newest_notice_epoch_is_kept_and_junk_is_ignored() -> None:
                     topics.notice_payload("desired-state", "r-1", 5, "2026-12-03T12:00:01Z"),
                     b"not json", b'{"epoch": -3}', b'{"epoch": true}',
                     topics.notice_payload("desired-state", None, None, "2026-12-03T12:00:02Z")):
-        link._message_cb(link.client, None, _message(payload))  # noqa: SLF001
+        link._message_cb(link.client, None, _message(payload))
     assert link.notice_epoch == 7
     assert len(woken) == 6, "every notice wakes the agent, whatever its payload"
