@@ -96,6 +96,7 @@ class ServerProcess:
     mqtt_port: int = field(default_factory=free_port)
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    log_name: str = "server.log"  # replicas sharing one data directory log apart
 
     @property
     def url(self) -> str:
@@ -103,7 +104,7 @@ class ServerProcess:
 
     @property
     def log_path(self) -> Path:
-        return self.data_dir / "server.log"
+        return self.data_dir / self.log_name
 
     @property
     def admin_token(self) -> str:
