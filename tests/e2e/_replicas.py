@@ -19,7 +19,7 @@ import httpx
 
 from ferry.cli.demo import AgentProcess, Operator, ServerProcess, SimulatorProcess, wait_until
 from ferry.server.mqtt import mosquitto_hash
-from tests.e2e._stack import OBSERVER, example_broker
+from tests.e2e._stack import example_broker
 from tests.support.mosquitto import MosquittoBroker, free_port
 
 REPLICAS = ("ferry@server-1", "ferry@server-2")
@@ -153,7 +153,7 @@ class Topology:
     def server_view(self) -> dict[str, int | None]:
         """The installed version per device, as the server's device list says."""
         assert self.op is not None
-        devices = self.op._call("GET", "/devices?limit=10000")  # noqa: SLF001
+        devices = self.op._call("GET", "/devices?limit=10000")
         return {d["id"]: next((s["installed_version"] for s in d["slots"]
                                if s["slot"] == "main"), None) for d in devices}
 
