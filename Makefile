@@ -36,8 +36,11 @@ test: install
 # The randomised kill -9 test of the agent (tests/agent/test_kill_soak.py) with many trials;
 # `make test` runs a few. Same seed, same kills: FERRY_SOAK_SEED=n picks another sequence.
 SOAK_TRIALS ?= 200
+# Then the fleet soak: two replicas on PostgreSQL behind nginx, broker, server and agent kills,
+# printing reports made/stored and devices whose server view differs (bench/soak_fleet.py).
 soak: install
 	FERRY_SOAK_TRIALS=$(SOAK_TRIALS) $(PY) -m pytest -q tests/agent/test_kill_soak.py $(PYTEST_ARGS)
+	$(PY) bench/soak_fleet.py $(SOAK_ARGS)
 
 bench: install
 	$(PY) bench/run_all.py $(BENCH_ARGS)

@@ -101,6 +101,7 @@ class Stats:
     """What the fleet did; the CLI prints it, tests and benchmarks read it."""
 
     enrolled: int = 0
+    reports_made: int = 0  # distinct reports the devices made (each sent until it lands)
     reports_mqtt: int = 0
     reports_http: int = 0
     desired_state_fetches: int = 0
@@ -113,6 +114,7 @@ class Stats:
     def summary(self) -> dict[str, Any]:
         return {
             "enrolled": self.enrolled,
+            "reports_made": self.reports_made,
             "reports_mqtt": self.reports_mqtt,
             "reports_http": self.reports_http,
             "desired_state_fetches": self.desired_state_fetches,
@@ -121,6 +123,7 @@ class Stats:
             "refusals": dict(self.refusals),
             "states": dict(Counter(self.states.values())),
             "versions": {str(v): n for v, n in sorted(Counter(self.versions.values()).items())},
+            "installed": dict(sorted(self.versions.items())),
         }
 
 
@@ -454,6 +457,7 @@ class SimDevice:
         Terminal reports also go over HTTP, as the agent does: a broker's PUBACK
         does not prove the server got them (ingest counts a report id once).
         """
+        self.fleet.stats.reports_made += 1
         self.fleet.stats.states[self.device_id] = report.state.value
         payload = json.dumps(report.to_dict(), sort_keys=True, separators=(",", ":")).encode()
         published = self.mqtt is not None and self.mqtt.publish(
