@@ -26,14 +26,15 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qsl
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from ferry.protocol import endpoints, topics
 from ferry.protocol.canonical import canonical_json
-from ferry.protocol.documents import BundleManifest, DesiredState
-from ferry.protocol.signing import document_digest, envelope_bytes
+from ferry.protocol.documents import BundleManifest, DeltaDescriptor, DesiredState
+from ferry.protocol.signing import document_digest, envelope_bytes, sign_document
 from ferry.protocol.timefmt import format_time, utcnow
 from tests.support.mosquitto import free_port
 from tests.support.trust import Authority
@@ -103,6 +104,7 @@ class DeviceRepository:
         self.blobs: dict[str, bytes] = {}
         self.manifests: dict[str, bytes] = {}
         self.deltas: dict[tuple[str, str], bytes] = {}
+        self.described: dict[tuple[str, str], tuple[bytes, int]] = {}
         self.blob_mode: dict[str, str] = {}
         self.slow_chunk_delay_s = 0.02
         self.trickle_delay_s = 0.02
@@ -228,8 +230,27 @@ class DeviceRepository:
                 self.blobs[hashlib.sha256(data).hexdigest()] = data
         return Bundle(manifest, envelope, digest, files)
 
-    def add_delta(self, old: bytes, new: bytes, delta: bytes) -> None:
-        self.deltas[(hashlib.sha256(old).hexdigest(), hashlib.sha256(new).hexdigest())] = delta
+    def add_delta(self, old: bytes, new: bytes, delta: bytes,
+                  described: bytes | None = None) -> None:
+        """Serve ``delta`` for old → new; its signed descriptor names ``described`` (default:
+        the delta itself), so a test can serve bytes the descriptor does not vouch for."""
+        key = (hashlib.sha256(old).hexdigest(), hashlib.sha256(new).hexdigest())
+        self.deltas[key] = delta
+        self.described[key] = (described if described is not None else delta, len(new))
+
+    def delta_descriptor(self, path: str) -> bytes | None:
+        """The signed descriptor the server's ``GET …/descriptor`` route answers."""
+        route, _, query = path.partition("?")
+        old, new = route.removeprefix(DELTA_PREFIX).removesuffix("/descriptor").split("/")
+        if (old, new) not in self.described:
+            return None
+        vouched, size = self.described[(old, new)]
+        args = dict(parse_qsl(query))
+        descriptor = DeltaDescriptor(
+            from_manifest=args["from_manifest"], to_manifest=args["to_manifest"],
+            path=args["path"], from_sha256=old, to_sha256=new, to_size=size,
+            delta_sha256=hashlib.sha256(vouched).hexdigest(), delta_size=len(vouched))
+        return envelope_bytes(sign_document(descriptor.to_dict(), [self.authority.bundles]))
 
     def desired_state(
         self,
@@ -365,6 +386,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, body) if body is not None else self._error(404, "not_found")
         elif path.startswith(endpoints.BLOB.format(sha256="")):
             self._blob(path.rsplit("/", 1)[1])
+        elif path.startswith(DELTA_PREFIX) and "/descriptor?" in path:
+            body = repo.delta_descriptor(path)
+            self._send(200, body) if body is not None else self._error(404, "not_found")
         elif path.startswith(DELTA_PREFIX):
             old, new = path.removeprefix(DELTA_PREFIX).split("/")
             body = repo.deltas.get((old, new))

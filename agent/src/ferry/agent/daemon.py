@@ -40,6 +40,7 @@ from ferry.agent.storage import remove_temps
 from ferry.agent.transport import DeviceApi
 from ferry.protocol.documents import (
     AgentState,
+    DeltaDescriptor,
     DesiredState,
     SlotTarget,
     StatusReport,
@@ -88,11 +89,20 @@ class Agent:
                 install.chunk_bytes, install.reserve_bytes, install.use_deltas, config.download
             ),
             self.stopping.is_set,
+            descriptors=self._verified_descriptor,
         )
         self._last_refusal: tuple[str, str] | None = None
         config.models_dir.mkdir(parents=True, exist_ok=True)
 
     # --- wiring ---------------------------------------------------------------------
+
+    def _verified_descriptor(
+        self, raw: bytes, from_sha256: str, to_sha256: str, to_size: int
+    ) -> DeltaDescriptor:
+        """A delta's descriptor checked against the keyring the agent trusts now."""
+        return self.trust.chain.verify_delta_descriptor(
+            raw, from_sha256=from_sha256, to_sha256=to_sha256, to_size=to_size
+        ).document
 
     def _mqtt_link(self) -> MqttLink | None:
         settings = self.identity.mqtt or {}

@@ -33,13 +33,17 @@ from ferry.agent.errors import (
 from ferry.agent.installer import Installed
 from ferry.agent.storage import fsync_dir, fsync_file
 from ferry.agent.transport import DeviceApi
-from ferry.protocol.documents import BundleManifest, FileEntry
+from ferry.protocol.documents import BundleManifest, DeltaDescriptor, FileEntry
 from ferry.protocol.errors import LengthExceededError, ProtocolError, VerificationError
 from ferry.protocol.verify import FileVerifier, verify_file
 
 log = logging.getLogger("ferry.agent.download")
 
 Progress = Callable[[int], None]
+
+
+DescriptorCheck = Callable[[bytes, str, str, int], DeltaDescriptor]
+"""(raw descriptor, from sha256, to sha256, to size) → the verified descriptor, or raises."""
 
 
 @dataclass
@@ -100,14 +104,25 @@ class Downloader:
     """Brings every file of a manifest into a staging folder, resuming what is there."""
 
     def __init__(
-        self, api: DeviceApi, options: DownloadOptions, stopping: Callable[[], bool] = lambda: False
+        self,
+        api: DeviceApi,
+        options: DownloadOptions,
+        stopping: Callable[[], bool] = lambda: False,
+        descriptors: DescriptorCheck | None = None,
     ) -> None:
         self.api = api
         self.options = options
         self.stopping = stopping
+        # Verifies a delta's signed descriptor; without one, deltas are never used.
+        self.descriptors = descriptors
 
     def fetch(
-        self, manifest: BundleManifest, staging: Path, old: Installed | None, progress: Progress
+        self,
+        manifest: BundleManifest,
+        staging: Path,
+        old: Installed | None,
+        progress: Progress,
+        manifest_digest: str = "",
     ) -> None:
         """Download (or rebuild from a delta) each file not yet complete in ``staging``."""
         staging.mkdir(parents=True, exist_ok=True)
@@ -123,7 +138,9 @@ class Downloader:
                 old is not None
                 and base is not None
                 and self._delta_worthwhile(base, entry, final)
-                and self._try_delta(old.path / entry.path, base, entry, final, progress)
+                and self._try_delta(
+                    old.path / entry.path, base, entry, final, progress, (old.digest, manifest_digest)
+                )
             )
             if not rebuilt:
                 self._download(entry, final, progress)
@@ -145,27 +162,51 @@ class Downloader:
     def _delta_worthwhile(self, base: FileEntry, entry: FileEntry, final: Path) -> bool:
         return (
             self.options.use_deltas
+            and self.descriptors is not None
             and base.sha256 != entry.sha256
             and not part_path(final).exists()  # a resumed full download keeps going
         )
 
     def _try_delta(
-        self, old_file: Path, base: FileEntry, entry: FileEntry, final: Path, progress: Progress
+        self,
+        old_file: Path,
+        base: FileEntry,
+        entry: FileEntry,
+        final: Path,
+        progress: Progress,
+        manifests: tuple[str, str],
     ) -> bool:
-        """Rebuild ``final`` from the old file and a delta; False means "download it whole"."""
+        """Rebuild ``final`` from the old file and a delta; False means "download it whole".
+
+        The checklist, in order: the delta's descriptor is signed by a bundles key and
+        names this pair; the delta is streamed to disk, cut off past the signed size;
+        its sha256 is the signed one — only then does a decoder see a byte of it — and
+        the result is verified against the manifest as any download is.
+        """
         from ferry.protocol.delta import apply_delta_file  # zstandard + bsdiff4: only when used
 
-        guard = RateGuard(entry.size, self.options.pace, f"delta for {entry.path}")
+        assert self.descriptors is not None
+        spool = final.with_name(final.name + ".delta-in")  # the decoder writes .delta-part
         try:
+            raw = self.api.delta_descriptor(
+                base.sha256, entry.sha256, from_manifest=manifests[0],
+                to_manifest=manifests[1], path=entry.path,
+            )
+            signed = self.descriptors(raw, base.sha256, entry.sha256, entry.size)
+            cap = min(signed.delta_size, entry.size)
+            guard = RateGuard(cap, self.options.pace, f"delta for {entry.path}")
             with self.api.delta(base.sha256, entry.sha256, self.options.chunk_bytes) as chunks:
-                capped = _capped(chunks, entry.size, progress, guard)
-                apply_delta_file(old_file, capped, final, entry.size, entry.sha256)
+                _spool(_capped(chunks, cap, progress, guard), spool, signed.delta_size,
+                       signed.delta_sha256)
+            apply_delta_file(old_file, spool, final, entry.size, entry.sha256)
             crashpoint("delta.applied")
             verify_file(final, entry.size, entry.sha256)
         except (AgentError, ProtocolError, OSError) as exc:
             final.unlink(missing_ok=True)
             log.info("delta_fallback", extra={"fields": {"file": entry.path, "reason": str(exc)}})
             return False
+        finally:
+            spool.unlink(missing_ok=True)
         fsync_dir(final.parent)
         return True
 
@@ -254,6 +295,16 @@ def _hash_prefix(part: Path, verifier: FileVerifier, size: int, chunk_bytes: int
         while remaining and (block := handle.read(min(chunk_bytes, remaining))):
             verifier.update(block)
             remaining -= len(block)
+
+
+def _spool(chunks: Iterator[bytes], spool: Path, size: int, sha256: str) -> None:
+    """Write the delta to ``spool`` and check it against its signed size and digest."""
+    verifier = FileVerifier(size, sha256, spool.name)
+    with spool.open("wb") as handle:
+        for chunk in chunks:
+            verifier.update(chunk)
+            handle.write(chunk)
+    verifier.finish()
 
 
 def _capped(

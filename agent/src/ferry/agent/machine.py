@@ -269,6 +269,7 @@ class Downloading(State):
                 machine.slot.staging(update.digest),
                 machine.slot.current(),
                 progress,
+                update.digest,
             )
         except DownloadTimeoutError as exc:
             machine.report_stall(exc)  # kept: the partial files; resumed: after the backoff

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
@@ -132,6 +133,15 @@ class DeviceApi:
         with _translated(what), self._client.stream("GET", path) as response:
             _check_status(response, what)
             yield _guarded(_pieces(response, chunk_bytes), what)
+
+    def delta_descriptor(
+        self, from_sha256: str, to_sha256: str, *, from_manifest: str, to_manifest: str, path: str
+    ) -> bytes:
+        """The delta's signed descriptor (a small document: capped like the others)."""
+        query = urlencode({"from_manifest": from_manifest, "to_manifest": to_manifest,
+                           "path": path})
+        url = endpoints.DELTA_DESCRIPTOR.format(from_sha256=from_sha256, to_sha256=to_sha256)
+        return self._document(f"{url}?{query}", f"delta descriptor {to_sha256[:12]}")
 
     def post_status(self, reports: list[dict[str, Any]]) -> set[str]:
         """Send reports; returns the ids the server has now (accepted or already known)."""

@@ -486,3 +486,66 @@ def make_keyring(
         for role in Role
     }
     return Keyring(version=version, expires=expires, keys=keys, roles=roles)
+
+
+# --- the delta descriptor (signed by a bundles key; served beside each delta) ---------------
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+DELTA_FORMATS = ("ferry-delta/1", "bsdiff40")
+
+
+@dataclass(frozen=True)
+class DeltaDescriptor:
+    """From-version digest, to-version digest, and the delta's own size and sha256."""
+
+    TYPE: ClassVar[str] = "delta-descriptor"
+    from_manifest: str  # document digest of the installed version's manifest
+    to_manifest: str  # document digest of the target version's manifest
+    path: str  # the bundle file this delta rebuilds
+    from_sha256: str
+    to_sha256: str
+    to_size: int
+    delta_sha256: str
+    delta_size: int
+    format: str = "ferry-delta/1"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "_type": self.TYPE,
+            "spec_version": SPEC_VERSION,
+            "from_manifest": self.from_manifest,
+            "to_manifest": self.to_manifest,
+            "path": self.path,
+            "from_sha256": self.from_sha256,
+            "to_sha256": self.to_sha256,
+            "to_size": self.to_size,
+            "delta_sha256": self.delta_sha256,
+            "delta_size": self.delta_size,
+            "format": self.format,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Self:
+        where = cls.TYPE
+        if not isinstance(data, dict) or set(data) != set(_DESCRIPTOR_FIELDS):
+            raise MalformedError(f"{where}: expected exactly the fields {sorted(_DESCRIPTOR_FIELDS)}")
+        if data["_type"] != cls.TYPE or data["spec_version"] != SPEC_VERSION:
+            raise MalformedError(f"{where}: wrong _type or spec_version")
+        for key in ("from_manifest", "to_manifest", "from_sha256", "to_sha256", "delta_sha256"):
+            if not isinstance(data[key], str) or not _SHA256_RE.match(data[key]):
+                raise MalformedError(f"{where}: field '{key}' must be a lowercase hex sha256")
+        for key in ("to_size", "delta_size"):
+            value = data[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise MalformedError(f"{where}: field '{key}' must be an integer ≥ 0")
+        if not isinstance(data["path"], str) or not is_safe_relative_path(data["path"]):
+            raise MalformedError(f"{where}: unsafe path {data['path']!r}")
+        if data["format"] not in DELTA_FORMATS:
+            raise MalformedError(f"{where}: format must be one of {DELTA_FORMATS}")
+        return cls(**{key: data[key] for key in _DESCRIPTOR_FIELDS if not key.startswith(("_", "spec"))})
+
+
+_DESCRIPTOR_FIELDS = (
+    "_type", "spec_version", "from_manifest", "to_manifest", "path", "from_sha256",
+    "to_sha256", "to_size", "delta_sha256", "delta_size", "format",
+)  # fmt: skip

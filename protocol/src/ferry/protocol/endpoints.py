@@ -12,6 +12,7 @@ STATUS = f"{API}/device/status"
 MANIFEST = f"{API}/manifests/{{sha256}}"
 BLOB = f"{API}/blobs/{{sha256}}"
 DELTA = f"{API}/deltas/{{from_sha256}}/{{to_sha256}}"
+DELTA_DESCRIPTOR = DELTA + "/descriptor"  # ?from_manifest=&to_manifest=&path=
 
 DEVICE_TOKEN_PREFIX = "frd_"
 API_TOKEN_PREFIX = "fry_"

@@ -17,12 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 
-from ferry.protocol.documents import BundleManifest, DesiredState, Keyring
+from ferry.protocol.documents import BundleManifest, DeltaDescriptor, DesiredState, Keyring
 from ferry.protocol.signing import parse_envelope
 from ferry.protocol.verify import (
     Raw,
     SequenceFloor,
     Verified,
+    check_delta_descriptor,
     check_desired_state,
     check_first_keyring,
     check_keyring,
@@ -106,6 +107,14 @@ class TrustedState:
             last_sequence=applied.sequence,
             last_digest=applied.digest,
             now=now,
+        )
+
+    def verify_delta_descriptor(
+        self, raw: Raw, *, from_sha256: str, to_sha256: str, to_size: int
+    ) -> Verified[DeltaDescriptor]:
+        """A delta's signed descriptor (see ``check_delta_descriptor``)."""
+        return check_delta_descriptor(
+            raw, self.keyring, from_sha256=from_sha256, to_sha256=to_sha256, to_size=to_size
         )
 
     def verify_manifest(

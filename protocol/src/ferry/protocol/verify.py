@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from ferry.protocol.canonical import canonical_json
-from ferry.protocol.documents import BundleManifest, DesiredState, Keyring, Role
+from ferry.protocol.documents import BundleManifest, DeltaDescriptor, DesiredState, Keyring, Role
 from ferry.protocol.errors import (
     BadSignatureError,
     DigestMismatchError,
@@ -265,6 +265,30 @@ def check_manifest(
             f"{manifest.full_name} v{manifest.version} is older than installed v{installed_version}"
         )
     return Verified(manifest, envelope, signers)
+
+
+def check_delta_descriptor(
+    raw: Raw, keyring: Keyring, *, from_sha256: str, to_sha256: str, to_size: int
+) -> Verified[DeltaDescriptor]:
+    """Verify a delta's descriptor before a byte of the delta reaches a decoder.
+
+    Bundles key, then the pair it names: the old file this device has, the new file the
+    manifest declares (digest and size). The descriptor's ``delta_sha256`` and
+    ``delta_size`` then cap and check the delta download itself.
+    """
+    envelope = parse_envelope(raw)
+    descriptor = DeltaDescriptor.from_dict(envelope.signed)
+    bundles = keyring.roles[Role.BUNDLES]
+    signers = check_signatures(
+        envelope, keyring.keys_for(Role.BUNDLES), bundles.threshold, "delta descriptor"
+    )
+    named = (descriptor.from_sha256, descriptor.to_sha256, descriptor.to_size)
+    if named != (from_sha256, to_sha256, to_size):
+        raise DigestMismatchError(
+            f"delta descriptor is for {descriptor.from_sha256[:12]}…→{descriptor.to_sha256[:12]}… "
+            f"({descriptor.to_size} bytes), not {from_sha256[:12]}…→{to_sha256[:12]}…"
+        )
+    return Verified(descriptor, envelope, signers)
 
 
 # --- the same checks, returning the document only ----------------------------------------

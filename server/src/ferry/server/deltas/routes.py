@@ -7,13 +7,21 @@ instead of holding the request for the length of a build.
 
 from __future__ import annotations
 
-import anyio
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
 
+import anyio
+from fastapi import APIRouter, Query, Request, Response
+from sqlmodel import Session
+
+from ferry.protocol.delta import DeltaDescriptor
+from ferry.protocol.documents import Role
+from ferry.protocol.errors import MalformedError
+from ferry.protocol.signing import envelope_bytes, sign_document
 from ferry.server.api.deps import CtxDep, DeviceReader
 from ferry.server.api.http_semantics import check_conditions
 from ferry.server.blobs.routes import BlobResponse, Digest, check_range
-from ferry.server.core.errors import NotFoundError
+from ferry.server.core.context import AppContext
+from ferry.server.core.errors import NotFoundError, ValidationFailedError
 from ferry.server.deltas.jobs import DeltaJobs, Lookup
 
 router = APIRouter(tags=["deltas"])
@@ -68,3 +76,37 @@ async def get_delta(from_sha256: Digest, to_sha256: Digest, request: Request, ct
                         headers={"ETag": etag,
                                  "X-Ferry-Delta-Sha256": record.delta_sha256,
                                  "X-Ferry-Delta-Size": str(record.delta_size)})
+
+
+Sha256Param = Annotated[str, Query(pattern=r"^[0-9a-f]{64}$")]
+FilePath = Annotated[str, Query(min_length=1, max_length=255)]
+
+
+@router.get("/deltas/{from_sha256}/{to_sha256}/descriptor", response_class=Response,
+            responses={200: {"content": {"application/json": {"schema": {"type": "object"}}},
+                             "description": "the delta's descriptor, signed by a bundles key"}})
+async def get_delta_descriptor(from_sha256: Digest, to_sha256: Digest, from_manifest: Sha256Param,
+                               to_manifest: Sha256Param, path: FilePath, request: Request,
+                               ctx: CtxDep, _: DeviceReader) -> Response:
+    """What the delta is (sha256 and size), signed, so a device checks the delta's bytes before
+    any decoder runs on them; 404 means "download the whole file", as for the delta itself."""
+    jobs = deltas_of(request)
+    if jobs is None:
+        raise NotFoundError("deltas are disabled on this server")
+    found = await anyio.to_thread.run_sync(jobs.lookup, from_sha256, to_sha256)
+    if found.outcome is not Lookup.READY or found.offer is None:
+        raise NotFoundError("no delta to describe: download the full file")
+    try:
+        descriptor = found.offer.descriptor(from_manifest, to_manifest, path)
+        DeltaDescriptor.from_dict(descriptor.to_dict())  # the path and digests are well-formed
+    except MalformedError as exc:
+        raise ValidationFailedError(str(exc)) from exc
+    body = await anyio.to_thread.run_sync(_signed, ctx, descriptor.to_dict())
+    return Response(body, media_type="application/json")
+
+
+def _signed(ctx: AppContext, document: dict[str, object]) -> bytes:
+    with Session(ctx.read_engine) as session:
+        key = ctx.keys.key(session, Role.BUNDLES)
+        session.rollback()
+    return envelope_bytes(sign_document(document, [key]))
