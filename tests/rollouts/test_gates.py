@@ -27,20 +27,20 @@ def test_wave_advances_only_after_bake_time_and_success_rate(fleet: Fleet) -> No
     commit(fleet, waves[0][:-1], version, rollout["id"])
     fleet.clock.advance(600)
     fleet.tick()
-    assert fleet.show(rollout["id"])["wave"] == 0, "one device of wave 0 has not committed"
+    assert fleet.show(rollout["id"])["wave"] == 1, "one device of the first wave has not committed"
     commit(fleet, waves[0][-1:], version, rollout["id"])
     fleet.clock.advance(-1)
     fleet.tick()
-    assert fleet.show(rollout["id"])["wave"] == 0
+    assert fleet.show(rollout["id"])["wave"] == 1
     fleet.clock.advance(1)
     assert fleet.status(rollout["id"])["gate"]["status"] == "passing"
     fleet.tick()
     shown = fleet.show(rollout["id"])
-    assert (shown["state"], shown["wave"]) == ("running", 1)
+    assert (shown["state"], shown["wave"]) == ("running", 2)
     assert target(fleet, waves[1][0]) == (version, False)
     fleet.clock.advance(600)
     fleet.tick()
-    assert fleet.show(rollout["id"])["state"] == "running", "wave 1 has not committed"
+    assert fleet.show(rollout["id"])["state"] == "running", "the second wave has not committed"
     commit(fleet, waves[1], version, rollout["id"])
     fleet.tick()
     assert fleet.show(rollout["id"])["state"] == "completed"
@@ -53,7 +53,7 @@ def test_downloaded_is_not_success(fleet: Fleet) -> None:
     fleet.tick()
     status = fleet.status(rollout["id"])
     assert status["waves"][0]["counts"]["installing"] == len(waves[0])
-    assert status["rollout"]["wave"] == 0
+    assert status["rollout"]["wave"] == 1
 
 
 def test_failure_limit_halts_and_stops_new_devices(fleet: Fleet) -> None:
@@ -76,7 +76,7 @@ def test_failure_limit_halts_and_stops_new_devices(fleet: Fleet) -> None:
     assert target(fleet, waves[0][0]) == (version, False)
     commit(fleet, waves[0][:1], version, rollout["id"])
     fleet.tick()
-    assert fleet.show(rollout["id"])["wave"] == 1
+    assert fleet.show(rollout["id"])["wave"] == 2
 
 
 def test_failure_percentage_limit(fleet: Fleet) -> None:
@@ -168,10 +168,10 @@ def test_a_revoked_device_no_longer_holds_its_wave_back(fleet: Fleet) -> None:
     rollout, waves, version = _start(fleet, min_success_pct=100)
     commit(fleet, waves[0][1:], version, rollout["id"])
     fleet.tick()
-    assert fleet.show(rollout["id"])["wave"] == 0
+    assert fleet.show(rollout["id"])["wave"] == 1
     fleet.client.post(f"/api/v1/devices/{waves[0][0].device_id}/revoke", headers=fleet.admin)
     fleet.tick()
-    assert fleet.show(rollout["id"])["wave"] == 1
+    assert fleet.show(rollout["id"])["wave"] == 2
 
 
 def test_reports_arriving_out_of_order_within_a_second_never_undo_a_commit(fleet: Fleet) -> None:

@@ -73,7 +73,7 @@ def test_gate_evaluation_survives_a_restart(tmp_path: Path) -> None:
         restarted.clock.advance(60)
         restarted.tick()
         shown = restarted.show(rollout["id"])
-        assert (shown["state"], shown["wave"]) == ("running", 1)
+        assert (shown["state"], shown["wave"]) == ("running", 2)
 
 
 def test_the_lifespan_task_evaluates_gates_on_its_own(tmp_path: Path) -> None:

@@ -355,7 +355,7 @@ def _rows(status: dict[str, Any]) -> list[tuple[str, ...]]:
     for wave in status["waves"]:
         counts = wave["counts"]
         rows.append(tuple(str(n) for n in (
-            wave["wave"] + 1, wave["percent"], wave["total"], counts["pending"],
+            wave["wave"], wave["percent"], wave["total"], counts["pending"],
             counts["downloading"] + counts["installing"], counts["committed"],
             counts["failed"] + counts["timed_out"], counts["rolled_back"])))
     return rows
@@ -368,7 +368,7 @@ def _reporter(title: str) -> Callable[[dict[str, Any]], None]:
     def show(status: dict[str, Any]) -> None:
         rollout = status["rollout"]
         heading = (f"{title} — {rollout['id']} v{rollout['version']}: {rollout['state']} "
-                   f"(wave {rollout['wave'] + 1}/{len(rollout['waves'])})")
+                   f"(wave {rollout['wave']}/{len(rollout['waves'])})")
         rows = _rows(status)
         if shown and shown[-1] == (heading, rows):
             return
@@ -463,7 +463,7 @@ def run_demo(data_dir: Path, devices: int, fail_rate: float, bundle_size: int,
                       "rolled_back")
         canary = [a.device_id for a in agents
                   if wave_index(bad["rollout"]["id"], a.device_id, BAD_WAVES) == 0]
-        console.print(f"v2 halted in wave {bad['rollout']['wave'] + 1} and rolled back "
+        console.print(f"v2 halted in wave {bad['rollout']['wave']} and rolled back "
                       f"({bad['rollout']['reason']}); real agents in its canary wave: "
                       f"{', '.join(canary) or 'none'}")
         good = _expect(_phase(op, "good release: v3 to 100 %", v3, [5, 25, 100],
@@ -507,7 +507,7 @@ def print_summary(baseline: dict[str, Any], bad: dict[str, Any], good: dict[str,
     for label, text in (
             ("baseline", done(baseline)),
             ("bad release", f"{halted['id']} v{halted['version']} halted in wave "
-                            f"{halted['wave'] + 1} of {len(halted['waves'])} and rolled back in "
+                            f"{halted['wave']} of {len(halted['waves'])} and rolled back in "
                             f"{bad['took_s']:.0f}s: {totals['rolled_back']} devices back on "
                             f"v{baseline['rollout']['version']}, {untouched} never took it"),
             ("good release", done(good) + " (100 %)"),

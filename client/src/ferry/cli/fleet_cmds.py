@@ -267,9 +267,10 @@ def rollout_list(namespace: NsOpt = None,
 
 
 def _wave_label(rollout: Rollout) -> str:
-    if rollout.wave < 0:
+    """``2/4 (10%)``: the wave (1 is the first) of how many, and its cumulative percent."""
+    if rollout.wave < 1:
         return "-"
-    return f"{rollout.wave + 1}/{len(rollout.waves)} ({rollout.waves[rollout.wave]}%)"
+    return f"{rollout.wave}/{len(rollout.waves)} ({rollout.waves[rollout.wave - 1]}%)"
 
 
 def _print_rollout(rollout: Rollout, as_json: bool) -> None:
@@ -289,14 +290,14 @@ def status_view(status: dict[str, Any]) -> RenderableType:
     r = status["rollout"]
     head = Text.assemble((f"{r['id']} ", "bold"), f"{r['model']}@{r['version']} → ",
                          (r["selector"] or "all devices"), f"   state: {r['state']}",
-                         f"   wave {r['wave'] + 1}/{len(r['waves'])}" if r["wave"] >= 0 else "",
+                         f"   wave {r['wave']}/{len(r['waves'])}" if r["wave"] >= 1 else "",
                          f"   in wave {status['time_in_wave_s']}s"
                          if status.get("time_in_wave_s") is not None else "")
     grid = Table("wave", "%", *STATE_COLUMNS, "total", "success", show_edge=False,
                  header_style="bold")
     for wave in status["waves"]:
         marker = "▶ " if wave["wave"] == r["wave"] else "  "
-        grid.add_row(f"{marker}{wave['wave'] + 1}", str(wave["percent"]),
+        grid.add_row(f"{marker}{wave['wave']}", str(wave["percent"]),
                      *(str(wave["counts"][s]) for s in STATE_COLUMNS), str(wave["total"]),
                      f"{wave['success_rate']}%")
     gate = status["gate"]

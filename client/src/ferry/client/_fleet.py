@@ -55,7 +55,7 @@ class Device(_Record):
 
 @dataclass(frozen=True)
 class Rollout(_Record):
-    """A rollout; ``wave`` is -1 until it first runs."""
+    """A rollout; ``wave`` is the current wave, 1 for the first, 0 until it first runs."""
 
     id: str
     namespace: str

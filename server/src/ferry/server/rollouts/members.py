@@ -20,7 +20,7 @@ from sqlmodel import Session, col, select
 from ferry.protocol.timefmt import format_time, parse_time
 from ferry.server.core.errors import ValidationFailedError
 from ferry.server.fleet.tables import Device, DeviceReport
-from ferry.server.rollouts.machine import FAILURES, DeviceState, public_id
+from ferry.server.rollouts.machine import FAILURES, DeviceState, public_id, public_wave
 from ferry.server.rollouts.tables import Rollout, RolloutDevice
 
 # `state=failed` asks for every device whose update failed, whatever the way it failed:
@@ -77,7 +77,7 @@ def list_members(session: Session, rollout: Rollout, query: MemberQuery,
     if query.states:
         where.append(col(RolloutDevice.state).in_(query.states))
     if query.wave is not None:
-        where.append(col(RolloutDevice.wave) == query.wave - 1)
+        where.append(col(RolloutDevice.wave) == query.wave - 1)  # public → index
     total = session.exec(select(func.count()).select_from(RolloutDevice).where(*where)).one()
     page_where = [*where, col(RolloutDevice.device_id) > query.cursor] if query.cursor else where
     rows = session.exec(select(RolloutDevice, Device.hardware)
@@ -126,7 +126,7 @@ def member_public(rollout: Rollout, member: RolloutDevice, hardware: str,
                   detail: str | None, now: datetime) -> dict[str, Any]:
     """One device of the rollout as the API shows it."""
     since = parse_time(member.updated_at)
-    return {"device_id": member.device_id, "hardware": hardware, "wave": member.wave + 1,
+    return {"device_id": member.device_id, "hardware": hardware, "wave": public_wave(member.wave),
             "state": member.state, "since": member.updated_at,
             "time_in_state_s": max(0, int((now - since).total_seconds())),
             "last_report_at": member.last_report_at or None, "attempts": member.attempts,

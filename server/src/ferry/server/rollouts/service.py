@@ -37,6 +37,7 @@ from ferry.server.rollouts.machine import (
     check_transition,
     parse_id,
     public_id,
+    public_wave,
 )
 from ferry.server.rollouts.tables import Rollout, RolloutDevice
 from ferry.server.webhooks.service import ROLLOUT_STATE_CHANGED, emit_event
@@ -294,7 +295,8 @@ def transition(session: Session, rollout: Rollout, target: RolloutState, *, acto
     session.flush()
     audit.append(session, actor=actor, action=f"rollout.{target.value}",
                  target=public_id(rollout.id or 0),
-                 details={"from": previous, "wave": rollout.wave, "reason": reason})
+                 details={"from": previous, "wave": public_wave(rollout.wave),
+                          "reason": reason})
     _emit(session, rollout, actor, previous=previous)
 
 
@@ -302,7 +304,8 @@ def _emit(session: Session, rollout: Rollout, actor: str, previous: str | None) 
     emit_event(session, ROLLOUT_STATE_CHANGED, {
         "rollout_id": public_id(rollout.id or 0), "namespace": rollout.namespace,
         "model": rollout.model, "version": rollout.version, "from": previous,
-        "state": rollout.state, "wave": rollout.wave, "reason": rollout.reason, "actor": actor})
+        "state": rollout.state, "wave": public_wave(rollout.wave), "reason": rollout.reason,
+        "actor": actor})
 
 
 def pause(session: Session, actor: str, rollout: Rollout, now: datetime) -> None:
@@ -310,7 +313,7 @@ def pause(session: Session, actor: str, rollout: Rollout, now: datetime) -> None
 
 
 def resume(session: Session, actor: str, rollout: Rollout, now: datetime) -> None:
-    """Start a planned rollout at wave 0, or continue the current wave with a fresh bake.
+    """Start a planned rollout at its first wave, or continue the current wave with a fresh bake.
 
     Resuming a halted rollout gives its failed devices one more try; without that
     the failures that halted it would halt it again at the next tick.

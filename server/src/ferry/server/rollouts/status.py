@@ -22,7 +22,7 @@ from ferry.server.rollouts.engine import (
     failure_limit_crossed,
     gate_passes,
 )
-from ferry.server.rollouts.machine import DeviceState, RolloutState, public_id
+from ferry.server.rollouts.machine import DeviceState, RolloutState, public_id, public_wave
 from ferry.server.rollouts.tables import Rollout, RolloutDevice
 
 STATES = [s.value for s in DeviceState]
@@ -37,7 +37,7 @@ def wave_table(session: Session, rollout: Rollout) -> list[dict[str, Any]]:
     rows = session.exec(select(RolloutDevice.wave, RolloutDevice.state, func.count())
                         .where(RolloutDevice.rollout_id == rollout.id)
                         .group_by(RolloutDevice.wave, RolloutDevice.state)).all()
-    waves = [{"wave": k, "percent": p, "counts": dict.fromkeys(STATES, 0), "total": 0}
+    waves = [{"wave": public_wave(k), "percent": p, "counts": dict.fromkeys(STATES, 0), "total": 0}
              for k, p in enumerate(rollout.waves)]
     for wave, state, n in rows:
         if wave < len(waves):
@@ -70,7 +70,7 @@ def rollout_public(rollout: Rollout) -> dict[str, Any]:
     return {"id": public_id(rollout.id or 0), "namespace": rollout.namespace,
             "model": rollout.model, "version": rollout.version, "slot": rollout.slot,
             "manifest_sha256": rollout.manifest_sha256, "selector": format_selector(rollout.selector),
-            "waves": rollout.waves, "state": rollout.state, "wave": rollout.wave,
+            "waves": rollout.waves, "state": rollout.state, "wave": public_wave(rollout.wave),
             "wave_started_at": rollout.wave_started_at, "reason": rollout.reason,
             "gates": rollout.gates().to_dict(),
             "auto_rollback": rollout.auto_rollback, "start_at": rollout.start_at,
