@@ -1,11 +1,13 @@
 """The operator's questions, asked from the terminal against a real `ferry server`:
-which devices failed and why. Each test reads what a person sees (text at 80 and
+which devices failed and why, when is it done (for a script). Each test reads what a person sees (text at 80 and
 200 columns), what a script reads (``--json``) and the exit code."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from ferry.protocol.waves import wave_index
 from tests.fleet.harness import report_doc
 from tests.rollouts.cli_harness import enroll, ferry, publish, send_report, server
 
@@ -101,3 +104,98 @@ def test_rollout_devices_names_the_failed_devices_and_the_probe_output(
     no_wave = ferry(server, tmp_path, "rollout", "devices", rollout_id, "--wave", "2")
     assert no_wave.exit_code == 1 and "has waves 1..1" in no_wave.output
     assert ferry(server, tmp_path, "rollout", "cancel", rollout_id).exit_code == 0
+
+
+def in_background(work: Callable[[], None]) -> threading.Thread:
+    """Act as the devices while the CLI blocks in the foreground."""
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread
+
+
+def create(server: tuple[str, str], tmp_path: Path, batch: str, *options: str) -> str:
+    result = ferry(server, tmp_path, "rollout", "create", "vision/det@1", "--selector",
+                   f"batch={batch}", *options, "--json")
+    assert result.exit_code == 0, result.output
+    return str(json.loads(result.output)["id"])
+
+
+def test_wait_exits_0_on_completed_and_prints_a_line_per_change(
+        server: tuple[str, str], http: httpx.Client, tmp_path: Path) -> None:
+    fleet = devices_of(http, "wait-ok", 6)
+    rollout_id = create(server, tmp_path, "wait-ok", "--waves", "50,100")
+    first = [d for d in fleet if wave_index(rollout_id, d["device_id"], [50, 100]) == 0]
+    later = [d for d in fleet if d not in first]
+
+    def devices_commit() -> None:
+        for group in (first, later):
+            time.sleep(0.6)
+            for device in group:
+                report(server, device, "committed", rollout_id)
+
+    thread = in_background(devices_commit)
+    waited = ferry(server, tmp_path, "rollout", "wait", rollout_id, "--interval", "0.2",
+                   "--timeout", "60")
+    thread.join()
+    assert waited.exit_code == 0, waited.output
+    lines = waited.output.splitlines()
+    assert lines[0].startswith(f"{rollout_id} running wave 1/2 (50%): 0/6 committed")
+    assert any(line.startswith(f"{rollout_id} running wave 2/2 (100%)") for line in lines)
+    assert len(lines) == len(set(lines)), "a line per change, never the same line twice"
+    assert lines[-1] == f"{rollout_id} completed: 6/6 committed (gate passed: 6/6 committed)"
+
+
+def test_wait_exit_codes_say_halted_rolled_back_cancelled_or_timed_out(
+        server: tuple[str, str], http: httpx.Client, tmp_path: Path) -> None:
+    fleet = devices_of(http, "wait-bad", 2)
+    strict = ("--waves", "100", "--max-failures", "0", "--max-failure-pct", "100")
+    halted = create(server, tmp_path, "wait-bad", *strict)
+    report(server, fleet[0], "failed", halted, error_code="probe_failed")
+    waited = ferry(server, tmp_path, "rollout", "wait", halted, "--interval", "0.2")
+    assert waited.exit_code == 3, waited.output
+    assert waited.output.splitlines()[-1] == (
+        f"{halted} halted: 0/2 committed (failure limit crossed in wave 1: 1 of 2 devices "
+        f"failed) — see `ferry rollout devices {halted} --state failed`")
+    assert ferry(server, tmp_path, "rollout", "rollback", halted).exit_code == 0
+    gone = ferry(server, tmp_path, "rollout", "wait", halted, "--json")
+    assert gone.exit_code == 4 and json.loads(gone.output)["rollout"]["state"] == "rolled_back"
+
+    auto = create(server, tmp_path, "wait-bad", *strict, "--auto-rollback")
+    report(server, fleet[1], "failed", auto, error_code="probe_failed")
+    assert ferry(server, tmp_path, "rollout", "wait", auto, "--interval", "0.2").exit_code == 4
+
+    slow = create(server, tmp_path, "wait-bad", "--waves", "100", "--bake", "3600")
+    timed_out = ferry(server, tmp_path, "rollout", "wait", slow, "--timeout", "0.5",
+                      "--interval", "0.2")
+    assert timed_out.exit_code == 124
+    assert f"{slow} is still running after 0.5 s" in timed_out.output
+    in_background(lambda: (time.sleep(0.5), ferry(server, tmp_path, "rollout", "cancel", slow)))
+    assert ferry(server, tmp_path, "rollout", "wait", slow, "--interval", "0.2").exit_code == 5
+
+
+def test_watch_without_a_terminal_prints_lines_and_ends_with_the_rollout(
+        server: tuple[str, str], http: httpx.Client, tmp_path: Path) -> None:
+    fleet = devices_of(http, "watch", 2)
+    rollout_id = create(server, tmp_path, "watch", "--waves", "100")
+
+    def devices_commit() -> None:
+        time.sleep(0.6)
+        report(server, fleet[0], "downloading", rollout_id)
+        time.sleep(0.6)
+        for device in fleet:
+            report(server, device, "committed", rollout_id)
+
+    thread = in_background(devices_commit)
+    watched = ferry(server, tmp_path, "rollout", "show", rollout_id, "--watch", "--interval",
+                    "0.2")
+    thread.join()
+    assert watched.exit_code == 0, watched.output
+    lines = watched.output.splitlines()
+    assert lines[:2] == [
+        f"{rollout_id} running wave 1/1 (100%): 0/2 committed, 0 failed, 0 updating, "
+        "2 pending; gate waiting",
+        f"{rollout_id} running wave 1/1 (100%): 0/2 committed, 0 failed, 1 updating, "
+        "1 pending; gate waiting"]
+    assert lines[-1] == (f"{rollout_id} completed wave 1/1 (100%): 2/2 committed, 0 failed, "
+                         "0 updating, 0 pending; gate passed: 2/2 committed")
+    assert len(lines) == len(set(lines)) <= 4, "a line per change, then it ends by itself"

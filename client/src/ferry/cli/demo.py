@@ -506,10 +506,10 @@ def print_summary(baseline: dict[str, Any], bad: dict[str, Any], good: dict[str,
                          for m in fleet["models"])
     for label, text in (
             ("baseline", done(baseline)),
-            ("bad release", f"{halted['id']} v{halted['version']} halted in wave "
-                            f"{halted['wave']} of {len(halted['waves'])} and rolled back in "
-                            f"{bad['took_s']:.0f}s: {totals['rolled_back']} devices back on "
-                            f"v{baseline['rollout']['version']}, {untouched} never took it"),
+            ("bad release", (f"{halted['id']} v{halted['version']} halted in wave "
+                             f"{halted['wave']} of {len(halted['waves'])} and rolled back in "
+                             f"{bad['took_s']:.0f}s: {totals['rolled_back']} devices back on "
+                             f"v{baseline['rollout']['version']}, {untouched} never took it")),
             ("good release", done(good) + " (100 %)"),
             ("fleet", f"{fleet['devices']} devices: {versions}")):
         console.print(f"[bold]{label:<13}[/]{text}", soft_wrap=True)

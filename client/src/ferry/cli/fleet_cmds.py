@@ -1,14 +1,16 @@
 """Fleet commands: `ferry devices`, `ferry enrollment-token`, `ferry rollout`, `ferry status`.
 
 `ferry rollout show ID --watch` and `ferry status --watch` redraw in place with rich
-Live until Ctrl-C. Guide: docs/rollouts.md.
+Live on a terminal, and print one line per change otherwise (`follow`). Guide:
+docs/rollouts.md.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Generic, TypeVar
 
 import typer
 from rich.console import Group, RenderableType
@@ -55,14 +57,58 @@ def _parse_waves(text: str) -> list[int]:
         raise InputError(f"--waves {text!r}: give cumulative percentages like 1,10,50,100") from exc
 
 
-def _watch(render: Callable[[], RenderableType], interval: float) -> None:
-    with Live(render(), console=out, auto_refresh=False) as live:
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Follow(Generic[T]):
+    """What `follow` polls and how it shows it: a live view on a terminal, else lines."""
+
+    fetch: Callable[[], T]
+    render: Callable[[T], RenderableType]  # the live view, redrawn on a terminal
+    line: Callable[[T], str]  # one line per change, when stdout is not a terminal
+    done: Callable[[T], bool] = lambda _: False
+
+
+def follow(spec: Follow[T], interval: float, deadline: float | None = None) -> tuple[T, bool]:
+    """Poll until ``spec.done``, the deadline (monotonic) or Ctrl-C; (last value, done?).
+
+    On a terminal the view redraws in place (rich Live); in a pipe or a log each
+    change is one plain line, and an unchanged poll prints nothing.
+    """
+    value = spec.fetch()
+    if not out.is_terminal:
+        return _follow_lines(spec, value, interval, deadline)
+    with Live(spec.render(value), console=out, auto_refresh=False) as live:
         try:
-            while True:
+            while not spec.done(value) and not _past(deadline):
                 time.sleep(interval)
-                live.update(render(), refresh=True)
+                value = spec.fetch()
+                live.update(spec.render(value), refresh=True)
         except KeyboardInterrupt:
             pass
+    return value, spec.done(value)
+
+
+def _follow_lines(spec: Follow[T], value: T, interval: float,
+                  deadline: float | None) -> tuple[T, bool]:
+    last = spec.line(value)
+    out.print(escape(last), soft_wrap=True)
+    try:
+        while not spec.done(value) and not _past(deadline):
+            time.sleep(interval)
+            value = spec.fetch()
+            line = spec.line(value)
+            if line != last:
+                out.print(escape(line), soft_wrap=True)
+                last = line
+    except KeyboardInterrupt:
+        pass
+    return value, spec.done(value)
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
 
 
 # --- enrolment tokens ---------------------------------------------------------------------
@@ -306,22 +352,6 @@ def status_view(status: dict[str, Any]) -> RenderableType:
     return Group(head, grid, Text.assemble(("gate: ", "bold"), gate_line))
 
 
-@rollout_app.command("show", epilog="Example: ferry rollout show r-12 --watch")
-@handle_errors
-def rollout_show(rollout_id: Annotated[str, typer.Argument(help="Rollout id, e.g. r-12.")],
-                 watch: WatchOpt = False, interval: IntervalOpt = 2.0,
-                 as_json: JsonOpt = False) -> None:
-    """Show a rollout's sync status per wave: counts by state, success rate, gate."""
-    with client() as ferry:
-        if as_json:
-            print_json(ferry.rollout_status(rollout_id))
-            return
-        if watch:
-            _watch(lambda: status_view(ferry.rollout_status(rollout_id)), interval)
-        else:
-            out.print(status_view(ferry.rollout_status(rollout_id)))
-
-
 def _action(name: str, verb: str) -> None:
     @rollout_app.command(name, epilog=f"Example: ferry rollout {name} r-12")
     @handle_errors
@@ -395,6 +425,19 @@ def fleet_view(status: dict[str, Any]) -> RenderableType:
     return Group(head, grid)
 
 
+def fleet_line(status: dict[str, Any]) -> str:
+    """`ferry status --watch` in a pipe: one line per change of the counts."""
+    spreads = "; ".join(f"{m['model']}#{m['slot']} " + ", ".join(
+        f"{_version_name(v)}: {n}" for v, n in sorted(m["versions"].items(), key=_version_order))
+        for m in status["models"])
+    return (f"devices {status['devices']}, online {status['online']}, revoked "
+            f"{status['revoked']}" + (f" | {spreads}" if spreads else ""))
+
+
+def _version_name(version: str) -> str:
+    return f"v{version}" if version.isdigit() else version
+
+
 def _version_order(item: tuple[str, int]) -> tuple[int, int]:
     """Numbers in numeric order; "none" (nothing installed) first."""
     return (1, int(item[0])) if item[0].isdigit() else (0, 0)
@@ -409,6 +452,7 @@ def fleet_status(namespace: NsOpt = None, watch: WatchOpt = False, interval: Int
         if as_json:
             print_json(ferry.fleet_status(namespace))
         elif watch:
-            _watch(lambda: fleet_view(ferry.fleet_status(namespace)), interval)
+            follow(Follow(lambda: ferry.fleet_status(namespace), fleet_view, fleet_line),
+                   interval)
         else:
             out.print(fleet_view(ferry.fleet_status(namespace)))

@@ -1,21 +1,30 @@
-"""The operator's questions about a running rollout: `ferry rollout devices` (who failed, why).
+"""The operator's questions about a rollout: `ferry rollout show`, `wait`, `devices`.
 
 Registered on `ferry rollout` (``fleet_cmds.rollout_app``). Text is for people and
 fits 80 columns: the device id, wave and state are never cut; the last-report
 column is dropped on narrow terminals and the error message wraps. ``--json`` is
-for scripts. Guide: docs/rollouts.md, docs/cli.md.
+for scripts, and so are the exit codes of `wait` (`WAIT_EXIT`). Guide:
+docs/rollouts.md, docs/cli.md.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import time
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ferry.cli._common import client, handle_errors, out, print_json
-from ferry.cli.fleet_cmds import JsonOpt, rollout_app
+from ferry.cli._common import client, err, handle_errors, out, print_json
+from ferry.cli.fleet_cmds import (
+    Follow,
+    IntervalOpt,
+    JsonOpt,
+    follow,
+    rollout_app,
+    status_view,
+)
 from ferry.client import FerryClient
 from ferry.client._fleet import RolloutMember, RolloutMembersPage
 
@@ -23,6 +32,11 @@ WIDE = 120  # from this width on, the last-report column is shown too
 MESSAGE_LINES = 3  # of a long probe output, the text view shows the last lines (JSON: all)
 
 RolloutArg = Annotated[str, typer.Argument(help="Rollout id, e.g. r-12.")]
+
+# `ferry rollout wait`: the exit code says how the rollout ended (docs/cli.md).
+WAIT_EXIT = {"completed": 0, "halted": 3, "rolled_back": 4, "cancelled": 5}
+WAIT_TIMED_OUT = 124  # --timeout passed first (as GNU timeout(1) does)
+FINAL_STATES = frozenset(WAIT_EXIT)  # nothing more happens without an operator
 
 
 def duration(seconds: int) -> str:
@@ -114,3 +128,104 @@ def rollout_devices(
         out.print(members_table(rows, out.width))
     if total > len(rows):
         out.print(f"… {total - len(rows)} more; raise --limit or use --json")
+
+
+# --- show, watch and wait ----------------------------------------------------------------
+
+
+def progress_line(status: dict[str, Any]) -> str:
+    """One line of a rollout's progress; equal lines mean nothing an operator cares about
+    changed (the bake countdown is left out, so a quiet rollout prints nothing)."""
+    r, totals, devices = status["rollout"], status["totals"], status["devices"]
+    head = f"{r['id']} {r['state']}"
+    if r["wave"] >= 1:
+        head += f" wave {r['wave']}/{len(r['waves'])} ({r['waves'][r['wave'] - 1]}%)"
+    failed = totals["failed"] + totals["rolled_back"] + totals["timed_out"]
+    updating = totals["downloading"] + totals["installing"]
+    counts = (f"{totals['committed']}/{devices} committed, {failed} failed, {updating} updating, "
+              f"{totals['pending']} pending")
+    gate = status["gate"]
+    tail = f"gate {gate['status']}" if r["state"] == "running" else r["reason"]
+    return f"{head}: {counts}" + (f"; {tail}" if tail else "")
+
+
+def final_line(status: dict[str, Any]) -> str:
+    """How the rollout ended, and where to look next when it did not complete."""
+    r = status["rollout"]
+    line = f"{r['id']} {r['state']}: {status['totals']['committed']}/{status['devices']} committed"
+    if r["reason"]:
+        line += f" ({r['reason']})"
+    if r["state"] != "completed":
+        line += f" — see `ferry rollout devices {r['id']} --state failed`"
+    return line
+
+
+def _ended(status: dict[str, Any]) -> bool:
+    return str(status["rollout"]["state"]) in FINAL_STATES
+
+
+def _status_follow(ferry: FerryClient, rollout_id: str) -> Follow[dict[str, Any]]:
+    return Follow(fetch=lambda: ferry.rollout_status(rollout_id), render=status_view,
+                  line=progress_line, done=_ended)
+
+
+@rollout_app.command("show", epilog="Example: ferry rollout show r-12 --watch")
+@handle_errors
+def rollout_show(rollout_id: RolloutArg,
+                 watch: Annotated[bool, typer.Option(
+                     "--watch", "-w", help="Follow it until it ends (completed, halted, "
+                     "rolled back or cancelled) or Ctrl-C; in a pipe, one line per change.")
+                 ] = False,
+                 interval: IntervalOpt = 2.0, as_json: JsonOpt = False) -> None:
+    """Show a rollout's sync status per wave: counts by state, success rate, gate."""
+    with client() as ferry:
+        if as_json:
+            print_json(ferry.rollout_status(rollout_id))
+        elif watch:
+            follow(_status_follow(ferry, rollout_id), interval)
+        else:
+            out.print(status_view(ferry.rollout_status(rollout_id)))
+
+
+@rollout_app.command("wait", epilog="Example: ferry rollout wait r-12 --timeout 3600 && "
+                                    "echo deployed")
+@handle_errors
+def rollout_wait(
+    rollout_id: RolloutArg,
+    timeout: Annotated[float | None, typer.Option(
+        help="Give up after this many seconds (exit 124).", min=0)] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between polls.", min=0.2)] = 2.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Block until the rollout ends; the exit code says how.
+
+    0 completed, 3 halted, 4 rolled back, 5 cancelled, 124 --timeout passed first
+    (1 and 2 are errors and bad usage, as for every command). Progress is a line per
+    change when stdout is not a terminal, a live view when it is; --json prints the
+    final status only.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with client() as ferry:
+        spec = _status_follow(ferry, rollout_id)
+        if as_json:
+            status, ended = _poll_quietly(spec, interval, deadline)
+        else:
+            status, ended = follow(spec, interval, deadline)
+    if as_json:
+        print_json(status)
+    elif ended:
+        out.print(escape(final_line(status)), soft_wrap=True)
+    if not ended:
+        err.print(f"{rollout_id} is still {status['rollout']['state']} after {timeout:g} s; "
+                  f"`ferry rollout wait {rollout_id}` again to keep waiting", soft_wrap=True)
+        raise typer.Exit(WAIT_TIMED_OUT)
+    raise typer.Exit(WAIT_EXIT[status["rollout"]["state"]])
+
+
+def _poll_quietly(spec: Follow[dict[str, Any]], interval: float,
+                  deadline: float | None) -> tuple[dict[str, Any], bool]:
+    status = spec.fetch()
+    while not spec.done(status) and (deadline is None or time.monotonic() < deadline):
+        time.sleep(interval)
+        status = spec.fetch()
+    return status, spec.done(status)
