@@ -55,8 +55,9 @@ def test_incompatible_hardware_refuses_the_alias_move(fleet: Fleet) -> None:
     _bind(fleet)
     version = fleet.version(hardware=["jetson-orin"])
     r = _move_alias(fleet, version, expect=409)
-    assert r["error"]["details"]["incompatible_devices"] == [{"device_id": "pi-0000",
-                                                              "hardware": "rpi4"}]
+    assert r["error"]["details"]["incompatible_devices"] == [{
+        "device_id": "pi-0000", "hardware": "rpi4",
+        "reason": "hardware rpi4 is not in the version's list (jetson-orin)"}]
     assert _alias_version(fleet) is None, "the refused plan leaves the alias where it was"
     assert fleet.client.get(f"{API}/rollouts", headers=fleet.admin).json() == []
 

@@ -17,7 +17,7 @@ import pytest
 
 from ferry.protocol.waves import wave_index
 from tests.fleet.harness import report_doc
-from tests.rollouts.cli_harness import enroll, ferry, publish, send_report, server
+from tests.rollouts.cli_harness import add_version, enroll, ferry, publish, send_report, server
 
 __all__ = ["server"]
 
@@ -114,17 +114,23 @@ def in_background(work: Callable[[], None]) -> threading.Thread:
 
 
 def create(server: tuple[str, str], tmp_path: Path, batch: str, *options: str) -> str:
+    return str(create_json(server, tmp_path, batch, *options)["id"])
+
+
+def create_json(server: tuple[str, str], tmp_path: Path, batch: str, *options: str
+                ) -> dict[str, Any]:
     result = ferry(server, tmp_path, "rollout", "create", "vision/det@1", "--selector",
                    f"batch={batch}", *options, "--json")
     assert result.exit_code == 0, result.output
-    return str(json.loads(result.output)["id"])
+    return dict(json.loads(result.output))
 
 
 def test_wait_exits_0_on_completed_and_prints_a_line_per_change(
         server: tuple[str, str], http: httpx.Client, tmp_path: Path) -> None:
     fleet = devices_of(http, "wait-ok", 6)
-    rollout_id = create(server, tmp_path, "wait-ok", "--waves", "50,100")
-    first = [d for d in fleet if wave_index(rollout_id, d["device_id"], [50, 100]) == 0]
+    rollout = create_json(server, tmp_path, "wait-ok", "--waves", "50,100")
+    rollout_id, seed = rollout["id"], rollout["wave_seed"]
+    first = [d for d in fleet if wave_index(seed, d["device_id"], [50, 100]) == 0]
     later = [d for d in fleet if d not in first]
 
     def devices_commit() -> None:
@@ -192,10 +198,82 @@ def test_watch_without_a_terminal_prints_lines_and_ends_with_the_rollout(
     assert watched.exit_code == 0, watched.output
     lines = watched.output.splitlines()
     assert lines[:2] == [
-        f"{rollout_id} running wave 1/1 (100%): 0/2 committed, 0 failed, 0 updating, "
-        "2 pending; gate waiting",
-        f"{rollout_id} running wave 1/1 (100%): 0/2 committed, 0 failed, 1 updating, "
-        "1 pending; gate waiting"]
+        (f"{rollout_id} running wave 1/1 (100%): 0/2 committed, 0 failed, 0 updating, "
+        "2 pending; gate waiting"),
+        (f"{rollout_id} running wave 1/1 (100%): 0/2 committed, 0 failed, 1 updating, "
+        "1 pending; gate waiting")]
     assert lines[-1] == (f"{rollout_id} completed wave 1/1 (100%): 2/2 committed, 0 failed, "
                          "0 updating, 0 pending; gate passed: 2/2 committed")
     assert len(lines) == len(set(lines)) <= 4, "a line per change, then it ends by itself"
+
+
+def test_plan_shows_waves_downloads_and_skipped_devices_and_create_refuses_with_the_list(
+        server: tuple[str, str], http: httpx.Client, tmp_path: Path) -> None:
+    token = http.post("/api/v1/enrollment-tokens", json={
+        "namespace": "vision", "name": "plan", "max_uses": None}).json()["token"]
+    for name, hardware in [("plan-x86-0", "x86_64"), ("plan-x86-1", "x86_64"),
+                           ("plan-arm-0", "aarch64"), ("plan-arm-1", "aarch64"),
+                           ("plan-rpi-0", "rpi4")]:
+        enroll(http, token, name, hardware, {"batch": "plan"})
+    version = add_version(http, b"weights for plan", hardware=["x86_64", "aarch64"])
+    ref = f"vision/det@{version}"
+
+    refused = ferry(server, tmp_path, "rollout", "plan", ref, "--selector", "batch=plan",
+                    "--waves", "50,100", columns=80)
+    assert refused.exit_code == 1, refused.output
+    assert "refused:" in refused.output and "--skip-incompatible" in refused.output
+    assert "plan-rpi-0" in refused.output and "incompatible" in refused.output
+
+    planned = ferry(server, tmp_path, "rollout", "plan", ref, "--selector", "batch=plan",
+                    "--waves", "50,100", "--skip-incompatible", columns=80)
+    assert planned.exit_code == 0, planned.output
+    lines = planned.output.splitlines()
+    assert all(len(line) <= 80 for line in lines), planned.output
+    assert lines[0] == f"plan: {ref} → batch=plan (slot main), waves 50,100"
+    assert lines[1] == "matching devices: 5, targeted: 4, skipped: 1"
+    assert "total: 64 bytes to serve — 4 full, 0 delta, 0 already on it" in lines
+    assert "skipped (incompatible)" in planned.output
+    assert "plan-rpi-0 │ rpi4" in planned.output, "device and hardware are never cut"
+    waves = {row[0]: row for row in table_rows(planned.output) if row[0] in ("1", "2")}
+    assert int(waves["1"][2]) + int(waves["2"][2]) == 4
+
+    as_json = json.loads(ferry(server, tmp_path, "rollout", "plan", ref, "--selector",
+                               "batch=plan", "--waves", "50,100", "--skip-incompatible",
+                               "--json").output)
+    assert [d["device_id"] for d in as_json["skipped"]] == ["plan-rpi-0"]
+    dry = ferry(server, tmp_path, "rollout", "create", ref, "--selector", "batch=plan",
+                "--waves", "50,100", "--skip-incompatible", "--dry-run", columns=80)
+    assert dry.exit_code == 0 and dry.output == planned.output
+    assert ferry(server, tmp_path, "rollout", "list", "--json").output.count(ref) == 0
+
+    create = ferry(server, tmp_path, "rollout", "create", ref, "--selector", "batch=plan")
+    assert create.exit_code == 1
+    assert "  plan-rpi-0 (rpi4): hardware rpi4 is not in the version's list (x86_64, aarch64)" \
+        in create.output.splitlines()
+    created = ferry(server, tmp_path, "rollout", "create", ref, "--selector", "batch=plan",
+                    "--waves", "50,100", "--skip-incompatible", "--json")
+    assert created.exit_code == 0, created.output
+    rollout = json.loads(created.output)
+    assert rollout["wave_seed"] == as_json["wave_seed"]
+    listed = json.loads(ferry(server, tmp_path, "rollout", "devices", rollout["id"],
+                              "--json").output)
+    planned_waves = {d["device_id"]: w["wave"] for w in as_json["wave_members"]
+                     for d in w["devices"]}
+    assert {d["device_id"]: d["wave"] for d in listed["devices"]} == planned_waves
+    assert ferry(server, tmp_path, "rollout", "cancel", rollout["id"]).exit_code == 0
+
+
+def test_a_selector_that_matches_nobody_is_refused_unless_allow_empty(
+        server: tuple[str, str], http: httpx.Client, tmp_path: Path) -> None:
+    refused = ferry(server, tmp_path, "rollout", "create", "vision/det@1", "--selector",
+                    "batch=nobody")
+    assert refused.exit_code == 1
+    assert "the rollout would target no device: selector batch=nobody matches none" in \
+        refused.output
+    assert "--allow-empty" in refused.output
+    planned = ferry(server, tmp_path, "rollout", "plan", "vision/det@1", "--selector",
+                    "batch=nobody")
+    assert planned.exit_code == 1 and "matching devices: 0, targeted: 0" in planned.output
+    allowed = ferry(server, tmp_path, "rollout", "create", "vision/det@1", "--selector",
+                    "batch=nobody", "--allow-empty", "--json")
+    assert allowed.exit_code == 0, allowed.output

@@ -23,7 +23,7 @@ def test_membership_is_the_shared_deterministic_hash(fleet: Fleet) -> None:
     for agent in agents:
         expected = (version, False) if agent.device_id in first else None
         assert target(fleet, agent) == expected
-    assert wave_index(rollout["id"], "dev-0000", [100]) == 0
+    assert wave_index(rollout["wave_seed"], "dev-0000", [100]) == 0
 
 
 def test_a_wave_is_announced_with_one_publish_whatever_its_size(fleet: Fleet) -> None:

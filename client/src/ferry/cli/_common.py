@@ -69,6 +69,19 @@ def describe(exc: ClientError) -> str:
     return f"{text} — {hint}" if hint else text
 
 
+def listed_devices(details: Any) -> list[str]:
+    """The devices a refusal names (e.g. those that cannot run the version), one a line."""
+    if not isinstance(details, dict) or not isinstance(details.get("incompatible_devices"), list):
+        return []
+    rows = [d for d in details["incompatible_devices"] if isinstance(d, dict)]
+    lines = [f"  {d.get('device_id')} ({d.get('hardware')}): {d.get('reason', 'incompatible')}"
+             for d in rows]
+    count = details.get("count")
+    if isinstance(count, int) and count > len(rows):
+        lines.append(f"  … and {count - len(rows)} more (`ferry rollout plan` lists them all)")
+    return lines
+
+
 def _validation_details(details: Any) -> str:
     """Name the bad fields of a validation error (details.errors) or the legal stage
     transitions of a conflict (details.legal)."""
@@ -94,6 +107,8 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except ClientError as exc:
             err.print(f"[red]error:[/red] {escape(describe(exc))}", soft_wrap=True)
+            for line in listed_devices(exc.details):
+                err.print(escape(line), soft_wrap=True)
             raise typer.Exit(2 if isinstance(exc, InputError) else 1) from None
 
     return wrapper

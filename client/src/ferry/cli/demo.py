@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ferry.client import FerryClient
-from ferry.protocol.waves import wave_index
+from ferry.protocol.waves import rollout_seed, wave_index
 
 FAIL_MARKER = "FAIL_PROBE"
 NAMESPACE, MODEL = "demo", "detector"
@@ -44,7 +44,6 @@ START_TIMEOUT_S = 60.0
 ROLLOUT_TIMEOUT_S = 240.0
 FINAL_STATES = frozenset({"completed", "rolled_back", "cancelled"})
 BAD_WAVES = [5, 25, 100]
-BAD_ROLLOUT_ID = "r-2"  # the second rollout of a fresh server
 PROBE_COMMAND = ["sh", "-c", f'test ! -e "$FERRY_MODEL_DIR/{FAIL_MARKER}"']
 
 console = Console(highlight=False)
@@ -312,15 +311,16 @@ class Operator:
             time.sleep(0.5)
 
 
-def canary_name(base: str, rollout_id: str, waves: list[int]) -> str:
-    """A device id that the (deterministic) wave hash puts in the first wave of ``rollout_id``.
+def canary_name(base: str, wave_seed: str, waves: list[int]) -> str:
+    """A device id that the (deterministic) wave hash puts in the first wave of a rollout
+    with ``wave_seed`` (`ferry.protocol.waves.rollout_seed` of what it asks for).
 
     So one real agent takes the bad release in its canary wave and shows its
     probe failing and its local rollback.
     """
     for suffix in range(100_000):
         name = f"{base}-{suffix}"
-        if wave_index(rollout_id, name, waves) == 0:
+        if wave_index(wave_seed, name, waves) == 0:
             return name
     return base
 
@@ -444,7 +444,10 @@ def run_demo(data_dir: Path, devices: int, fail_rate: float, bundle_size: int,
         console.print(f"registered {NAMESPACE}/{MODEL} v{v1} (good), v{v2} (bad probe), "
                       f"v{v3} (good) — all Production")
         token = op.enrollment_token(None)
-        names = [canary_name("agent-1", BAD_ROLLOUT_ID, BAD_WAVES), "agent-2", "agent-3"]
+        bad_seed = rollout_seed(f"{NAMESPACE}/{MODEL}",
+                                op.sdk.get_version(NAMESPACE, MODEL, v2).manifest_sha256,
+                                "main", "", BAD_WAVES)  # what v2's rollout will hash with
+        names = [canary_name("agent-1", bad_seed, BAD_WAVES), "agent-2", "agent-3"]
         agents = [AgentProcess(data_dir / name, name) for name in names]
         for agent in agents:
             agent.enroll(server.url, token)
@@ -462,7 +465,7 @@ def run_demo(data_dir: Path, devices: int, fail_rate: float, bundle_size: int,
                              finished, max_failure_pct=20, auto_rollback=True),
                       "rolled_back")
         canary = [a.device_id for a in agents
-                  if wave_index(bad["rollout"]["id"], a.device_id, BAD_WAVES) == 0]
+                  if wave_index(bad["rollout"]["wave_seed"], a.device_id, BAD_WAVES) == 0]
         console.print(f"v2 halted in wave {bad['rollout']['wave']} and rolled back "
                       f"({bad['rollout']['reason']}); real agents in its canary wave: "
                       f"{', '.join(canary) or 'none'}")

@@ -25,7 +25,6 @@ from ferry.cli._common import (
     handle_errors,
     out,
     parse_pairs,
-    parse_version_ref,
     print_json,
     table,
 )
@@ -50,7 +49,7 @@ STATE_COLUMNS = ("pending", "downloading", "installing", "committed", "failed", 
                  "timed_out")
 
 
-def _parse_waves(text: str) -> list[int]:
+def parse_waves(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError as exc:
@@ -114,7 +113,7 @@ def _past(deadline: float | None) -> bool:
 # --- enrolment tokens ---------------------------------------------------------------------
 
 
-_GATES = GatePolicy()  # the defaults the options show
+GATES = GatePolicy()  # the defaults the options show
 
 
 def gate_policy(**values: int | None) -> GatePolicy:
@@ -263,39 +262,6 @@ def devices_revoke(device_id: Annotated[str, typer.Argument(help="Device id.")])
 # --- rollouts -----------------------------------------------------------------------------
 
 
-@rollout_app.command("create", epilog="Example: ferry rollout create vision/detector@7 "
-                                      "--selector hw=jetson-orin,region=eu --waves 1,10,50,100 "
-                                      "--bake 1800 --min-success 98 --max-failures 2")
-@handle_errors
-def rollout_create(
-    target: Annotated[str, typer.Argument(help="NS/MODEL@VERSION or NS/MODEL@ALIAS.")],
-    selector: Annotated[str, typer.Option(help="Devices: key=value[,key=value]; empty = all.")] = "",
-    waves: Annotated[str, typer.Option(help="Cumulative percentages.")] = "1,10,50,100",
-    slot: Annotated[str, typer.Option(help="Model slot on the device.")] = "main",
-    bake: Annotated[int, typer.Option(help="Seconds each wave bakes before the gate.")] = _GATES.bake_s,
-    min_success: Annotated[int, typer.Option(help="Percent committed needed to advance.")] = _GATES.min_success_pct,
-    max_failures: Annotated[int | None, typer.Option(help="Halt beyond this many failures.")] = _GATES.max_failures,
-    max_failure_pct: Annotated[int | None, typer.Option(help="Halt beyond this % failed.")] = _GATES.max_failure_pct,
-    retries: Annotated[int, typer.Option(help="Retries per failed device.")] = _GATES.max_retries,
-    retry_backoff: Annotated[int, typer.Option(help="Seconds before the first retry (doubles).")] = _GATES.retry_backoff_s,
-    timeout: Annotated[int, typer.Option(help="Seconds in progress before timed_out.")] = _GATES.in_progress_timeout_s,
-    auto_rollback: Annotated[bool, typer.Option(help="Roll back automatically on halt.")] = False,
-    start_at: Annotated[str | None, typer.Option(help="Start time, e.g. 2026-11-26T02:00:00Z.")] = None,
-    paused: Annotated[bool, typer.Option(help="Create paused; start with `rollout resume`.")] = False,
-    as_json: JsonOpt = False,
-) -> None:
-    """Create a rollout (operator): Production versions, or Staging on channel=canary."""
-    ns, model, ref = parse_version_ref(target)
-    gates = gate_policy(bake_s=bake, min_success_pct=min_success, max_failures=max_failures,
-                        max_failure_pct=max_failure_pct, max_retries=retries,
-                        retry_backoff_s=retry_backoff, in_progress_timeout_s=timeout)
-    with client() as ferry:
-        rollout = ferry.create_rollout(ns, model, ref, selector=selector, waves=_parse_waves(waves),
-                                       slot=slot, gates=gates, auto_rollback=auto_rollback,
-                                       start_at=start_at, start_paused=paused)
-    _print_rollout(rollout, as_json)
-
-
 @rollout_app.command("list", epilog="Example: ferry rollout list -n vision --state running")
 @handle_errors
 def rollout_list(namespace: NsOpt = None,
@@ -319,7 +285,7 @@ def _wave_label(rollout: Rollout) -> str:
     return f"{rollout.wave}/{len(rollout.waves)} ({rollout.waves[rollout.wave - 1]}%)"
 
 
-def _print_rollout(rollout: Rollout, as_json: bool) -> None:
+def print_rollout(rollout: Rollout, as_json: bool) -> None:
     if as_json:
         print_json(rollout.to_json())
         return
@@ -378,15 +344,15 @@ def rollout_bind(
     alias: Annotated[str, typer.Argument(help="Alias whose moves plan rollouts.")],
     selector: Annotated[str, typer.Option(help="Devices: key=value[,key=value].")] = "",
     waves: Annotated[str, typer.Option(help="Cumulative percentages.")] = "1,10,50,100",
-    bake: Annotated[int, typer.Option(help="Seconds each wave bakes.")] = _GATES.bake_s,
-    min_success: Annotated[int, typer.Option(help="Percent committed needed.")] = _GATES.min_success_pct,
+    bake: Annotated[int, typer.Option(help="Seconds each wave bakes.")] = GATES.bake_s,
+    min_success: Annotated[int, typer.Option(help="Percent committed needed.")] = GATES.min_success_pct,
     auto_start: Annotated[bool, typer.Option(help="Start planned rollouts at once.")] = False,
     auto_rollback: Annotated[bool, typer.Option(help="Roll back automatically on halt.")] = False,
 ) -> None:
     """Bind an alias: moving it plans a rollout of its new version (operator)."""
     ns, name = _ns_model(model)
     with client() as ferry:
-        ferry.bind_alias(ns, name, alias, selector=selector, waves=_parse_waves(waves),
+        ferry.bind_alias(ns, name, alias, selector=selector, waves=parse_waves(waves),
                          gates=gate_policy(bake_s=bake, min_success_pct=min_success),
                          auto_start=auto_start, auto_rollback=auto_rollback)
     out.print(f"bound {ns}/{name}:{alias} → rollouts at {selector or 'all devices'}")

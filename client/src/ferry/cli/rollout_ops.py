@@ -1,4 +1,5 @@
-"""The operator's questions about a rollout: `ferry rollout show`, `wait`, `devices`.
+"""The operator's questions about a rollout: `ferry rollout plan` (and `create`), `show`,
+`wait`, `devices`.
 
 Registered on `ferry rollout` (``fleet_cmds.rollout_app``). Text is for people and
 fits 80 columns: the device id, wave and state are never cut; the last-report
@@ -9,19 +10,33 @@ docs/rollouts.md, docs/cli.md.
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Annotated, Any
 
 import typer
+from rich.filesize import decimal
 from rich.markup import escape
 from rich.table import Table
 
-from ferry.cli._common import client, err, handle_errors, out, print_json
+from ferry.cli._common import (
+    client,
+    err,
+    handle_errors,
+    out,
+    parse_version_ref,
+    print_json,
+    table,
+)
 from ferry.cli.fleet_cmds import (
+    GATES,
     Follow,
     IntervalOpt,
     JsonOpt,
     follow,
+    gate_policy,
+    parse_waves,
+    print_rollout,
     rollout_app,
     status_view,
 )
@@ -229,3 +244,136 @@ def _poll_quietly(spec: Follow[dict[str, Any]], interval: float,
         time.sleep(interval)
         status = spec.fetch()
     return status, spec.done(status)
+
+
+# --- plan and create ---------------------------------------------------------------------
+
+PLAN_REFUSED = 1  # `rollout plan` / `create --dry-run`: creating would be refused
+MEMBERS_SHOWN = 10  # device ids printed per wave (all of them with --json)
+
+
+def plan_view(plan: dict[str, Any], members: int) -> None:
+    """The plan for a person: header, one row per wave, skipped/incompatible, refusals."""
+    selector = plan["selector"] or "all devices"
+    out.print(escape(f"plan: {plan['model']}@{plan['version']} → {selector} (slot "
+                     f"{plan['slot']}), waves {','.join(map(str, plan['waves']))}"),
+              soft_wrap=True)
+    out.print(f"matching devices: {plan['matching']}, targeted: {plan['targeted']}"
+              + (f", skipped: {len(plan['skipped'])}" if plan["skipped"] else "")
+              + (f", incompatible: {len(plan['incompatible'])}" if plan["incompatible"] else ""))
+    table(["wave", "%", "devices", "full", "delta", "none", "bytes"],
+          [(w["wave"], w["percent"], w["count"], *_kinds(w["devices"]),
+            decimal(sum(d["bytes"] for d in w["devices"]))) for w in plan["wave_members"]])
+    downloads = plan["downloads"]
+    out.print(f"total: {decimal(plan['total_bytes'])} to serve — {downloads['full']} full, "
+              f"{downloads['delta']} delta, {downloads['none']} already on it")
+    if plan["beyond_last_wave"]:
+        out.print(f"{plan['beyond_last_wave']} matching device(s) fall beyond the last wave "
+                  f"({plan['waves'][-1]}%) and are not updated")
+    _members(plan, members)
+    for title, rows in (("skipped (incompatible)", plan["skipped"]),
+                        ("incompatible", plan["incompatible"])):
+        if rows:
+            table(["device", "hardware", "why"],
+                  [(d["device_id"], d["hardware"], d["reason"]) for d in rows], title=title)
+    for refusal in plan["refusals"]:
+        out.print(f"[red]refused:[/red] {escape(refusal['message'])}", soft_wrap=True)
+
+
+def _kinds(devices: list[dict[str, Any]]) -> tuple[int, int, int]:
+    full, delta, none = (sum(d["download"] == k for d in devices)
+                         for k in ("full", "delta", "none"))
+    return full, delta, none
+
+
+def _members(plan: dict[str, Any], most: int) -> None:
+    if most == 0:
+        return
+    for wave in plan["wave_members"]:
+        names = [d["device_id"] for d in wave["devices"]]
+        more = f" … and {len(names) - most} more" if len(names) > most else ""
+        out.print(escape(f"wave {wave['wave']}: {', '.join(names[:most]) or '-'}{more}"),
+                  soft_wrap=False)
+
+
+@rollout_app.command("create", epilog="Example: ferry rollout create vision/detector@7 "
+                                      "--selector 'hw in (x86_64,aarch64),region=eu' --waves "
+                                      "1,10,50,100 --bake 1800 --min-success 98 --max-failures 2")
+@handle_errors
+def rollout_create(
+    target: Annotated[str, typer.Argument(help="NS/MODEL@VERSION or NS/MODEL@ALIAS.")],
+    selector: Annotated[str, typer.Option(
+        help="Devices: key=value and key in (v1,v2) terms, joined by commas; empty = all.")
+    ] = "",
+    waves: Annotated[str, typer.Option(help="Cumulative percentages.")] = "1,10,50,100",
+    slot: Annotated[str, typer.Option(help="Model slot on the device.")] = "main",
+    skip_incompatible: Annotated[bool, typer.Option(
+        help="Target only devices whose hardware the version supports; list the others.")
+    ] = False,
+    allow_empty: Annotated[bool, typer.Option(
+        help="Accept a selector that matches no device (it then updates devices as they "
+             "enrol).")] = False,
+    bake: Annotated[int, typer.Option(help="Seconds each wave bakes before the gate.")
+                    ] = GATES.bake_s,
+    min_success: Annotated[int, typer.Option(help="Percent committed needed to advance.")
+                           ] = GATES.min_success_pct,
+    max_failures: Annotated[int | None, typer.Option(help="Halt beyond this many failures.")
+                            ] = GATES.max_failures,
+    max_failure_pct: Annotated[int | None, typer.Option(help="Halt beyond this % failed.")
+                               ] = GATES.max_failure_pct,
+    retries: Annotated[int, typer.Option(help="Retries per failed device.")] = GATES.max_retries,
+    retry_backoff: Annotated[int, typer.Option(help="Seconds before the first retry (doubles).")
+                             ] = GATES.retry_backoff_s,
+    timeout: Annotated[int, typer.Option(help="Seconds in progress before timed_out.")
+                       ] = GATES.in_progress_timeout_s,
+    auto_rollback: Annotated[bool, typer.Option(help="Roll back automatically on halt.")] = False,
+    start_at: Annotated[str | None, typer.Option(help="Start time, e.g. 2026-11-26T02:00:00Z.")
+                        ] = None,
+    paused: Annotated[bool, typer.Option(help="Create paused; start with `rollout resume`.")
+                      ] = False,
+    dry_run: Annotated[bool, typer.Option(
+        help="Print the plan (as `rollout plan`) and create nothing.")] = False,
+    members: Annotated[int, typer.Option(help="Device ids shown per wave in a plan.",
+                                         min=0)] = MEMBERS_SHOWN,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a rollout (operator): Production versions, or Staging on channel=canary."""
+    ns, model, ref = parse_version_ref(target)
+    gates = gate_policy(bake_s=bake, min_success_pct=min_success, max_failures=max_failures,
+                        max_failure_pct=max_failure_pct, max_retries=retries,
+                        retry_backoff_s=retry_backoff, in_progress_timeout_s=timeout)
+    where: dict[str, Any] = {"selector": selector, "waves": parse_waves(waves), "slot": slot,
+             "skip_incompatible": skip_incompatible, "allow_empty": allow_empty}
+    with client() as ferry:
+        if dry_run:
+            plan = ferry.plan_rollout(ns, model, ref, **where)
+        else:
+            rollout = ferry.create_rollout(ns, model, ref, **where, gates=gates,
+                                           auto_rollback=auto_rollback, start_at=start_at,
+                                           start_paused=paused)
+    if not dry_run:
+        print_rollout(rollout, as_json)
+        return
+    if as_json:
+        print_json(plan)
+    else:
+        plan_view(plan, members)
+    if plan["refusals"]:
+        raise typer.Exit(PLAN_REFUSED)
+
+
+def rollout_plan(**options: Any) -> None:
+    """Plan a rollout: devices per wave, downloads, skipped devices — create nothing.
+
+    Takes the options of `rollout create`; exits 1 when creating would be refused.
+    """
+    rollout_create(**options, dry_run=True)
+
+
+_PLAN_ONLY = {"dry_run", "paused", "start_at", "auto_rollback", "bake", "min_success",
+              "max_failures", "max_failure_pct", "retries", "retry_backoff", "timeout"}
+_create = inspect.signature(rollout_create, eval_str=True)
+rollout_plan.__signature__ = _create.replace(  # type: ignore[attr-defined]
+    parameters=[p for p in _create.parameters.values() if p.name not in _PLAN_ONLY])
+rollout_app.command("plan", epilog="Example: ferry rollout plan vision/detector@7 --selector "
+                                   "'hw in (x86_64,aarch64)' --skip-incompatible")(rollout_plan)

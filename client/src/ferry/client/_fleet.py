@@ -67,6 +67,7 @@ class Rollout(_Record):
     slot: str = "main"
     selector: str = ""
     manifest_sha256: str = ""
+    wave_seed: str = ""  # `ferry.protocol.waves.wave_index(wave_seed, device_id, waves)`
     wave_started_at: str | None = None
     reason: str = ""
     gates: dict[str, Any] = field(default_factory=dict)
@@ -136,6 +137,15 @@ def _drop_none(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if v is not None}
 
 
+def _rollout_body(namespace: str, model: str, version: int | str, *, selector: str,
+                  waves: Sequence[int], slot: str, gates: GatePolicy | None = None,
+                  **options: Any) -> dict[str, Any]:
+    body = {"namespace": namespace, "model": model, "version": str(version),
+            "selector": selector, "waves": list(waves), "slot": slot, **options,
+            **(gates or GatePolicy()).to_dict()}
+    return {k: v for k, v in body.items() if v is not None or k.startswith("max_failure")}
+
+
 class FleetMixin:
     """Fleet methods; `FerryClient` provides ``_json`` and ``_send``."""
 
@@ -190,14 +200,31 @@ class FleetMixin:
                        selector: str = "", waves: Sequence[int] = (1, 10, 50, 100),
                        slot: str = "main", gates: GatePolicy | None = None,
                        auto_rollback: bool = False, start_at: str | None = None,
-                       start_paused: bool = False) -> Rollout:
-        """Roll ``version`` (a number or an alias) out to the devices ``selector`` matches."""
-        body = {"namespace": namespace, "model": model, "version": str(version),
-                "selector": selector, "waves": list(waves), "slot": slot,
-                "auto_rollback": auto_rollback, "start_at": start_at,
-                "start_paused": start_paused, **(gates or GatePolicy()).to_dict()}
-        body = {k: v for k, v in body.items() if v is not None or k.startswith("max_failure")}
+                       start_paused: bool = False, skip_incompatible: bool = False,
+                       allow_empty: bool = False) -> Rollout:
+        """Roll ``version`` (a number or an alias) out to the devices ``selector`` matches.
+
+        ``selector``: ``key=value`` and ``key in (v1,v2)`` terms joined by commas. 409
+        when the plan has a refusal: a device that cannot run it (unless
+        ``skip_incompatible``), no device at all (unless ``allow_empty``), policy, overlap.
+        """
+        body = _rollout_body(namespace, model, version, selector=selector, waves=waves,
+                             slot=slot, gates=gates, auto_rollback=auto_rollback,
+                             start_at=start_at, start_paused=start_paused,
+                             skip_incompatible=skip_incompatible, allow_empty=allow_empty)
         return Rollout.from_json(self._json("POST", "/rollouts", json=body))
+
+    def plan_rollout(self, namespace: str, model: str, version: int | str, *,
+                     selector: str = "", waves: Sequence[int] = (1, 10, 50, 100),
+                     slot: str = "main", skip_incompatible: bool = False,
+                     allow_empty: bool = False) -> dict[str, Any]:
+        """What `create_rollout` with these arguments would do, without doing it: matching
+        devices, members per wave, skipped/incompatible devices and why, downloads, total
+        bytes and ``refusals`` (empty when creating would succeed). docs/rollouts.md."""
+        body = _rollout_body(namespace, model, version, selector=selector, waves=waves,
+                             slot=slot, skip_incompatible=skip_incompatible,
+                             allow_empty=allow_empty)
+        return dict(self._json("POST", "/rollouts/plan", json=body))
 
     def list_rollouts(self, namespace: str | None = None, *, state: str | None = None,
                       limit: int = 100) -> list[Rollout]:

@@ -19,8 +19,10 @@ from fastapi import FastAPI, Request
 from ferry.protocol.timefmt import utcnow
 from ferry.server.fleet.hooks import (
     BrokerSync,
+    DeltaSizes,
     Notifier,
     NullBrokerSync,
+    NullDeltaSizes,
     NullNotifier,
     NullStartHook,
     StartHook,
@@ -67,6 +69,7 @@ class FleetRuntime:
     notifier: Notifier = field(default_factory=NullNotifier)
     broker_sync: BrokerSync = field(default_factory=NullBrokerSync)
     start_hook: StartHook = field(default_factory=NullStartHook)  # delta precompute
+    delta_sizes: DeltaSizes = field(default_factory=NullDeltaSizes)  # rollout plans
     last_seen: LastSeen = field(default_factory=LastSeen)
 
     def now(self) -> datetime:

@@ -14,7 +14,7 @@ from ferry.server.api.deps import CtxDep, Reader, ReadSessionDep, SessionDep, re
 from ferry.server.auth.service import Principal, ServerRole
 from ferry.server.fleet.runtime import FleetRuntime, get_runtime
 from ferry.server.fleet.selectors import format_selector, parse_selector
-from ferry.server.rollouts import bindings, service
+from ferry.server.rollouts import bindings, planning, service
 from ferry.server.rollouts.engine import announce_changes
 from ferry.server.rollouts.machine import RolloutState
 from ferry.server.rollouts.schemas import BindingPublic, BindingSet, RolloutCreate
@@ -32,17 +32,32 @@ ACTIONS: dict[str, Action] = {"pause": service.pause, "resume": service.resume,
                               "rollback": service.rollback}
 
 
+def _spec(body: RolloutCreate) -> service.RolloutSpec:
+    values = body.model_dump(exclude={"selector"})
+    gates = GatePolicy.from_dict({name: values.pop(name) for name in GatePolicy.names()})
+    return service.RolloutSpec(**values, gates=gates, selector=parse_selector(body.selector))
+
+
 @router.post("/rollouts", status_code=201)
 def create_rollout(body: RolloutCreate, session: SessionDep, ctx: CtxDep, operator: Operator,
                    runtime: RuntimeDep) -> dict[str, Any]:
+    """Create and (unless scheduled or paused) start a rollout; 409 with the reason when the
+    plan for the same body has refusals (`POST /rollouts/plan` lists them all)."""
     operator.require((ServerRole.OPERATOR,), body.namespace)
-    values = body.model_dump(exclude={"selector"})
-    gates = GatePolicy.from_dict({name: values.pop(name) for name in GatePolicy.names()})
-    spec = service.RolloutSpec(**values, gates=gates, selector=parse_selector(body.selector))
-    rollout = service.create_rollout(session, operator.name, spec, runtime.now())
+    rollout = planning.create_rollout(session, operator.name, _spec(body), runtime.now())
     session.commit()
     announce_changes(ctx.engine, runtime)
     return rollout_public(rollout)
+
+
+@router.post("/rollouts/plan")
+def plan_rollout(body: RolloutCreate, session: ReadSessionDep, operator: Operator,
+                 runtime: RuntimeDep) -> dict[str, Any]:
+    """What `POST /rollouts` with this body would do — devices per wave, skipped and
+    incompatible devices, downloads, total bytes, refusals — without doing it."""
+    operator.require((ServerRole.OPERATOR,), body.namespace)
+    plan = planning.make_plan(session, _spec(body))
+    return planning.plan_public(session, plan, runtime.delta_sizes)
 
 
 @router.get("/rollouts")

@@ -45,6 +45,8 @@ class RolloutCreate(Gates):
     auto_rollback: bool = False
     start_at: Timestamp | None = None
     start_paused: bool = False
+    skip_incompatible: bool = False
+    allow_empty: bool = False
 
 
 class BindingSet(Strict):

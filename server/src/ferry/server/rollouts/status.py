@@ -70,7 +70,7 @@ def rollout_public(rollout: Rollout) -> dict[str, Any]:
     return {"id": public_id(rollout.id or 0), "namespace": rollout.namespace,
             "model": rollout.model, "version": rollout.version, "slot": rollout.slot,
             "manifest_sha256": rollout.manifest_sha256, "selector": format_selector(rollout.selector),
-            "waves": rollout.waves, "state": rollout.state, "wave": public_wave(rollout.wave),
+            "waves": rollout.waves, "wave_seed": rollout.wave_seed(), "state": rollout.state, "wave": public_wave(rollout.wave),
             "wave_started_at": rollout.wave_started_at, "reason": rollout.reason,
             "gates": rollout.gates().to_dict(),
             "auto_rollback": rollout.auto_rollback, "start_at": rollout.start_at,
