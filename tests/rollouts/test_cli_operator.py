@@ -277,3 +277,30 @@ def test_a_selector_that_matches_nobody_is_refused_unless_allow_empty(
     allowed = ferry(server, tmp_path, "rollout", "create", "vision/det@1", "--selector",
                     "batch=nobody", "--allow-empty", "--json")
     assert allowed.exit_code == 0, allowed.output
+
+
+def test_rollback_names_devices_without_a_previous_version_and_status_names_their_state(
+        server: tuple[str, str], http: httpx.Client, tmp_path: Path) -> None:
+    fleet = devices_of(http, "first", 3)
+    rollout_id = create(server, tmp_path, "first", "--waves", "100", "--bake", "3600")
+    report(server, fleet[0], "committed", rollout_id)
+    report(server, fleet[1], "committed", rollout_id)
+    report(server, fleet[2], "rolled_back", rollout_id, error_code="probe_failed",
+           detail="probe: exit 1")
+    rolled = ferry(server, tmp_path, "rollout", "rollback", rollout_id, columns=80)
+    assert rolled.exit_code == 0, rolled.output
+    text = " ".join(rolled.output.split())
+    assert f"{rollout_id}: rolled_back, wave 1/1 (100%)" in text
+    assert ("0 device(s) go back to their previous version; 2 had no previous version and "
+            "stay on v1: first-00, first-01") in text
+
+    status = ferry(server, tmp_path, "status", "-n", "vision", columns=80)
+    assert status.exit_code == 0, status.output
+    assert "vnone" not in status.output
+    assert "no version (first install rolled back" in status.output
+    assert all(len(line) <= 80 for line in status.output.splitlines()), status.output
+    listed = ferry(server, tmp_path, "rollout", "list", columns=80)
+    assert all(len(line) <= 80 for line in listed.output.splitlines()), listed.output
+    assert f"{rollout_id}" in listed.output and " v1 " in listed.output
+    assert "created" not in listed.output and "created" in ferry(
+        server, tmp_path, "rollout", "list", columns=200).output

@@ -121,3 +121,31 @@ def test_other_namespaces_do_not_see_the_devices(fleet: Fleet) -> None:
     outsider = fleet.token("viewer", ["audio"])
     r = fleet.client.get(f"{API}/rollouts/{rollout['id']}/devices", headers=outsider)
     assert r.status_code == 404
+
+
+def test_rollback_says_who_goes_back_and_who_has_no_previous_version(fleet: Fleet) -> None:
+    agents = fleet.devices(4)
+    v1 = fleet.version()
+    base = fleet.rollout(version=str(v1), waves=[100])
+    commit(fleet, agents[:2], v1, base["id"])
+    fleet.tick()
+    fleet.act(base["id"], "cancel")
+    v2 = fleet.version()
+    rollout = fleet.rollout(version=str(v2), waves=[100])
+    commit(fleet, agents[:2], v2, rollout["id"], from_version=v1)
+    commit(fleet, agents[2:], v2, rollout["id"])
+    answer = fleet.act(rollout["id"], "rollback")
+    assert answer["state"] == "rolled_back"
+    assert answer["rollback"] == {"returning": 2, "without_previous": 2, "stays_on": v2,
+                                  "without_previous_devices": [a.device_id for a in agents[2:]]}
+
+
+def test_fleet_status_names_why_a_device_has_no_version(fleet: Fleet) -> None:
+    agents = fleet.devices(2)
+    version = fleet.version()
+    rollout = fleet.rollout(version=str(version), waves=[100])
+    probe_fails(fleet, agents[0], version, rollout["id"])
+    commit(fleet, agents[1:], version, rollout["id"])
+    [model] = fleet.client.get(f"{API}/fleet/status", headers=fleet.admin).json()["models"]
+    assert model["versions"] == {"none": 1, str(version): 1}
+    assert model["without_version"] == {"rolled_back": 1}

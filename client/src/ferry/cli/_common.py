@@ -180,10 +180,20 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def table(columns: Iterable[str], rows: Iterable[Iterable[Any]], title: str | None = None) -> None:
-    grid = Table(*columns, title=title, show_edge=False, header_style="bold")
+WIDE = 120  # narrower terminals drop a table's ``optional`` columns
+
+
+def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None,
+          optional: Iterable[str] = ()) -> None:
+    """A table that never cuts a value: on a terminal narrower than `WIDE` the
+    ``optional`` (low-value) columns are left out, and what still does not fit wraps."""
+    dropped = set() if out.width >= WIDE else set(optional)
+    keep = [i for i, name in enumerate(columns) if name not in dropped]
+    grid = Table(title=title, show_edge=False, header_style="bold")
+    for i in keep:
+        grid.add_column(columns[i], overflow="fold")
     for row in rows:
-        grid.add_row(*("" if v is None else escape(str(v)) for v in row))
+        grid.add_row(*("" if row[i] is None else escape(str(row[i])) for i in keep))
     out.print(grid)
 
 

@@ -193,7 +193,7 @@ def devices_list(
         return
     table(["device", "namespace", "hardware", "tags", "installed", "last seen", "revoked"],
           [(d.id, d.namespace, d.hardware, _tags(d), _installed(d), d.last_seen_at, d.revoked_at)
-           for d in rows])
+           for d in rows], optional=("namespace", "last seen"))
 
 
 def _tags(device: Device) -> str:
@@ -274,8 +274,8 @@ def rollout_list(namespace: NsOpt = None,
         print_json([r.to_json() for r in rows])
         return
     table(["id", "model", "version", "slot", "selector", "state", "wave", "created"],
-          [(r.id, r.model, r.version, r.slot, r.selector or "all", r.state,
-            _wave_label(r), r.created_at) for r in rows])
+          [(r.id, r.model, f"v{r.version}", r.slot, r.selector or "all", r.state,
+            _wave_label(r), r.created_at) for r in rows], optional=("slot", "created"))
 
 
 def _wave_label(rollout: Rollout) -> str:
@@ -325,8 +325,24 @@ def _action(name: str, verb: str) -> None:
         with client() as ferry:
             rollout = ferry.rollout_action(rollout_id, name)
         out.print(f"{rollout.id}: {rollout.state}, wave {_wave_label(rollout)}")
+        if rollout.rollback is not None:
+            out.print(escape(rollback_line(rollout)), soft_wrap=True)
 
     command.__doc__ = verb
+
+
+def rollback_line(rollout: Rollout) -> str:
+    """Who goes back, and who stays on the version because it was their first install."""
+    summary = rollout.rollback or {}
+    line = f"{summary.get('returning', 0)} device(s) go back to their previous version"
+    staying = int(summary.get("without_previous", 0))
+    if staying:
+        names = list(summary.get("without_previous_devices", []))
+        more = f" and {staying - len(names)} more" if staying > len(names) else ""
+        line += (f"; {staying} had no previous version and stay on v{rollout.version}: "
+                 f"{', '.join(names)}{more} — to move them, roll out the version they should "
+                 f"run (`ferry rollout devices {rollout.id}` lists them)")
+    return line
 
 
 _action("pause", "Pause: no wave opens until `resume` (devices keep what they have).")
@@ -382,26 +398,43 @@ def _ns_model(text: str) -> tuple[str, str]:
 def fleet_view(status: dict[str, Any]) -> RenderableType:
     head = Text(f"devices: {status['devices']}   online (last {status['online_window_s']}s): "
                 f"{status['online']}   revoked: {status['revoked']}   at {status['at']}")
-    grid = Table("model", "slot", "installed versions (devices)", show_edge=False,
-                 header_style="bold")
+    grid = Table(show_edge=False, header_style="bold")
+    grid.add_column("model", overflow="fold")
+    grid.add_column("slot", overflow="fold")
+    grid.add_column("installed versions (devices)", overflow="fold")
     for model in status["models"]:
-        spread = ", ".join(f"v{v}: {n}" for v, n in sorted(model["versions"].items(),
-                                                             key=_version_order))
-        grid.add_row(model["model"], model["slot"], spread)
+        grid.add_row(escape(model["model"]), escape(model["slot"]),
+                     escape(version_spread(model, "\n")))
     return Group(head, grid)
+
+
+def version_spread(model: dict[str, Any], sep: str = ", ") -> str:
+    """``no version (first install rolled back): 2, v16: 10, v17: 28`` (a version and its
+    count are never split: the table puts one per line)."""
+    return sep.join(f"{_version_name(v, model.get('without_version', {}))}: {n}"
+                     for v, n in sorted(model["versions"].items(), key=_version_order))
 
 
 def fleet_line(status: dict[str, Any]) -> str:
     """`ferry status --watch` in a pipe: one line per change of the counts."""
-    spreads = "; ".join(f"{m['model']}#{m['slot']} " + ", ".join(
-        f"{_version_name(v)}: {n}" for v, n in sorted(m["versions"].items(), key=_version_order))
-        for m in status["models"])
+    spreads = "; ".join(f"{m['model']}#{m['slot']} {version_spread(m)}"
+                        for m in status["models"])
     return (f"devices {status['devices']}, online {status['online']}, revoked "
             f"{status['revoked']}" + (f" | {spreads}" if spreads else ""))
 
 
-def _version_name(version: str) -> str:
-    return f"v{version}" if version.isdigit() else version
+# Why a device has a slot of this model but no version installed, by the slot's last state.
+NO_VERSION = {"rolled_back": "first install rolled back", "failed": "first install failed",
+              "idle": "not installed yet"}
+
+
+def _version_name(version: str, without: dict[str, int]) -> str:
+    """``v17``; for "none", what state those devices are in (never ``vnone``)."""
+    if version.isdigit():
+        return f"v{version}"
+    why = ", ".join(f"{NO_VERSION.get(state, state)}" + (f" {n}" if len(without) > 1 else "")
+                    for state, n in sorted(without.items()))
+    return f"no version ({why})" if why else "no version"
 
 
 def _version_order(item: tuple[str, int]) -> tuple[int, int]:

@@ -76,6 +76,9 @@ class Rollout(_Record):
     created_by: str = ""
     created_at: str = ""
     updated_at: str = ""
+    # Only in the answer to a rollback: {returning, without_previous,
+    # without_previous_devices, stays_on} — who goes back, who has nothing to go back to.
+    rollback: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

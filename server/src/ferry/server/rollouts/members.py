@@ -20,7 +20,13 @@ from sqlmodel import Session, col, select
 from ferry.protocol.timefmt import format_time, parse_time
 from ferry.server.core.errors import ValidationFailedError
 from ferry.server.fleet.tables import Device, DeviceReport
-from ferry.server.rollouts.machine import FAILURES, DeviceState, public_id, public_wave
+from ferry.server.rollouts.machine import (
+    FAILURES,
+    TOOK_VERSION,
+    DeviceState,
+    public_id,
+    public_wave,
+)
 from ferry.server.rollouts.tables import Rollout, RolloutDevice
 
 # `state=failed` asks for every device whose update failed, whatever the way it failed:
@@ -142,3 +148,16 @@ def error_message(rollout: Rollout, member: RolloutDevice, detail: str | None) -
     if member.state in STATE_GROUPS[DeviceState.FAILED.value]:
         return detail or None
     return None
+
+
+def rollback_summary(session: Session, rollout: Rollout, most: int = 50) -> dict[str, Any]:
+    """Who a rollback sends back, and who stays: a device that took the version with no
+    version before it (its first install) has nothing to go back to and keeps it."""
+    took = [s.value for s in TOOK_VERSION]
+    rows = session.exec(select(RolloutDevice.device_id, RolloutDevice.from_version)
+                        .where(RolloutDevice.rollout_id == rollout.id,
+                               col(RolloutDevice.state).in_(took))
+                        .order_by(col(RolloutDevice.device_id))).all()
+    staying = [device_id for device_id, previous in rows if previous is None]
+    return {"returning": len(rows) - len(staying), "without_previous": len(staying),
+            "without_previous_devices": staying[:most], "stays_on": rollout.version}

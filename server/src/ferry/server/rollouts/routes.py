@@ -17,6 +17,7 @@ from ferry.server.fleet.selectors import format_selector, parse_selector
 from ferry.server.rollouts import bindings, planning, service
 from ferry.server.rollouts.engine import announce_changes
 from ferry.server.rollouts.machine import RolloutState
+from ferry.server.rollouts.members import rollback_summary
 from ferry.server.rollouts.schemas import BindingPublic, BindingSet, RolloutCreate
 from ferry.server.rollouts.status import rollout_public
 from ferry.server.rollouts.tables import AliasBinding, Rollout
@@ -84,6 +85,8 @@ def _act(name: str) -> Callable[..., dict[str, Any]]:
         action(session, operator.name, rollout, runtime.now())
         session.commit()
         announce_changes(ctx.engine, runtime)
+        if name == "rollback":  # say who goes back and who has nothing to go back to
+            return {**rollout_public(rollout), "rollback": rollback_summary(session, rollout)}
         return rollout_public(rollout)
 
     handler.__name__ = f"{name}_rollout"

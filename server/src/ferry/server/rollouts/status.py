@@ -113,8 +113,16 @@ def fleet_status(session: Session, namespaces: list[str] | None, now: datetime,
     models: dict[str, dict[str, Any]] = {}
     for model, slot, version, n in rows:
         entry = models.setdefault(f"{model}#{slot}", {"model": model, "slot": slot,
-                                                      "versions": {}})
+                                                      "versions": {}, "without_version": {}})
         entry["versions"][str(version) if version is not None else "none"] = n
+    for model, slot, state, n in session.exec(
+            select(DeviceSlot.model, DeviceSlot.slot, DeviceSlot.state, func.count())
+            .join(Device, col(Device.id) == col(DeviceSlot.device_id))
+            .where(col(Device.revoked_at).is_(None), DeviceSlot.model != "",
+                   col(DeviceSlot.installed_version).is_(None), *scope)
+            .group_by(DeviceSlot.model, DeviceSlot.slot, DeviceSlot.state)).all():
+        # "none" says nothing is installed; this says why (e.g. the first install rolled back)
+        models[f"{model}#{slot}"]["without_version"][state] = n
     return {"at": format_time(now), "devices": total, "revoked": revoked, "online": online,
             "online_window_s": online_window_s, "models": sorted(models.values(),
                                                                   key=lambda m: (m["model"], m["slot"]))}
