@@ -298,7 +298,8 @@ def test_rollback_names_devices_without_a_previous_version_and_status_names_thei
     assert status.exit_code == 0, status.output
     assert "vnone" not in status.output
     assert "no version (" in status.output
-    assert "first install rolled back" in " ".join(status.output.split())
+    wide = ferry(server, tmp_path, "status", "-n", "vision", columns=200)
+    assert "first install rolled back 2" in wide.output, wide.output
     assert all(len(line) <= 80 for line in status.output.splitlines()), status.output
     listed = ferry(server, tmp_path, "rollout", "list", columns=80)
     assert all(len(line) <= 80 for line in listed.output.splitlines()), listed.output
