@@ -293,8 +293,17 @@ def print_rollout(rollout: Rollout, as_json: bool) -> None:
             ("slot", rollout.slot), ("selector", rollout.selector or "all devices"),
             ("waves", ",".join(map(str, rollout.waves))), ("state", rollout.state),
             ("wave", _wave_label(rollout)), ("reason", rollout.reason),
-            ("gates", rollout.gates), ("auto rollback", "yes" if rollout.auto_rollback else ""),
+            ("gates", gates_text(rollout.gates)), ("auto rollback", "yes" if rollout.auto_rollback else ""),
             ("start at", rollout.start_at), ("created", f"{rollout.created_at} by {rollout.created_by}")])
+
+
+def gates_text(gates: dict[str, Any]) -> str:
+    """``bake 5s, success ≥100%, failures ≤0 or ≤5%, retries 0, timeout 1800s``."""
+    limits = [f"≤{gates[k]}{unit}" for k, unit in (("max_failures", ""), ("max_failure_pct", "%"))
+              if gates.get(k) is not None]
+    return (f"bake {gates.get('bake_s')}s, success ≥{gates.get('min_success_pct')}%, "
+            f"failures {' or '.join(limits) or 'unlimited'}, retries {gates.get('max_retries')}, "
+            f"timeout {gates.get('in_progress_timeout_s')}s")
 
 
 def status_view(status: dict[str, Any]) -> RenderableType:
