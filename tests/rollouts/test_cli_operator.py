@@ -5,6 +5,8 @@ which devices failed and why, when is it done (for a script). Each test reads wh
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -306,3 +308,25 @@ def test_rollback_names_devices_without_a_previous_version_and_status_names_thei
     assert f"{rollout_id}" in listed.output and " v1 " in listed.output
     assert "created" not in listed.output and "created" in ferry(
         server, tmp_path, "rollout", "list", columns=200).output
+
+
+def test_agent_enroll_with_a_used_up_token_prints_the_servers_reason(
+        server: tuple[str, str], http: httpx.Client, tmp_path: Path) -> None:
+    token = http.post("/api/v1/enrollment-tokens", json={
+        "namespace": "vision", "name": "one-shot", "max_uses": 1}).json()["token"]
+    enroll(http, token, "first-user")
+    config = tmp_path / "agent.toml"
+    config.write_text('state_dir = "state"\nhardware = "x86_64"\ndevice_id = "second-user"\n')
+    agent = Path(sys.executable).with_name("ferry-agent")
+    used_up = subprocess.run([str(agent), "--config", str(config), "enroll", "--server",
+                              server[0], "--token", token], capture_output=True, text=True, check=False,
+                             timeout=60)
+    assert used_up.returncode == 1
+    error = json.loads(used_up.stderr)
+    assert "refused the device credential" not in error["message"]
+    assert "the server refused the enrolment (401): enrolment token 'one-shot' has been used " \
+           "up" in error["message"]
+    bogus = subprocess.run([str(agent), "--config", str(config), "enroll", "--server",
+                            server[0], "--token", "fre_bogus"], capture_output=True, text=True, check=False,
+                           timeout=60)
+    assert "unknown or revoked enrolment token" in json.loads(bogus.stderr)["message"]
