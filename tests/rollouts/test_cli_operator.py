@@ -5,6 +5,7 @@ which devices failed and why, when is it done (for a script). Each test reads wh
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -330,3 +331,23 @@ def test_agent_enroll_with_a_used_up_token_prints_the_servers_reason(
                             server[0], "--token", "fre_bogus"], capture_output=True, text=True, check=False,
                            timeout=60)
     assert "unknown or revoked enrolment token" in json.loads(bogus.stderr)["message"]
+
+
+def test_simulate_takes_the_configured_server_and_prints_progress_as_a_line(
+        server: tuple[str, str], http: httpx.Client, tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
+    env["FERRY_CONFIG"] = str(config)
+    ferry_bin = Path(sys.executable).with_name("ferry")
+    subprocess.run([str(ferry_bin), "configure", "--server", server[0], "--token", server[1]],
+                   env=env, check=True, capture_output=True)
+    token = http.post("/api/v1/enrollment-tokens", json={
+        "namespace": "vision", "name": "sim", "max_uses": None}).json()["token"]
+    run = subprocess.run([str(ferry_bin), "simulate", "--enrollment-token", token, "--devices",
+                          "3", "--prefix", "simcfg", "--no-mqtt", "--run-for", "3"],
+                         env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stderr
+    progress = run.stderr.strip().splitlines()
+    assert progress and all(line.startswith("enrolled ") for line in progress), run.stderr
+    assert "{" not in run.stderr and "enrolled 3/3" in progress[-1]
+    assert "enrolled: 3" in run.stdout
