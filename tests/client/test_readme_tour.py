@@ -25,7 +25,7 @@ BIN = Path(sys.executable).parent
 def tour_block() -> str:
     text = README.read_text()
     section = text[text.index("## A tour in commands"):]
-    match = re.search(r"```sh\n(.*?)```", section, re.S)
+    match = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
     assert match, "the README tour has no ```sh block"
     return match.group(1)
 
@@ -36,9 +36,9 @@ def rewrites(port: int) -> list[tuple[str, str]]:
         ("8080", str(port)),
         ("--port {port} &\n", "--port {port} &\n" + f"until curl -sf http://127.0.0.1:{port}/healthz"
          " >/dev/null; do sleep 0.2; done\n"),
-        ("ferry enrollment-token create vision line-3 --unlimited --expires-in 86400\n"
-         "TOKEN=fre_…", "TOKEN=$(ferry enrollment-token create vision line-3 --unlimited "
-         "--expires-in 86400 | tail -1)"),
+        (("ferry enrollment-token create vision line-3 --unlimited --expires-in 86400\n"
+         "TOKEN=fre_…"), ("TOKEN=$(ferry enrollment-token create vision line-3 --unlimited "
+         "--expires-in 86400 | tail -1)")),
         ("--devices 500 --fail-rate 0.02", "--devices 20 --fail-rate 0"),  # not left to chance
         ("--bake 600", "--bake 1"),
         ("ferry rollout wait r-1", "ferry rollout wait r-1 --timeout 150"),
