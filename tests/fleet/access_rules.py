@@ -27,6 +27,8 @@ ACCESS: dict[tuple[str, str], str | set[str]] = {
     ("POST", "/api/v1/rollouts/{rollout_id}/cancel"): OPERATE,
     ("POST", "/api/v1/rollouts/{rollout_id}/rollback"): OPERATE,
     ("GET", "/api/v1/rollouts/{rollout_id}/status"): READ,
+    ("GET", "/api/v1/rollouts/{rollout_id}/devices"): READ,
+    ("POST", "/api/v1/rollouts/plan"): OPERATE,
     ("GET", "/api/v1/fleet/status"): READ,
     ("PUT", "/api/v1/alias-bindings/{ns}/{name}/{alias}"): OPERATE,
     ("GET", "/api/v1/alias-bindings"): READ,
