@@ -29,6 +29,7 @@ ACCESS: dict[tuple[str, str], str | set[str]] = {
     ("GET", "/api/v1/rollouts/{rollout_id}/status"): READ,
     ("GET", "/api/v1/rollouts/{rollout_id}/devices"): READ,
     ("POST", "/api/v1/rollouts/plan"): OPERATE,
+    ("PATCH", "/api/v1/rollouts/{rollout_id}/gates"): OPERATE,
     ("GET", "/api/v1/fleet/status"): READ,
     ("PUT", "/api/v1/alias-bindings/{ns}/{name}/{alias}"): OPERATE,
     ("GET", "/api/v1/alias-bindings"): READ,

@@ -351,3 +351,19 @@ def test_simulate_takes_the_configured_server_and_prints_progress_as_a_line(
     assert progress and all(line.startswith("enrolled ") for line in progress), run.stderr
     assert "{" not in run.stderr and "enrolled 3/3" in progress[-1]
     assert "enrolled: 3" in run.stdout
+
+
+def test_rollout_gates_edits_a_running_rollout_and_says_what_changed(
+        server: tuple[str, str], http: httpx.Client, tmp_path: Path) -> None:
+    devices_of(http, "gates", 2)
+    rollout_id = create(server, tmp_path, "gates", "--waves", "100", "--bake", "3600")
+    edited = ferry(server, tmp_path, "rollout", "gates", rollout_id, "--bake", "60",
+                   "--no-max-failure-pct", columns=80)
+    assert edited.exit_code == 0, edited.output
+    assert " ".join(edited.output.split()) == (
+        f"{rollout_id} gates: bake_s 3600 → 60, max_failure_pct 5 → None")
+    nothing = ferry(server, tmp_path, "rollout", "gates", rollout_id)
+    assert nothing.exit_code == 2 and "give at least one gate" in nothing.output
+    assert ferry(server, tmp_path, "rollout", "cancel", rollout_id).exit_code == 0
+    ended = ferry(server, tmp_path, "rollout", "gates", rollout_id, "--bake", "1")
+    assert ended.exit_code == 1 and "cannot change" in ended.output

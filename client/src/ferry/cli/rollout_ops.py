@@ -40,7 +40,7 @@ from ferry.cli.fleet_cmds import (
     rollout_app,
     status_view,
 )
-from ferry.client import FerryClient
+from ferry.client import FerryClient, InputError
 from ferry.client._fleet import RolloutMember, RolloutMembersPage
 
 WIDE = 120  # from this width on, the last-report column is shown too
@@ -377,3 +377,56 @@ rollout_plan.__signature__ = _create.replace(  # type: ignore[attr-defined]
     parameters=[p for p in _create.parameters.values() if p.name not in _PLAN_ONLY])
 rollout_app.command("plan", epilog="Example: ferry rollout plan vision/detector@7 --selector "
                                    "'hw in (x86_64,aarch64)' --skip-incompatible")(rollout_plan)
+
+
+# --- editing the gates of a running rollout --------------------------------------------
+
+_GATE_OPTIONS = {"bake": "bake_s", "min_success": "min_success_pct",
+                 "max_failures": "max_failures", "max_failure_pct": "max_failure_pct",
+                 "retries": "max_retries", "retry_backoff": "retry_backoff_s",
+                 "timeout": "in_progress_timeout_s"}
+
+
+@rollout_app.command("gates", epilog="Example: ferry rollout gates r-12 --bake 3600 "
+                                     "--max-failures 5   (--no-max-failures removes the limit)")
+@handle_errors
+def rollout_gates(
+    rollout_id: RolloutArg,
+    bake: Annotated[int | None, typer.Option(help="Seconds each wave bakes.")] = None,
+    min_success: Annotated[int | None, typer.Option(help="Percent committed to advance.")] = None,
+    max_failures: Annotated[int | None, typer.Option(help="Halt beyond this many failures.")
+                            ] = None,
+    no_max_failures: Annotated[bool, typer.Option(help="Remove the failure count limit.")
+                               ] = False,
+    max_failure_pct: Annotated[int | None, typer.Option(help="Halt beyond this % failed.")
+                               ] = None,
+    no_max_failure_pct: Annotated[bool, typer.Option(help="Remove the failure % limit.")
+                                  ] = False,
+    retries: Annotated[int | None, typer.Option(help="Retries per failed device.")] = None,
+    retry_backoff: Annotated[int | None, typer.Option(help="Seconds before the first retry.")
+                             ] = None,
+    timeout: Annotated[int | None, typer.Option(help="Seconds in progress before timed_out.")
+                       ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change the gates of a rollout that has not ended (operator; audited)."""
+    given = {"bake": bake, "min_success": min_success, "max_failures": max_failures,
+             "max_failure_pct": max_failure_pct, "retries": retries,
+             "retry_backoff": retry_backoff, "timeout": timeout}
+    changes: dict[str, int | None] = {_GATE_OPTIONS[k]: v for k, v in given.items()
+                                      if v is not None}
+    if no_max_failures:
+        changes["max_failures"] = None
+    if no_max_failure_pct:
+        changes["max_failure_pct"] = None
+    if not changes:
+        raise InputError("give at least one gate to change, e.g. --bake 3600")
+    with client() as ferry:
+        answer = ferry.edit_rollout_gates(rollout_id, **changes)
+    if as_json:
+        print_json(answer)
+        return
+    changed = answer.get("changed", {})
+    out.print(escape(f"{answer['id']} gates: " + (", ".join(
+        f"{name} {c['from']} → {c['to']}" for name, c in changed.items()) or "unchanged")),
+        soft_wrap=True)

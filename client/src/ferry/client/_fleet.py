@@ -244,6 +244,14 @@ class FleetMixin:
         return Rollout.from_json(self._json("POST",
                                             f"/rollouts/{_seg(rollout_id)}/{action}"))
 
+    def edit_rollout_gates(self, rollout_id: str, **changes: int | None) -> dict[str, Any]:
+        """Change gate settings (`GatePolicy` names) of a rollout that has not ended; the
+        answer is the rollout with ``changed``: ``{name: {"from": …, "to": …}}`` (audited)."""
+        unknown = sorted(set(changes) - set(GatePolicy.names()))
+        if unknown:
+            raise ValueError(f"unknown gate settings {unknown}; one of {GatePolicy.names()}")
+        return dict(self._json("PATCH", f"/rollouts/{_seg(rollout_id)}/gates", json=changes))
+
     def rollout_status(self, rollout_id: str) -> dict[str, Any]:
         """Counts per wave and state, success rate, gate status, time in wave."""
         return dict(self._json("GET", f"/rollouts/{_seg(rollout_id)}/status"))

@@ -18,7 +18,7 @@ from ferry.server.rollouts import bindings, planning, service
 from ferry.server.rollouts.engine import announce_changes
 from ferry.server.rollouts.machine import RolloutState
 from ferry.server.rollouts.members import rollback_summary
-from ferry.server.rollouts.schemas import BindingPublic, BindingSet, RolloutCreate
+from ferry.server.rollouts.schemas import BindingPublic, BindingSet, GatesChange, RolloutCreate
 from ferry.server.rollouts.status import rollout_public
 from ferry.server.rollouts.tables import AliasBinding, Rollout
 
@@ -97,6 +97,19 @@ def _act(name: str) -> Callable[..., dict[str, Any]]:
 for _name in ACTIONS:
     router.add_api_route(f"/rollouts/{{rollout_id}}/{_name}", _act(_name), methods=["POST"],
                          name=f"{_name}_rollout")
+
+
+@router.patch("/rollouts/{rollout_id}/gates")
+def edit_gates(rollout_id: str, body: GatesChange, session: SessionDep, operator: Operator,
+               runtime: RuntimeDep) -> dict[str, Any]:
+    """Change gate settings of a rollout that has not ended (operator); audited with the
+    before and after of each changed setting, answered with ``changed``."""
+    rollout = service.get_rollout(session, operator, rollout_id, lock=True)
+    operator.require((ServerRole.OPERATOR,), rollout.namespace)
+    changes = body.model_dump(include=body.model_fields_set)
+    changed = service.edit_gates(session, operator.name, rollout, changes, runtime.now())
+    session.commit()
+    return {**rollout_public(rollout), "changed": changed}
 
 
 def _binding_public(row: AliasBinding) -> BindingPublic:

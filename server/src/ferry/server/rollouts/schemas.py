@@ -49,6 +49,16 @@ class RolloutCreate(Gates):
     allow_empty: bool = False
 
 
+_GatesChangeBase = create_model(  # type: ignore[call-overload]
+    "_GatesChangeBase", __base__=Strict,
+    **{name: (_gate_field(name)[0] | None, Field(default=None)) for name in GatePolicy.names()})
+
+
+class GatesChange(_GatesChangeBase):  # type: ignore[valid-type,misc]
+    """Gate settings to change on a running rollout; the fields sent change, the others stay
+    (``null`` for ``max_failures`` / ``max_failure_pct`` removes that limit)."""
+
+
 class BindingSet(Strict):
     selector: Selector = ""
     waves: Annotated[list[int], Field(min_length=1, max_length=20)] = Field(

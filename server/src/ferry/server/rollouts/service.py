@@ -286,6 +286,32 @@ def rollback(session: Session, actor: str, rollout: Rollout, now: datetime,
     transition(session, rollout, RolloutState.ROLLED_BACK, actor=actor, now=now, reason=reason)
 
 
+def edit_gates(session: Session, actor: str, rollout: Rollout, changes: dict[str, Any],
+               now: datetime) -> dict[str, Any]:
+    """Change some gate settings of a rollout that has not ended; audited with before and
+    after. The engine reads the new gates at its next tick (the current wave included)."""
+    if rollout.state not in ACTIVE:
+        raise IllegalTransitionError(f"a {rollout.state} rollout's gates cannot change",
+                                     {"state": rollout.state,
+                                      "legal": sorted(s.value for s in ACTIVE)})
+    before = rollout.gates().to_dict()
+    try:
+        after = GatePolicy.from_dict({**before, **changes}).to_dict()
+    except MalformedError as exc:
+        raise ValidationFailedError(str(exc), {"gates": changes}) from exc
+    changed = {k: {"from": before[k], "to": after[k]} for k in after if after[k] != before[k]}
+    for name, value in after.items():
+        setattr(rollout, name, value)
+    rollout.updated_at = format_time(now)
+    session.add(rollout)
+    session.flush()
+    audit.append(session, actor=actor, action="rollout.gates_changed",
+                 target=public_id(rollout.id or 0),
+                 details={"changed": changed, "state": rollout.state,
+                          "wave": public_wave(rollout.wave)})
+    return changed
+
+
 def on_device_revoked(session: Session, event: DeviceRevoked) -> None:
     """Subscribed to the fleet's `DeviceRevoked`: drop it from the cohorts still waiting for it."""
     session.exec(delete(RolloutDevice).where(  # type: ignore[call-overload]
