@@ -29,7 +29,7 @@ from ferry.cli._common import (
     table,
 )
 from ferry.client import InputError
-from ferry.client._fleet import Device, Rollout
+from ferry.client._fleet import Device, Rollout, exponential_waves
 from ferry.protocol.errors import MalformedError
 from ferry.protocol.gates import GatePolicy
 
@@ -50,10 +50,21 @@ STATE_COLUMNS = ("pending", "downloading", "installing", "committed", "failed", 
 
 
 def parse_waves(text: str) -> list[int]:
+    """``1,10,50,100`` (cumulative percentages), or ``exp:START,FACTOR[,CAP]`` for waves that
+    grow by FACTOR from START to 100, each adding at most CAP points (`exponential_waves`)."""
+    if text.startswith("exp:"):
+        try:
+            start, factor, *cap = (float(p) for p in text[4:].split(","))
+            if len(cap) > 1 or not start.is_integer() or any(not c.is_integer() for c in cap):
+                raise ValueError("expected START,FACTOR[,CAP] with whole START and CAP")
+            return exponential_waves(int(start), factor, int(cap[0]) if cap else None)
+        except ValueError as exc:
+            raise InputError(f"--waves {text!r}: {exc}; e.g. exp:1,3 or exp:1,2,25") from None
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError as exc:
-        raise InputError(f"--waves {text!r}: give cumulative percentages like 1,10,50,100") from exc
+        raise InputError(f"--waves {text!r}: give cumulative percentages like 1,10,50,100, "
+                         "or exp:START,FACTOR[,CAP]") from exc
 
 
 T = TypeVar("T")

@@ -140,6 +140,23 @@ def _drop_none(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if v is not None}
 
 
+def exponential_waves(start: int, factor: float, cap: int | None = None) -> list[int]:
+    """Cumulative wave percentages that grow by ``factor`` from ``start`` to 100, each wave
+    adding at most ``cap`` points: ``(1, 3)`` → 1,3,9,27,81,100; ``(1, 3, 20)`` →
+    1,3,9,27,47,67,87,100 (AWS IoT Jobs' exponential rollout, in waves)."""
+    if not 1 <= start <= 100 or factor <= 1 or (cap is not None and cap < 1):
+        raise ValueError("exponential waves need 1 <= start <= 100, factor > 1, cap >= 1")
+    waves = [start]
+    while waves[-1] < 100:
+        grown = max(waves[-1] + 1, round(waves[-1] * factor))
+        if cap is not None:
+            grown = min(grown, waves[-1] + cap)
+        waves.append(min(grown, 100))
+    if len(waves) > 20:
+        raise ValueError(f"{len(waves)} waves (at most 20): raise the start, factor or cap")
+    return waves
+
+
 def _rollout_body(namespace: str, model: str, version: int | str, *, selector: str,
                   waves: Sequence[int], slot: str, gates: GatePolicy | None = None,
                   **options: Any) -> dict[str, Any]:
