@@ -54,7 +54,7 @@ _GatesChangeBase = create_model(  # type: ignore[call-overload]
     **{name: (_gate_field(name)[0] | None, Field(default=None)) for name in GatePolicy.names()})
 
 
-class GatesChange(_GatesChangeBase):  # type: ignore[valid-type,misc]
+class GatesChange(_GatesChangeBase):
     """Gate settings to change on a running rollout; the fields sent change, the others stay
     (``null`` for ``max_failures`` / ``max_failure_pct`` removes that limit)."""
 
