@@ -302,7 +302,7 @@ def test_rollback_names_devices_without_a_previous_version_and_status_names_thei
     assert "vnone" not in status.output
     assert "no version (" in status.output
     wide = ferry(server, tmp_path, "status", "-n", "vision", columns=200)
-    assert "first install rolled back 2" in wide.output, wide.output
+    assert "first install rolled back" in wide.output, wide.output
     assert all(len(line) <= 80 for line in status.output.splitlines()), status.output
     listed = ferry(server, tmp_path, "rollout", "list", columns=80)
     assert all(len(line) <= 80 for line in listed.output.splitlines()), listed.output
@@ -367,3 +367,21 @@ def test_rollout_gates_edits_a_running_rollout_and_says_what_changed(
     assert ferry(server, tmp_path, "rollout", "cancel", rollout_id).exit_code == 0
     ended = ferry(server, tmp_path, "rollout", "gates", rollout_id, "--bake", "1")
     assert ended.exit_code == 1 and "cannot change" in ended.output
+
+
+def test_rollback_with_a_baseline_says_where_first_installs_go(
+        server: tuple[str, str], http: httpx.Client, tmp_path: Path) -> None:
+    fleet = devices_of(http, "base", 2)
+    version = add_version(http, b"weights for baseline")
+    rollout_id = create_json(server, tmp_path, "base", "--waves", "100", "--bake", "3600")["id"]
+    http.post(f"/api/v1/rollouts/{rollout_id}/cancel")
+    rollout = ferry(server, tmp_path, "rollout", "create", f"vision/det@{version}",
+                    "--selector", "batch=base", "--waves", "100", "--bake", "3600", "--json")
+    second = json.loads(rollout.output)["id"]
+    for device in fleet:
+        report(server, device, "committed", second, version=version)
+    rolled = ferry(server, tmp_path, "rollout", "rollback", second, "--baseline", "1",
+                   columns=80)
+    assert rolled.exit_code == 0, rolled.output
+    assert ("2 device(s) go back to their previous version (devices without a previous "
+            "version go to v1)") in " ".join(rolled.output.split())

@@ -360,8 +360,10 @@ def rollback_line(rollout: Rollout) -> str:
         names = list(summary.get("without_previous_devices", []))
         more = f" and {staying - len(names)} more" if staying > len(names) else ""
         line += (f"; {staying} had no previous version and stay on v{rollout.version}: "
-                 f"{', '.join(names)}{more} — to move them, roll out the version they should "
-                 f"run (`ferry rollout devices {rollout.id}` lists them)")
+                 f"{', '.join(names)}{more} — to move them, roll out the version they should run "
+                 f"(a rollback can name it: --baseline VERSION)")
+    elif "without a previous version go to" in str(summary.get("reason", "")):
+        line += f" ({str(summary['reason']).split('; ', 1)[-1]})"
     return line
 
 
@@ -369,7 +371,19 @@ _action("pause", "Pause: no wave opens until `resume` (devices keep what they ha
 _action("resume", "Resume (or start a planned rollout at wave 1); the bake clock restarts.")
 _action("advance", "Open the next wave now, without waiting for the gate.")
 _action("cancel", "Cancel: no new device takes the version; those that did keep it.")
-_action("rollback", "Send every device that took the version its previous one (signed).")
+@rollout_app.command("rollback", epilog="Example: ferry rollout rollback r-12 --baseline 6")
+@handle_errors
+def rollout_rollback(
+    rollout_id: Annotated[str, typer.Argument(help="Rollout id, e.g. r-12.")],
+    baseline: Annotated[int | None, typer.Option(
+        help="Version for devices with no previous version (their first install).")] = None,
+) -> None:
+    """Send every device that took the version its previous one (signed); devices whose
+    first install it was stay on it, or go to --baseline."""
+    with client() as ferry:
+        rollout = ferry.rollback_rollout(rollout_id, baseline=baseline)
+    out.print(f"{rollout.id}: {rollout.state}, wave {_wave_label(rollout)}")
+    out.print(escape(rollback_line(rollout)), soft_wrap=True)
 
 
 @rollout_app.command("bind", epilog="Example: ferry rollout bind vision/detector production "

@@ -261,6 +261,13 @@ class FleetMixin:
         return Rollout.from_json(self._json("POST",
                                             f"/rollouts/{_seg(rollout_id)}/{action}"))
 
+    def rollback_rollout(self, rollout_id: str, *, baseline: int | None = None) -> Rollout:
+        """Roll back; devices whose first install this was go to ``baseline`` when given.
+        ``Rollout.rollback`` says who goes back and who stays."""
+        body = {"baseline": baseline} if baseline is not None else None
+        return Rollout.from_json(self._json("POST", f"/rollouts/{_seg(rollout_id)}/rollback",
+                                            json=body))
+
     def edit_rollout_gates(self, rollout_id: str, **changes: int | None) -> dict[str, Any]:
         """Change gate settings (`GatePolicy` names) of a rollout that has not ended; the
         answer is the rollout with ``changed``: ``{name: {"from": …, "to": …}}`` (audited)."""

@@ -160,4 +160,5 @@ def rollback_summary(session: Session, rollout: Rollout, most: int = 50) -> dict
                         .order_by(col(RolloutDevice.device_id))).all()
     staying = [device_id for device_id, previous in rows if previous is None]
     return {"returning": len(rows) - len(staying), "without_previous": len(staying),
-            "without_previous_devices": staying[:most], "stays_on": rollout.version}
+            "without_previous_devices": staying[:most], "stays_on": rollout.version,
+            "reason": rollout.reason}

@@ -18,7 +18,13 @@ from ferry.server.rollouts import bindings, planning, service
 from ferry.server.rollouts.engine import announce_changes
 from ferry.server.rollouts.machine import RolloutState
 from ferry.server.rollouts.members import rollback_summary
-from ferry.server.rollouts.schemas import BindingPublic, BindingSet, GatesChange, RolloutCreate
+from ferry.server.rollouts.schemas import (
+    BindingPublic,
+    BindingSet,
+    GatesChange,
+    RollbackBody,
+    RolloutCreate,
+)
 from ferry.server.rollouts.status import rollout_public
 from ferry.server.rollouts.tables import AliasBinding, Rollout
 
@@ -85,8 +91,6 @@ def _act(name: str) -> Callable[..., dict[str, Any]]:
         action(session, operator.name, rollout, runtime.now())
         session.commit()
         announce_changes(ctx.engine, runtime)
-        if name == "rollback":  # say who goes back and who has nothing to go back to
-            return {**rollout_public(rollout), "rollback": rollback_summary(session, rollout)}
         return rollout_public(rollout)
 
     handler.__name__ = f"{name}_rollout"
@@ -94,7 +98,21 @@ def _act(name: str) -> Callable[..., dict[str, Any]]:
     return handler
 
 
-for _name in ACTIONS:
+@router.post("/rollouts/{rollout_id}/rollback")
+def rollback_rollout(rollout_id: str, session: SessionDep, ctx: CtxDep, operator: Operator,
+                     runtime: RuntimeDep, body: RollbackBody | None = None) -> dict[str, Any]:
+    """Send the devices that took the version their previous one — or, for those whose first
+    install this was, ``baseline`` when given; the answer says who goes back and who stays."""
+    rollout = service.get_rollout(session, operator, rollout_id, lock=True)
+    operator.require((ServerRole.OPERATOR,), rollout.namespace)
+    service.rollback(session, operator.name, rollout, runtime.now(),
+                     baseline=body.baseline if body else None)
+    session.commit()
+    announce_changes(ctx.engine, runtime)
+    return {**rollout_public(rollout), "rollback": rollback_summary(session, rollout)}
+
+
+for _name in (n for n in ACTIONS if n != "rollback"):
     router.add_api_route(f"/rollouts/{{rollout_id}}/{_name}", _act(_name), methods=["POST"],
                          name=f"{_name}_rollout")
 

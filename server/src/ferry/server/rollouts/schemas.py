@@ -59,6 +59,12 @@ class GatesChange(_GatesChangeBase):
     (``null`` for ``max_failures`` / ``max_failure_pct`` removes that limit)."""
 
 
+class RollbackBody(Strict):
+    """Optional: the version that devices with no previous version go to."""
+
+    baseline: Annotated[int, Field(ge=1)] | None = None
+
+
 class BindingSet(Strict):
     selector: Selector = ""
     waves: Annotated[list[int], Field(min_length=1, max_length=20)] = Field(

@@ -37,6 +37,7 @@ from ferry.server.registry.tables import ModelAlias, ModelVersion, Namespace, Re
 from ferry.server.rollouts.machine import (
     ACTIVE,
     FAILURES,
+    TOOK_VERSION,
     DeviceState,
     IllegalTransitionError,
     RolloutState,
@@ -281,9 +282,33 @@ def cancel(session: Session, actor: str, rollout: Rollout, now: datetime) -> Non
 
 
 def rollback(session: Session, actor: str, rollout: Rollout, now: datetime,
-             reason: str = "rolled back") -> None:
-    """Every device that took the new version is sent its previous one (signed downgrade)."""
+             reason: str = "rolled back", baseline: int | None = None) -> None:
+    """Every device that took the new version is sent its previous one (signed downgrade).
+
+    A device whose first install this was has no previous version; with ``baseline``
+    (a version of the same model) those devices are sent that version instead.
+    """
+    target = _baseline(session, rollout, baseline) if baseline is not None else None
+    if target is not None:
+        reason = f"{reason}; devices without a previous version go to v{target.version}"
     transition(session, rollout, RolloutState.ROLLED_BACK, actor=actor, now=now, reason=reason)
+    if target is not None:
+        session.exec(update(RolloutDevice)  # type: ignore[call-overload]
+                     .where(col(RolloutDevice.rollout_id) == rollout.id,
+                            col(RolloutDevice.from_version).is_(None),
+                            col(RolloutDevice.state).in_([s.value for s in TOOK_VERSION]))
+                     .values(from_version=target.version,
+                             from_manifest=target.manifest_sha256))
+
+
+def _baseline(session: Session, rollout: Rollout, version: int) -> ModelVersion:
+    row = session.exec(select(ModelVersion).where(ModelVersion.model_id == rollout.model_id,
+                                                  ModelVersion.version == version)).first()
+    if row is None or version == rollout.version:
+        raise ValidationFailedError(
+            f"baseline v{version} is not another version of {rollout.model}; name the version "
+            "the devices without a previous version should run", {"baseline": version})
+    return row
 
 
 def edit_gates(session: Session, actor: str, rollout: Rollout, changes: dict[str, Any],
