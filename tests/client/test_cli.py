@@ -283,3 +283,37 @@ def test_subprocess_help_and_push_pull_round_trip(server: Server, namespace: str
     assert "verified" in pulled.stdout
     assert (dest / weights.name).read_bytes() == weights.read_bytes()
     assert "[pins." in (tmp_path / "config.toml").read_text(), "the root key was pinned (TOFU)"
+
+
+def test_pushing_the_same_bytes_with_new_metadata_says_nothing_was_pushed(
+        env: dict[str, str], model: tuple[str, str], bundle: list[Path], sig: Path) -> None:
+    ns, name = model
+    first = ok(env, "push", f"{ns}/{name}", *bundle, "--signature", sig, *PUSH_FLAGS, "-q")
+    assert first.stdout.startswith(f"pushed {ns}/{name}@1 ")
+    ok(env, "promote", f"{ns}/{name}@1", "Staging")
+    ok(env, "promote", f"{ns}/{name}@1", "Archived")
+    again_flags = [f if f != "run-7" else "run-8" for f in PUSH_FLAGS]
+    again = ok(env, "push", f"{ns}/{name}", *bundle, "--signature", sig, *again_flags, "-q")
+    text = " ".join(again.stdout.split())
+    assert "pushed" not in text.replace("not pushed", "")
+    assert text.startswith(f"not pushed: {ns}/{name}@1 (stage Archived) already has exactly "
+                           "these files; nothing was registered")
+    assert "differs in metadata.run_id" in text and "--new-version" in text
+    scripted = as_json(ok(env, "push", f"{ns}/{name}", *bundle, "--signature", sig,
+                          *again_flags, "-q", "--json"))
+    assert scripted["existing"] is True and scripted["version"] == 1  # type: ignore[index]
+    assert scripted["differences"] == ["metadata.run_id"]  # type: ignore[index]
+
+    fresh = ok(env, "push", f"{ns}/{name}", *bundle, "--signature", sig, *again_flags, "-q",
+               "--new-version")
+    assert fresh.stdout.startswith(f"pushed {ns}/{name}@2 ")
+    shown = as_json(ok(env, "show", f"{ns}/{name}@2", "--json"))
+    assert shown["metadata"]["run_id"] == "run-8"  # type: ignore[index]
+    retried = as_json(ok(env, "push", f"{ns}/{name}", *bundle, "--signature", sig, *PUSH_FLAGS,
+                         "-q", "--json"))
+    assert (retried["version"], retried["existing"], retried["differences"]) == (  # type: ignore[index]
+        1, True, []), "a retried push of the original is still idempotent"
+    same = ok(env, "push", f"{ns}/{name}", *bundle, "--signature", sig, *PUSH_FLAGS, "-q")
+    assert " ".join(same.stdout.split()) == (f"not pushed: {ns}/{name}@1 (stage Archived) "
+                                              "already has exactly these files; nothing was "
+                                              "registered")

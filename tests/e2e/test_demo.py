@@ -42,7 +42,7 @@ def test_demo_at_full_size_halts_the_bad_release_and_ships_the_good_one(tmp_path
     assert "Traceback" not in printed
     result = json.loads(outcome.read_text())
     bad = result["bad"]
-    assert bad["rollout"]["state"] == "rolled_back" and bad["rollout"]["wave"] == 0
+    assert bad["rollout"]["state"] == "rolled_back" and bad["rollout"]["wave"] == 1
     assert all(w["counts"]["pending"] == w["total"] for w in bad["waves"][1:])
     assert result["good"]["rollout"]["state"] == "completed"
     assert result["fleet"]["models"][0]["versions"] == {"3": 203}

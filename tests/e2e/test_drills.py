@@ -95,7 +95,7 @@ def test_server_killed_mid_wave_continues_and_loses_no_report(stack: Stack,
 
     def past_first_wave() -> bool:
         assert stack.op is not None
-        return stack.op.rollout_status(rollout["id"])["rollout"]["wave"] >= 1
+        return stack.op.rollout_status(rollout["id"])["rollout"]["wave"] >= 2
 
     stack.wait(past_first_wave, "the second wave to open")
     stack.server.kill()
@@ -150,7 +150,7 @@ def test_crossing_the_failure_limit_halts_and_nothing_beyond_installs(stack: Sta
     stack.wait(halted, "the rollout to halt")
     time.sleep(SETTLE_S)
     status = stack.op.rollout_status(rollout["id"])
-    assert status["rollout"]["state"] == "halted" and status["rollout"]["wave"] == 0
+    assert status["rollout"]["state"] == "halted" and status["rollout"]["wave"] == 1
     later = status["waves"][1]
     assert later["counts"]["pending"] == later["total"] > 0
     assert bad not in stack.installed().values()

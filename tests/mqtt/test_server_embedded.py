@@ -257,7 +257,9 @@ def test_a_taken_broker_port_leaves_the_server_up_without_mqtt(tmp_path: Path) -
         try:
             op.sdk.create_namespace("demo")
             assert _enroll(process, op, "dev-1")["mqtt"] is None
-            assert "continuing without MQTT" in process.log_path.read_text()
+            log = process.log_path.read_text()
+            assert (f"MQTT: off, devices poll over HTTP (port {port} on 127.0.0.1 is already in "
+                    "use") in log, "the start banner says MQTT is off and why"
         finally:
             op.close()
             process.stop()

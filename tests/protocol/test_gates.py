@@ -6,7 +6,7 @@ import inspect
 
 import pytest
 
-from ferry.cli import fleet_cmds
+from ferry.cli import rollout_ops
 from ferry.protocol.errors import MalformedError
 from ferry.protocol.gates import LIMITS, GatePolicy
 from ferry.server.rollouts.schemas import Gates, RolloutCreate
@@ -21,7 +21,7 @@ def test_the_api_schema_the_table_and_the_cli_take_their_defaults_from_the_polic
     assert Rollout(namespace="ns", model="ns/m", model_id=1, version=1,
                    manifest_sha256="0" * 64, created_by="t", created_at="t",
                    updated_at="t").gates() == policy
-    options = inspect.signature(fleet_cmds.rollout_create).parameters
+    options = inspect.signature(rollout_ops.rollout_create).parameters
     assert options["max_failure_pct"].default == policy.max_failure_pct == 5
     assert options["timeout"].default == policy.in_progress_timeout_s
 

@@ -11,7 +11,7 @@ from tests.fleet.harness import Agent, Fleet
 def by_wave(rollout: dict[str, Any], agents: list[Agent]) -> dict[int, list[Agent]]:
     waves: dict[int, list[Agent]] = {}
     for agent in agents:
-        waves.setdefault(wave_index(rollout["id"], agent.device_id, rollout["waves"]),
+        waves.setdefault(wave_index(rollout["wave_seed"], agent.device_id, rollout["waves"]),
                          []).append(agent)
     return waves
 

@@ -34,11 +34,11 @@ def test_moving_a_bound_alias_plans_a_paused_rollout(fleet: Fleet) -> None:
     version = fleet.version()
     _move_alias(fleet, version)
     (planned,) = fleet.client.get(f"{API}/rollouts", headers=fleet.admin).json()
-    assert (planned["state"], planned["wave"], planned["version"]) == ("paused", -1, version)
+    assert (planned["state"], planned["wave"], planned["version"]) == ("paused", 0, version)
     assert planned["gates"]["bake_s"] == 300 and planned["waves"] == [10, 100]
     assert fleet.notifier.calls == [], "nothing is announced before an operator starts it"
     started = fleet.act(planned["id"], "resume")
-    assert (started["state"], started["wave"]) == ("running", 0)
+    assert (started["state"], started["wave"]) == ("running", 1)
 
 
 def test_template_may_start_the_rollout_at_once(fleet: Fleet) -> None:
@@ -55,8 +55,9 @@ def test_incompatible_hardware_refuses_the_alias_move(fleet: Fleet) -> None:
     _bind(fleet)
     version = fleet.version(hardware=["jetson-orin"])
     r = _move_alias(fleet, version, expect=409)
-    assert r["error"]["details"]["incompatible_devices"] == [{"device_id": "pi-0000",
-                                                              "hardware": "rpi4"}]
+    assert r["error"]["details"]["incompatible_devices"] == [{
+        "device_id": "pi-0000", "hardware": "rpi4",
+        "reason": "hardware rpi4 is not in the version's list (jetson-orin)"}]
     assert _alias_version(fleet) is None, "the refused plan leaves the alias where it was"
     assert fleet.client.get(f"{API}/rollouts", headers=fleet.admin).json() == []
 

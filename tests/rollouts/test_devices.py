@@ -6,7 +6,7 @@ from typing import Any
 
 from ferry.protocol.timefmt import format_time
 from tests.fleet.harness import API, Agent, Fleet, report_doc
-from tests.rollouts.helpers import by_wave, commit
+from tests.rollouts.helpers import by_wave, commit, target
 
 PROBE_OUTPUT = "onnxruntime: output 'scores' has shape [1, 4], expected [1, 3]"
 
@@ -121,3 +121,55 @@ def test_other_namespaces_do_not_see_the_devices(fleet: Fleet) -> None:
     outsider = fleet.token("viewer", ["audio"])
     r = fleet.client.get(f"{API}/rollouts/{rollout['id']}/devices", headers=outsider)
     assert r.status_code == 404
+
+
+def test_rollback_says_who_goes_back_and_who_has_no_previous_version(fleet: Fleet) -> None:
+    agents = fleet.devices(4)
+    v1 = fleet.version()
+    base = fleet.rollout(version=str(v1), waves=[100])
+    commit(fleet, agents[:2], v1, base["id"])
+    fleet.tick()
+    fleet.act(base["id"], "cancel")
+    v2 = fleet.version()
+    rollout = fleet.rollout(version=str(v2), waves=[100])
+    commit(fleet, agents[:2], v2, rollout["id"], from_version=v1)
+    commit(fleet, agents[2:], v2, rollout["id"])
+    answer = fleet.act(rollout["id"], "rollback")
+    assert answer["state"] == "rolled_back"
+    assert answer["rollback"] == {"returning": 2, "without_previous": 2, "stays_on": v2,
+                                  "without_previous_devices": [a.device_id for a in agents[2:]],
+                                  "reason": "rolled back"}
+
+
+def test_fleet_status_names_why_a_device_has_no_version(fleet: Fleet) -> None:
+    agents = fleet.devices(2)
+    version = fleet.version()
+    rollout = fleet.rollout(version=str(version), waves=[100])
+    probe_fails(fleet, agents[0], version, rollout["id"])
+    commit(fleet, agents[1:], version, rollout["id"])
+    [model] = fleet.client.get(f"{API}/fleet/status", headers=fleet.admin).json()["models"]
+    assert model["versions"] == {"none": 1, str(version): 1}
+    assert model["without_version"] == {"rolled_back": 1}
+
+
+def test_rollback_with_a_baseline_sends_first_installs_to_it(fleet: Fleet) -> None:
+    agents = fleet.devices(3)
+    v1 = fleet.version()
+    base = fleet.rollout(version=str(v1), waves=[100])
+    commit(fleet, agents[:1], v1, base["id"])
+    fleet.act(base["id"], "cancel")
+    v2 = fleet.version()
+    rollout = fleet.rollout(version=str(v2), waves=[100])
+    commit(fleet, agents[:1], v2, rollout["id"], from_version=v1)
+    commit(fleet, agents[1:], v2, rollout["id"])
+    for bad in (v2, 99):
+        r = fleet.client.post(f"{API}/rollouts/{rollout['id']}/rollback",
+                              json={"baseline": bad}, headers=fleet.admin)
+        assert r.status_code == 422 and "is not another version" in r.json()["error"]["message"]
+    r = fleet.client.post(f"{API}/rollouts/{rollout['id']}/rollback", json={"baseline": v1},
+                          headers=fleet.admin)
+    assert r.status_code == 200, r.text
+    summary = r.json()["rollback"]
+    assert (summary["returning"], summary["without_previous"]) == (3, 0)
+    assert r.json()["reason"] == f"rolled back; devices without a previous version go to v{v1}"
+    assert all(target(fleet, a) == (v1, True) for a in agents), "a signed downgrade to v1"

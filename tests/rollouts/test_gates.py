@@ -9,7 +9,7 @@ from sqlmodel import select
 
 from ferry.server.core.db import session_scope
 from ferry.server.webhooks.tables import EventOutbox
-from tests.fleet.harness import Agent, Fleet
+from tests.fleet.harness import API, Agent, Fleet
 from tests.rollouts.helpers import by_wave, commit, fail, target
 
 
@@ -27,20 +27,20 @@ def test_wave_advances_only_after_bake_time_and_success_rate(fleet: Fleet) -> No
     commit(fleet, waves[0][:-1], version, rollout["id"])
     fleet.clock.advance(600)
     fleet.tick()
-    assert fleet.show(rollout["id"])["wave"] == 0, "one device of wave 0 has not committed"
+    assert fleet.show(rollout["id"])["wave"] == 1, "one device of the first wave has not committed"
     commit(fleet, waves[0][-1:], version, rollout["id"])
     fleet.clock.advance(-1)
     fleet.tick()
-    assert fleet.show(rollout["id"])["wave"] == 0
+    assert fleet.show(rollout["id"])["wave"] == 1
     fleet.clock.advance(1)
     assert fleet.status(rollout["id"])["gate"]["status"] == "passing"
     fleet.tick()
     shown = fleet.show(rollout["id"])
-    assert (shown["state"], shown["wave"]) == ("running", 1)
+    assert (shown["state"], shown["wave"]) == ("running", 2)
     assert target(fleet, waves[1][0]) == (version, False)
     fleet.clock.advance(600)
     fleet.tick()
-    assert fleet.show(rollout["id"])["state"] == "running", "wave 1 has not committed"
+    assert fleet.show(rollout["id"])["state"] == "running", "the second wave has not committed"
     commit(fleet, waves[1], version, rollout["id"])
     fleet.tick()
     assert fleet.show(rollout["id"])["state"] == "completed"
@@ -53,7 +53,7 @@ def test_downloaded_is_not_success(fleet: Fleet) -> None:
     fleet.tick()
     status = fleet.status(rollout["id"])
     assert status["waves"][0]["counts"]["installing"] == len(waves[0])
-    assert status["rollout"]["wave"] == 0
+    assert status["rollout"]["wave"] == 1
 
 
 def test_failure_limit_halts_and_stops_new_devices(fleet: Fleet) -> None:
@@ -76,7 +76,7 @@ def test_failure_limit_halts_and_stops_new_devices(fleet: Fleet) -> None:
     assert target(fleet, waves[0][0]) == (version, False)
     commit(fleet, waves[0][:1], version, rollout["id"])
     fleet.tick()
-    assert fleet.show(rollout["id"])["wave"] == 1
+    assert fleet.show(rollout["id"])["wave"] == 2
 
 
 def test_failure_percentage_limit(fleet: Fleet) -> None:
@@ -168,10 +168,10 @@ def test_a_revoked_device_no_longer_holds_its_wave_back(fleet: Fleet) -> None:
     rollout, waves, version = _start(fleet, min_success_pct=100)
     commit(fleet, waves[0][1:], version, rollout["id"])
     fleet.tick()
-    assert fleet.show(rollout["id"])["wave"] == 0
+    assert fleet.show(rollout["id"])["wave"] == 1
     fleet.client.post(f"/api/v1/devices/{waves[0][0].device_id}/revoke", headers=fleet.admin)
     fleet.tick()
-    assert fleet.show(rollout["id"])["wave"] == 1
+    assert fleet.show(rollout["id"])["wave"] == 2
 
 
 def test_reports_arriving_out_of_order_within_a_second_never_undo_a_commit(fleet: Fleet) -> None:
@@ -185,3 +185,38 @@ def test_reports_arriving_out_of_order_within_a_second_never_undo_a_commit(fleet
     fleet.clock.advance(5)  # a later report (a retry, a new attempt) still moves it
     fleet.report(agent, "downloading", to_version=version, rollout_id=rollout["id"])
     assert fleet.status(rollout["id"])["totals"]["downloading"] == 1
+
+
+def _edit(fleet: Fleet, rollout_id: str, expect: int = 200, **changes: object) -> Any:
+    r = fleet.client.patch(f"{API}/rollouts/{rollout_id}/gates", json=changes,
+                           headers=fleet.admin)
+    assert r.status_code == expect, r.text
+    return r.json()
+
+
+def test_editing_the_gates_of_a_running_rollout_applies_at_the_next_tick_and_is_audited(
+        fleet: Fleet) -> None:
+    rollout, waves, version = _start(fleet, bake_s=3600, min_success_pct=100)
+    commit(fleet, waves[0], version, rollout["id"])
+    fleet.tick()
+    assert fleet.show(rollout["id"])["wave"] == 1, "the first wave still bakes for an hour"
+    answer = _edit(fleet, rollout["id"], bake_s=0, max_failures=None)
+    assert answer["changed"] == {"bake_s": {"from": 3600, "to": 0}}
+    assert answer["gates"]["bake_s"] == 0 and answer["gates"]["min_success_pct"] == 100
+    fleet.tick()
+    assert fleet.show(rollout["id"])["wave"] == 2, "the edited gate passes at once"
+    entries = fleet.client.get(f"{API}/audit", headers=fleet.admin).json()
+    [entry] = [e for e in entries if e["action"] == "rollout.gates_changed"]
+    assert entry["target"] == rollout["id"] and entry["actor"]
+    assert entry["details"]["changed"] == {"bake_s": {"from": 3600, "to": 0}}
+
+
+def test_gates_of_an_ended_rollout_or_out_of_range_values_are_refused(fleet: Fleet) -> None:
+    rollout, _, _ = _start(fleet)
+    bad = _edit(fleet, rollout["id"], expect=422, min_success_pct=101)
+    assert "min_success_pct" in str(bad["error"]["details"])
+    _edit(fleet, rollout["id"], expect=422, bake_s=None)
+    _edit(fleet, rollout["id"], expect=422, speed=3)
+    fleet.act(rollout["id"], "cancel")
+    ended = _edit(fleet, rollout["id"], expect=409, bake_s=10)
+    assert "cancelled rollout's gates cannot change" in ended["error"]["message"]

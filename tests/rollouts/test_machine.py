@@ -50,7 +50,7 @@ def test_operator_actions_walk_the_machine_and_are_audited(fleet: Fleet) -> None
     assert fleet.act(rid, "pause", expect=409)["error"]["code"] == "conflict"
     assert fleet.act(rid, "resume")["state"] == "running"
     shown = fleet.act(rid, "advance")
-    assert (shown["state"], shown["wave"]) == ("running", 1)
+    assert (shown["state"], shown["wave"]) == ("running", 2)
     assert fleet.act(rid, "advance")["state"] == "completed"
     assert fleet.act(rid, "advance", expect=409)["error"]["details"]["state"] == "completed"
     assert fleet.act(rid, "resume", expect=409)["error"]["code"] == "conflict"

@@ -98,19 +98,19 @@ def test_two_replicas_advance_each_wave_exactly_once(pg_fleet: tuple[Fleet, str]
     try:
         commit(fleet, waves[0], version, rollout["id"])
         _race(replicas)
-        assert fleet.show(rollout["id"])["wave"] == 1, "wave 1 devices are still pending"
+        assert fleet.show(rollout["id"])["wave"] == 2, "wave 2 devices are still pending"
         commit(fleet, waves[1] + waves[2], version, rollout["id"])
         _race(replicas)
         assert fleet.show(rollout["id"])["state"] == "completed"
         assert _transitions(replicas[0][0], rollout["id"]) == [
-            ("rollout.create", -1), ("rollout.running", 0), ("rollout.running", 1),
-            ("rollout.running", 2), ("rollout.completed", 2)]
+            ("rollout.create", -1), ("rollout.running", 1), ("rollout.running", 2),
+            ("rollout.running", 3), ("rollout.completed", 3)]
         with session_scope(replicas[0][0]) as session:
             events = [e.payload["wave"] for e in session.exec(select(EventOutbox)).all()
                       if e.payload.get("rollout_id") == rollout["id"]]
-        assert events == [-1, 0, 1, 2, 2]
+        assert events == [0, 1, 2, 3, 3], "public wave numbers: 0 before the first opens"
         announced = sum(len(rt.notifier.calls) for _, rt in replicas)  # type: ignore[attr-defined]
-        assert announced == 3, "wave 1, wave 2 and completion: one announcement each"
+        assert announced == 3, "wave 2, wave 3 and completion: one announcement each"
     finally:
         for engine, _ in replicas:
             engine.dispose()

@@ -44,7 +44,8 @@ def test_fleet_status_shows_installed_versions_per_model(fleet: Fleet) -> None:
     fleet.desired(agents[0])
     body = fleet.client.get(f"{API}/fleet/status", headers=fleet.admin).json()
     assert (body["devices"], body["revoked"], body["online"]) == (4, 1, 1)
-    assert body["models"] == [{"model": "vision/det", "slot": "main", "versions": {str(v1): 3}}]
+    assert body["models"] == [{"model": "vision/det", "slot": "main", "versions": {str(v1): 3},
+                               "without_version": {}}]
     fleet.namespace("audio")
     audio_viewer = fleet.token("viewer", ["audio"])
     scoped = fleet.client.get(f"{API}/fleet/status", headers=audio_viewer).json()
@@ -73,7 +74,7 @@ def test_gate_evaluation_survives_a_restart(tmp_path: Path) -> None:
         restarted.clock.advance(60)
         restarted.tick()
         shown = restarted.show(rollout["id"])
-        assert (shown["state"], shown["wave"]) == ("running", 1)
+        assert (shown["state"], shown["wave"]) == ("running", 2)
 
 
 def test_the_lifespan_task_evaluates_gates_on_its_own(tmp_path: Path) -> None:

@@ -25,20 +25,41 @@ from ferry.agent.errors import (
 )
 from ferry.protocol import endpoints, topics
 from ferry.protocol.canonical import parse_json
+from ferry.protocol.errors import MalformedError
+
+MAX_REASON = 300  # characters of the server's own message kept in an error
+
+
+def server_reason(response: httpx.Response) -> str:
+    """The server's ``error.message`` (its one JSON error shape), printable and bounded;
+    "" when the body is not that shape."""
+    try:
+        body = parse_json(response.content)
+    except (MalformedError, httpx.ResponseNotRead):  # not JSON, or a stream left unread
+        return ""
+    error = body.get("error") if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    if not isinstance(message, str):
+        return ""
+    return "".join(c if c.isprintable() else " " for c in message)[:MAX_REASON]
 
 
 def _check_status(response: httpx.Response, what: str) -> None:
-    """Map an unsuccessful status onto the agent's transport errors."""
+    """Map an unsuccessful status onto the agent's transport errors, with the server's
+    reason when it gave one (e.g. an enrolment token that is used up)."""
     status = response.status_code
     if status < 400:
         return
+    reason = server_reason(response)
+    said = f": {reason}" if reason else ""
     if status in (401, 403):
-        raise UnauthorizedError(f"{what}: the server refused the device credential ({status})")
+        refused = "the enrolment" if what == "enroll" else "the device credential"
+        raise UnauthorizedError(f"{what}: the server refused {refused} ({status}){said}")
     if status == 404:
-        raise NotFoundError(f"{what}: not found on the server")
+        raise NotFoundError(f"{what}: not found on the server{said}")
     if status >= 500 or status == 429:
-        raise ServerError(f"{what}: server answered {status}")
-    raise TransportError(f"{what}: server answered {status}")
+        raise ServerError(f"{what}: server answered {status}{said}")
+    raise TransportError(f"{what}: server answered {status}{said}")
 
 
 @contextmanager

@@ -69,6 +69,19 @@ def describe(exc: ClientError) -> str:
     return f"{text} — {hint}" if hint else text
 
 
+def listed_devices(details: Any) -> list[str]:
+    """The devices a refusal names (e.g. those that cannot run the version), one a line."""
+    if not isinstance(details, dict) or not isinstance(details.get("incompatible_devices"), list):
+        return []
+    rows = [d for d in details["incompatible_devices"] if isinstance(d, dict)]
+    lines = [f"  {d.get('device_id')} ({d.get('hardware')}): {d.get('reason', 'incompatible')}"
+             for d in rows]
+    count = details.get("count")
+    if isinstance(count, int) and count > len(rows):
+        lines.append(f"  … and {count - len(rows)} more (`ferry rollout plan` lists them all)")
+    return lines
+
+
 def _validation_details(details: Any) -> str:
     """Name the bad fields of a validation error (details.errors) or the legal stage
     transitions of a conflict (details.legal)."""
@@ -94,6 +107,8 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except ClientError as exc:
             err.print(f"[red]error:[/red] {escape(describe(exc))}", soft_wrap=True)
+            for line in listed_devices(exc.details):
+                err.print(escape(line), soft_wrap=True)
             raise typer.Exit(2 if isinstance(exc, InputError) else 1) from None
 
     return wrapper
@@ -165,10 +180,20 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def table(columns: Iterable[str], rows: Iterable[Iterable[Any]], title: str | None = None) -> None:
-    grid = Table(*columns, title=title, show_edge=False, header_style="bold")
+WIDE = 120  # narrower terminals drop a table's ``optional`` columns
+
+
+def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None,
+          optional: Iterable[str] = ()) -> None:
+    """A table that never cuts a value: on a terminal narrower than `WIDE` the
+    ``optional`` (low-value) columns are left out, and what still does not fit wraps."""
+    dropped = set() if out.width >= WIDE else set(optional)
+    keep = [i for i, name in enumerate(columns) if name not in dropped]
+    grid = Table(title=title, show_edge=False, header_style="bold")
+    for i in keep:
+        grid.add_column(columns[i], overflow="fold")
     for row in rows:
-        grid.add_row(*("" if v is None else escape(str(v)) for v in row))
+        grid.add_row(*("" if row[i] is None else escape(str(row[i])) for i in keep))
     out.print(grid)
 
 

@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ferry.client import FerryClient
-from ferry.protocol.waves import wave_index
+from ferry.protocol.waves import rollout_seed, wave_index
 
 FAIL_MARKER = "FAIL_PROBE"
 NAMESPACE, MODEL = "demo", "detector"
@@ -44,7 +44,6 @@ START_TIMEOUT_S = 60.0
 ROLLOUT_TIMEOUT_S = 240.0
 FINAL_STATES = frozenset({"completed", "rolled_back", "cancelled"})
 BAD_WAVES = [5, 25, 100]
-BAD_ROLLOUT_ID = "r-2"  # the second rollout of a fresh server
 PROBE_COMMAND = ["sh", "-c", f'test ! -e "$FERRY_MODEL_DIR/{FAIL_MARKER}"']
 
 console = Console(highlight=False)
@@ -313,15 +312,16 @@ class Operator:
             time.sleep(0.5)
 
 
-def canary_name(base: str, rollout_id: str, waves: list[int]) -> str:
-    """A device id that the (deterministic) wave hash puts in the first wave of ``rollout_id``.
+def canary_name(base: str, wave_seed: str, waves: list[int]) -> str:
+    """A device id that the (deterministic) wave hash puts in the first wave of a rollout
+    with ``wave_seed`` (`ferry.protocol.waves.rollout_seed` of what it asks for).
 
     So one real agent takes the bad release in its canary wave and shows its
     probe failing and its local rollback.
     """
     for suffix in range(100_000):
         name = f"{base}-{suffix}"
-        if wave_index(rollout_id, name, waves) == 0:
+        if wave_index(wave_seed, name, waves) == 0:
             return name
     return base
 
@@ -356,7 +356,7 @@ def _rows(status: dict[str, Any]) -> list[tuple[str, ...]]:
     for wave in status["waves"]:
         counts = wave["counts"]
         rows.append(tuple(str(n) for n in (
-            wave["wave"] + 1, wave["percent"], wave["total"], counts["pending"],
+            wave["wave"], wave["percent"], wave["total"], counts["pending"],
             counts["downloading"] + counts["installing"], counts["committed"],
             counts["failed"] + counts["timed_out"], counts["rolled_back"])))
     return rows
@@ -369,7 +369,7 @@ def _reporter(title: str) -> Callable[[dict[str, Any]], None]:
     def show(status: dict[str, Any]) -> None:
         rollout = status["rollout"]
         heading = (f"{title} — {rollout['id']} v{rollout['version']}: {rollout['state']} "
-                   f"(wave {rollout['wave'] + 1}/{len(rollout['waves'])})")
+                   f"(wave {rollout['wave']}/{len(rollout['waves'])})")
         rows = _rows(status)
         if shown and shown[-1] == (heading, rows):
             return
@@ -445,7 +445,10 @@ def run_demo(data_dir: Path, devices: int, fail_rate: float, bundle_size: int,
         console.print(f"registered {NAMESPACE}/{MODEL} v{v1} (good), v{v2} (bad probe), "
                       f"v{v3} (good) — all Production")
         token = op.enrollment_token(None)
-        names = [canary_name("agent-1", BAD_ROLLOUT_ID, BAD_WAVES), "agent-2", "agent-3"]
+        bad_seed = rollout_seed(f"{NAMESPACE}/{MODEL}",
+                                op.sdk.get_version(NAMESPACE, MODEL, v2).manifest_sha256,
+                                "main", "", BAD_WAVES)  # what v2's rollout will hash with
+        names = [canary_name("agent-1", bad_seed, BAD_WAVES), "agent-2", "agent-3"]
         agents = [AgentProcess(data_dir / name, name) for name in names]
         for agent in agents:
             agent.enroll(server.url, token)
@@ -463,8 +466,8 @@ def run_demo(data_dir: Path, devices: int, fail_rate: float, bundle_size: int,
                              finished, max_failure_pct=20, auto_rollback=True),
                       "rolled_back")
         canary = [a.device_id for a in agents
-                  if wave_index(bad["rollout"]["id"], a.device_id, BAD_WAVES) == 0]
-        console.print(f"v2 halted in wave {bad['rollout']['wave'] + 1} and rolled back "
+                  if wave_index(bad["rollout"]["wave_seed"], a.device_id, BAD_WAVES) == 0]
+        console.print(f"v2 halted in wave {bad['rollout']['wave']} and rolled back "
                       f"({bad['rollout']['reason']}); real agents in its canary wave: "
                       f"{', '.join(canary) or 'none'}")
         good = _expect(_phase(op, "good release: v3 to 100 %", v3, [5, 25, 100],
@@ -508,7 +511,7 @@ def print_summary(baseline: dict[str, Any], bad: dict[str, Any], good: dict[str,
     for label, text in (
             ("baseline", done(baseline)),
             ("bad release", (f"{halted['id']} v{halted['version']} halted in wave "
-                             f"{halted['wave'] + 1} of {len(halted['waves'])} and rolled back in "
+                             f"{halted['wave']} of {len(halted['waves'])} and rolled back in "
                              f"{bad['took_s']:.0f}s: {totals['rolled_back']} devices back on "
                              f"v{baseline['rollout']['version']}, {untouched} never took it")),
             ("good release", done(good) + " (100 %)"),

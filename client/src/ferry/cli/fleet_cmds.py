@@ -1,14 +1,16 @@
 """Fleet commands: `ferry devices`, `ferry enrollment-token`, `ferry rollout`, `ferry status`.
 
 `ferry rollout show ID --watch` and `ferry status --watch` redraw in place with rich
-Live until Ctrl-C. Guide: docs/rollouts.md.
+Live on a terminal, and print one line per change otherwise (`follow`). Guide:
+docs/rollouts.md.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Generic, TypeVar
 
 import typer
 from rich.console import Group, RenderableType
@@ -23,12 +25,11 @@ from ferry.cli._common import (
     handle_errors,
     out,
     parse_pairs,
-    parse_version_ref,
     print_json,
     table,
 )
 from ferry.client import InputError
-from ferry.client._fleet import Device, Rollout
+from ferry.client._fleet import Device, Rollout, exponential_waves
 from ferry.protocol.errors import MalformedError
 from ferry.protocol.gates import GatePolicy
 
@@ -48,27 +49,82 @@ STATE_COLUMNS = ("pending", "downloading", "installing", "committed", "failed", 
                  "timed_out")
 
 
-def _parse_waves(text: str) -> list[int]:
+def parse_waves(text: str) -> list[int]:
+    """``1,10,50,100`` (cumulative percentages), or ``exp:START,FACTOR[,CAP]`` for waves that
+    grow by FACTOR from START to 100, each adding at most CAP points (`exponential_waves`)."""
+    if text.startswith("exp:"):
+        try:
+            start, factor, *cap = (float(p) for p in text[4:].split(","))
+            if len(cap) > 1 or not start.is_integer() or any(not c.is_integer() for c in cap):
+                raise ValueError("expected START,FACTOR[,CAP] with whole START and CAP")
+            return exponential_waves(int(start), factor, int(cap[0]) if cap else None)
+        except ValueError as exc:
+            raise InputError(f"--waves {text!r}: {exc}; e.g. exp:1,3 or exp:1,2,25") from None
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError as exc:
-        raise InputError(f"--waves {text!r}: give cumulative percentages like 1,10,50,100") from exc
+        raise InputError(f"--waves {text!r}: give cumulative percentages like 1,10,50,100, "
+                         "or exp:START,FACTOR[,CAP]") from exc
 
 
-def _watch(render: Callable[[], RenderableType], interval: float) -> None:
-    with Live(render(), console=out, auto_refresh=False) as live:
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Follow(Generic[T]):
+    """What `follow` polls and how it shows it: a live view on a terminal, else lines."""
+
+    fetch: Callable[[], T]
+    render: Callable[[T], RenderableType]  # the live view, redrawn on a terminal
+    line: Callable[[T], str]  # one line per change, when stdout is not a terminal
+    done: Callable[[T], bool] = lambda _: False
+
+
+def follow(spec: Follow[T], interval: float, deadline: float | None = None) -> tuple[T, bool]:
+    """Poll until ``spec.done``, the deadline (monotonic) or Ctrl-C; (last value, done?).
+
+    On a terminal the view redraws in place (rich Live); in a pipe or a log each
+    change is one plain line, and an unchanged poll prints nothing.
+    """
+    value = spec.fetch()
+    if not out.is_terminal:
+        return _follow_lines(spec, value, interval, deadline)
+    with Live(spec.render(value), console=out, auto_refresh=False) as live:
         try:
-            while True:
+            while not spec.done(value) and not _past(deadline):
                 time.sleep(interval)
-                live.update(render(), refresh=True)
+                value = spec.fetch()
+                live.update(spec.render(value), refresh=True)
         except KeyboardInterrupt:
             pass
+    return value, spec.done(value)
+
+
+def _follow_lines(spec: Follow[T], value: T, interval: float,
+                  deadline: float | None) -> tuple[T, bool]:
+    last = spec.line(value)
+    out.print(escape(last), soft_wrap=True)
+    try:
+        while not spec.done(value) and not _past(deadline):
+            time.sleep(interval)
+            value = spec.fetch()
+            line = spec.line(value)
+            if line != last:
+                out.print(escape(line), soft_wrap=True)
+                last = line
+    except KeyboardInterrupt:
+        pass
+    return value, spec.done(value)
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
 
 
 # --- enrolment tokens ---------------------------------------------------------------------
 
 
-_GATES = GatePolicy()  # the defaults the options show
+GATES = GatePolicy()  # the defaults the options show
 
 
 def gate_policy(**values: int | None) -> GatePolicy:
@@ -148,7 +204,7 @@ def devices_list(
         return
     table(["device", "namespace", "hardware", "tags", "installed", "last seen", "revoked"],
           [(d.id, d.namespace, d.hardware, _tags(d), _installed(d), d.last_seen_at, d.revoked_at)
-           for d in rows])
+           for d in rows], optional=("namespace", "last seen"))
 
 
 def _tags(device: Device) -> str:
@@ -217,39 +273,6 @@ def devices_revoke(device_id: Annotated[str, typer.Argument(help="Device id.")])
 # --- rollouts -----------------------------------------------------------------------------
 
 
-@rollout_app.command("create", epilog="Example: ferry rollout create vision/detector@7 "
-                                      "--selector hw=jetson-orin,region=eu --waves 1,10,50,100 "
-                                      "--bake 1800 --min-success 98 --max-failures 2")
-@handle_errors
-def rollout_create(
-    target: Annotated[str, typer.Argument(help="NS/MODEL@VERSION or NS/MODEL@ALIAS.")],
-    selector: Annotated[str, typer.Option(help="Devices: key=value[,key=value]; empty = all.")] = "",
-    waves: Annotated[str, typer.Option(help="Cumulative percentages.")] = "1,10,50,100",
-    slot: Annotated[str, typer.Option(help="Model slot on the device.")] = "main",
-    bake: Annotated[int, typer.Option(help="Seconds each wave bakes before the gate.")] = _GATES.bake_s,
-    min_success: Annotated[int, typer.Option(help="Percent committed needed to advance.")] = _GATES.min_success_pct,
-    max_failures: Annotated[int | None, typer.Option(help="Halt beyond this many failures.")] = _GATES.max_failures,
-    max_failure_pct: Annotated[int | None, typer.Option(help="Halt beyond this % failed.")] = _GATES.max_failure_pct,
-    retries: Annotated[int, typer.Option(help="Retries per failed device.")] = _GATES.max_retries,
-    retry_backoff: Annotated[int, typer.Option(help="Seconds before the first retry (doubles).")] = _GATES.retry_backoff_s,
-    timeout: Annotated[int, typer.Option(help="Seconds in progress before timed_out.")] = _GATES.in_progress_timeout_s,
-    auto_rollback: Annotated[bool, typer.Option(help="Roll back automatically on halt.")] = False,
-    start_at: Annotated[str | None, typer.Option(help="Start time, e.g. 2026-11-26T02:00:00Z.")] = None,
-    paused: Annotated[bool, typer.Option(help="Create paused; start with `rollout resume`.")] = False,
-    as_json: JsonOpt = False,
-) -> None:
-    """Create a rollout (operator): Production versions, or Staging on channel=canary."""
-    ns, model, ref = parse_version_ref(target)
-    gates = gate_policy(bake_s=bake, min_success_pct=min_success, max_failures=max_failures,
-                        max_failure_pct=max_failure_pct, max_retries=retries,
-                        retry_backoff_s=retry_backoff, in_progress_timeout_s=timeout)
-    with client() as ferry:
-        rollout = ferry.create_rollout(ns, model, ref, selector=selector, waves=_parse_waves(waves),
-                                       slot=slot, gates=gates, auto_rollback=auto_rollback,
-                                       start_at=start_at, start_paused=paused)
-    _print_rollout(rollout, as_json)
-
-
 @rollout_app.command("list", epilog="Example: ferry rollout list -n vision --state running")
 @handle_errors
 def rollout_list(namespace: NsOpt = None,
@@ -262,17 +285,18 @@ def rollout_list(namespace: NsOpt = None,
         print_json([r.to_json() for r in rows])
         return
     table(["id", "model", "version", "slot", "selector", "state", "wave", "created"],
-          [(r.id, r.model, r.version, r.slot, r.selector or "all", r.state,
-            _wave_label(r), r.created_at) for r in rows])
+          [(r.id, r.model, f"v{r.version}", r.slot, r.selector or "all", r.state,
+            _wave_label(r), r.created_at) for r in rows], optional=("slot", "created"))
 
 
 def _wave_label(rollout: Rollout) -> str:
-    if rollout.wave < 0:
+    """``2/4 (10%)``: the wave (1 is the first) of how many, and its cumulative percent."""
+    if rollout.wave < 1:
         return "-"
-    return f"{rollout.wave + 1}/{len(rollout.waves)} ({rollout.waves[rollout.wave]}%)"
+    return f"{rollout.wave}/{len(rollout.waves)} ({rollout.waves[rollout.wave - 1]}%)"
 
 
-def _print_rollout(rollout: Rollout, as_json: bool) -> None:
+def print_rollout(rollout: Rollout, as_json: bool) -> None:
     if as_json:
         print_json(rollout.to_json())
         return
@@ -280,8 +304,17 @@ def _print_rollout(rollout: Rollout, as_json: bool) -> None:
             ("slot", rollout.slot), ("selector", rollout.selector or "all devices"),
             ("waves", ",".join(map(str, rollout.waves))), ("state", rollout.state),
             ("wave", _wave_label(rollout)), ("reason", rollout.reason),
-            ("gates", rollout.gates), ("auto rollback", "yes" if rollout.auto_rollback else ""),
+            ("gates", gates_text(rollout.gates)), ("auto rollback", "yes" if rollout.auto_rollback else ""),
             ("start at", rollout.start_at), ("created", f"{rollout.created_at} by {rollout.created_by}")])
+
+
+def gates_text(gates: dict[str, Any]) -> str:
+    """``bake 5s, success ≥100%, failures ≤0 or ≤5%, retries 0, timeout 1800s``."""
+    limits = [f"≤{gates[k]}{unit}" for k, unit in (("max_failures", ""), ("max_failure_pct", "%"))
+              if gates.get(k) is not None]
+    return (f"bake {gates.get('bake_s')}s, success ≥{gates.get('min_success_pct')}%, "
+            f"failures {' or '.join(limits) or 'unlimited'}, retries {gates.get('max_retries')}, "
+            f"timeout {gates.get('in_progress_timeout_s')}s")
 
 
 def status_view(status: dict[str, Any]) -> RenderableType:
@@ -289,36 +322,20 @@ def status_view(status: dict[str, Any]) -> RenderableType:
     r = status["rollout"]
     head = Text.assemble((f"{r['id']} ", "bold"), f"{r['model']}@{r['version']} → ",
                          (r["selector"] or "all devices"), f"   state: {r['state']}",
-                         f"   wave {r['wave'] + 1}/{len(r['waves'])}" if r["wave"] >= 0 else "",
+                         f"   wave {r['wave']}/{len(r['waves'])}" if r["wave"] >= 1 else "",
                          f"   in wave {status['time_in_wave_s']}s"
                          if status.get("time_in_wave_s") is not None else "")
     grid = Table("wave", "%", *STATE_COLUMNS, "total", "success", show_edge=False,
                  header_style="bold")
     for wave in status["waves"]:
         marker = "▶ " if wave["wave"] == r["wave"] else "  "
-        grid.add_row(f"{marker}{wave['wave'] + 1}", str(wave["percent"]),
+        grid.add_row(f"{marker}{wave['wave']}", str(wave["percent"]),
                      *(str(wave["counts"][s]) for s in STATE_COLUMNS), str(wave["total"]),
                      f"{wave['success_rate']}%")
     gate = status["gate"]
     gate_line = Text(" ".join(f"{k}={v}" for k, v in gate.items() if v is not None),
                      style="green" if gate.get("status") == "passing" else "")
     return Group(head, grid, Text.assemble(("gate: ", "bold"), gate_line))
-
-
-@rollout_app.command("show", epilog="Example: ferry rollout show r-12 --watch")
-@handle_errors
-def rollout_show(rollout_id: Annotated[str, typer.Argument(help="Rollout id, e.g. r-12.")],
-                 watch: WatchOpt = False, interval: IntervalOpt = 2.0,
-                 as_json: JsonOpt = False) -> None:
-    """Show a rollout's sync status per wave: counts by state, success rate, gate."""
-    with client() as ferry:
-        if as_json:
-            print_json(ferry.rollout_status(rollout_id))
-            return
-        if watch:
-            _watch(lambda: status_view(ferry.rollout_status(rollout_id)), interval)
-        else:
-            out.print(status_view(ferry.rollout_status(rollout_id)))
 
 
 def _action(name: str, verb: str) -> None:
@@ -328,15 +345,45 @@ def _action(name: str, verb: str) -> None:
         with client() as ferry:
             rollout = ferry.rollout_action(rollout_id, name)
         out.print(f"{rollout.id}: {rollout.state}, wave {_wave_label(rollout)}")
+        if rollout.rollback is not None:
+            out.print(escape(rollback_line(rollout)), soft_wrap=True)
 
     command.__doc__ = verb
+
+
+def rollback_line(rollout: Rollout) -> str:
+    """Who goes back, and who stays on the version because it was their first install."""
+    summary = rollout.rollback or {}
+    line = f"{summary.get('returning', 0)} device(s) go back to their previous version"
+    staying = int(summary.get("without_previous", 0))
+    if staying:
+        names = list(summary.get("without_previous_devices", []))
+        more = f" and {staying - len(names)} more" if staying > len(names) else ""
+        line += (f"; {staying} had no previous version and stay on v{rollout.version}: "
+                 f"{', '.join(names)}{more} — to move them, roll out the version they should run "
+                 f"(a rollback can name it: --baseline VERSION)")
+    elif "without a previous version go to" in str(summary.get("reason", "")):
+        line += f" ({str(summary['reason']).split('; ', 1)[-1]})"
+    return line
 
 
 _action("pause", "Pause: no wave opens until `resume` (devices keep what they have).")
 _action("resume", "Resume (or start a planned rollout at wave 1); the bake clock restarts.")
 _action("advance", "Open the next wave now, without waiting for the gate.")
 _action("cancel", "Cancel: no new device takes the version; those that did keep it.")
-_action("rollback", "Send every device that took the version its previous one (signed).")
+@rollout_app.command("rollback", epilog="Example: ferry rollout rollback r-12 --baseline 6")
+@handle_errors
+def rollout_rollback(
+    rollout_id: Annotated[str, typer.Argument(help="Rollout id, e.g. r-12.")],
+    baseline: Annotated[int | None, typer.Option(
+        help="Version for devices with no previous version (their first install).")] = None,
+) -> None:
+    """Send every device that took the version its previous one (signed); devices whose
+    first install it was stay on it, or go to --baseline."""
+    with client() as ferry:
+        rollout = ferry.rollback_rollout(rollout_id, baseline=baseline)
+    out.print(f"{rollout.id}: {rollout.state}, wave {_wave_label(rollout)}")
+    out.print(escape(rollback_line(rollout)), soft_wrap=True)
 
 
 @rollout_app.command("bind", epilog="Example: ferry rollout bind vision/detector production "
@@ -347,15 +394,15 @@ def rollout_bind(
     alias: Annotated[str, typer.Argument(help="Alias whose moves plan rollouts.")],
     selector: Annotated[str, typer.Option(help="Devices: key=value[,key=value].")] = "",
     waves: Annotated[str, typer.Option(help="Cumulative percentages.")] = "1,10,50,100",
-    bake: Annotated[int, typer.Option(help="Seconds each wave bakes.")] = _GATES.bake_s,
-    min_success: Annotated[int, typer.Option(help="Percent committed needed.")] = _GATES.min_success_pct,
+    bake: Annotated[int, typer.Option(help="Seconds each wave bakes.")] = GATES.bake_s,
+    min_success: Annotated[int, typer.Option(help="Percent committed needed.")] = GATES.min_success_pct,
     auto_start: Annotated[bool, typer.Option(help="Start planned rollouts at once.")] = False,
     auto_rollback: Annotated[bool, typer.Option(help="Roll back automatically on halt.")] = False,
 ) -> None:
     """Bind an alias: moving it plans a rollout of its new version (operator)."""
     ns, name = _ns_model(model)
     with client() as ferry:
-        ferry.bind_alias(ns, name, alias, selector=selector, waves=_parse_waves(waves),
+        ferry.bind_alias(ns, name, alias, selector=selector, waves=parse_waves(waves),
                          gates=gate_policy(bake_s=bake, min_success_pct=min_success),
                          auto_start=auto_start, auto_rollback=auto_rollback)
     out.print(f"bound {ns}/{name}:{alias} → rollouts at {selector or 'all devices'}")
@@ -385,13 +432,43 @@ def _ns_model(text: str) -> tuple[str, str]:
 def fleet_view(status: dict[str, Any]) -> RenderableType:
     head = Text(f"devices: {status['devices']}   online (last {status['online_window_s']}s): "
                 f"{status['online']}   revoked: {status['revoked']}   at {status['at']}")
-    grid = Table("model", "slot", "installed versions (devices)", show_edge=False,
-                 header_style="bold")
+    grid = Table(show_edge=False, header_style="bold")
+    grid.add_column("model", overflow="fold")
+    grid.add_column("slot", overflow="fold")
+    grid.add_column("installed versions (devices)", overflow="fold")
     for model in status["models"]:
-        spread = ", ".join(f"v{v}: {n}" for v, n in sorted(model["versions"].items(),
-                                                             key=_version_order))
-        grid.add_row(model["model"], model["slot"], spread)
+        grid.add_row(escape(model["model"]), escape(model["slot"]),
+                     escape(version_spread(model, "\n")))
     return Group(head, grid)
+
+
+def version_spread(model: dict[str, Any], sep: str = ", ") -> str:
+    """``no version (first install rolled back): 2, v16: 10, v17: 28`` (a version and its
+    count are never split: the table puts one per line)."""
+    return sep.join(f"{_version_name(v, model.get('without_version', {}))}: {n}"
+                     for v, n in sorted(model["versions"].items(), key=_version_order))
+
+
+def fleet_line(status: dict[str, Any]) -> str:
+    """`ferry status --watch` in a pipe: one line per change of the counts."""
+    spreads = "; ".join(f"{m['model']}#{m['slot']} {version_spread(m)}"
+                        for m in status["models"])
+    return (f"devices {status['devices']}, online {status['online']}, revoked "
+            f"{status['revoked']}" + (f" | {spreads}" if spreads else ""))
+
+
+# Why a device has a slot of this model but no version installed, by the slot's last state.
+NO_VERSION = {"rolled_back": "first install rolled back", "failed": "first install failed",
+              "idle": "not installed yet"}
+
+
+def _version_name(version: str, without: dict[str, int]) -> str:
+    """``v17``; for "none", what state those devices are in (never ``vnone``)."""
+    if version.isdigit():
+        return f"v{version}"
+    why = ", ".join(f"{NO_VERSION.get(state, state)}" + (f" {n}" if len(without) > 1 else "")
+                    for state, n in sorted(without.items()))
+    return f"no version ({why})" if why else "no version"
 
 
 def _version_order(item: tuple[str, int]) -> tuple[int, int]:
@@ -408,6 +485,7 @@ def fleet_status(namespace: NsOpt = None, watch: WatchOpt = False, interval: Int
         if as_json:
             print_json(ferry.fleet_status(namespace))
         elif watch:
-            _watch(lambda: fleet_view(ferry.fleet_status(namespace)), interval)
+            follow(Follow(lambda: ferry.fleet_status(namespace), fleet_view, fleet_line),
+                   interval)
         else:
             out.print(fleet_view(ferry.fleet_status(namespace)))

@@ -17,6 +17,7 @@ from ferry.cli import (
     account_cmds,
     delta_cmds,
     fleet_cmds,
+    inspect_cmds,
     registry_cmds,
     rollout_ops,  # noqa: F401  (adds its commands to `ferry rollout`)
     simulate,
@@ -76,6 +77,7 @@ _merge(app, account_cmds.app)
 _merge(app, registry_cmds.app)
 _merge(app, transfer_cmds.app)
 _merge(app, simulate.app)
+_merge(app, inspect_cmds.app)
 app.add_typer(registry_cmds.namespace_app, name="namespace")
 app.add_typer(registry_cmds.model_app, name="model")
 app.add_typer(registry_cmds.alias_app, name="alias")

@@ -7,9 +7,16 @@ ferry.cli.server_cmds`` runs the same commands without the client part.
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import os
+import socket
+import sys
+import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
@@ -38,28 +45,135 @@ def _settings(data_dir: Path | None, database_url: str | None, **extra: object) 
                                               **extra)
 
 
+class StartupError(Exception):
+    """The server cannot start; the message says why and what to do (one line)."""
+
+
 def serve(data_dir: Path | None = None, host: str | None = None, port: int | None = None,
           database_url: str | None = None) -> None:
-    """Migrate, create keys and the first admin token if needed, then run uvicorn."""
+    """Check what a start needs, migrate, create keys and the first admin token if
+    needed, then run uvicorn; print where it listens once HTTP is bound."""
     import uvicorn
+    from sqlalchemy.exc import SQLAlchemyError
 
     from ferry.server.app import create_app
 
     os.environ.setdefault("FERRY_MQTT_ENABLED", "true")  # embedded broker unless told otherwise
-    settings = _settings(data_dir, database_url, host=host, port=port)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                access_log=False, log_level="warning", timeout_graceful_shutdown=5)
+    try:
+        settings = _settings(data_dir, database_url, host=host, port=port)
+    except (ValueError, TypeError) as exc:  # SettingsError names the FERRY_* variable
+        raise StartupError(f"bad configuration: {exc} — fix it or unset it "
+                           "(docs/server.md lists the FERRY_* settings)") from None
+    mqtt_off = ""
+    if settings.mqtt.embedded:
+        try:
+            check_port(settings.mqtt.host, settings.mqtt.port, "FERRY_MQTT_PORT")
+        except StartupError as exc:  # HTTP alone still works: devices poll
+            mqtt_off = str(exc)
+            settings = dataclasses.replace(settings,
+                                           mqtt=settings.mqtt.with_overrides(enabled=False))
+    check_data_dir(settings.data_dir)
+    check_port(settings.host, settings.port, "--port / FERRY_PORT")
+    try:
+        application = create_app(settings)
+    except SQLAlchemyError as exc:
+        raise StartupError(f"cannot use the database {redact(settings.database_url)}: "
+                           f"{_first_line(exc)} — start it, or fix --database-url / "
+                           "FERRY_DATABASE_URL") from None
+    config = uvicorn.Config(application, host=settings.host, port=settings.port,
+                            access_log=False, log_level="warning", timeout_graceful_shutdown=5)
+    announcing_server(config, lambda: banner(settings, application, mqtt_off)).run()
 
 
-@app.command("server")
+def announcing_server(config: Any, text: Callable[[], str]) -> Any:
+    """uvicorn's server, printing ``text()`` once the HTTP socket is bound — never before,
+    so a failed bind is not followed by a claim that the server runs."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                print(text(), file=sys.stderr, flush=True)
+
+    return Server(config)
+
+
+def banner(settings: Settings, application: Any, mqtt_off: str = "") -> str:
+    """Where the server listens (HTTP, MQTT), keeps its data, and its admin token."""
+    from ferry.server.fleet.runtime import runtime_of
+
+    mqtt = runtime_of(application).broker_url
+    url = f"http://{settings.host}:{settings.port}"
+    why = mqtt_off or "see the log above; FERRY_MQTT_PORT / FERRY_MQTT_URL"
+    return "\n".join([
+        f"ferry server: HTTP on {url} (API {url}/api/v1, health {url}/healthz)",
+        f"  MQTT: {mqtt}" if mqtt else f"  MQTT: off, devices poll over HTTP ({why})",
+        f"  data: {settings.data_dir} (database {redact(settings.database_url)})",
+        f"  admin token: {settings.admin_token_path}"
+        + ("" if settings.admin_token_path.exists() else " (not kept: see the first start)"),
+    ])
+
+
+def check_data_dir(path: Path) -> None:
+    """The data directory exists (or can be made) and takes a file."""
+    probe = path / f".ferry-write-check-{uuid.uuid4().hex}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StartupError(f"cannot write the data directory {path} ({exc.strerror}) — choose "
+                           "another with --data-dir / FERRY_DATA_DIR, or fix its "
+                           "permissions") from None
+
+
+def check_port(host: str, port: int, option: str) -> None:
+    """Nothing listens on (host, port) yet — checked before anything starts, so a taken
+    port is one line, not a half-started server."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            why = ("is already in use (another ferry server?)" if exc.errno == errno.EADDRINUSE
+                   else f"cannot be used ({exc.strerror})")
+            raise StartupError(f"port {port} on {host} {why} — stop what holds it or choose "
+                               f"another with {option}") from None
+
+
+def redact(url: str) -> str:
+    """A database URL without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+@app.command("server", epilog="Example: ferry server --data-dir /var/lib/ferry --port 8080")
 def server_command(
     data_dir: DataDir = None,
     host: Annotated[str | None, typer.Option(envvar="FERRY_HOST", help="Listen address (default: 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(envvar="FERRY_PORT", help="Listen port (default: 8080).")] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Run the registry server (SQLite and blobs under the data directory by default)."""
-    serve(data_dir, host, port, database_url)
+    """Run the registry server (SQLite and blobs under the data directory by default).
+
+    Prints where it listens (HTTP, MQTT), its data directory and admin-token file on
+    every start; a start that cannot work is one line saying why and what to do.
+    """
+    try:
+        serve(data_dir, host, port, database_url)
+    except StartupError as exc:
+        typer.echo(f"ferry server: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @admin_app.command("create-token", epilog="Example: ferry admin create-token --role publisher "

@@ -565,11 +565,30 @@ def _parse_tags(items: list[str]) -> dict[str, str]:
     return tags
 
 
-@app.command("simulate", epilog="Example: ferry simulate --server http://127.0.0.1:8080 "
-             "--enrollment-token fre_… --devices 500 --fail-rate 0.1 --tags channel=canary")
+def progress_line(stats: Stats, devices: int) -> str:
+    """``enrolled 480/500, states: committed 400, downloading 60, failed 20`` — for people."""
+    counts = Counter(stats.states.values())
+    states = ", ".join(f"{state} {n}" for state, n in counts.most_common())
+    return f"enrolled {stats.enrolled}/{devices}" + (f", states: {states}" if states else "")
+
+
+def default_server() -> str:
+    """The server of `ferry configure` (or FERRY_SERVER), as the other commands use."""
+    from ferry.client import load_config
+
+    server = load_config().server
+    if not server:
+        raise typer.BadParameter("no server: pass --server URL, or run `ferry configure "
+                                 "--server URL` (or set FERRY_SERVER)", param_hint="--server")
+    return server
+
+
+@app.command("simulate", epilog="Example: ferry simulate --enrollment-token fre_… --devices "
+             "500 --fail-rate 0.1 --tags channel=canary   (server: from `ferry configure`)")
 def simulate_command(
-    server: Annotated[str, typer.Option(help="Server base URL, e.g. http://127.0.0.1:8080")],
     enrollment_token: Annotated[str, typer.Option(help="Enrolment token (fre_…)")],
+    server: Annotated[str | None, typer.Option(
+        help="Server base URL (default: the one of `ferry configure` / FERRY_SERVER)")] = None,
     devices: Annotated[int, typer.Option(help="How many devices to simulate")] = 10,
     fail_rate: Annotated[float, typer.Option(help="Share of updates whose probe fails")] = 0.0,
     hardware: Annotated[str, typer.Option(help="Hardware type of every device")] = "x86_64",
@@ -586,15 +605,14 @@ def simulate_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
 ) -> None:
     """Simulate a fleet that enrols, follows rollouts and reports, until Ctrl-C or --run-for."""
-    cfg = SimConfig(server=server, enrollment_token=enrollment_token, devices=devices,
+    cfg = SimConfig(server=server or default_server(), enrollment_token=enrollment_token, devices=devices,
                     fail_rate=fail_rate, hardware=hardware, tags=_parse_tags(tags or []),
                     prefix=prefix, verify_sample=verify_sample, poll_interval_s=poll_interval,
                     step_delay_s=step_delay, mqtt=not no_mqtt, seed=seed)
 
     def progress(stats: Stats) -> None:
         if not json_out:
-            typer.echo(f"enrolled {stats.enrolled}/{devices}  "
-                       f"states {dict(Counter(stats.states.values()))}", err=True)
+            typer.echo(progress_line(stats, devices), err=True)
 
     async def main() -> Stats:
         stop = asyncio.Event()

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 import yaml
+from rich.markup import escape
 
 from ferry.cli._common import (
     as_ref,
@@ -19,7 +20,7 @@ from ferry.cli._common import (
     print_json,
     transfer_bar,
 )
-from ferry.client import InputError
+from ferry.client import InputError, Version
 
 app = typer.Typer()
 
@@ -121,6 +122,9 @@ def push(
     metric: Annotated[list[str] | None, typer.Option(help="NAME=NUMBER (repeat).")] = None,
     param: Annotated[list[str] | None, typer.Option(help="Hyperparameter NAME=VALUE (repeat).")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="Version tag (repeat).")] = None,
+    new_version: Annotated[bool, typer.Option(
+        help="Register a new version even when an existing one has exactly these files.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the new version as JSON.")] = False,
 ) -> None:
@@ -137,12 +141,27 @@ def push(
     }
     meta = merge_metadata(load_metadata(metadata) if metadata else {}, flags)
     with client() as ferry, transfer_bar("upload", enabled=not quiet) as progress:
-        version = ferry.push_version(ns, model, files, progress=progress, **meta)
+        version = ferry.push_version(ns, model, files, progress=progress,
+                                     new_version=new_version, **meta)
     if as_json:
         print_json(version.to_json())
-        return
-    out.print(f"pushed {version.ref} (manifest {version.manifest_sha256[:12]}…, "
-              f"{len(version.files)} file(s))")
+    elif version.existing:
+        out.print(escape(existing_line(version)), soft_wrap=True)
+    else:
+        out.print(f"pushed {version.ref} (manifest {version.manifest_sha256[:12]}…, "
+                  f"{len(version.files)} file(s))")
+
+
+def existing_line(version: Version) -> str:
+    """Nothing was registered: say which version already holds these files, and how to
+    make a new one — never "pushed"."""
+    line = (f"not pushed: {version.ref} (stage {version.stage}) already has exactly these "
+            f"files; nothing was registered")
+    if version.differences:
+        line += (f". Your metadata differs in {', '.join(version.differences)}; "
+                 f"{version.ref} keeps its own. To register these files as a new version "
+                 f"with your metadata, push again with --new-version")
+    return line
 
 
 @app.command(epilog="Examples:\n\n  ferry pull vision/resnet@champion --dest ./models/resnet\n\n"

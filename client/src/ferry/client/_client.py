@@ -208,12 +208,14 @@ class FerryClient(FleetMixin):
                      hyperparameters: Mapping[str, Any] | None = None,
                      training_data: Mapping[str, Any] | None = None,
                      environment_hash: str | None = None, model_card: str | None = None,
-                     tags: Sequence[str] = (),
+                     tags: Sequence[str] = (), new_version: bool = False,
                      progress: ProgressCallback | None = None) -> Version:
         """Upload every file (skipping stored ones), then register the version.
 
         Files keep their base names inside the bundle. Registering the same files
-        again returns the existing version (the server makes this idempotent).
+        again returns the existing version (``existing`` is True, ``differences``
+        lists the metadata fields this call gave differently), so a retried step
+        is harmless; ``new_version=True`` registers them as a new version anyway.
         """
         paths = _bundle_paths(files)
         entries = [self.upload_blob(p, progress=progress) for p in paths]
@@ -226,7 +228,7 @@ class FerryClient(FleetMixin):
         })
         body = {"files": [e.to_json() for e in entries], "format": format, "flavor": flavor,
                 "signature": dict(signature), "hardware": list(hardware),
-                "metadata": metadata, "tags": list(tags)}
+                "metadata": metadata, "tags": list(tags), "new_version": new_version}
         return Version.from_json(
             self._json("POST", f"{_model_path(namespace, model)}/versions", json=body))
 

@@ -55,7 +55,7 @@ class Device(_Record):
 
 @dataclass(frozen=True)
 class Rollout(_Record):
-    """A rollout; ``wave`` is -1 until it first runs."""
+    """A rollout; ``wave`` is the current wave, 1 for the first, 0 until it first runs."""
 
     id: str
     namespace: str
@@ -67,6 +67,7 @@ class Rollout(_Record):
     slot: str = "main"
     selector: str = ""
     manifest_sha256: str = ""
+    wave_seed: str = ""  # `ferry.protocol.waves.wave_index(wave_seed, device_id, waves)`
     wave_started_at: str | None = None
     reason: str = ""
     gates: dict[str, Any] = field(default_factory=dict)
@@ -75,6 +76,9 @@ class Rollout(_Record):
     created_by: str = ""
     created_at: str = ""
     updated_at: str = ""
+    # Only in the answer to a rollback: {returning, without_previous,
+    # without_previous_devices, stays_on} — who goes back, who has nothing to go back to.
+    rollback: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,32 @@ def _drop_none(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if v is not None}
 
 
+def exponential_waves(start: int, factor: float, cap: int | None = None) -> list[int]:
+    """Cumulative wave percentages that grow by ``factor`` from ``start`` to 100, each wave
+    adding at most ``cap`` points: ``(1, 3)`` → 1,3,9,27,81,100; ``(1, 3, 20)`` →
+    1,3,9,27,47,67,87,100 (AWS IoT Jobs' exponential rollout, in waves)."""
+    if not 1 <= start <= 100 or factor <= 1 or (cap is not None and cap < 1):
+        raise ValueError("exponential waves need 1 <= start <= 100, factor > 1, cap >= 1")
+    waves = [start]
+    while waves[-1] < 100:
+        grown = max(waves[-1] + 1, round(waves[-1] * factor))
+        if cap is not None:
+            grown = min(grown, waves[-1] + cap)
+        waves.append(min(grown, 100))
+    if len(waves) > 20:
+        raise ValueError(f"{len(waves)} waves (at most 20): raise the start, factor or cap")
+    return waves
+
+
+def _rollout_body(namespace: str, model: str, version: int | str, *, selector: str,
+                  waves: Sequence[int], slot: str, gates: GatePolicy | None = None,
+                  **options: Any) -> dict[str, Any]:
+    body = {"namespace": namespace, "model": model, "version": str(version),
+            "selector": selector, "waves": list(waves), "slot": slot, **options,
+            **(gates or GatePolicy()).to_dict()}
+    return {k: v for k, v in body.items() if v is not None or k.startswith("max_failure")}
+
+
 class FleetMixin:
     """Fleet methods; `FerryClient` provides ``_json`` and ``_send``."""
 
@@ -190,14 +220,31 @@ class FleetMixin:
                        selector: str = "", waves: Sequence[int] = (1, 10, 50, 100),
                        slot: str = "main", gates: GatePolicy | None = None,
                        auto_rollback: bool = False, start_at: str | None = None,
-                       start_paused: bool = False) -> Rollout:
-        """Roll ``version`` (a number or an alias) out to the devices ``selector`` matches."""
-        body = {"namespace": namespace, "model": model, "version": str(version),
-                "selector": selector, "waves": list(waves), "slot": slot,
-                "auto_rollback": auto_rollback, "start_at": start_at,
-                "start_paused": start_paused, **(gates or GatePolicy()).to_dict()}
-        body = {k: v for k, v in body.items() if v is not None or k.startswith("max_failure")}
+                       start_paused: bool = False, skip_incompatible: bool = False,
+                       allow_empty: bool = False) -> Rollout:
+        """Roll ``version`` (a number or an alias) out to the devices ``selector`` matches.
+
+        ``selector``: ``key=value`` and ``key in (v1,v2)`` terms joined by commas. 409
+        when the plan has a refusal: a device that cannot run it (unless
+        ``skip_incompatible``), no device at all (unless ``allow_empty``), policy, overlap.
+        """
+        body = _rollout_body(namespace, model, version, selector=selector, waves=waves,
+                             slot=slot, gates=gates, auto_rollback=auto_rollback,
+                             start_at=start_at, start_paused=start_paused,
+                             skip_incompatible=skip_incompatible, allow_empty=allow_empty)
         return Rollout.from_json(self._json("POST", "/rollouts", json=body))
+
+    def plan_rollout(self, namespace: str, model: str, version: int | str, *,
+                     selector: str = "", waves: Sequence[int] = (1, 10, 50, 100),
+                     slot: str = "main", skip_incompatible: bool = False,
+                     allow_empty: bool = False) -> dict[str, Any]:
+        """What `create_rollout` with these arguments would do, without doing it: matching
+        devices, members per wave, skipped/incompatible devices and why, downloads, total
+        bytes and ``refusals`` (empty when creating would succeed). docs/rollouts.md."""
+        body = _rollout_body(namespace, model, version, selector=selector, waves=waves,
+                             slot=slot, skip_incompatible=skip_incompatible,
+                             allow_empty=allow_empty)
+        return dict(self._json("POST", "/rollouts/plan", json=body))
 
     def list_rollouts(self, namespace: str | None = None, *, state: str | None = None,
                       limit: int = 100) -> list[Rollout]:
@@ -213,6 +260,21 @@ class FleetMixin:
             raise ValueError(f"unknown rollout action {action!r}; one of {ROLLOUT_ACTIONS}")
         return Rollout.from_json(self._json("POST",
                                             f"/rollouts/{_seg(rollout_id)}/{action}"))
+
+    def rollback_rollout(self, rollout_id: str, *, baseline: int | None = None) -> Rollout:
+        """Roll back; devices whose first install this was go to ``baseline`` when given.
+        ``Rollout.rollback`` says who goes back and who stays."""
+        body = {"baseline": baseline} if baseline is not None else None
+        return Rollout.from_json(self._json("POST", f"/rollouts/{_seg(rollout_id)}/rollback",
+                                            json=body))
+
+    def edit_rollout_gates(self, rollout_id: str, **changes: int | None) -> dict[str, Any]:
+        """Change gate settings (`GatePolicy` names) of a rollout that has not ended; the
+        answer is the rollout with ``changed``: ``{name: {"from": …, "to": …}}`` (audited)."""
+        unknown = sorted(set(changes) - set(GatePolicy.names()))
+        if unknown:
+            raise ValueError(f"unknown gate settings {unknown}; one of {GatePolicy.names()}")
+        return dict(self._json("PATCH", f"/rollouts/{_seg(rollout_id)}/gates", json=changes))
 
     def rollout_status(self, rollout_id: str) -> dict[str, Any]:
         """Counts per wave and state, success rate, gate status, time in wave."""

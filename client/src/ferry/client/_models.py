@@ -126,6 +126,10 @@ class Version(_Record):
     created_at: str | None = None
     created_by_actor: str | None = None
     stage_changed_at: str | None = None
+    # Only in the answer to `push_version`: True when the files were already registered
+    # as this version (nothing new was created), with the metadata fields that differ.
+    existing: bool = False
+    differences: list[str] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Self:

@@ -132,6 +132,7 @@ def _start_deltas(app: FastAPI, ctx: AppContext) -> DeltaJobs | None:
     jobs = DeltaJobs(service, ctx.blobs, ctx.engine, ctx.metrics, settings.delta_build_workers)
     app.state.deltas = jobs
     runtime_of(app).start_hook = jobs
+    runtime_of(app).delta_sizes = jobs
     return jobs
 
 

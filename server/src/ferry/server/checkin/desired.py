@@ -100,7 +100,7 @@ def _join(session: Session, rollout: Rollout, device: Device, stamp: str) -> Rol
         ModelVersion.model_id == rollout.model_id, ModelVersion.version == from_version)).first() \
         if from_version else None
     member = RolloutDevice(rollout_id=rollout.id or 0, device_id=device.id,
-                           wave=wave_index(public_id(rollout.id or 0), device.id, rollout.waves),
+                           wave=wave_index(rollout.wave_seed(), device.id, rollout.waves),
                            from_version=from_version, from_manifest=manifest, updated_at=stamp)
     session.add(member)
     session.flush()

@@ -84,6 +84,19 @@ class DeltaJobs:
         offer = self.service.offer(record)
         return Found(Lookup.READY, offer) if offer else Found(Lookup.NOT_WORTH_IT)
 
+    def delta_size(self, from_sha256: str, to_sha256: str) -> int | None:
+        """`DeltaSizes` for rollout plans: the ready delta's size, else None — and a missing
+        pair is queued for a build, so planning again shows it (any thread; never raises)."""
+        try:
+            found = self.lookup(from_sha256, to_sha256)
+            if found.outcome is Lookup.NOT_READY:
+                self._loop.call_soon_threadsafe(self.request, from_sha256, to_sha256)
+        except Exception:  # a plan must not fail for want of a delta
+            log.exception("delta size lookup failed", extra={"fields": {
+                "from": from_sha256, "to": to_sha256}})
+            return None
+        return found.offer.record.delta_size if found.offer is not None else None
+
     def request(self, from_sha256: str, to_sha256: str) -> None:
         """Queue a background build of the pair (event-loop thread only; idempotent)."""
         key = (from_sha256, to_sha256)

@@ -13,7 +13,7 @@ from ferry.server.auth.service import Principal
 from ferry.server.core import domain_events
 from ferry.server.core.errors import NotFoundError, ValidationFailedError
 from ferry.server.fleet.events import DeviceRevoked
-from ferry.server.fleet.selectors import check_tags, groups_for, matches
+from ferry.server.fleet.selectors import Selector, check_tags, groups_for, hardware_filter, matches
 from ferry.server.fleet.tables import Device, DeviceReport, DeviceSlot
 
 
@@ -26,15 +26,14 @@ def get_device(session: Session, viewer: Principal, device_id: str) -> Device:
 
 
 def list_devices(session: Session, viewer: Principal, *, namespace: str | None,
-                 selector: dict[str, str], include_revoked: bool, limit: int,
+                 selector: Selector, include_revoked: bool, limit: int,
                  offset: int) -> list[Device]:
     stmt = select(Device).order_by(col(Device.id))
     if namespace:
         stmt = stmt.where(Device.namespace == namespace)
     if not include_revoked:
         stmt = stmt.where(col(Device.revoked_at).is_(None))
-    if "hw" in selector:
-        stmt = stmt.where(Device.hardware == selector["hw"])
+    stmt = stmt.where(*hardware_filter(selector))
     rows = [d for d in session.exec(stmt).all()
             if viewer.in_namespace(d.namespace) and matches(selector, d.tags)]
     return rows[offset:offset + limit]

@@ -29,6 +29,23 @@ class StartHook(Protocol):
     def rollout_started(self, rollout_pk: int) -> None: ...
 
 
+class DeltaSizes(Protocol):
+    """What a device on ``from_sha256`` would download for ``to_sha256`` as a delta.
+
+    None when no delta is ready (not built yet, or not worth it): the device
+    downloads the whole file. Asking may queue a build. Any thread; never raises.
+    """
+
+    def delta_size(self, from_sha256: str, to_sha256: str) -> int | None: ...
+
+
+class NullDeltaSizes:
+    """Used when deltas are off: every device downloads whole files."""
+
+    def delta_size(self, from_sha256: str, to_sha256: str) -> int | None:
+        return None
+
+
 class NullNotifier:
     """Used when MQTT is off: devices still converge by polling."""
 

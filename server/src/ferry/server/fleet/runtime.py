@@ -19,8 +19,10 @@ from ferry.protocol.timefmt import utcnow
 from ferry.server.core.settings import FleetSettings, Settings
 from ferry.server.fleet.hooks import (
     BrokerSync,
+    DeltaSizes,
     Notifier,
     NullBrokerSync,
+    NullDeltaSizes,
     NullNotifier,
     NullStartHook,
     StartHook,
@@ -40,6 +42,7 @@ class FleetRuntime:
     notifier: Notifier = field(default_factory=NullNotifier)
     broker_sync: BrokerSync = field(default_factory=NullBrokerSync)
     start_hook: StartHook = field(default_factory=NullStartHook)  # delta precompute
+    delta_sizes: DeltaSizes = field(default_factory=NullDeltaSizes)  # rollout plans
     last_seen: LastSeen = field(default_factory=LastSeen)
     broker_url: str = ""  # the MQTT URL enrolment hands to devices; empty = poll only
 

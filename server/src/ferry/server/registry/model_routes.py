@@ -33,6 +33,7 @@ from ferry.server.registry.schemas import (
     TagsChange,
     VersionCreate,
     VersionPublic,
+    VersionRegistered,
 )
 from ferry.server.registry.tables import ModelVersion, Namespace, RegisteredModel
 from ferry.server.trust.tables import SignedManifest
@@ -94,9 +95,11 @@ def get_model(ns: str, name: str, session: ReadSessionDep, _: Reader) -> ModelPu
 
 
 @router.post("/models/{ns}/{name}/versions", status_code=201,
-             responses={200: {"model": VersionPublic, "description": "same files already registered"}})
+             responses={200: {"model": VersionRegistered,
+                              "description": "same files already registered: that version, "
+                                             "existing=true, differences listed"}})
 def create_version(ns: str, name: str, body: VersionCreate, session: SessionDep, ctx: CtxDep,
-                   publisher: Publisher, response: Response) -> VersionPublic:
+                   publisher: Publisher, response: Response) -> VersionRegistered:
     try:
         version, created = registry.register_version(
             session, publisher, namespace=ns, name=name, body=body, blobs=ctx.blobs,
@@ -111,10 +114,13 @@ def create_version(ns: str, name: str, body: VersionCreate, session: SessionDep,
         if same is None:
             raise ConflictError("concurrent update; retry the request") from None
         version, created = same, False
-    if not created:
-        response.status_code = 200
     namespace, model = registry.get_model(session, ns, name)
-    return version_public(session, namespace, model, version)
+    shown = version_public(session, namespace, model, version)
+    if created:
+        return VersionRegistered(**shown.model_dump())
+    response.status_code = 200
+    return VersionRegistered(**shown.model_dump(), existing=True,
+                             differences=registry.metadata_differences(version, body, shown.tags))
 
 
 @router.get("/models/{ns}/{name}/versions")

@@ -72,6 +72,9 @@ class VersionCreate(Strict):
     hardware: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] = Field(default_factory=list)
     metadata: VersionMetadata
     tags: list[Tag] = Field(default_factory=list)
+    # Files identical to an existing version's (same paths and digests) return that
+    # version; True registers them as a new version anyway (e.g. new metadata, same bytes).
+    new_version: bool = False
 
     @model_validator(mode="after")
     def _finite_numbers(self) -> VersionCreate:
@@ -96,6 +99,15 @@ class VersionPublic(BaseModel):
     created_at: str
     created_by_actor: str
     stage_changed_at: str | None
+
+class VersionRegistered(VersionPublic):
+    """The answer to registering a version: ``existing`` when the files were already
+    registered as this version (nothing new was created), and which fields of the
+    request's metadata differ from what that version holds."""
+
+    existing: bool = False
+    differences: list[str] = []
+
 
 class TagsChange(Strict):
     add: list[Tag] = Field(default_factory=list)

@@ -217,18 +217,25 @@ def _sign_manifest(session: Session, key: SigningKey, manifest: BundleManifest) 
 def register_version(session: Session, actor: Principal, *, namespace: str, name: str,
                      body: VersionCreate, blobs: BlobStore,
                      bundles_key: Callable[[], SigningKey]) -> tuple[ModelVersion, bool]:
-    """Create version n+1 (True), or return the version with the same files (False)."""
+    """Create version n+1 (True), or return the version with the same files (False).
+
+    With ``body.new_version`` the same files become a new version anyway; its
+    ``files_digest`` carries ``+N`` so that accidental duplicates stay refused by the
+    (model, files_digest) unique constraint and are still found by `find_same_files`.
+    """
     _, model = get_model(session, namespace, name)
     files = _check_files(body, blobs)
     digest = files_digest(files)
     existing = find_same_files(session, model, digest)
-    if existing is not None:
+    if existing is not None and not body.new_version:
         return existing, False
     try:
         canonical_json(body.signature)
     except MalformedError as exc:
         raise ValidationFailedError(f"signature: {exc} (use strings or integers)") from exc
     number = _next_version(session, model)
+    if existing is not None:
+        digest = f"{digest}+{number}"
     created_at = format_time(utcnow())
     manifest = BundleManifest(namespace=namespace, model=name, version=number,
                               files=tuple(FileEntry(**f) for f in files), format=body.format,
@@ -248,11 +255,26 @@ def register_version(session: Session, actor: Principal, *, namespace: str, name
         session.add(VersionTag(version_id=row.id, tag=tag))
     target = f"{namespace}/{name}@{number}"
     audit.append(session, actor=actor.name, action="version.create", target=target,
-                 details={"manifest_sha256": manifest_sha, "files": len(files)})
+                 details={"manifest_sha256": manifest_sha, "files": len(files),
+                          "same_files_as": existing.version if existing else None})
     emit_event(session, VERSION_CREATED, {"namespace": namespace, "model": name,
                                           "version": number, "manifest_sha256": manifest_sha,
                                           "actor": actor.name})
     return row, True
+
+
+def metadata_differences(version: ModelVersion, body: VersionCreate,
+                         tags: Sequence[str]) -> list[str]:
+    """Fields where a registration request differs from the version it matched by files:
+    ``format``, ``flavor``, ``signature``, ``hardware``, ``tags``, ``metadata.<key>``."""
+    asked = body.metadata.model_dump(mode="json", exclude_none=True)
+    plain = [name for name, mine, theirs in (
+        ("format", version.format, body.format), ("flavor", version.flavor, body.flavor),
+        ("signature", version.signature, body.signature),
+        ("hardware", sorted(version.hardware), sorted(body.hardware)),
+        ("tags", sorted(tags), sorted(set(body.tags)))) if mine != theirs]
+    keys = sorted(set(asked) | set(version.meta))
+    return plain + [f"metadata.{k}" for k in keys if asked.get(k) != version.meta.get(k)]
 
 
 def list_versions(session: Session, model: RegisteredModel) -> Sequence[ModelVersion]:

@@ -19,23 +19,18 @@ from ferry.protocol.gates import GatePolicy
 from ferry.protocol.timefmt import utcnow
 from ferry.server.audit import service as audit
 from ferry.server.core.errors import NotFoundError
-from ferry.server.fleet.selectors import format_selector
+from ferry.server.fleet.selectors import Selector, format_selector
 from ferry.server.registry.events import AliasMoved
 from ferry.server.registry.tables import ModelVersion, RegisteredModel
-from ferry.server.rollouts.service import (
-    RolloutSpec,
-    check_waves,
-    create_rollout,
-    model_ref,
-    resolve_model,
-)
+from ferry.server.rollouts.planning import create_rollout
+from ferry.server.rollouts.service import RolloutSpec, check_waves, model_ref, resolve_model
 from ferry.server.rollouts.tables import AliasBinding, Rollout
 
 TEMPLATE_FIELDS = ("waves", "slot", *GatePolicy.names(), "auto_rollback")
 
 
 def set_binding(session: Session, actor: str, *, namespace: str, model: str, alias: str,
-                selector: dict[str, str], template: dict[str, Any]) -> AliasBinding:
+                selector: Selector, template: dict[str, Any]) -> AliasBinding:
     check_waves(list(template.get("waves", [])))
     row_model = resolve_model(session, namespace, model)
     assert row_model.id is not None

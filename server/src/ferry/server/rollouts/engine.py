@@ -32,6 +32,7 @@ from ferry.server.rollouts.machine import (
     DeviceState,
     RolloutState,
     public_id,
+    public_wave,
 )
 from ferry.server.rollouts.tables import Rollout, RolloutDevice
 
@@ -142,7 +143,8 @@ def evaluate(session: Session, rollout: Rollout, now: datetime) -> str:
     schedule_retries(session, rollout, now)
     counts = cohort_counts(session, rollout)
     if failure_limit_crossed(rollout, counts):
-        reason = (f"failure limit crossed in wave {rollout.wave}: {counts.final_failures} of "
+        reason = (f"failure limit crossed in wave {public_wave(rollout.wave)}: "
+                  f"{counts.final_failures} of "
                   f"{counts.total} devices failed")
         service.transition(session, rollout, RolloutState.HALTED, actor=ACTOR, now=now,
                            reason=reason)

@@ -80,6 +80,16 @@ def check_transition(current: str, target: RolloutState) -> None:
                                      {"state": current, "legal": legal})
 
 
+def public_wave(index: int) -> int:
+    """The wave number people, the API, events and the audit log see: 1 is the first wave.
+
+    Inside the server (the ``wave`` columns, `ferry.protocol.waves.wave_index`) a wave
+    is a 0-based index and a rollout that has not run yet is at -1, so it shows as 0:
+    the public number counts the waves opened so far.
+    """
+    return index + 1
+
+
 def public_id(rollout_pk: int) -> str:
     return f"r-{rollout_pk}"
 

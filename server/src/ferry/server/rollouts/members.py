@@ -20,7 +20,13 @@ from sqlmodel import Session, col, select
 from ferry.protocol.timefmt import format_time, parse_time
 from ferry.server.core.errors import ValidationFailedError
 from ferry.server.fleet.tables import Device, DeviceReport
-from ferry.server.rollouts.machine import FAILURES, DeviceState, public_id
+from ferry.server.rollouts.machine import (
+    FAILURES,
+    TOOK_VERSION,
+    DeviceState,
+    public_id,
+    public_wave,
+)
 from ferry.server.rollouts.tables import Rollout, RolloutDevice
 
 # `state=failed` asks for every device whose update failed, whatever the way it failed:
@@ -77,7 +83,7 @@ def list_members(session: Session, rollout: Rollout, query: MemberQuery,
     if query.states:
         where.append(col(RolloutDevice.state).in_(query.states))
     if query.wave is not None:
-        where.append(col(RolloutDevice.wave) == query.wave - 1)
+        where.append(col(RolloutDevice.wave) == query.wave - 1)  # public → index
     total = session.exec(select(func.count()).select_from(RolloutDevice).where(*where)).one()
     page_where = [*where, col(RolloutDevice.device_id) > query.cursor] if query.cursor else where
     rows = session.exec(select(RolloutDevice, Device.hardware)
@@ -126,7 +132,7 @@ def member_public(rollout: Rollout, member: RolloutDevice, hardware: str,
                   detail: str | None, now: datetime) -> dict[str, Any]:
     """One device of the rollout as the API shows it."""
     since = parse_time(member.updated_at)
-    return {"device_id": member.device_id, "hardware": hardware, "wave": member.wave + 1,
+    return {"device_id": member.device_id, "hardware": hardware, "wave": public_wave(member.wave),
             "state": member.state, "since": member.updated_at,
             "time_in_state_s": max(0, int((now - since).total_seconds())),
             "last_report_at": member.last_report_at or None, "attempts": member.attempts,
@@ -142,3 +148,17 @@ def error_message(rollout: Rollout, member: RolloutDevice, detail: str | None) -
     if member.state in STATE_GROUPS[DeviceState.FAILED.value]:
         return detail or None
     return None
+
+
+def rollback_summary(session: Session, rollout: Rollout, most: int = 50) -> dict[str, Any]:
+    """Who a rollback sends back, and who stays: a device that took the version with no
+    version before it (its first install) has nothing to go back to and keeps it."""
+    took = [s.value for s in TOOK_VERSION]
+    rows = session.exec(select(RolloutDevice.device_id, RolloutDevice.from_version)
+                        .where(RolloutDevice.rollout_id == rollout.id,
+                               col(RolloutDevice.state).in_(took))
+                        .order_by(col(RolloutDevice.device_id))).all()
+    staying = [device_id for device_id, previous in rows if previous is None]
+    return {"returning": len(rows) - len(staying), "without_previous": len(staying),
+            "without_previous_devices": staying[:most], "stays_on": rollout.version,
+            "reason": rollout.reason}

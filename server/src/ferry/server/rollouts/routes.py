@@ -14,10 +14,17 @@ from ferry.server.api.deps import CtxDep, Reader, ReadSessionDep, SessionDep, re
 from ferry.server.auth.service import Principal, ServerRole
 from ferry.server.fleet.runtime import FleetRuntime, get_runtime
 from ferry.server.fleet.selectors import format_selector, parse_selector
-from ferry.server.rollouts import bindings, service
+from ferry.server.rollouts import bindings, planning, service
 from ferry.server.rollouts.engine import announce_changes
 from ferry.server.rollouts.machine import RolloutState
-from ferry.server.rollouts.schemas import BindingPublic, BindingSet, RolloutCreate
+from ferry.server.rollouts.members import rollback_summary
+from ferry.server.rollouts.schemas import (
+    BindingPublic,
+    BindingSet,
+    GatesChange,
+    RollbackBody,
+    RolloutCreate,
+)
 from ferry.server.rollouts.status import rollout_public
 from ferry.server.rollouts.tables import AliasBinding, Rollout
 
@@ -32,17 +39,32 @@ ACTIONS: dict[str, Action] = {"pause": service.pause, "resume": service.resume,
                               "rollback": service.rollback}
 
 
+def _spec(body: RolloutCreate) -> service.RolloutSpec:
+    values = body.model_dump(exclude={"selector"})
+    gates = GatePolicy.from_dict({name: values.pop(name) for name in GatePolicy.names()})
+    return service.RolloutSpec(**values, gates=gates, selector=parse_selector(body.selector))
+
+
 @router.post("/rollouts", status_code=201)
 def create_rollout(body: RolloutCreate, session: SessionDep, ctx: CtxDep, operator: Operator,
                    runtime: RuntimeDep) -> dict[str, Any]:
+    """Create and (unless scheduled or paused) start a rollout; 409 with the reason when the
+    plan for the same body has refusals (`POST /rollouts/plan` lists them all)."""
     operator.require((ServerRole.OPERATOR,), body.namespace)
-    values = body.model_dump(exclude={"selector"})
-    gates = GatePolicy.from_dict({name: values.pop(name) for name in GatePolicy.names()})
-    spec = service.RolloutSpec(**values, gates=gates, selector=parse_selector(body.selector))
-    rollout = service.create_rollout(session, operator.name, spec, runtime.now())
+    rollout = planning.create_rollout(session, operator.name, _spec(body), runtime.now())
     session.commit()
     announce_changes(ctx.engine, runtime)
     return rollout_public(rollout)
+
+
+@router.post("/rollouts/plan")
+def plan_rollout(body: RolloutCreate, session: ReadSessionDep, operator: Operator,
+                 runtime: RuntimeDep) -> dict[str, Any]:
+    """What `POST /rollouts` with this body would do — devices per wave, skipped and
+    incompatible devices, downloads, total bytes, refusals — without doing it."""
+    operator.require((ServerRole.OPERATOR,), body.namespace)
+    plan = planning.make_plan(session, _spec(body))
+    return planning.plan_public(session, plan, runtime.delta_sizes)
 
 
 @router.get("/rollouts")
@@ -76,9 +98,36 @@ def _act(name: str) -> Callable[..., dict[str, Any]]:
     return handler
 
 
-for _name in ACTIONS:
+@router.post("/rollouts/{rollout_id}/rollback")
+def rollback_rollout(rollout_id: str, session: SessionDep, ctx: CtxDep, operator: Operator,
+                     runtime: RuntimeDep, body: RollbackBody | None = None) -> dict[str, Any]:
+    """Send the devices that took the version their previous one — or, for those whose first
+    install this was, ``baseline`` when given; the answer says who goes back and who stays."""
+    rollout = service.get_rollout(session, operator, rollout_id, lock=True)
+    operator.require((ServerRole.OPERATOR,), rollout.namespace)
+    service.rollback(session, operator.name, rollout, runtime.now(),
+                     baseline=body.baseline if body else None)
+    session.commit()
+    announce_changes(ctx.engine, runtime)
+    return {**rollout_public(rollout), "rollback": rollback_summary(session, rollout)}
+
+
+for _name in (n for n in ACTIONS if n != "rollback"):
     router.add_api_route(f"/rollouts/{{rollout_id}}/{_name}", _act(_name), methods=["POST"],
                          name=f"{_name}_rollout")
+
+
+@router.patch("/rollouts/{rollout_id}/gates")
+def edit_gates(rollout_id: str, body: GatesChange, session: SessionDep, operator: Operator,
+               runtime: RuntimeDep) -> dict[str, Any]:
+    """Change gate settings of a rollout that has not ended (operator); audited with the
+    before and after of each changed setting, answered with ``changed``."""
+    rollout = service.get_rollout(session, operator, rollout_id, lock=True)
+    operator.require((ServerRole.OPERATOR,), rollout.namespace)
+    changes = body.model_dump(include=body.model_fields_set)
+    changed = service.edit_gates(session, operator.name, rollout, changes, runtime.now())
+    session.commit()
+    return {**rollout_public(rollout), "changed": changed}
 
 
 def _binding_public(row: AliasBinding) -> BindingPublic:

@@ -45,6 +45,24 @@ class RolloutCreate(Gates):
     auto_rollback: bool = False
     start_at: Timestamp | None = None
     start_paused: bool = False
+    skip_incompatible: bool = False
+    allow_empty: bool = False
+
+
+_GatesChangeBase = create_model(  # type: ignore[call-overload]
+    "_GatesChangeBase", __base__=Strict,
+    **{name: (_gate_field(name)[0] | None, Field(default=None)) for name in GatePolicy.names()})
+
+
+class GatesChange(_GatesChangeBase):
+    """Gate settings to change on a running rollout; the fields sent change, the others stay
+    (``null`` for ``max_failures`` / ``max_failure_pct`` removes that limit)."""
+
+
+class RollbackBody(Strict):
+    """Optional: the version that devices with no previous version go to."""
+
+    baseline: Annotated[int, Field(ge=1)] | None = None
 
 
 class BindingSet(Strict):

@@ -14,30 +14,38 @@ from datetime import datetime
 from itertools import pairwise
 from typing import Any
 
-from sqlalchemy import delete, insert, update
+from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
 
 from ferry.protocol.errors import MalformedError
 from ferry.protocol.gates import GatePolicy
 from ferry.protocol.timefmt import format_time, parse_time
-from ferry.protocol.waves import wave_index
 from ferry.server.audit import service as audit
 from ferry.server.auth.service import Principal
 from ferry.server.core.errors import ConflictError, NotFoundError, ValidationFailedError
 from ferry.server.core.numbers import ascii_int
 from ferry.server.fleet.events import DeviceRevoked
-from ferry.server.fleet.selectors import canary_only, format_selector, matches, selectors_overlap
+from ferry.server.fleet.selectors import (
+    Selector,
+    canary_only,
+    format_selector,
+    hardware_filter,
+    matches,
+    selectors_overlap,
+)
 from ferry.server.fleet.tables import Device, DeviceSlot
 from ferry.server.registry.tables import ModelAlias, ModelVersion, Namespace, RegisteredModel
 from ferry.server.rollouts.machine import (
     ACTIVE,
     FAILURES,
+    TOOK_VERSION,
     DeviceState,
     IllegalTransitionError,
     RolloutState,
     check_transition,
     parse_id,
     public_id,
+    public_wave,
 )
 from ferry.server.rollouts.tables import Rollout, RolloutDevice
 from ferry.server.webhooks.service import ROLLOUT_STATE_CHANGED, emit_event
@@ -54,13 +62,15 @@ class RolloutSpec:
     namespace: str
     model: str
     version: str  # a number or an alias
-    selector: dict[str, str]
+    selector: Selector
     waves: list[int]
     slot: str = "main"
     gates: GatePolicy = field(default_factory=GatePolicy)
     auto_rollback: bool = False
     start_at: str | None = None
     start_paused: bool = False
+    skip_incompatible: bool = False  # target the compatible devices, list the others as skipped
+    allow_empty: bool = False  # a selector that matches no device is refused unless asked
 
 
 # --- lookups ------------------------------------------------------------------------
@@ -114,11 +124,10 @@ def list_rollouts(session: Session, viewer: Principal, *, namespace: str | None,
     return list(session.exec(stmt.limit(limit)).all())
 
 
-def selected_devices(session: Session, namespace: str, selector: dict[str, str]) -> list[Device]:
-    """Live devices of ``namespace`` carrying every tag of ``selector``."""
-    stmt = select(Device).where(Device.namespace == namespace, col(Device.revoked_at).is_(None))
-    if "hw" in selector:
-        stmt = stmt.where(Device.hardware == selector["hw"])
+def selected_devices(session: Session, namespace: str, selector: Selector) -> list[Device]:
+    """Live devices of ``namespace`` that ``selector`` matches."""
+    stmt = select(Device).where(Device.namespace == namespace, col(Device.revoked_at).is_(None),
+                                *hardware_filter(selector))
     return [d for d in session.exec(stmt.order_by(col(Device.id))).all()
             if matches(selector, d.tags)]
 
@@ -142,7 +151,7 @@ def check_spec(spec: RolloutSpec) -> None:
             raise ValidationFailedError(str(exc)) from exc
 
 
-def check_policy(version: ModelVersion, selector: dict[str, str], model: str) -> None:
+def check_policy(version: ModelVersion, selector: Selector, model: str) -> None:
     """Production versions go anywhere; Staging versions only to ``channel=canary`` devices."""
     if version.stage == "Production":
         return
@@ -156,7 +165,7 @@ def check_policy(version: ModelVersion, selector: dict[str, str], model: str) ->
                         {"stage": version.stage, "selector": format_selector(selector)})
 
 
-def check_no_overlap(session: Session, model: RegisteredModel, selector: dict[str, str]) -> None:
+def check_no_overlap(session: Session, model: RegisteredModel, selector: Selector) -> None:
     """Two active rollouts of one model may not reach the same devices."""
     active = session.exec(select(Rollout).where(Rollout.model_id == model.id,
                                                 col(Rollout.state).in_(list(ACTIVE)))).all()
@@ -167,20 +176,6 @@ def check_no_overlap(session: Session, model: RegisteredModel, selector: dict[st
                             f"overlapping devices ({format_selector(clash[0].selector) or 'all'})"
                             "; cancel or finish it first, or choose a disjoint selector",
                             {"rollouts": ids})
-
-
-def check_hardware(version: ModelVersion, devices: Sequence[Device], model: str) -> None:
-    """Refuse a version that some targeted device cannot run (empty list = any hardware)."""
-    if not version.hardware:
-        return
-    bad = [d for d in devices if d.hardware not in version.hardware]
-    if bad:
-        raise ConflictError(
-            f"{model}@{version.version} supports hardware {version.hardware}, but "
-            f"{len(bad)} targeted device(s) are not compatible; narrow the selector",
-            {"incompatible_devices": [{"device_id": d.id, "hardware": d.hardware}
-                                      for d in bad[:MAX_LISTED]],
-             "count": len(bad)})
 
 
 def signature_differences(session: Session, model: RegisteredModel, slot: str,
@@ -212,72 +207,6 @@ def model_ref(session: Session, model: RegisteredModel) -> str:
     return f"{namespace.name}/{model.name}"
 
 
-# --- creation -----------------------------------------------------------------------
-
-
-def create_rollout(session: Session, actor: str, spec: RolloutSpec, now: datetime,
-                   *, check_signature: bool = False) -> Rollout:
-    """Check policy, overlap and compatibility, then persist the rollout and its devices."""
-    check_spec(spec)
-    model = resolve_model(session, spec.namespace, spec.model)
-    version = resolve_version(session, model, spec.version)
-    ref = f"{spec.namespace}/{spec.model}"
-    check_policy(version, spec.selector, ref)
-    check_no_overlap(session, model, spec.selector)
-    devices = selected_devices(session, spec.namespace, spec.selector)
-    check_hardware(version, devices, ref)
-    if check_signature:
-        diffs = signature_differences(session, model, spec.slot, version, devices)
-        if diffs:
-            raise ConflictError(f"{ref}@{version.version} changes the input/output signature "
-                                "of what the targeted devices run; use an explicit rollout "
-                                "after updating the applications", {"signature_differences": diffs})
-    stamp = format_time(now)
-    assert model.id is not None
-    rollout = Rollout(namespace=spec.namespace, model=ref, model_id=model.id, slot=spec.slot,
-                      version=version.version, manifest_sha256=version.manifest_sha256,
-                      hardware=list(version.hardware), selector=spec.selector, waves=spec.waves, **spec.gates.to_dict(),
-                      auto_rollback=spec.auto_rollback, start_at=spec.start_at,
-                      created_by=actor, created_at=stamp, updated_at=stamp)
-    session.add(rollout)
-    session.flush()
-    _add_members(session, rollout, model, devices, stamp)
-    audit.append(session, actor=actor, action="rollout.create", target=public_id(rollout.id or 0),
-                 details={"model": ref, "version": version.version, "slot": spec.slot,
-                          "selector": format_selector(spec.selector), "waves": spec.waves,
-                          "devices": len(devices)})
-    _emit(session, rollout, actor, previous=None)
-    if spec.start_paused:
-        transition(session, rollout, RolloutState.PAUSED, actor=actor, now=now,
-                   reason="planned; waiting for an operator")
-    elif spec.start_at is None or spec.start_at <= stamp:
-        transition(session, rollout, RolloutState.RUNNING, actor=actor, now=now, wave=0)
-    return rollout
-
-
-def _add_members(session: Session, rollout: Rollout, model: RegisteredModel,
-                 devices: Sequence[Device], stamp: str) -> None:
-    """One row per targeted device, inserted in batches: the aggregates GROUP BY these."""
-    rid = public_id(rollout.id or 0)
-    manifests = dict(session.exec(select(ModelVersion.version, ModelVersion.manifest_sha256)
-                                  .where(ModelVersion.model_id == model.id)).all())
-    current = dict(session.exec(select(DeviceSlot.device_id, DeviceSlot.installed_version)
-                                .where(DeviceSlot.slot == rollout.slot,
-                                       DeviceSlot.model == rollout.model)).all())
-    rows = [member_row(rollout, rid, d.id, current.get(d.id), manifests, stamp) for d in devices]
-    for start in range(0, len(rows), INSERT_BATCH):
-        session.execute(insert(RolloutDevice), rows[start:start + INSERT_BATCH])
-
-
-def member_row(rollout: Rollout, rid: str, device_id: str, from_version: int | None,
-               manifests: dict[int, str], stamp: str) -> dict[str, Any]:
-    return {"rollout_id": rollout.id, "device_id": device_id,
-            "wave": wave_index(rid, device_id, rollout.waves), "state": "pending",
-            "attempts": 0, "from_version": from_version,
-            "from_manifest": manifests.get(from_version) if from_version else None,
-            "updated_at": stamp, "last_report_at": ""}
-
-
 # --- transitions --------------------------------------------------------------------
 
 
@@ -295,15 +224,18 @@ def transition(session: Session, rollout: Rollout, target: RolloutState, *, acto
     session.flush()
     audit.append(session, actor=actor, action=f"rollout.{target.value}",
                  target=public_id(rollout.id or 0),
-                 details={"from": previous, "wave": rollout.wave, "reason": reason})
-    _emit(session, rollout, actor, previous=previous)
+                 details={"from": previous, "wave": public_wave(rollout.wave),
+                          "reason": reason})
+    emit_state(session, rollout, actor, previous=previous)
 
 
-def _emit(session: Session, rollout: Rollout, actor: str, previous: str | None) -> None:
+def emit_state(session: Session, rollout: Rollout, actor: str, previous: str | None) -> None:
+    """The ``rollout.state_changed`` event (webhooks), in the caller's transaction."""
     emit_event(session, ROLLOUT_STATE_CHANGED, {
         "rollout_id": public_id(rollout.id or 0), "namespace": rollout.namespace,
         "model": rollout.model, "version": rollout.version, "from": previous,
-        "state": rollout.state, "wave": rollout.wave, "reason": rollout.reason, "actor": actor})
+        "state": rollout.state, "wave": public_wave(rollout.wave), "reason": rollout.reason,
+        "actor": actor})
 
 
 def pause(session: Session, actor: str, rollout: Rollout, now: datetime) -> None:
@@ -311,7 +243,7 @@ def pause(session: Session, actor: str, rollout: Rollout, now: datetime) -> None
 
 
 def resume(session: Session, actor: str, rollout: Rollout, now: datetime) -> None:
-    """Start a planned rollout at wave 0, or continue the current wave with a fresh bake.
+    """Start a planned rollout at its first wave, or continue the current wave with a fresh bake.
 
     Resuming a halted rollout gives its failed devices one more try; without that
     the failures that halted it would halt it again at the next tick.
@@ -352,9 +284,59 @@ def cancel(session: Session, actor: str, rollout: Rollout, now: datetime) -> Non
 
 
 def rollback(session: Session, actor: str, rollout: Rollout, now: datetime,
-             reason: str = "rolled back") -> None:
-    """Every device that took the new version is sent its previous one (signed downgrade)."""
+             reason: str = "rolled back", baseline: int | None = None) -> None:
+    """Every device that took the new version is sent its previous one (signed downgrade).
+
+    A device whose first install this was has no previous version; with ``baseline``
+    (a version of the same model) those devices are sent that version instead.
+    """
+    target = _baseline(session, rollout, baseline) if baseline is not None else None
+    if target is not None:
+        reason = f"{reason}; devices without a previous version go to v{target.version}"
     transition(session, rollout, RolloutState.ROLLED_BACK, actor=actor, now=now, reason=reason)
+    if target is not None:
+        session.exec(update(RolloutDevice)
+                     .where(col(RolloutDevice.rollout_id) == rollout.id,
+                            col(RolloutDevice.from_version).is_(None),
+                            col(RolloutDevice.state).in_([s.value for s in TOOK_VERSION]))
+                     .values(from_version=target.version,
+                             from_manifest=target.manifest_sha256))
+
+
+def _baseline(session: Session, rollout: Rollout, version: int) -> ModelVersion:
+    row = session.exec(select(ModelVersion).where(ModelVersion.model_id == rollout.model_id,
+                                                  ModelVersion.version == version)).first()
+    if row is None or version == rollout.version:
+        raise ValidationFailedError(
+            f"baseline v{version} is not another version of {rollout.model}; name the version "
+            "the devices without a previous version should run", {"baseline": version})
+    return row
+
+
+def edit_gates(session: Session, actor: str, rollout: Rollout, changes: dict[str, Any],
+               now: datetime) -> dict[str, Any]:
+    """Change some gate settings of a rollout that has not ended; audited with before and
+    after. The engine reads the new gates at its next tick (the current wave included)."""
+    if rollout.state not in ACTIVE:
+        raise IllegalTransitionError(f"a {rollout.state} rollout's gates cannot change",
+                                     {"state": rollout.state,
+                                      "legal": sorted(s.value for s in ACTIVE)})
+    before = rollout.gates().to_dict()
+    try:
+        after = GatePolicy.from_dict({**before, **changes}).to_dict()
+    except MalformedError as exc:
+        raise ValidationFailedError(str(exc), {"gates": changes}) from exc
+    changed = {k: {"from": before[k], "to": after[k]} for k in after if after[k] != before[k]}
+    for name, value in after.items():
+        setattr(rollout, name, value)
+    rollout.updated_at = format_time(now)
+    session.add(rollout)
+    session.flush()
+    audit.append(session, actor=actor, action="rollout.gates_changed",
+                 target=public_id(rollout.id or 0),
+                 details={"changed": changed, "state": rollout.state,
+                          "wave": public_wave(rollout.wave)})
+    return changed
 
 
 def on_device_revoked(session: Session, event: DeviceRevoked) -> None:

@@ -22,7 +22,7 @@ from ferry.server.rollouts.engine import (
     failure_limit_crossed,
     gate_passes,
 )
-from ferry.server.rollouts.machine import DeviceState, RolloutState, public_id
+from ferry.server.rollouts.machine import DeviceState, RolloutState, public_id, public_wave
 from ferry.server.rollouts.tables import Rollout, RolloutDevice
 
 STATES = [s.value for s in DeviceState]
@@ -37,7 +37,7 @@ def wave_table(session: Session, rollout: Rollout) -> list[dict[str, Any]]:
     rows = session.exec(select(RolloutDevice.wave, RolloutDevice.state, func.count())
                         .where(col(RolloutDevice.rollout_id) == rollout.id)
                         .group_by(col(RolloutDevice.wave), col(RolloutDevice.state))).all()
-    waves: list[dict[str, Any]] = [{"wave": k, "percent": p, "counts": dict.fromkeys(STATES, 0), "total": 0}
+    waves: list[dict[str, Any]] = [{"wave": public_wave(k), "percent": p, "counts": dict.fromkeys(STATES, 0), "total": 0}
              for k, p in enumerate(rollout.waves)]
     for wave, state, n in rows:
         if wave < len(waves):
@@ -70,7 +70,7 @@ def rollout_public(rollout: Rollout) -> dict[str, Any]:
     return {"id": public_id(rollout.id or 0), "namespace": rollout.namespace,
             "model": rollout.model, "version": rollout.version, "slot": rollout.slot,
             "manifest_sha256": rollout.manifest_sha256, "selector": format_selector(rollout.selector),
-            "waves": rollout.waves, "state": rollout.state, "wave": rollout.wave,
+            "waves": rollout.waves, "wave_seed": rollout.wave_seed(), "state": rollout.state, "wave": public_wave(rollout.wave),
             "wave_started_at": rollout.wave_started_at, "reason": rollout.reason,
             "gates": rollout.gates().to_dict(),
             "auto_rollback": rollout.auto_rollback, "start_at": rollout.start_at,
@@ -113,8 +113,16 @@ def fleet_status(session: Session, namespaces: list[str] | None, now: datetime,
     models: dict[str, dict[str, Any]] = {}
     for model, slot, version, n in rows:
         entry = models.setdefault(f"{model}#{slot}", {"model": model, "slot": slot,
-                                                      "versions": {}})
+                                                      "versions": {}, "without_version": {}})
         entry["versions"][str(version) if version is not None else "none"] = n
+    for model, slot, state, n in session.exec(
+            select(DeviceSlot.model, DeviceSlot.slot, DeviceSlot.state, func.count())
+            .join(Device, col(Device.id) == col(DeviceSlot.device_id))
+            .where(col(Device.revoked_at).is_(None), DeviceSlot.model != "",
+                   col(DeviceSlot.installed_version).is_(None), *scope)
+            .group_by(DeviceSlot.model, DeviceSlot.slot, DeviceSlot.state)).all():
+        # "none" says nothing is installed; this says why (e.g. the first install rolled back)
+        models[f"{model}#{slot}"]["without_version"][state] = n
     return {"at": format_time(now), "devices": total, "revoked": revoked, "online": online,
             "online_window_s": online_window_s, "models": sorted(models.values(),
                                                                   key=lambda m: (m["model"], m["slot"]))}

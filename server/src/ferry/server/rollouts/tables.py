@@ -8,8 +8,10 @@ from sqlalchemy import Index
 from sqlmodel import Field, SQLModel
 
 from ferry.protocol.gates import GatePolicy
+from ferry.protocol.waves import rollout_seed
 from ferry.server.core import epoch
 from ferry.server.core.columns import json_field, utc_now
+from ferry.server.fleet.selectors import Selector, format_selector
 
 _GATES = GatePolicy()
 
@@ -27,7 +29,7 @@ class Rollout(SQLModel, table=True):
     version: int
     manifest_sha256: str
     hardware: list[str] = json_field(list)  # the version's; late joiners are checked against it
-    selector: dict[str, str] = json_field(dict)
+    selector: Selector = json_field(dict)
     waves: list[int] = json_field(list)
     # The columns of `GatePolicy` (read them through `gates()`).
     bake_s: int = _GATES.bake_s
@@ -53,6 +55,13 @@ class Rollout(SQLModel, table=True):
     def gates(self) -> GatePolicy:
         """The rollout's gate policy, as stored."""
         return GatePolicy(**{name: getattr(self, name) for name in GatePolicy.names()})
+
+    def wave_seed(self) -> str:
+        """What `ferry.protocol.waves.wave_index` hashes with each device id: derived from
+        what the rollout asks for, so a plan made before it existed holds the same waves."""
+        return rollout_seed(self.model, self.manifest_sha256, self.slot,
+                            format_selector(self.selector), list(self.waves))
+
 
 class RolloutDevice(SQLModel, table=True):
     """One device's progress in one rollout; aggregated with GROUP BY (rollout, wave, state)."""
@@ -83,7 +92,7 @@ class AliasBinding(SQLModel, table=True):
     alias: str = Field(primary_key=True)
     namespace: str = Field(index=True)
     model: str
-    selector: dict[str, str] = json_field(dict)
+    selector: Selector = json_field(dict)
     template: dict[str, Any] = json_field(dict)
     created_by: str
     created_at: str = Field(default_factory=utc_now)
