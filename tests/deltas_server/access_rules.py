@@ -7,4 +7,5 @@ READ = {"admin", "publisher", "approver", "operator", "viewer"}  # and devices, 
 ACCESS: dict[tuple[str, str], str | set[str]] = {
     ("GET", "/api/v1/deltas/{from_sha256}/{to_sha256}"): READ,
     ("HEAD", "/api/v1/deltas/{from_sha256}/{to_sha256}"): READ,
+    ("GET", "/api/v1/deltas/{from_sha256}/{to_sha256}/descriptor"): READ,
 }

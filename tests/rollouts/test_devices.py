@@ -71,9 +71,12 @@ def test_a_silent_device_is_timed_out_with_the_servers_words(fleet: Fleet) -> No
     fleet.report(agents[0], "downloading", to_version=version, rollout_id=rollout["id"])
     fleet.clock.advance(121)
     fleet.tick()
-    [row] = devices(fleet, rollout["id"], state="timed_out")["devices"]
-    assert row["error_code"] == "timed_out"
-    assert "no report for 120 s" in row["error_message"]
+    rows = {r["device_id"]: r for r in devices(fleet, rollout["id"], state="timed_out")["devices"]}
+    silent, never = rows[agents[0].device_id], rows[agents[1].device_id]
+    assert silent["error_code"] == "timed_out"
+    assert "no report for 120 s" in silent["error_message"]
+    assert never["error_code"] == "never_started"
+    assert "never started the update within 120 s" in never["error_message"]
 
 
 def test_wave_filter_uses_the_public_one_based_wave_number(fleet: Fleet) -> None:

@@ -142,6 +142,9 @@ def member_public(rollout: Rollout, member: RolloutDevice, hardware: str,
 
 def error_message(rollout: Rollout, member: RolloutDevice, detail: str | None) -> str | None:
     """What went wrong, in words: the device's own account, or the server's for a timeout."""
+    if member.state == DeviceState.TIMED_OUT and member.error_code == "never_started":
+        return (f"never started the update within {rollout.in_progress_timeout_s} s of its "
+                f"wave opening (in_progress_timeout_s); the device may be offline")
     if member.state == DeviceState.TIMED_OUT and not detail:
         return (f"no report for {rollout.in_progress_timeout_s} s while the update was in "
                 f"progress (in_progress_timeout_s); the device may be offline or stuck")
