@@ -45,14 +45,21 @@ async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reque
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
-    length = next((int(line.split(":", 1)[1]) for line in lines
-                   if line.lower().startswith("content-length:")), 0)
+    length = next(
+        (
+            int(line.split(":", 1)[1])
+            for line in lines
+            if line.lower().startswith("content-length:")
+        ),
+        0,
+    )
     await reader.readexactly(length)
     return int(lines[0].split()[1])
 
 
-async def _load(url: str, headers: list[dict[str, str]], seconds: float,
-                server_pid: int | None = None) -> dict[str, float]:
+async def _load(
+    url: str, headers: list[dict[str, str]], seconds: float, server_pid: int | None = None
+) -> dict[str, float]:
     """``CONCURRENCY`` clients in a closed loop for ``seconds``; latencies in ms, and the CPU
     the server and this client spent per request (both share the machine's cores).
 
@@ -63,9 +70,14 @@ async def _load(url: str, headers: list[dict[str, str]], seconds: float,
     """
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    requests = [(f"GET {parts.path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                 + "".join(f"{k}: {v}\r\n" for k, v in h.items()) + "\r\n").encode()
-                for h in headers]
+    requests = [
+        (
+            f"GET {parts.path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in h.items())
+            + "\r\n"
+        ).encode()
+        for h in headers
+    ]
     latencies: list[float] = []
     errors = 0
     deadline = time.monotonic() + seconds
@@ -91,12 +103,15 @@ async def _load(url: str, headers: list[dict[str, str]], seconds: float,
     client_cpu = time.process_time() - client_cpu
     server_cpu = _cpu_s(server_pid) - server_cpu if server_pid else 0.0
     latencies.sort()
-    return {"requests": len(latencies), "errors": errors,
-            "server_cpu_ms": round(1000 * server_cpu / max(1, len(latencies)), 2),
-            "client_cpu_ms": round(1000 * client_cpu / max(1, len(latencies)), 2),
-            "rps": round(len(latencies) / elapsed, 1),
-            "p50_ms": round(latencies[len(latencies) // 2], 2),
-            "p99_ms": round(latencies[int(len(latencies) * 0.99)], 2)}
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "server_cpu_ms": round(1000 * server_cpu / max(1, len(latencies)), 2),
+        "client_cpu_ms": round(1000 * client_cpu / max(1, len(latencies)), 2),
+        "rps": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(latencies[len(latencies) // 2], 2),
+        "p99_ms": round(latencies[int(len(latencies) * 0.99)], 2),
+    }
 
 
 def _enroll(server: ServerProcess, op: Operator, devices: int) -> list[dict[str, str]]:
@@ -104,9 +119,16 @@ def _enroll(server: ServerProcess, op: Operator, devices: int) -> list[dict[str,
     headers = []
     with httpx.Client(base_url=server.url, timeout=30) as http:
         for index in range(devices):
-            answer = http.post(endpoints.ENROLL, json={
-                "enrollment_token": token, "device_id": f"bench-{index:05d}",
-                "hardware": "x86_64", "agent_version": "bench", "tags": {}}).json()
+            answer = http.post(
+                endpoints.ENROLL,
+                json={
+                    "enrollment_token": token,
+                    "device_id": f"bench-{index:05d}",
+                    "hardware": "x86_64",
+                    "agent_version": "bench",
+                    "tags": {},
+                },
+            ).json()
             headers.append({"Authorization": f"Bearer {answer['credential']}"})
     return headers
 
@@ -117,14 +139,16 @@ async def _warm_up(url: str, headers: list[dict[str, str]]) -> None:
     limits = httpx.Limits(max_connections=CONCURRENCY, keepalive_expiry=2.0)
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
         for start in range(0, len(headers), CONCURRENCY):
-            answers = await asyncio.gather(*(client.get(url, headers=h)
-                                             for h in headers[start:start + CONCURRENCY]))
+            answers = await asyncio.gather(
+                *(client.get(url, headers=h) for h in headers[start : start + CONCURRENCY])
+            )
             if any(a.status_code != 200 for a in answers):
                 raise SystemExit(f"warm-up check-in failed: {answers[0].text[:300]}")
 
 
-def measure_ferry(devices: int, seconds: float, workdir: Path,
-                  cache: bool = True) -> dict[str, float]:
+def measure_ferry(
+    devices: int, seconds: float, workdir: Path, cache: bool = True
+) -> dict[str, float]:
     """``cache=False`` sets ``FERRY_CHECKIN_CACHE_POLL_S=0``: every check-in takes the
     database path (authenticate, load the device, compute its claims)."""
     env = {"FERRY_MQTT_ENABLED": "false", "FERRY_CHECKIN_CACHE_POLL_S": "0.5" if cache else "0"}
@@ -168,16 +192,28 @@ async def bare(scope, receive, send):
 """
 
 
-def measure_baseline(body_bytes: int, seconds: float, workdir: Path,
-                     target: str) -> dict[str, float]:
+def measure_baseline(
+    body_bytes: int, seconds: float, workdir: Path, target: str
+) -> dict[str, float]:
     """uvicorn answering a constant JSON document of the same size: ``app`` is a one-route
     FastAPI app (sync route, as Ferry's), ``bare`` a plain ASGI callable."""
     body = json.dumps({"padding": "x" * max(0, body_bytes - 15)})
     (workdir / "baseline_app.py").write_text(textwrap.dedent(BASELINE_APP.format(body=body)))
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "uvicorn", f"baseline_app:{target}",
-                                "--port", str(port), "--log-level", "warning",
-                                "--no-access-log"], cwd=workdir)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            f"baseline_app:{target}",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        cwd=workdir,
+    )
     url = f"http://127.0.0.1:{port}/constant"
     try:
         wait_until(lambda: _up(url), 30, "the baseline server")
@@ -204,20 +240,26 @@ def main(argv: list[str]) -> int:
     if args.quick:
         args.devices, args.seconds = 200, 5.0
     with tempfile.TemporaryDirectory(prefix="ferry-bench-checkin-") as tmp:
-        rows = {"ferry desired-state, cached": measure_ferry(args.devices, args.seconds,
-                                                             Path(tmp))}
-        rows["ferry desired-state, cache off"] = measure_ferry(args.devices, args.seconds,
-                                                               Path(tmp), cache=False)
+        rows = {"ferry desired-state, cached": measure_ferry(args.devices, args.seconds, Path(tmp))}
+        rows["ferry desired-state, cache off"] = measure_ferry(
+            args.devices, args.seconds, Path(tmp), cache=False
+        )
         size = int(rows["ferry desired-state, cached"]["body_bytes"])
-        rows["uvicorn + FastAPI route (baseline)"] = measure_baseline(size, args.seconds,
-                                                                      Path(tmp), "app")
-        rows["uvicorn + bare ASGI (baseline)"] = measure_baseline(size, args.seconds,
-                                                                  Path(tmp), "bare")
-    print(f"{'':>36} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
-          f"{'server CPU ms/req':>18} {'client CPU ms/req':>18}")
+        rows["uvicorn + FastAPI route (baseline)"] = measure_baseline(
+            size, args.seconds, Path(tmp), "app"
+        )
+        rows["uvicorn + bare ASGI (baseline)"] = measure_baseline(
+            size, args.seconds, Path(tmp), "bare"
+        )
+    print(
+        f"{'':>36} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+        f"{'server CPU ms/req':>18} {'client CPU ms/req':>18}"
+    )
     for name, row in rows.items():
-        print(f"{name:>36} {row['rps']:>9} {row['p50_ms']:>8} {row['p99_ms']:>8} "
-              f"{int(row['errors']):>7} {row['server_cpu_ms']:>18} {row['client_cpu_ms']:>18}")
+        print(
+            f"{name:>36} {row['rps']:>9} {row['p50_ms']:>8} {row['p99_ms']:>8} "
+            f"{int(row['errors']):>7} {row['server_cpu_ms']:>18} {row['client_cpu_ms']:>18}"
+        )
     cached = rows["ferry desired-state, cached"]["rps"]
     print(f"\n{CONCURRENCY} concurrent clients, {args.devices} devices, {size}-byte documents.")
     for name in ("uvicorn + FastAPI route (baseline)", "uvicorn + bare ASGI (baseline)"):

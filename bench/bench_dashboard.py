@@ -50,15 +50,30 @@ def _publish(client: TestClient, admin: dict[str, str], accuracy: float) -> None
     data = secrets.token_bytes(1024)
     sha = hashlib.sha256(data).hexdigest()
     client.put(f"{API}/blobs/{sha}", content=data, headers=admin)
-    r = client.post(f"{API}/models/vision/det/versions", headers=admin, json={
-        "files": [{"path": "model.onnx", "sha256": sha, "size": len(data)}], "format": "onnx",
-        "flavor": "onnxruntime", "signature": {}, "hardware": ["x86_64"],
-        "metadata": {"created_by": "bench", "run_id": "r", "git_commit": "c",
-                     "metrics": {"accuracy": accuracy}}})
+    r = client.post(
+        f"{API}/models/vision/det/versions",
+        headers=admin,
+        json={
+            "files": [{"path": "model.onnx", "sha256": sha, "size": len(data)}],
+            "format": "onnx",
+            "flavor": "onnxruntime",
+            "signature": {},
+            "hardware": ["x86_64"],
+            "metadata": {
+                "created_by": "bench",
+                "run_id": "r",
+                "git_commit": "c",
+                "metrics": {"accuracy": accuracy},
+            },
+        },
+    )
     version = r.json()["version"]
     for stage in ("Staging", "Production"):
-        client.post(f"{API}/models/vision/det/versions/{version}/stage", headers=admin,
-                    json={"stage": stage})
+        client.post(
+            f"{API}/models/vision/det/versions/{version}/stage",
+            headers=admin,
+            json={"stage": stage},
+        )
 
 
 def populate(data_dir: Path, devices: int) -> str:
@@ -76,14 +91,31 @@ def populate(data_dir: Path, devices: int) -> str:
         _publish(client, admin, 0.93)
         with Session(engine) as session:
             for i in range(devices):
-                session.add(Device(id=f"cam-{i:05d}", namespace="vision", hardware="x86_64",
-                                   tags={"hw": "x86_64", "region": "eu" if i % 2 else "us"},
-                                   groups=["all"], credential_hash=secrets.token_hex(32),
-                                   last_seen_at=now))
+                session.add(
+                    Device(
+                        id=f"cam-{i:05d}",
+                        namespace="vision",
+                        hardware="x86_64",
+                        tags={"hw": "x86_64", "region": "eu" if i % 2 else "us"},
+                        groups=["all"],
+                        credential_hash=secrets.token_hex(32),
+                        last_seen_at=now,
+                    )
+                )
             session.commit()
-        r = client.post(f"{API}/rollouts", headers=admin, json={
-            "namespace": "vision", "model": "det", "version": "2", "waves": WAVES,
-            "bake_s": 3600, "max_failure_pct": 50, "start_paused": True})
+        r = client.post(
+            f"{API}/rollouts",
+            headers=admin,
+            json={
+                "namespace": "vision",
+                "model": "det",
+                "version": "2",
+                "waves": WAVES,
+                "bake_s": 3600,
+                "max_failure_pct": 50,
+                "start_paused": True,
+            },
+        )
         rollout = r.json()["id"]
         client.post(f"{API}/rollouts/{rollout}/resume", headers=admin)
         client.post(f"{API}/rollouts/{rollout}/advance", headers=admin)
@@ -102,26 +134,53 @@ def _spread_states(engine: object, pk: int, now: str) -> None:
             if m.wave <= 1:
                 state = "rolled_back" if rng.random() < 0.02 else "committed"
             elif m.wave == 2:
-                state = rng.choice(["pending", "downloading", "installing", "committed",
-                                    "committed", "committed", "failed"])
+                state = rng.choice(
+                    [
+                        "pending",
+                        "downloading",
+                        "installing",
+                        "committed",
+                        "committed",
+                        "committed",
+                        "failed",
+                    ]
+                )
             else:
                 state = "pending"
             m.state, m.updated_at = state, now
             m.error_code = "probe_failed" if state in ("failed", "rolled_back") else None
             session.add(m)
             installed = 2 if state == "committed" else 1
-            session.add(DeviceSlot(device_id=m.device_id, slot="main", model="vision/det",
-                                   installed_version=installed, state=state if state not in (
-                                       "pending",) else "idle", updated_at=now))
+            session.add(
+                DeviceSlot(
+                    device_id=m.device_id,
+                    slot="main",
+                    model="vision/det",
+                    installed_version=installed,
+                    state=state if state not in ("pending",) else "idle",
+                    updated_at=now,
+                )
+            )
             if m.error_code:
-                session.add(DeviceReport(
-                    report_id=secrets.token_hex(16), device_id=m.device_id, slot="main",
-                    state=state, at=now, from_version=1, to_version=2,
-                    error_code="probe_failed", rollout_id=f"r-{pk}",
-                    detail="probe exited 1: accuracy 0.41 < 0.80 on the holdout sample"))
-        session.exec(update(RolloutDevice)  # type: ignore[call-overload]
-                     .where(col(RolloutDevice.rollout_id) == pk)
-                     .values(last_report_at=now))
+                session.add(
+                    DeviceReport(
+                        report_id=secrets.token_hex(16),
+                        device_id=m.device_id,
+                        slot="main",
+                        state=state,
+                        at=now,
+                        from_version=1,
+                        to_version=2,
+                        error_code="probe_failed",
+                        rollout_id=f"r-{pk}",
+                        detail="probe exited 1: accuracy 0.41 < 0.80 on the holdout sample",
+                    )
+                )
+        session.exec(
+            update(RolloutDevice)  # type: ignore[call-overload]
+            .where(col(RolloutDevice.rollout_id) == pk)
+            .values(last_report_at=now)
+        )
         session.commit()
 
 
@@ -158,26 +217,34 @@ def main(argv: list[str]) -> int:
         data_dir = Path(tmp) / "data"
         started = time.perf_counter()
         rollout = populate(data_dir, devices)
-        print(f"set-up: {devices} devices, rollout {rollout} over waves {WAVES}, "
-              f"{time.perf_counter() - started:.1f} s")
+        print(
+            f"set-up: {devices} devices, rollout {rollout} over waves {WAVES}, "
+            f"{time.perf_counter() - started:.1f} s"
+        )
         server = LiveServer(data_dir)
         server.start()
         try:
             with httpx.Client(base_url=server.base, timeout=60) as client:
                 r = client.post("/ui/login", data={"token": server.admin_token})
                 assert r.status_code == 303 and "ferry_session" in client.cookies, r.status_code
-                pages = [("rollout page", f"/ui/rollouts/{rollout}"),
-                         ("failed devices (first 100)", f"/ui/rollouts/{rollout}/devices"),
-                         ("rollouts list", "/ui/rollouts"), ("fleet page", "/ui/fleet"),
-                         ("fleet page, tag filter", "/ui/fleet?tag=region%3Deu"),
-                         ("device page", "/ui/devices/cam-00000"),
-                         ("model page", "/ui/models/vision/det"),
-                         ("audit page", "/ui/audit"), ("/metrics", "/metrics")]
+                pages = [
+                    ("rollout page", f"/ui/rollouts/{rollout}"),
+                    ("failed devices (first 100)", f"/ui/rollouts/{rollout}/devices"),
+                    ("rollouts list", "/ui/rollouts"),
+                    ("fleet page", "/ui/fleet"),
+                    ("fleet page, tag filter", "/ui/fleet?tag=region%3Deu"),
+                    ("device page", "/ui/devices/cam-00000"),
+                    ("model page", "/ui/models/vision/det"),
+                    ("audit page", "/ui/audit"),
+                    ("/metrics", "/metrics"),
+                ]
                 print(f"{'page':<28} {'median ms':>10} {'worst ms':>10} {'bytes':>10}")
                 for name, url in pages:
                     times, size = timed(client, url, repeat)
-                    print(f"{name:<28} {statistics.median(times) * 1000:>10.1f} "
-                          f"{max(times) * 1000:>10.1f} {size:>10}")
+                    print(
+                        f"{name:<28} {statistics.median(times) * 1000:>10.1f} "
+                        f"{max(times) * 1000:>10.1f} {size:>10}"
+                    )
                 seconds, size = first_event(client, f"/ui/rollouts/{rollout}/events")
                 print(f"{'first SSE event':<28} {seconds * 1000:>10.1f} {'':>10} {size:>10}")
         finally:

@@ -49,8 +49,10 @@ def _plan(text: str) -> list[int]:
 
 def _status_messages(stack: Stack) -> float:
     """MQTT status messages the server took in (first copies and duplicates of HTTP ones)."""
-    return sum(stack.metric("ferry_mqtt_status_messages_total", outcome=outcome)
-               for outcome in ("accepted", "duplicate"))
+    return sum(
+        stack.metric("ferry_mqtt_status_messages_total", outcome=outcome)
+        for outcome in ("accepted", "duplicate")
+    )
 
 
 def _server_cpu(stack: Stack) -> float:
@@ -74,8 +76,9 @@ def scratch_postgres() -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def run_fleet(devices: int, plans: list[list[int]], workdir: Path,
-              database_url: str = "") -> Iterator[dict[str, object]]:
+def run_fleet(
+    devices: int, plans: list[list[int]], workdir: Path, database_url: str = ""
+) -> Iterator[dict[str, object]]:
     """One fleet; yields a row per rollout as soon as it has finished."""
     stack = Stack(workdir)
     stack.server.env["FERRY_DELTAS_ENABLED"] = "false"  # simulated devices fetch full bundles
@@ -85,11 +88,18 @@ def run_fleet(devices: int, plans: list[list[int]], workdir: Path,
     assert stack.op is not None
     op = stack.op
     try:
-        versions = op.publish_model(workdir / "bundles", [False] * len(plans),
-                                    MODEL_BYTES)
+        versions = op.publish_model(workdir / "bundles", [False] * len(plans), MODEL_BYTES)
         started = time.monotonic()
-        stack.simulate(devices, "bench", "--step-delay", "0", "--poll-interval", "600",
-                       "--verify-sample", "0.01")
+        stack.simulate(
+            devices,
+            "bench",
+            "--step-delay",
+            "0",
+            "--poll-interval",
+            "600",
+            "--verify-sample",
+            "0.01",
+        )
         stack.wait(lambda: op.fleet_status()["devices"] >= devices, "enrolment", TIMEOUT_S)
         enrolled_s = time.monotonic() - started
         time.sleep(max(5.0, devices / 1000))  # let every device finish its MQTT login
@@ -105,8 +115,7 @@ def _one_rollout(stack: Stack, devices: int, plan: list[int], version: int) -> d
     statuses = _status_messages(stack)
     cpu = _server_cpu(stack)
     started = time.monotonic()
-    rollout = stack.op.create_rollout(version, plan, min_success_pct=100,
-                                      max_failure_pct=100)
+    rollout = stack.op.create_rollout(version, plan, min_success_pct=100, max_failure_pct=100)
 
     def done() -> bool:
         assert stack.op is not None
@@ -122,38 +131,56 @@ def _one_rollout(stack: Stack, devices: int, plan: list[int], version: int) -> d
     waves = len(plan)
     notices = stack.metric("ferry_mqtt_notices_published_total", kind="group") - notices
     statuses = _status_messages(stack) - statuses
-    return {"devices": devices, "waves": ",".join(map(str, plan)), "seconds": round(seconds, 1),
-            "notices_per_wave": round(notices / waves, 1),
-            "status_msgs_per_device": round(statuses / devices, 2),
-            "server_cpu_s": round(_server_cpu(stack) - cpu, 1)}
+    return {
+        "devices": devices,
+        "waves": ",".join(map(str, plan)),
+        "seconds": round(seconds, 1),
+        "notices_per_wave": round(notices / waves, 1),
+        "status_msgs_per_device": round(statuses / devices, 2),
+        "server_cpu_s": round(_server_cpu(stack) - cpu, 1),
+    }
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, nargs="+", default=[1000, 10000])
-    parser.add_argument("--plans", type=_plan, nargs="+", default=[[100], [1, 10, 50, 100]],
-                        help="wave plans as cumulative percentages (default: 100 and 1,10,50,100)")
+    parser.add_argument(
+        "--plans",
+        type=_plan,
+        nargs="+",
+        default=[[100], [1, 10, 50, 100]],
+        help="wave plans as cumulative percentages (default: 100 and 1,10,50,100)",
+    )
     parser.add_argument("--quick", action="store_true", help="200 devices")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--postgres", action="store_true",
-                        help="metadata in a scratch PostgreSQL database (127.0.0.1:5432)")
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="metadata in a scratch PostgreSQL database (127.0.0.1:5432)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.devices = [200]
     rows: list[dict[str, object]] = []
     for devices in args.devices:
-        with tempfile.TemporaryDirectory(prefix="ferry-bench-rollout-") as tmp, \
-                (scratch_postgres() if args.postgres else nullcontext("")) as database_url:
+        with (
+            tempfile.TemporaryDirectory(prefix="ferry-bench-rollout-") as tmp,
+            scratch_postgres() if args.postgres else nullcontext("") as database_url,
+        ):
             for row in run_fleet(devices, args.plans, Path(tmp), database_url):
                 row["database"] = "postgresql" if database_url else "sqlite"
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    print(f"\n{'database':>10} {'devices':>8} {'waves':>12} {'seconds':>8} {'notices/wave':>13} "
-          f"{'MQTT status msgs/device':>24} {'server CPU s':>13} {'enrol s':>8}")
+    print(
+        f"\n{'database':>10} {'devices':>8} {'waves':>12} {'seconds':>8} {'notices/wave':>13} "
+        f"{'MQTT status msgs/device':>24} {'server CPU s':>13} {'enrol s':>8}"
+    )
     for row in rows:
-        print(f"{row['database']:>10} {row['devices']:>8} {row['waves']:>12} {row['seconds']:>8} "
-              f"{row['notices_per_wave']:>13} {row['status_msgs_per_device']:>24} "
-              f"{row['server_cpu_s']:>13} {row['enrol_s']:>8}")
+        print(
+            f"{row['database']:>10} {row['devices']:>8} {row['waves']:>12} {row['seconds']:>8} "
+            f"{row['notices_per_wave']:>13} {row['status_msgs_per_device']:>24} "
+            f"{row['server_cpu_s']:>13} {row['enrol_s']:>8}"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

@@ -99,31 +99,53 @@ def soak(args: argparse.Namespace, workdir: Path, database_url: str) -> int:
         wait_until(lambda: op.fleet_status()["devices"] >= everyone, 180, "the fleet enrolled")
         outcomes = []
         for version in versions:
-            rollout = op.create_rollout(version, [10, 50, 100], max_failure_pct=20,
-                                        min_success_pct=90, in_progress_timeout_s=300)
+            rollout = op.create_rollout(
+                version,
+                [10, 50, 100],
+                max_failure_pct=20,
+                min_success_pct=90,
+                in_progress_timeout_s=300,
+            )
             kills = _kill_during(stack, rng, rollout["id"])
-            status = op.wait_rollout(rollout["id"],
-                                     lambda s: s["rollout"]["state"] in FINAL_STATES,
-                                     timeout=args.timeout)
+            status = op.wait_rollout(
+                rollout["id"], lambda s: s["rollout"]["state"] in FINAL_STATES, timeout=args.timeout
+            )
             outcomes.append((rollout["id"], status["rollout"]["state"], kills))
-            print(f"{rollout['id']} v{version}: {status['rollout']['state']} "
-                  f"(killed: {', '.join(kills) or 'nothing'})", flush=True)
+            print(
+                f"{rollout['id']} v{version}: {status['rollout']['state']} "
+                f"(killed: {', '.join(kills) or 'nothing'})",
+                flush=True,
+            )
         final = versions[-1]
         wait_until(lambda: all(_installed(a) == final for a in agents), 180, "agents settled")
         time.sleep(5)  # the last reports in flight land
         summary = sim.stop()
         stack.sims.clear()
         server = stack.server_view()
-        device = {**{str(k): int(v) for k, v in summary.get("installed", {}).items()},
-                  **{a.device_id: _installed(a) for a in agents}}
+        device = {
+            **{str(k): int(v) for k, v in summary.get("installed", {}).items()},
+            **{a.device_id: _installed(a) for a in agents},
+        }
         mismatched = sorted(d for d, v in device.items() if server.get(d) != v)
         stored = _stored_reports(op, list(summary.get("installed", {})))
         made = int(summary.get("reports_made", 0))
-        print(json.dumps({"rollouts": [o[:2] for o in outcomes], "reports_made": made,
-                          "reports_stored": stored, "mismatched": len(mismatched),
-                          "mismatched_devices": mismatched[:20]}, indent=1))
-        ok = (all(state == "completed" for _, state, _ in outcomes) and stored == made
-              and not mismatched)
+        print(
+            json.dumps(
+                {
+                    "rollouts": [o[:2] for o in outcomes],
+                    "reports_made": made,
+                    "reports_stored": stored,
+                    "mismatched": len(mismatched),
+                    "mismatched_devices": mismatched[:20],
+                },
+                indent=1,
+            )
+        )
+        ok = (
+            all(state == "completed" for _, state, _ in outcomes)
+            and stored == made
+            and not mismatched
+        )
         return 0 if ok else 1
     finally:
         stack.stop()
@@ -146,8 +168,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="ferry-soak-") as tmp, \
-            scratch_postgres() as database_url:
+    with (
+        tempfile.TemporaryDirectory(prefix="ferry-soak-") as tmp,
+        scratch_postgres() as database_url,
+    ):
         return soak(args, Path(tmp), database_url)
 
 

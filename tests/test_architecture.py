@@ -18,8 +18,21 @@ ROOT = Path(__file__).resolve().parents[1]
 SERVER = ROOT / "server" / "src" / "ferry" / "server"
 
 # Lowest first: each concept may import core and the concepts listed before it.
-SERVER_LAYERS = ["core", "audit", "auth", "trust", "webhooks", "registry", "blobs", "fleet",
-                 "rollouts", "checkin", "deltas", "mqtt", "dashboard"]
+SERVER_LAYERS = [
+    "core",
+    "audit",
+    "auth",
+    "trust",
+    "webhooks",
+    "registry",
+    "blobs",
+    "fleet",
+    "rollouts",
+    "checkin",
+    "deltas",
+    "mqtt",
+    "dashboard",
+]
 COMPOSITION = {"api", "app", "wiring", "metadata", "migrations", "backup"}
 PARTS = {
     "protocol": set(),
@@ -84,8 +97,12 @@ def part_violations() -> list[str]:
         for path in (ROOT / folder / "src" / "ferry" / part).rglob("*.py"):
             for module in _imports(path):
                 names = module.split(".")
-                if names[0] == "ferry" and len(names) > 1 and names[1] != part \
-                        and names[1] not in allowed:
+                if (
+                    names[0] == "ferry"
+                    and len(names) > 1
+                    and names[1] != part
+                    and names[1] not in allowed
+                ):
                     found.append(f"{path.relative_to(ROOT)} imports {module}")
     return sorted(set(found))
 
@@ -106,8 +123,10 @@ def test_parts_import_only_the_parts_below_them() -> None:
 def test_the_checker_sees_a_forbidden_arrow(tmp_path: Path) -> None:
     """The registry calling rollouts (what this layout removed) would be caught."""
     module = tmp_path / "m.py"
-    module.write_text("from ferry.server.rollouts.bindings import on_alias_set\n"
-                      "if TYPE_CHECKING:\n    from ferry.server.mqtt import X\n")
+    module.write_text(
+        "from ferry.server.rollouts.bindings import on_alias_set\n"
+        "if TYPE_CHECKING:\n    from ferry.server.mqtt import X\n"
+    )
     imported = set(_imports(module))
     assert "ferry.server.rollouts.bindings" in imported
     assert "ferry.server.mqtt" not in imported

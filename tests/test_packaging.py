@@ -25,8 +25,11 @@ def _closure(distribution: str) -> set[str]:
         if name in seen:
             continue
         seen.add(name)
-        todo += [_name(r) for r in requires(name) or []
-                 if "extra ==" not in r and "python_version" not in r]
+        todo += [
+            _name(r)
+            for r in requires(name) or []
+            if "extra ==" not in r and "python_version" not in r
+        ]
     return seen
 
 
@@ -56,7 +59,9 @@ def test_protocol_and_agent_import_without_the_server_stack() -> None:
         f"bad = sorted(m for m in {sorted(SERVER_ONLY)!r} if m in sys.modules and m not in baseline)\n"
         "print(','.join(bad))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == ""
 
 

@@ -94,15 +94,40 @@ def test_a_device_venv_with_the_agent_alone_installs_no_server_dependency(tmp_pa
     python = venv / "bin" / "python"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         str(REPO_ROOT / "protocol"), str(REPO_ROOT / "agent")],
-        check=True, timeout=600, env=env, capture_output=True)
-    frozen = subprocess.run([str(python), "-m", "pip", "freeze"], check=True, text=True,
-                            capture_output=True, timeout=120).stdout
-    installed = {line.split("==")[0].split(" @ ")[0].lower().replace("_", "-")
-                 for line in frozen.splitlines() if line}
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            str(REPO_ROOT / "protocol"),
+            str(REPO_ROOT / "agent"),
+        ],
+        check=True,
+        timeout=600,
+        env=env,
+        capture_output=True,
+    )
+    frozen = subprocess.run(
+        [str(python), "-m", "pip", "freeze"],
+        check=True,
+        text=True,
+        capture_output=True,
+        timeout=120,
+    ).stdout
+    installed = {
+        line.split("==")[0].split(" @ ")[0].lower().replace("_", "-")
+        for line in frozen.splitlines()
+        if line
+    }
     assert {"ferry-agent", "ferry-protocol", "httpx", "paho-mqtt"} <= installed
     assert not installed & ({*FORBIDDEN, "ferry-server", "ferry-client", "alembic", "psycopg"})
-    shown = subprocess.run([str(venv / "bin" / "ferry-agent"), "--help"], text=True,
-                           capture_output=True, timeout=60, check=False)
+    shown = subprocess.run(
+        [str(venv / "bin" / "ferry-agent"), "--help"],
+        text=True,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     assert shown.returncode == 0 and "enroll" in shown.stdout

@@ -46,7 +46,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with log.open("wb") as log_fh:
         proc = subprocess.Popen(
             [str(FERRY), "server", "--data-dir", str(data_dir), "--port", str(port)],
-            stdout=log_fh, stderr=subprocess.STDOUT, env=env)
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(url, proc, log)

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FERRY = Path(sys.executable).with_name("ferry")
-SIGNATURE = {"inputs": [{"name": "x", "dtype": "float32", "shape": [1, 3]}],
-             "outputs": [{"name": "y", "dtype": "float32", "shape": [1, 2]}]}
+SIGNATURE = {
+    "inputs": [{"name": "x", "dtype": "float32", "shape": [1, 3]}],
+    "outputs": [{"name": "y", "dtype": "float32", "shape": [1, 2]}],
+}
 
 
 @dataclass(frozen=True)
@@ -31,9 +33,15 @@ def free_port() -> int:
 
 def push_metadata(**overrides: object) -> dict[str, object]:
     meta: dict[str, object] = {
-        "format": "onnx", "flavor": "onnxruntime", "signature": SIGNATURE,
-        "created_by": "ci@team", "run_id": "run-1", "git_commit": "3f2a9c1",
-        "hardware": ["x86_64"], "metrics": {"accuracy": 0.93}, "hyperparameters": {"lr": 0.001},
+        "format": "onnx",
+        "flavor": "onnxruntime",
+        "signature": SIGNATURE,
+        "created_by": "ci@team",
+        "run_id": "run-1",
+        "git_commit": "3f2a9c1",
+        "hardware": ["x86_64"],
+        "metrics": {"accuracy": 0.93},
+        "hyperparameters": {"lr": 0.001},
     }
     meta.update(overrides)
     return meta

@@ -18,15 +18,31 @@ from ferry.cli.main import app
 from ferry.client import FerryClient
 from tests.client.helpers import FERRY, SIGNATURE, Server, free_port
 
-PUSH_FLAGS = ["--format", "onnx", "--flavor", "onnxruntime", "--hardware", "x86_64",
-              "--created-by", "ci@team", "--run-id", "run-7", "--git-commit", "3f2a9c1"]
+PUSH_FLAGS = [
+    "--format",
+    "onnx",
+    "--flavor",
+    "onnxruntime",
+    "--hardware",
+    "x86_64",
+    "--created-by",
+    "ci@team",
+    "--run-id",
+    "run-7",
+    "--git-commit",
+    "3f2a9c1",
+]
 
 
 @pytest.fixture
 def env(server: Server, tmp_path: Path) -> dict[str, str]:
     """Environment for one test: its own config file, the admin token."""
-    return {"FERRY_CONFIG": str(tmp_path / "cfg" / "config.toml"), "FERRY_SERVER": server.url,
-            "FERRY_TOKEN": server.admin_token, "COLUMNS": "200"}
+    return {
+        "FERRY_CONFIG": str(tmp_path / "cfg" / "config.toml"),
+        "FERRY_SERVER": server.url,
+        "FERRY_TOKEN": server.admin_token,
+        "COLUMNS": "200",
+    }
 
 
 @pytest.fixture
@@ -60,14 +76,19 @@ def _commands(group: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[
 
 
 SERVER_SIDE = {("server",), ("admin",), ("keys",), ("audit", "verify")}
-CLIENT_COMMANDS = sorted(c for c in _commands(typer.main.get_group(app))
-                         if not any(c[0][:len(s)] == s for s in SERVER_SIDE))
+CLIENT_COMMANDS = sorted(
+    c
+    for c in _commands(typer.main.get_group(app))
+    if not any(c[0][: len(s)] == s for s in SERVER_SIDE)
+)
 
 
-@pytest.mark.parametrize(("command", "is_group"), CLIENT_COMMANDS,
-                         ids=[" ".join(c) for c, _ in CLIENT_COMMANDS])
-def test_every_command_has_help_with_summary_and_example(command: tuple[str, ...],
-                                                         is_group: bool) -> None:
+@pytest.mark.parametrize(
+    ("command", "is_group"), CLIENT_COMMANDS, ids=[" ".join(c) for c, _ in CLIENT_COMMANDS]
+)
+def test_every_command_has_help_with_summary_and_example(
+    command: tuple[str, ...], is_group: bool
+) -> None:
     result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "120"})
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.output
@@ -91,32 +112,59 @@ def test_configure_writes_private_file_and_env_overrides_it(server: Server, tmp_
 
 
 def test_no_config_says_how_to_configure(tmp_path: Path) -> None:
-    result = ferry({"FERRY_CONFIG": str(tmp_path / "none.toml"), "FERRY_SERVER": "",
-                    "FERRY_TOKEN": ""}, "whoami")
+    result = ferry(
+        {"FERRY_CONFIG": str(tmp_path / "none.toml"), "FERRY_SERVER": "", "FERRY_TOKEN": ""},
+        "whoami",
+    )
     assert result.exit_code == 1 and "ferry configure --server" in result.stderr
 
 
 def test_unreachable_server_is_one_line_exit_1(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    result = ferry({"FERRY_CONFIG": str(tmp_path / "c.toml"), "FERRY_SERVER": url,
-                    "FERRY_TOKEN": "fry_x"}, "namespace", "list")
+    result = ferry(
+        {"FERRY_CONFIG": str(tmp_path / "c.toml"), "FERRY_SERVER": url, "FERRY_TOKEN": "fry_x"},
+        "namespace",
+        "list",
+    )
     assert result.exit_code == 1
     assert "unreachable" in result.stderr and f"{url}/healthz" in result.stderr
     assert "Traceback" not in result.output
 
 
-def test_pipeline_push_approver_promote_operator_pull(env: dict[str, str], namespace: str,
-                                                      sig: Path, tmp_path: Path) -> None:
+def test_pipeline_push_approver_promote_operator_pull(
+    env: dict[str, str], namespace: str, sig: Path, tmp_path: Path
+) -> None:
     ok(env, "model", "create", f"{namespace}/detector", "--tag", "yolo")
     weights = tmp_path / "w.onnx"
     weights.write_bytes(os.urandom(2 * 1024 * 1024 + 3))
     meta = tmp_path / "meta.yaml"
-    meta.write_text("format: tflite\nrun_id: from-file\nmetrics: {accuracy: 0.5, f1: 0.8}\n"
-                    "training_data: {digest: 'sha256:abc', version: '2026-11'}\n")
-    pushed = as_json(ok(env, "push", f"{namespace}/detector", weights, "--metadata", meta,
-                        *PUSH_FLAGS, "--signature", sig, "--metric", "accuracy=0.93",
-                        "--param", "lr=0.001", "--param", "optimizer=adam", "--tag", "t1",
-                        "--json", "--quiet"))
+    meta.write_text(
+        "format: tflite\nrun_id: from-file\nmetrics: {accuracy: 0.5, f1: 0.8}\n"
+        "training_data: {digest: 'sha256:abc', version: '2026-11'}\n"
+    )
+    pushed = as_json(
+        ok(
+            env,
+            "push",
+            f"{namespace}/detector",
+            weights,
+            "--metadata",
+            meta,
+            *PUSH_FLAGS,
+            "--signature",
+            sig,
+            "--metric",
+            "accuracy=0.93",
+            "--param",
+            "lr=0.001",
+            "--param",
+            "optimizer=adam",
+            "--tag",
+            "t1",
+            "--json",
+            "--quiet",
+        )
+    )
     assert isinstance(pushed, dict)
     assert pushed["format"] == "onnx", "flags override the metadata file"
     assert pushed["metadata"]["run_id"] == "run-7"
@@ -135,11 +183,23 @@ def test_pipeline_push_approver_promote_operator_pull(env: dict[str, str], names
     assert isinstance(shown, dict)
     assert (shown["stage"], shown["aliases"]) == ("Production", ["champion"])
     assert "reviewed" in shown["tags"]
-    found = as_json(ok(env, "search", "--namespace", namespace, "--stage", "production",
-                       "--metric", "accuracy>=0.9", "--json"))
+    found = as_json(
+        ok(
+            env,
+            "search",
+            "--namespace",
+            namespace,
+            "--stage",
+            "production",
+            "--metric",
+            "accuracy>=0.9",
+            "--json",
+        )
+    )
     assert [v["version"] for v in found] == [pushed["version"]]  # type: ignore[union-attr]
-    assert as_json(ok(env, "search", "--namespace", namespace, "--metric", "f1>0.9",
-                      "--json")) == []
+    assert (
+        as_json(ok(env, "search", "--namespace", namespace, "--metric", "f1>0.9", "--json")) == []
+    )
     listing = ok(env, "versions", f"{namespace}/detector")
     assert ref in listing.stdout and "Production" in listing.stdout
 
@@ -163,8 +223,9 @@ def test_list_commands_print_json(env: dict[str, str], namespace: str) -> None:
 
 
 def test_token_commands_and_audit(env: dict[str, str], namespace: str, tmp_path: Path) -> None:
-    created = as_json(ok(env, "token", "create", "bot", "--role", "viewer", "-n", namespace,
-                         "--json"))
+    created = as_json(
+        ok(env, "token", "create", "bot", "--role", "viewer", "-n", namespace, "--json")
+    )
     assert isinstance(created, dict) and created["token"].startswith("fry_")
     listed = as_json(ok(env, "token", "list", "--json"))
     assert created["id"] in [t["id"] for t in listed]  # type: ignore[union-attr]
@@ -183,13 +244,17 @@ def test_token_commands_and_audit(env: dict[str, str], namespace: str, tmp_path:
     assert rows and all("hash" in r for r in rows)
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (["--metric", "accuracy"], "malformed --metric 'accuracy'"),
-    (["--metric", "accuracy=high"], "'high' is not a number"),
-    (["--param", "=3"], "malformed --param"),
-])
-def test_push_refuses_malformed_pairs(env: dict[str, str], sig: Path, tmp_path: Path,
-                                      args: list[str], needle: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--metric", "accuracy"], "malformed --metric 'accuracy'"),
+        (["--metric", "accuracy=high"], "'high' is not a number"),
+        (["--param", "=3"], "malformed --param"),
+    ],
+)
+def test_push_refuses_malformed_pairs(
+    env: dict[str, str], sig: Path, tmp_path: Path, args: list[str], needle: str
+) -> None:
     weights = tmp_path / "w.bin"
     weights.write_bytes(b"x")
     result = ferry(env, "push", "a/b", weights, *PUSH_FLAGS, "--signature", sig, *args)
@@ -202,8 +267,9 @@ def test_search_refuses_malformed_metric(env: dict[str, str]) -> None:
     assert "malformed metric filter 'accuracy=>0.9'" in result.stderr
 
 
-def test_push_unknown_file_names_it(env: dict[str, str], namespace: str, sig: Path,
-                                    tmp_path: Path) -> None:
+def test_push_unknown_file_names_it(
+    env: dict[str, str], namespace: str, sig: Path, tmp_path: Path
+) -> None:
     ok(env, "model", "create", f"{namespace}/m")
     missing = tmp_path / "missing.onnx"
     result = ferry(env, "push", f"{namespace}/m", missing, *PUSH_FLAGS, "--signature", sig)
@@ -211,15 +277,19 @@ def test_push_unknown_file_names_it(env: dict[str, str], namespace: str, sig: Pa
     assert str(missing) in result.stderr and "does not exist" in result.stderr
 
 
-@pytest.mark.parametrize(("name", "text", "needle"), [
-    ("meta.yaml", "format: [unclosed", "is not valid YAML"),
-    ("meta.json", "{\"format\": ", "is not valid JSON"),
-    ("meta.yaml", "formt: onnx\n", "unknown key 'formt'"),
-    ("meta.yaml", "metrics: 0.9\n", "'metrics' must be a mapping"),
-    ("meta.yaml", "- a\n- b\n", "must hold a mapping"),
-])
-def test_bad_metadata_file_names_the_problem(env: dict[str, str], sig: Path, tmp_path: Path,
-                                             name: str, text: str, needle: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "text", "needle"),
+    [
+        ("meta.yaml", "format: [unclosed", "is not valid YAML"),
+        ("meta.json", '{"format": ', "is not valid JSON"),
+        ("meta.yaml", "formt: onnx\n", "unknown key 'formt'"),
+        ("meta.yaml", "metrics: 0.9\n", "'metrics' must be a mapping"),
+        ("meta.yaml", "- a\n- b\n", "must hold a mapping"),
+    ],
+)
+def test_bad_metadata_file_names_the_problem(
+    env: dict[str, str], sig: Path, tmp_path: Path, name: str, text: str, needle: str
+) -> None:
     meta = tmp_path / name
     meta.write_text(text)
     weights = tmp_path / "w.bin"
@@ -229,8 +299,9 @@ def test_bad_metadata_file_names_the_problem(env: dict[str, str], sig: Path, tmp
     assert needle in result.stderr and str(meta) in result.stderr
 
 
-def test_push_without_required_metadata_names_the_missing_fields(env: dict[str, str],
-                                                                tmp_path: Path) -> None:
+def test_push_without_required_metadata_names_the_missing_fields(
+    env: dict[str, str], tmp_path: Path
+) -> None:
     weights = tmp_path / "w.bin"
     weights.write_bytes(b"x")
     result = ferry(env, "push", "a/b", weights, "--format", "onnx")
@@ -247,13 +318,15 @@ def test_bad_reference_is_a_usage_error(env: dict[str, str]) -> None:
     assert result.exit_code == 2 and "unknown stage 'Live'" in result.stderr
 
 
-def test_pull_of_tampered_blob_is_refused(server: Server, env: dict[str, str], namespace: str,
-                                          sig: Path, tmp_path: Path) -> None:
+def test_pull_of_tampered_blob_is_refused(
+    server: Server, env: dict[str, str], namespace: str, sig: Path, tmp_path: Path
+) -> None:
     ok(env, "model", "create", f"{namespace}/m")
     weights = tmp_path / "w.bin"
     weights.write_bytes(os.urandom(100_000))
-    pushed = as_json(ok(env, "push", f"{namespace}/m", weights, *PUSH_FLAGS, "--signature", sig,
-                        "--json", "-q"))
+    pushed = as_json(
+        ok(env, "push", f"{namespace}/m", weights, *PUSH_FLAGS, "--signature", sig, "--json", "-q")
+    )
     sha = pushed["files"][0]["sha256"]  # type: ignore[index]
     server.blob_path(sha).write_bytes(os.urandom(100_000))
     dest = tmp_path / "out"
@@ -263,30 +336,54 @@ def test_pull_of_tampered_blob_is_refused(server: Server, env: dict[str, str], n
     assert not (dest / "w.bin").exists()
 
 
-def test_subprocess_help_and_push_pull_round_trip(server: Server, namespace: str, sig: Path,
-                                                  tmp_path: Path) -> None:
-    env = {**os.environ, "FERRY_CONFIG": str(tmp_path / "config.toml"),
-           "FERRY_SERVER": server.url, "FERRY_TOKEN": server.admin_token}
-    help_run = subprocess.run([str(FERRY), "--help"], env=env, capture_output=True, text=True,
-                              check=True)
+def test_subprocess_help_and_push_pull_round_trip(
+    server: Server, namespace: str, sig: Path, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "FERRY_CONFIG": str(tmp_path / "config.toml"),
+        "FERRY_SERVER": server.url,
+        "FERRY_TOKEN": server.admin_token,
+    }
+    help_run = subprocess.run(
+        [str(FERRY), "--help"], env=env, capture_output=True, text=True, check=True
+    )
     for command in ("push", "pull", "promote", "search", "configure"):
         assert command in help_run.stdout
     with FerryClient(server.url, server.admin_token) as admin:
         admin.create_model(namespace, "sub")
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(os.urandom(1_500_000))
-    subprocess.run([str(FERRY), "push", f"{namespace}/sub", str(weights), *PUSH_FLAGS,
-                    "--signature", str(sig)], env=env, capture_output=True, check=True)
+    subprocess.run(
+        [
+            str(FERRY),
+            "push",
+            f"{namespace}/sub",
+            str(weights),
+            *PUSH_FLAGS,
+            "--signature",
+            str(sig),
+        ],
+        env=env,
+        capture_output=True,
+        check=True,
+    )
     dest = tmp_path / "pulled"
-    pulled = subprocess.run([str(FERRY), "pull", f"{namespace}/sub", "--dest", str(dest)],
-                            env=env, capture_output=True, text=True, check=True)
+    pulled = subprocess.run(
+        [str(FERRY), "pull", f"{namespace}/sub", "--dest", str(dest)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "verified" in pulled.stdout
     assert (dest / weights.name).read_bytes() == weights.read_bytes()
     assert "[pins." in (tmp_path / "config.toml").read_text(), "the root key was pinned (TOFU)"
 
 
 def test_pushing_the_same_bytes_with_new_metadata_says_nothing_was_pushed(
-        env: dict[str, str], model: tuple[str, str], bundle: list[Path], sig: Path) -> None:
+    env: dict[str, str], model: tuple[str, str], bundle: list[Path], sig: Path
+) -> None:
     ns, name = model
     first = ok(env, "push", f"{ns}/{name}", *bundle, "--signature", sig, *PUSH_FLAGS, "-q")
     assert first.stdout.startswith(f"pushed {ns}/{name}@1 ")
@@ -296,24 +393,42 @@ def test_pushing_the_same_bytes_with_new_metadata_says_nothing_was_pushed(
     again = ok(env, "push", f"{ns}/{name}", *bundle, "--signature", sig, *again_flags, "-q")
     text = " ".join(again.stdout.split())
     assert "pushed" not in text.replace("not pushed", "")
-    assert text.startswith(f"not pushed: {ns}/{name}@1 (stage Archived) already has exactly "
-                           "these files; nothing was registered")
+    assert text.startswith(
+        f"not pushed: {ns}/{name}@1 (stage Archived) already has exactly "
+        "these files; nothing was registered"
+    )
     assert "differs in metadata.run_id" in text and "--new-version" in text
-    scripted = as_json(ok(env, "push", f"{ns}/{name}", *bundle, "--signature", sig,
-                          *again_flags, "-q", "--json"))
+    scripted = as_json(
+        ok(env, "push", f"{ns}/{name}", *bundle, "--signature", sig, *again_flags, "-q", "--json")
+    )
     assert scripted["existing"] is True and scripted["version"] == 1  # type: ignore[index]
     assert scripted["differences"] == ["metadata.run_id"]  # type: ignore[index]
 
-    fresh = ok(env, "push", f"{ns}/{name}", *bundle, "--signature", sig, *again_flags, "-q",
-               "--new-version")
+    fresh = ok(
+        env,
+        "push",
+        f"{ns}/{name}",
+        *bundle,
+        "--signature",
+        sig,
+        *again_flags,
+        "-q",
+        "--new-version",
+    )
     assert fresh.stdout.startswith(f"pushed {ns}/{name}@2 ")
     shown = as_json(ok(env, "show", f"{ns}/{name}@2", "--json"))
     assert shown["metadata"]["run_id"] == "run-8"  # type: ignore[index]
-    retried = as_json(ok(env, "push", f"{ns}/{name}", *bundle, "--signature", sig, *PUSH_FLAGS,
-                         "-q", "--json"))
+    retried = as_json(
+        ok(env, "push", f"{ns}/{name}", *bundle, "--signature", sig, *PUSH_FLAGS, "-q", "--json")
+    )
     assert (retried["version"], retried["existing"], retried["differences"]) == (  # type: ignore[index]
-        1, True, []), "a retried push of the original is still idempotent"
+        1,
+        True,
+        [],
+    ), "a retried push of the original is still idempotent"
     same = ok(env, "push", f"{ns}/{name}", *bundle, "--signature", sig, *PUSH_FLAGS, "-q")
-    assert " ".join(same.stdout.split()) == (f"not pushed: {ns}/{name}@1 (stage Archived) "
-                                              "already has exactly these files; nothing was "
-                                              "registered")
+    assert " ".join(same.stdout.split()) == (
+        f"not pushed: {ns}/{name}@1 (stage Archived) "
+        "already has exactly these files; nothing was "
+        "registered"
+    )

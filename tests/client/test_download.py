@@ -30,8 +30,9 @@ def _push(client: FerryClient, model: tuple[str, str], files: list[Path]) -> Ver
     return client.push_version(*model, files, **push_metadata())  # type: ignore[arg-type]
 
 
-def _lying_client(server: Server, path_part: str, rewrite: Rewrite,
-                  trust: MemoryTrustStore | None = None) -> FerryClient:
+def _lying_client(
+    server: Server, path_part: str, rewrite: Rewrite, trust: MemoryTrustStore | None = None
+) -> FerryClient:
     """A client whose transport forwards to the real server but rewrites the body of
     responses whose path contains ``path_part`` (a man in the middle, or a bad mirror)."""
     real = httpx.HTTPTransport()
@@ -42,11 +43,14 @@ def _lying_client(server: Server, path_part: str, rewrite: Rewrite,
         if path_part not in request.url.path or request.method != "GET":
             return httpx.Response(response.status_code, headers=response.headers, content=body)
         headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
-        return httpx.Response(response.status_code, headers=headers,
-                              content=rewrite(request, body))
+        return httpx.Response(response.status_code, headers=headers, content=rewrite(request, body))
 
-    return FerryClient(server.url, server.admin_token, transport=httpx.MockTransport(handler),
-                       trust=trust or MemoryTrustStore())
+    return FerryClient(
+        server.url,
+        server.admin_token,
+        transport=httpx.MockTransport(handler),
+        trust=trust or MemoryTrustStore(),
+    )
 
 
 def _leftovers(dest: Path) -> list[str]:
@@ -54,8 +58,8 @@ def _leftovers(dest: Path) -> list[str]:
 
 
 def test_download_round_trip_pins_root_and_writes_manifest(
-        server: Server, admin: FerryClient, model: tuple[str, str], bundle: list[Path],
-        tmp_path: Path) -> None:
+    server: Server, admin: FerryClient, model: tuple[str, str], bundle: list[Path], tmp_path: Path
+) -> None:
     version = _push(admin, model, bundle)
     events: list[TransferProgress] = []
     dest = tmp_path / "out"
@@ -74,7 +78,8 @@ def test_download_round_trip_pins_root_and_writes_manifest(
 
 
 def test_download_by_alias_and_again_skips_verified_files(
-        admin: FerryClient, model: tuple[str, str], bundle: list[Path], tmp_path: Path) -> None:
+    admin: FerryClient, model: tuple[str, str], bundle: list[Path], tmp_path: Path
+) -> None:
     version = _push(admin, model, bundle)
     admin.set_alias(*model, "champion", version.version)
     admin.download_version(*model, "champion", tmp_path / "out")
@@ -84,8 +89,8 @@ def test_download_by_alias_and_again_skips_verified_files(
 
 
 def test_blob_corrupted_on_server_disk_is_refused_with_hash_mismatch(
-        server: Server, admin: FerryClient, model: tuple[str, str], bundle: list[Path],
-        tmp_path: Path) -> None:
+    server: Server, admin: FerryClient, model: tuple[str, str], bundle: list[Path], tmp_path: Path
+) -> None:
     version = _push(admin, model, bundle)
     blob = server.blob_path(version.files[0].sha256)
     data = bytearray(blob.read_bytes())
@@ -99,8 +104,8 @@ def test_blob_corrupted_on_server_disk_is_refused_with_hash_mismatch(
 
 
 def test_blob_with_extra_bytes_is_refused_while_streaming(
-        server: Server, admin: FerryClient, model: tuple[str, str], bundle: list[Path],
-        tmp_path: Path) -> None:
+    server: Server, admin: FerryClient, model: tuple[str, str], bundle: list[Path], tmp_path: Path
+) -> None:
     version = _push(admin, model, bundle[1:])
     liar = _lying_client(server, "/blobs/", lambda _r, body: body + b"endless")
     with liar, pytest.raises(VerificationError) as info:
@@ -110,8 +115,8 @@ def test_blob_with_extra_bytes_is_refused_while_streaming(
 
 
 def test_tampered_manifest_is_refused_with_bad_signature(
-        server: Server, admin: FerryClient, model: tuple[str, str], bundle: list[Path],
-        tmp_path: Path) -> None:
+    server: Server, admin: FerryClient, model: tuple[str, str], bundle: list[Path], tmp_path: Path
+) -> None:
     version = _push(admin, model, bundle[1:])
 
     def grow_file(_: httpx.Request, body: bytes) -> bytes:
@@ -126,8 +131,8 @@ def test_tampered_manifest_is_refused_with_bad_signature(
 
 
 def test_manifest_of_another_version_is_refused(
-        server: Server, admin: FerryClient, model: tuple[str, str], bundle: list[Path],
-        tmp_path: Path) -> None:
+    server: Server, admin: FerryClient, model: tuple[str, str], bundle: list[Path], tmp_path: Path
+) -> None:
     old = _push(admin, model, bundle[1:])
     new = _push(admin, model, bundle)
     old_manifest = admin.manifest_bytes(*model, old.version)
@@ -138,8 +143,8 @@ def test_manifest_of_another_version_is_refused(
 
 
 def test_root_key_other_than_the_pinned_one_is_refused(
-        server: Server, admin: FerryClient, model: tuple[str, str], bundle: list[Path],
-        tmp_path: Path) -> None:
+    server: Server, admin: FerryClient, model: tuple[str, str], bundle: list[Path], tmp_path: Path
+) -> None:
     version = _push(admin, model, bundle[1:])
     with pytest.raises(VerificationError) as info:
         admin.download_version(*model, version.version, tmp_path / "a", root_keyid="ab" * 32)
@@ -153,7 +158,8 @@ def test_root_key_other_than_the_pinned_one_is_refused(
 
 
 def test_incompatible_hardware_is_refused_when_asked(
-        admin: FerryClient, model: tuple[str, str], bundle: list[Path], tmp_path: Path) -> None:
+    admin: FerryClient, model: tuple[str, str], bundle: list[Path], tmp_path: Path
+) -> None:
     version = _push(admin, model, bundle[1:])
     with pytest.raises(VerificationError) as info:
         admin.download_version(*model, version.version, tmp_path / "out", hardware="jetson-orin")
@@ -162,15 +168,19 @@ def test_incompatible_hardware_is_refused_when_asked(
 
 
 def test_root_rotation_is_followed_along_the_keyring_chain(
-        server: Server, admin: FerryClient, model: tuple[str, str], bundle: list[Path],
-        tmp_path: Path) -> None:
+    server: Server, admin: FerryClient, model: tuple[str, str], bundle: list[Path], tmp_path: Path
+) -> None:
     version = _push(admin, model, bundle[1:])
     admin.download_version(*model, version.version, tmp_path / "before")
     old_pin = admin.trust.get(server.url)
     assert old_pin is not None
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
-    subprocess.run([str(FERRY), "keys", "rotate", "--role", "root", "--data-dir",
-                    str(server.data_dir)], check=True, env=env, capture_output=True)
+    subprocess.run(
+        [str(FERRY), "keys", "rotate", "--role", "root", "--data-dir", str(server.data_dir)],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     admin.download_version(*model, version.version, tmp_path / "after")
     new_pin = admin.trust.get(server.url)
     assert new_pin is not None and new_pin.keyring_version > old_pin.keyring_version

@@ -9,14 +9,18 @@ from ferry.client import InputError
 from ferry.client._fleet import exponential_waves
 
 
-@pytest.mark.parametrize(("start", "factor", "cap", "waves"), [
-    (1, 3, None, [1, 3, 9, 27, 81, 100]),
-    (1, 3, 20, [1, 3, 9, 27, 47, 67, 87, 100]),
-    (5, 2, None, [5, 10, 20, 40, 80, 100]),
-    (100, 2, None, [100]),
-])
+@pytest.mark.parametrize(
+    ("start", "factor", "cap", "waves"),
+    [
+        (1, 3, None, [1, 3, 9, 27, 81, 100]),
+        (1, 3, 20, [1, 3, 9, 27, 47, 67, 87, 100]),
+        (5, 2, None, [5, 10, 20, 40, 80, 100]),
+        (100, 2, None, [100]),
+    ],
+)
 def test_waves_grow_by_the_factor_up_to_the_cap_and_end_at_100(
-        start: int, factor: float, cap: int | None, waves: list[int]) -> None:
+    start: int, factor: float, cap: int | None, waves: list[int]
+) -> None:
     assert exponential_waves(start, factor, cap) == waves
 
 

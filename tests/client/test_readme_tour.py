@@ -24,7 +24,7 @@ BIN = Path(sys.executable).parent
 
 def tour_block() -> str:
     text = README.read_text()
-    section = text[text.index("## A tour in commands"):]
+    section = text[text.index("## A tour in commands") :]
     match = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
     assert match, "the README tour has no ```sh block"
     return match.group(1)
@@ -34,11 +34,21 @@ def rewrites(port: int) -> list[tuple[str, str]]:
     """(README text, what the test runs instead) — each must occur in the tour."""
     return [
         ("8080", str(port)),
-        ("--port {port} &\n", "--port {port} &\n" + f"until curl -sf http://127.0.0.1:{port}/healthz"
-         " >/dev/null; do sleep 0.2; done\n"),
-        (("ferry enrollment-token create vision line-3 --unlimited --expires-in 86400\n"
-         "TOKEN=fre_…"), ("TOKEN=$(ferry enrollment-token create vision line-3 --unlimited "
-         "--expires-in 86400 | tail -1)")),
+        (
+            "--port {port} &\n",
+            "--port {port} &\n" + f"until curl -sf http://127.0.0.1:{port}/healthz"
+            " >/dev/null; do sleep 0.2; done\n",
+        ),
+        (
+            (
+                "ferry enrollment-token create vision line-3 --unlimited --expires-in 86400\n"
+                "TOKEN=fre_…"
+            ),
+            (
+                "TOKEN=$(ferry enrollment-token create vision line-3 --unlimited "
+                "--expires-in 86400 | tail -1)"
+            ),
+        ),
         ("--devices 500 --fail-rate 0.02", "--devices 20 --fail-rate 0"),  # not left to chance
         ("--bake 600", "--bake 1"),
         ("ferry rollout wait r-1", "ferry rollout wait r-1 --timeout 150"),
@@ -57,12 +67,26 @@ def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
     (tmp_path / "model.onnx").write_bytes(os.urandom(4096))
     (tmp_path / "signature.json").write_text(str(SIGNATURE).replace("'", '"'))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
-    env.update({"PATH": f"{BIN}:{env['PATH']}", "FERRY_CONFIG": str(tmp_path / "config.toml"),
-                "FERRY_MQTT_PORT": str(free_port()), "RUN_ID": "run-1", "GIT_SHA": "3f2a9c1",
-                "COLUMNS": "100"})
+    env.update(
+        {
+            "PATH": f"{BIN}:{env['PATH']}",
+            "FERRY_CONFIG": str(tmp_path / "config.toml"),
+            "FERRY_MQTT_PORT": str(free_port()),
+            "RUN_ID": "run-1",
+            "GIT_SHA": "3f2a9c1",
+            "COLUMNS": "100",
+        }
+    )
     script = runnable(tour_block(), free_port())
-    result = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=300, check=False)
+    result = subprocess.run(
+        ["bash", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
     assert "pushed vision/detector@1" in out

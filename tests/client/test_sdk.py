@@ -26,9 +26,11 @@ from tests.client.helpers import Server, free_port, push_metadata
 
 def test_public_names_are_sorted_and_importable_without_server_stack() -> None:
     assert ferry.client.__all__ == sorted(ferry.client.__all__, key=lambda n: (not n.isupper(), n))
-    code = ("import sys, ferry.client; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('fastapi', 'sqlmodel', 'uvicorn')]; "
-            "sys.exit(str(bad) if bad else 0)")
+    code = (
+        "import sys, ferry.client; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('fastapi', 'sqlmodel', 'uvicorn')]; "
+        "sys.exit(str(bad) if bad else 0)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -38,8 +40,9 @@ def test_whoami_names_the_admin_token(admin: FerryClient) -> None:
     assert (me.role, me.namespaces) == ("admin", ["*"])
 
 
-def test_token_lifecycle_and_revoked_token_is_refused(server: Server, admin: FerryClient,
-                                                      namespace: str) -> None:
+def test_token_lifecycle_and_revoked_token_is_refused(
+    server: Server, admin: FerryClient, namespace: str
+) -> None:
     created = admin.create_token("pipeline", "publisher", [namespace])
     assert created.token and created.token.startswith("fry_")
     assert created.id in [t.id for t in admin.list_tokens()]
@@ -52,8 +55,9 @@ def test_token_lifecycle_and_revoked_token_is_refused(server: Server, admin: Fer
     assert (info.value.status, info.value.code) == (401, "unauthenticated")
 
 
-def test_models_create_list_get_and_recreate_is_idempotent(admin: FerryClient,
-                                                           namespace: str) -> None:
+def test_models_create_list_get_and_recreate_is_idempotent(
+    admin: FerryClient, namespace: str
+) -> None:
     admin.create_model(namespace, "resnet", description="classifier", tags=["cnn"])
     assert [m.name for m in admin.list_models(namespace)] == ["resnet"]
     model = admin.get_model(namespace, "resnet")
@@ -67,10 +71,12 @@ def test_models_create_list_get_and_recreate_is_idempotent(admin: FerryClient,
 
 
 def test_push_registers_version_and_repush_is_idempotent_without_reupload(
-        admin: FerryClient, model: tuple[str, str], bundle: list[Path]) -> None:
+    admin: FerryClient, model: tuple[str, str], bundle: list[Path]
+) -> None:
     events: list[TransferProgress] = []
-    first = admin.push_version(*model, bundle, progress=events.append, tags=["resnet"],
-                               **push_metadata())  # type: ignore[arg-type]
+    first = admin.push_version(
+        *model, bundle, progress=events.append, tags=["resnet"], **push_metadata()
+    )  # type: ignore[arg-type]
     assert first.version == 1 and first.stage == "None"
     assert [f.path for f in first.files] == ["model.onnx", "labels.txt"]
     assert first.files[0].size == bundle[0].stat().st_size
@@ -79,39 +85,39 @@ def test_push_registers_version_and_repush_is_idempotent_without_reupload(
     assert len(uploads) > 1 and uploads[-1].done == uploads[-1].total and not uploads[-1].skipped
 
     events.clear()
-    again = admin.push_version(*model, bundle, progress=events.append,
-                               **push_metadata())  # type: ignore[arg-type]
+    again = admin.push_version(*model, bundle, progress=events.append, **push_metadata())  # type: ignore[arg-type]
     assert again.version == 1
     assert {e.name for e in events} == {"model.onnx", "labels.txt"}
     assert all(e.skipped for e in events)
     assert admin.get_model(*model).latest_version == 1
 
 
-def test_push_refuses_missing_file_and_duplicate_names(admin: FerryClient, model: tuple[str, str],
-                                                        bundle: list[Path], tmp_path: Path) -> None:
+def test_push_refuses_missing_file_and_duplicate_names(
+    admin: FerryClient, model: tuple[str, str], bundle: list[Path], tmp_path: Path
+) -> None:
     with pytest.raises(InputError, match="does not exist"):
         admin.push_version(*model, [tmp_path / "nope.onnx"], **push_metadata())  # type: ignore[arg-type]
     other = tmp_path / "other"
     other.mkdir()
     (other / "labels.txt").write_text("x")
     with pytest.raises(InputError, match="labels.txt"):
-        admin.push_version(*model, [bundle[1], other / "labels.txt"],
-                           **push_metadata())  # type: ignore[arg-type]
+        admin.push_version(*model, [bundle[1], other / "labels.txt"], **push_metadata())  # type: ignore[arg-type]
 
 
-def test_server_validation_error_carries_details(admin: FerryClient, model: tuple[str, str],
-                                                 bundle: list[Path]) -> None:
+def test_server_validation_error_carries_details(
+    admin: FerryClient, model: tuple[str, str], bundle: list[Path]
+) -> None:
     with pytest.raises(ValidationError) as info:
         admin.push_version(*model, bundle, **push_metadata(created_by=""))  # type: ignore[arg-type]
     assert info.value.status == 422 and info.value.details
 
 
-def test_stage_alias_tags_and_search(admin: FerryClient, model: tuple[str, str],
-                                     bundle: list[Path]) -> None:
+def test_stage_alias_tags_and_search(
+    admin: FerryClient, model: tuple[str, str], bundle: list[Path]
+) -> None:
     ns, name = model
     v1 = admin.push_version(ns, name, bundle[1:], **push_metadata())  # type: ignore[arg-type]
-    v2 = admin.push_version(ns, name, bundle, **push_metadata(
-        metrics={"accuracy": 0.97}))  # type: ignore[arg-type]
+    v2 = admin.push_version(ns, name, bundle, **push_metadata(metrics={"accuracy": 0.97}))  # type: ignore[arg-type]
     assert admin.set_stage(ns, name, v2.version, "Staging").stage == "Staging"
     assert admin.set_alias(ns, name, "champion", v2.version).version == 2
     assert admin.get_version(ns, name, "champion").version == 2
@@ -133,21 +139,25 @@ def test_stage_alias_tags_and_search(admin: FerryClient, model: tuple[str, str],
 
 
 @pytest.mark.parametrize("bad", ["accuracy=>0.9", "accuracy>=high", ">=0.9", "accuracy>=nan"])
-def test_malformed_metric_filter_is_refused_before_any_request(admin: FerryClient, bad: str) -> None:
+def test_malformed_metric_filter_is_refused_before_any_request(
+    admin: FerryClient, bad: str
+) -> None:
     with pytest.raises(InputError, match="malformed metric filter"):
         admin.search(metrics=[bad])
 
 
-def test_illegal_stage_transition_conflicts(admin: FerryClient, model: tuple[str, str],
-                                            bundle: list[Path]) -> None:
+def test_illegal_stage_transition_conflicts(
+    admin: FerryClient, model: tuple[str, str], bundle: list[Path]
+) -> None:
     v = admin.push_version(*model, bundle[1:], **push_metadata())  # type: ignore[arg-type]
     admin.set_stage(*model, v.version, "Archived")
     with pytest.raises(ConflictError):
         admin.set_stage(*model, v.version, "Production")
 
 
-def test_viewer_cannot_push(server: Server, admin: FerryClient, model: tuple[str, str],
-                            bundle: list[Path]) -> None:
+def test_viewer_cannot_push(
+    server: Server, admin: FerryClient, model: tuple[str, str], bundle: list[Path]
+) -> None:
     viewer = admin.create_token("reader", "viewer", [model[0]])
     with FerryClient(server.url, viewer.token) as client, pytest.raises(ForbiddenError):
         client.push_version(*model, bundle[1:], **push_metadata())  # type: ignore[arg-type]

@@ -22,8 +22,12 @@ def _env(**extra: str) -> dict[str, str]:
 def run_until_banner(data_dir: Path, log: Path, port: int) -> str:
     """Start the server, wait for its banner, stop it; everything it printed."""
     with log.open("wb") as out:
-        proc = subprocess.Popen([str(FERRY), "server", "--data-dir", str(data_dir), "--port",
-                                 str(port)], stdout=out, stderr=subprocess.STDOUT, env=_env())
+        proc = subprocess.Popen(
+            [str(FERRY), "server", "--data-dir", str(data_dir), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_env(),
+        )
     try:
         deadline = time.monotonic() + 60
         while "admin token:" not in log.read_text():
@@ -37,8 +41,14 @@ def run_until_banner(data_dir: Path, log: Path, port: int) -> str:
 
 
 def refused(*args: str, **env: str) -> str:
-    result = subprocess.run([str(FERRY), "server", *args], env=_env(**env), capture_output=True,
-                            text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [str(FERRY), "server", *args],
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stdout == "" and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -50,9 +60,11 @@ def test_every_start_says_where_it_listens_and_keeps_its_data(tmp_path: Path) ->
     data, port = tmp_path / "data", free_port()
     first = run_until_banner(data, tmp_path / "first.log", port)
     assert "created admin token" in first
-    banner = first[first.index("ferry server: HTTP on"):].splitlines()[:4]
-    assert banner[0] == (f"ferry server: HTTP on http://127.0.0.1:{port} (API "
-                         f"http://127.0.0.1:{port}/api/v1, health http://127.0.0.1:{port}/healthz)")
+    banner = first[first.index("ferry server: HTTP on") :].splitlines()[:4]
+    assert banner[0] == (
+        f"ferry server: HTTP on http://127.0.0.1:{port} (API "
+        f"http://127.0.0.1:{port}/api/v1, health http://127.0.0.1:{port}/healthz)"
+    )
     assert banner[1].startswith("  MQTT: mqtt://127.0.0.1:")
     assert banner[2] == f"  data: {data} (database sqlite:///{data}/ferry.db)"
     assert banner[3] == f"  admin token: {data}/admin-token"
@@ -66,8 +78,10 @@ def test_a_taken_port_is_one_line_before_anything_starts(tmp_path: Path) -> None
         taken.listen()
         port = taken.getsockname()[1]
         line = refused("--data-dir", str(tmp_path / "data"), "--port", str(port))
-    assert line == (f"ferry server: port {port} on 127.0.0.1 is already in use (another ferry "
-                    "server?) — stop what holds it or choose another with --port / FERRY_PORT")
+    assert line == (
+        f"ferry server: port {port} on 127.0.0.1 is already in use (another ferry "
+        "server?) — stop what holds it or choose another with --port / FERRY_PORT"
+    )
 
 
 def test_a_data_dir_it_cannot_write_is_one_line(tmp_path: Path) -> None:
@@ -79,19 +93,30 @@ def test_a_data_dir_it_cannot_write_is_one_line(tmp_path: Path) -> None:
 
 def test_an_unreachable_database_is_one_line_without_its_password(tmp_path: Path) -> None:
     url = f"postgresql+psycopg://ferry:s3cret@127.0.0.1:{free_port()}/ferry"
-    line = refused("--data-dir", str(tmp_path / "data"), "--port", str(free_port()),
-                   "--database-url", url)
-    assert line.startswith("ferry server: cannot use the database "
-                           "postgresql+psycopg://ferry:***@127.0.0.1:")
+    line = refused(
+        "--data-dir", str(tmp_path / "data"), "--port", str(free_port()), "--database-url", url
+    )
+    assert line.startswith(
+        "ferry server: cannot use the database postgresql+psycopg://ferry:***@127.0.0.1:"
+    )
     assert "s3cret" not in line and "FERRY_DATABASE_URL" in line
 
 
-@pytest.mark.parametrize(("variable", "value", "expected"), [
-    ("FERRY_DELTA_MAX_FRACTION", "lots", "FERRY_DELTA_MAX_FRACTION='lots' is not a valid float"),
-    ("FERRY_MQTT_PORT", "abc", "FERRY_MQTT_PORT='abc' is not a valid int"),
-])
-def test_a_bad_setting_is_one_line_naming_it(tmp_path: Path, variable: str, value: str,
-                                             expected: str) -> None:
-    line = refused("--data-dir", str(tmp_path / "data"), "--port", str(free_port()),
-                   **{variable: value})
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        (
+            "FERRY_DELTA_MAX_FRACTION",
+            "lots",
+            "FERRY_DELTA_MAX_FRACTION='lots' is not a valid float",
+        ),
+        ("FERRY_MQTT_PORT", "abc", "FERRY_MQTT_PORT='abc' is not a valid int"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_it(
+    tmp_path: Path, variable: str, value: str, expected: str
+) -> None:
+    line = refused(
+        "--data-dir", str(tmp_path / "data"), "--port", str(free_port()), **{variable: value}
+    )
     assert expected in line

@@ -23,8 +23,16 @@ def repo() -> Iterator[DeviceRepository]:
 
 
 async def _enroll_rotate_sync(repo: DeviceRepository) -> Fleet:
-    fleet = Fleet(SimConfig(server=repo.url, enrollment_token=repo.enrollment_token, devices=1,
-                            mqtt=False, step_delay_s=0, verify_sample=1.0))
+    fleet = Fleet(
+        SimConfig(
+            server=repo.url,
+            enrollment_token=repo.enrollment_token,
+            devices=1,
+            mqtt=False,
+            step_delay_s=0,
+            verify_sample=1.0,
+        )
+    )
     device = fleet.devices[0]
     try:
         await device.enroll()
@@ -36,8 +44,10 @@ async def _enroll_rotate_sync(repo: DeviceRepository) -> Fleet:
             repo.publish_keyring(auth.signed_keyring(signers=[old_root, auth.root]), version)
         repo.target({"main": repo.add_bundle({"model.onnx": b"\x01" * 1000}, version=1)})
         await device.sync()
-        repo.target({"main": repo.add_bundle({"model.onnx": b"\x02" * 1000}, version=2)},
-                    signer=SigningKey.generate())
+        repo.target(
+            {"main": repo.add_bundle({"model.onnx": b"\x02" * 1000}, version=2)},
+            signer=SigningKey.generate(),
+        )
         await device.sync()
     finally:
         await fleet.http.aclose()

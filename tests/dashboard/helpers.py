@@ -14,8 +14,9 @@ def secret_of(headers: dict[str, str]) -> str:
     return headers["Authorization"].removeprefix("Bearer ")
 
 
-def browser(fleet: Fleet, headers: dict[str, str], base_url: str = "http://testserver"
-            ) -> TestClient:
+def browser(
+    fleet: Fleet, headers: dict[str, str], base_url: str = "http://testserver"
+) -> TestClient:
     """A fresh client (its own cookie jar) signed in with the token in ``headers``."""
     client = TestClient(fleet.app, base_url=base_url)
     r = client.post("/ui/login", data={"token": secret_of(headers)}, follow_redirects=False)

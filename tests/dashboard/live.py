@@ -23,8 +23,14 @@ import httpx
 from tests.server.conftest import free_port
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 DOC_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "img"
 
@@ -59,10 +65,23 @@ class LiveServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
         # The bootstrap admin token is printed once by design; these tests read its file
         # instead, so that any token in the log is a leak.
-        env.update(FERRY_MQTT_PORT=str(free_port()), FERRY_ROLLOUT_TICK_S="1",
-                   FERRY_PRINT_ADMIN_TOKEN="false")
-        cmd = [sys.executable, "-m", "ferry.cli.server_cmds", "server", "--data-dir",
-               str(self.data_dir), "--port", str(self.port), "--host", "127.0.0.1"]
+        env.update(
+            FERRY_MQTT_PORT=str(free_port()),
+            FERRY_ROLLOUT_TICK_S="1",
+            FERRY_PRINT_ADMIN_TOKEN="false",
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "ferry.cli.server_cmds",
+            "server",
+            "--data-dir",
+            str(self.data_dir),
+            "--port",
+            str(self.port),
+            "--host",
+            "127.0.0.1",
+        ]
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -93,8 +112,9 @@ class LiveServer:
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.admin_token}"}
-        r = httpx.request(method, f"{self.base}/api/v1{path}", headers=headers, timeout=30,
-                          **kwargs)
+        r = httpx.request(
+            method, f"{self.base}/api/v1{path}", headers=headers, timeout=30, **kwargs
+        )
         assert r.status_code < 300, (r.status_code, r.text)
         return r
 
@@ -106,20 +126,35 @@ class LiveServer:
         data = secrets.token_bytes(256)
         sha = hashlib.sha256(data).hexdigest()
         self.api("PUT", f"/blobs/{sha}", content=data)
-        body = {"files": [{"path": "model.onnx", "sha256": sha, "size": len(data)}],
-                "format": "onnx", "flavor": "onnxruntime",
-                "signature": {"inputs": [{"name": "x", "dtype": "float32", "shape": [1, 3]}],
-                              "outputs": []},
-                "hardware": ["x86_64"],
-                "metadata": {"created_by": "ci@vision", "run_id": f"run-{secrets.token_hex(3)}",
-                             "git_commit": secrets.token_hex(20), "metrics": metrics,
-                             "training_data": {"digest": "sha256:" + secrets.token_hex(32),
-                                               "version": "2026-11"}}}
-        version = int(self.api("POST", f"/models/{ns}/{name}/versions", json=body)
-                      .json()["version"])
+        body = {
+            "files": [{"path": "model.onnx", "sha256": sha, "size": len(data)}],
+            "format": "onnx",
+            "flavor": "onnxruntime",
+            "signature": {
+                "inputs": [{"name": "x", "dtype": "float32", "shape": [1, 3]}],
+                "outputs": [],
+            },
+            "hardware": ["x86_64"],
+            "metadata": {
+                "created_by": "ci@vision",
+                "run_id": f"run-{secrets.token_hex(3)}",
+                "git_commit": secrets.token_hex(20),
+                "metrics": metrics,
+                "training_data": {
+                    "digest": "sha256:" + secrets.token_hex(32),
+                    "version": "2026-11",
+                },
+            },
+        }
+        version = int(
+            self.api("POST", f"/models/{ns}/{name}/versions", json=body).json()["version"]
+        )
         for stage in ("Staging", "Production"):
-            self.api("POST", f"/models/{ns}/{name}/versions/{version}/stage",
-                     json={"stage": stage, "comment": f"to {stage.lower()}"})
+            self.api(
+                "POST",
+                f"/models/{ns}/{name}/versions/{version}/stage",
+                json={"stage": stage, "comment": f"to {stage.lower()}"},
+            )
         return version
 
 
@@ -134,10 +169,27 @@ class Simulator:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "ferry.cli.simulate", "--server", self.server.base,
-               "--enrollment-token", self.enrollment_token, "--devices", str(self.devices),
-               "--fail-rate", str(self.fail_rate), "--step-delay", "0.4",
-               "--poll-interval", "2", "--run-for", "600", "--seed", "7"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "ferry.cli.simulate",
+            "--server",
+            self.server.base,
+            "--enrollment-token",
+            self.enrollment_token,
+            "--devices",
+            str(self.devices),
+            "--fail-rate",
+            str(self.fail_rate),
+            "--step-delay",
+            "0.4",
+            "--poll-interval",
+            "2",
+            "--run-for",
+            "600",
+            "--seed",
+            "7",
+        ]
         log = (self.server.data_dir.parent / "simulator.log").open("wb")
         env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -31,9 +31,13 @@ from tests.dashboard.live import (
 from tests.support.metrics import parse, value
 
 playwright_api = pytest.importorskip("playwright.sync_api")
-pytestmark = [pytest.mark.e2e, pytest.mark.slow,
-              pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                 reason="chromium is not installed (apt package chromium)")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(), reason="chromium is not installed (apt package chromium)"
+    ),
+]
 DEVICES = 24
 
 
@@ -51,8 +55,10 @@ class Stack:
         """A new browser context (its own cookies) signed in with ``role``'s token."""
         context = self.browser.new_context(viewport={"width": 1280, "height": 900})
         page = context.new_page()
-        page.on("console", lambda m: self.problems.append(f"{m.type}: {m.text}")
-                if m.type == "error" else None)
+        page.on(
+            "console",
+            lambda m: self.problems.append(f"{m.type}: {m.text}") if m.type == "error" else None,
+        )
         page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
         page.on("request", lambda r: self.urls.append(r.url))
         page.goto(f"{self.server.base}/ui/login")
@@ -83,12 +89,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         server.api("POST", "/namespaces", json={"name": "vision"})
         server.api("POST", "/models", json={"namespace": "vision", "name": "det"})
         server.publish("vision", "det", {"accuracy": 0.912, "latency_ms": 14.0})
-        token = server.api("POST", "/enrollment-tokens", json={
-            "namespace": "vision", "name": "sim", "max_uses": None}).json()["token"]
+        token = server.api(
+            "POST",
+            "/enrollment-tokens",
+            json={"namespace": "vision", "name": "sim", "max_uses": None},
+        ).json()["token"]
         simulator = Simulator(server, token, DEVICES, fail_rate=0.2)
         simulator.start()
-        wait_until(lambda: len(server.api("GET", "/devices?limit=1000").json()) == DEVICES,
-                   "the simulated devices to enrol")
+        wait_until(
+            lambda: len(server.api("GET", "/devices?limit=1000").json()) == DEVICES,
+            "the simulated devices to enrol",
+        )
         with playwright_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             tokens = {role: server.token(role) for role in ("operator", "viewer")}
@@ -103,9 +114,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def _first_rollout(stack: Stack) -> None:
     """v1 to every device, so the second rollout upgrades a fleet that runs something."""
-    first = stack.server.api("POST", "/rollouts", json={
-        "namespace": "vision", "model": "det", "version": "1", "waves": [100],
-        "min_success_pct": 50, "max_failure_pct": 50}).json()["id"]
+    first = stack.server.api(
+        "POST",
+        "/rollouts",
+        json={
+            "namespace": "vision",
+            "model": "det",
+            "version": "1",
+            "waves": [100],
+            "min_success_pct": 50,
+            "max_failure_pct": 50,
+        },
+    ).json()["id"]
+
     def settled() -> bool:
         status = stack.server.api("GET", f"/rollouts/{first}/status").json()
         busy = sum(status["totals"][s] for s in ("pending", "downloading", "installing"))
@@ -115,14 +136,25 @@ def _first_rollout(stack: Stack) -> None:
 
 
 def test_an_operator_resumes_a_rollout_and_device_reports_update_the_page_live(
-        stack: Stack) -> None:
+    stack: Stack,
+) -> None:
     _first_rollout(stack)
     stack.server.publish("vision", "det", {"accuracy": 0.934, "latency_ms": 12.5})
     stack.server.api("PUT", "/models/vision/det/aliases/champion", json={"version": 2})
-    stack.rollout = stack.server.api("POST", "/rollouts", json={
-        "namespace": "vision", "model": "det", "version": "2", "waves": [25, 100],
-        "bake_s": 4, "min_success_pct": 60, "max_failure_pct": 50,
-        "start_paused": True}).json()["id"]
+    stack.rollout = stack.server.api(
+        "POST",
+        "/rollouts",
+        json={
+            "namespace": "vision",
+            "model": "det",
+            "version": "2",
+            "waves": [25, 100],
+            "bake_s": 4,
+            "min_success_pct": 60,
+            "max_failure_pct": 50,
+            "start_paused": True,
+        },
+    ).json()["id"]
     page = stack.page("operator")
     page.goto(f"{stack.server.base}/ui/rollouts/{stack.rollout}")
     assert page.inner_text("[data-field=state]") == "paused"
@@ -136,18 +168,27 @@ def test_an_operator_resumes_a_rollout_and_device_reports_update_the_page_live(
     page.evaluate("window.__sameDocument = true")
     page.wait_for_selector("#live[data-updated] [data-count=committed]", timeout=60_000)
     assert page.evaluate("window.__sameDocument === true"), "the page reloaded"
-    wait_until(lambda: stack.status()["totals"]["committed"] >= DEVICES // 2,
-               "half of the fleet to commit v2", timeout=120)
-    wait_until(lambda: int(page.inner_text("[data-field=committed]")) >= DEVICES // 2,
-               "the page to show what the devices reported", timeout=30)
+    wait_until(
+        lambda: stack.status()["totals"]["committed"] >= DEVICES // 2,
+        "half of the fleet to commit v2",
+        timeout=120,
+    )
+    wait_until(
+        lambda: int(page.inner_text("[data-field=committed]")) >= DEVICES // 2,
+        "the page to show what the devices reported",
+        timeout=30,
+    )
     assert page.evaluate("window.__sameDocument === true"), "the page reloaded"
     shot(page, "rollout")
     page.context.close()
 
 
 def test_failed_devices_are_one_click_away_with_their_error_codes(stack: Stack) -> None:
-    wait_until(lambda: any(stack.status()["totals"][s] for s in ("failed", "rolled_back")),
-               "a failed device", timeout=120)
+    wait_until(
+        lambda: any(stack.status()["totals"][s] for s in ("failed", "rolled_back")),
+        "a failed device",
+        timeout=120,
+    )
     page = stack.page("viewer")
     page.goto(f"{stack.server.base}/ui/rollouts/{stack.rollout}")
     page.click("[data-field=failed] a")
@@ -177,10 +218,15 @@ def test_a_viewer_sees_no_write_buttons(stack: Stack) -> None:
     page.context.close()
 
 
-PAGES = [("rollouts", "/ui/rollouts"), ("fleet", "/ui/fleet"),
-         ("device", "/ui/devices/sim-00000"), ("models", "/ui/models"),
-         ("model", "/ui/models/vision/det?a=1&b=2"), ("version", "/ui/models/vision/det/versions/2"),
-         ("audit", "/ui/audit")]
+PAGES = [
+    ("rollouts", "/ui/rollouts"),
+    ("fleet", "/ui/fleet"),
+    ("device", "/ui/devices/sim-00000"),
+    ("models", "/ui/models"),
+    ("model", "/ui/models/vision/det?a=1&b=2"),
+    ("version", "/ui/models/vision/det/versions/2"),
+    ("audit", "/ui/audit"),
+]
 
 
 def test_every_page_renders_without_console_errors(stack: Stack) -> None:
@@ -207,12 +253,10 @@ def test_the_token_never_appears_in_a_url_or_the_server_log(stack: Stack) -> Non
 
 def test_the_real_server_is_ready_with_its_broker_subscription(stack: Stack) -> None:
     ready = httpx.get(f"{stack.server.base}/readyz", timeout=5).json()
-    assert ready == {"status": "ready", "checks": {"database": "ok", "blobs": "ok",
-                                                   "mqtt": "ok"}}
+    assert ready == {"status": "ready", "checks": {"database": "ok", "blobs": "ok", "mqtt": "ok"}}
     metrics = parse(httpx.get(f"{stack.server.base}/metrics", timeout=5).text)
     assert value(metrics, "ferry_mqtt_connected") == 1
-    assert value(metrics, "ferry_status_reports_total", transport="mqtt",
-                 outcome="accepted") > 0
+    assert value(metrics, "ferry_status_reports_total", transport="mqtt", outcome="accepted") > 0
     # Counted by the real loops and routes (the wiring, not a test's own callback):
     assert value(metrics, "ferry_rollout_gate_decisions_total", decision="complete") >= 1
     assert value(metrics, "ferry_rollout_gate_decisions_total", decision="advance") >= 1

@@ -61,8 +61,7 @@ def test_no_label_carries_a_device_id(fleet: Fleet) -> None:
 def test_gate_decisions_are_counted(fleet: Fleet) -> None:
     ctx = fleet.app.state.ctx
     record = lambda d: ctx.metrics.gate_decisions.labels(d).inc()
-    rollout, agents = live_rollout(fleet, devices=6, waves=[50, 100], max_failures=0,
-                                   max_retries=0)
+    rollout, agents = live_rollout(fleet, devices=6, waves=[50, 100], max_failures=0, max_retries=0)
     waves = by_wave(rollout, agents)
     tick(ctx.engine, fleet.runtime, record)  # nothing reported yet
     commit(fleet, waves[0], 1, rollout["id"])
@@ -76,8 +75,7 @@ def test_gate_decisions_are_counted(fleet: Fleet) -> None:
     assert value(m, "ferry_rollouts", state="halted") == 1
 
 
-def test_checkin_latency_is_measured_on_both_the_computed_and_the_cached_path(fleet: Fleet
-                                                                           ) -> None:
+def test_checkin_latency_is_measured_on_both_the_computed_and_the_cached_path(fleet: Fleet) -> None:
     agent = fleet.devices(1)[0]
     for _ in range(5):  # the first is computed and signed, later ones come from the cache
         fleet.desired(agent)  # (unless the epoch poller emptied it meanwhile: then computed)
@@ -92,8 +90,7 @@ def test_bytes_served_count_full_blobs_and_ranges(fleet: Fleet) -> None:
     sha = hashlib.sha256(data).hexdigest()
     fleet.client.put(f"/api/v1/blobs/{sha}", content=data, headers=fleet.admin)
     assert len(fleet.client.get(f"/api/v1/blobs/{sha}", headers=fleet.admin).content) == 5000
-    r = fleet.client.get(f"/api/v1/blobs/{sha}", headers={**fleet.admin,
-                                                          "Range": "bytes=0-99"})
+    r = fleet.client.get(f"/api/v1/blobs/{sha}", headers={**fleet.admin, "Range": "bytes=0-99"})
     assert r.status_code == 206
     m = scrape(fleet)
     assert value(m, "ferry_served_bytes_total", kind="full") == 5100
@@ -103,15 +100,29 @@ def test_bytes_served_count_full_blobs_and_ranges(fleet: Fleet) -> None:
 def test_reports_are_counted_per_transport_with_their_lag(fleet: Fleet) -> None:
     rollout, agents = live_rollout(fleet, devices=2)
     agent = by_wave(rollout, agents)[0][0]
-    doc = report_doc(agent.device_id, "downloading", to_version=1, rollout_id=rollout["id"],
-                     at=format_time(fleet.clock.now - timedelta(seconds=120)))
+    doc = report_doc(
+        agent.device_id,
+        "downloading",
+        to_version=1,
+        rollout_id=rollout["id"],
+        at=format_time(fleet.clock.now - timedelta(seconds=120)),
+    )
     for _ in range(2):  # the resend is a duplicate
-        assert fleet.client.post("/api/v1/device/status", json={"reports": [doc]},
-                                 headers=agent.headers).status_code == 200
+        assert (
+            fleet.client.post(
+                "/api/v1/device/status", json={"reports": [doc]}, headers=agent.headers
+            ).status_code
+            == 200
+        )
     ctx = fleet.app.state.ctx
     sink = FleetStatusSink(ctx.engine, fleet.clock, ctx.metrics)
-    later = report_doc(agent.device_id, "committed", to_version=1, rollout_id=rollout["id"],
-                       at=format_time(fleet.clock.now))
+    later = report_doc(
+        agent.device_id,
+        "committed",
+        to_version=1,
+        rollout_id=rollout["id"],
+        at=format_time(fleet.clock.now),
+    )
     sink.ingest([(agent.device_id, StatusReport.from_dict(later))])
     m = scrape(fleet)
     assert value(m, "ferry_status_reports_total", transport="http", outcome="accepted") == 1
@@ -153,8 +164,10 @@ def test_metric_names_follow_prometheus_conventions(fleet: Fleet) -> None:
 def test_readyz_is_ready_when_every_dependency_is(fleet: Fleet) -> None:
     r = fleet.client.get("/readyz")
     assert r.status_code == 200
-    assert r.json() == {"status": "ready", "checks": {"database": "ok", "blobs": "ok",
-                                                      "mqtt": "disabled"}}
+    assert r.json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "blobs": "ok", "mqtt": "disabled"},
+    }
 
 
 def test_readyz_names_a_missing_blob_store(fleet: Fleet) -> None:

@@ -19,19 +19,27 @@ from tests.rollouts.helpers import by_wave, commit
 def _report_with_detail(fleet: Fleet, agent: object, detail: str, **kw: object) -> None:
     doc = report_doc(agent.device_id, at=format_time(fleet.clock.now), **kw)  # type: ignore[attr-defined, arg-type]
     doc["detail"] = detail
-    r = fleet.client.post("/api/v1/device/status", json={"reports": [doc]},
-                          headers=agent.headers)  # type: ignore[attr-defined]
+    r = fleet.client.post("/api/v1/device/status", json={"reports": [doc]}, headers=agent.headers)  # type: ignore[attr-defined]
     assert r.status_code == 200, r.text
 
 
 def test_the_failed_devices_page_lists_error_codes_and_probe_output(fleet: Fleet) -> None:
     rollout, agents = live_rollout(fleet, devices=4, max_retries=0)
     bad = by_wave(rollout, agents)[0][0]
-    _report_with_detail(fleet, bad, "probe: onnxruntime: invalid output shape [1, 3]",
-                        state="rolled_back", to_version=1, rollout_id=rollout["id"],
-                        error_code="probe_failed")
-    html = browser(fleet, fleet.token("viewer")).get(
-        f"/ui/rollouts/{rollout['id']}/devices?state=failed").text
+    _report_with_detail(
+        fleet,
+        bad,
+        "probe: onnxruntime: invalid output shape [1, 3]",
+        state="rolled_back",
+        to_version=1,
+        rollout_id=rollout["id"],
+        error_code="probe_failed",
+    )
+    html = (
+        browser(fleet, fleet.token("viewer"))
+        .get(f"/ui/rollouts/{rollout['id']}/devices?state=failed")
+        .text
+    )
     row = re.search(rf'<tr data-device="{bad.device_id}">.*?</tr>', html, re.DOTALL)
     assert row, html
     assert "probe_failed" in row.group(0) and "invalid output shape [1, 3]" in row.group(0)
@@ -79,13 +87,20 @@ def test_a_namespace_scoped_viewer_sees_only_its_devices(fleet: Fleet) -> None:
 
 
 def test_the_device_page_shows_slots_history_and_the_last_error_with_probe_output(
-        fleet: Fleet) -> None:
+    fleet: Fleet,
+) -> None:
     rollout, agents = live_rollout(fleet, devices=2)
     agent = by_wave(rollout, agents)[0][0]
     fleet.report(agent, "downloading", to_version=1, rollout_id=rollout["id"])
-    _report_with_detail(fleet, agent, "probe exited 3: accuracy 0.41 < 0.80",
-                        state="rolled_back", to_version=1, rollout_id=rollout["id"],
-                        error_code="probe_failed")
+    _report_with_detail(
+        fleet,
+        agent,
+        "probe exited 3: accuracy 0.41 < 0.80",
+        state="rolled_back",
+        to_version=1,
+        rollout_id=rollout["id"],
+        error_code="probe_failed",
+    )
     html = browser(fleet, fleet.token("viewer")).get(f"/ui/devices/{agent.device_id}").text
     last = re.search(r'<section class="card last-error">.*?</section>', html, re.DOTALL)
     assert last and "probe_failed" in last.group(0)
@@ -94,22 +109,29 @@ def test_the_device_page_shows_slots_history_and_the_last_error_with_probe_outpu
 
 
 def test_the_models_pages_show_stages_aliases_metrics_manifest_key_and_devices(
-        fleet: Fleet) -> None:
+    fleet: Fleet,
+) -> None:
     rollout, agents = live_rollout(fleet, devices=2, waves=[100])
     commit(fleet, agents, 1, rollout["id"])
     fleet.version(stage="Staging")
-    assert fleet.client.put("/api/v1/models/vision/det/aliases/champion", json={"version": 1},
-                            headers=fleet.admin).status_code == 200
+    assert (
+        fleet.client.put(
+            "/api/v1/models/vision/det/aliases/champion", json={"version": 1}, headers=fleet.admin
+        ).status_code
+        == 200
+    )
     client = browser(fleet, fleet.token("viewer"))
     assert 'href="/ui/models/vision/det"' in client.get("/ui/models").text
     page = client.get("/ui/models/vision/det").text
-    assert re.search(r'<tr data-version="1">.*?Production.*?champion.*?data-running="2"',
-                     page, re.DOTALL)
+    assert re.search(
+        r'<tr data-version="1">.*?Production.*?champion.*?data-running="2"', page, re.DOTALL
+    )
     assert re.search(r'<tr data-version="2">.*?Staging.*?data-running="0"', page, re.DOTALL)
     assert re.search(r"<td>1</td><td>Staging → Production</td><td>[^<]*</td>", page)
     version = client.get("/ui/models/vision/det/versions/1").text
-    envelope = fleet.client.get("/api/v1/models/vision/det/versions/1/manifest",
-                                headers=fleet.admin).content
+    envelope = fleet.client.get(
+        "/api/v1/models/vision/det/versions/1/manifest", headers=fleet.admin
+    ).content
     keyid = parse_envelope(envelope).signatures[0].keyid
     assert f'<code class="keyid">{keyid}</code>' in version
     assert "Running on 2 devices" in version and "dev-0000" in version
@@ -120,11 +142,23 @@ def test_two_versions_metrics_side_by_side(fleet: Fleet) -> None:
         data = secrets.token_bytes(16)
         sha = hashlib.sha256(data).hexdigest()
         fleet.client.put(f"/api/v1/blobs/{sha}", content=data, headers=fleet.admin)
-        r = fleet.client.post("/api/v1/models/vision/det/versions", headers=fleet.admin, json={
-            "files": [{"path": "m.onnx", "sha256": sha, "size": 16}], "format": "onnx",
-            "flavor": "onnxruntime", "signature": {}, "hardware": [],
-            "metadata": {"created_by": "ci", "run_id": f"run-{accuracy}", "git_commit": "c",
-                         "metrics": {"accuracy": accuracy}}})
+        r = fleet.client.post(
+            "/api/v1/models/vision/det/versions",
+            headers=fleet.admin,
+            json={
+                "files": [{"path": "m.onnx", "sha256": sha, "size": 16}],
+                "format": "onnx",
+                "flavor": "onnxruntime",
+                "signature": {},
+                "hardware": [],
+                "metadata": {
+                    "created_by": "ci",
+                    "run_id": f"run-{accuracy}",
+                    "git_commit": "c",
+                    "metrics": {"accuracy": accuracy},
+                },
+            },
+        )
         assert r.status_code == 201, r.text
     html = browser(fleet, fleet.admin).get("/ui/models/vision/det?a=1&b=2").text
     row = re.search(r'<tr data-metric="accuracy">(.*?)</tr>', html, re.DOTALL)
@@ -137,8 +171,11 @@ def test_the_audit_page_searches_and_shows_the_chain_verified(fleet: Fleet) -> N
     client = browser(fleet, fleet.admin)
     html = client.get("/ui/audit?q=rollout.").text
     assert 'data-chain="ok"' in html
-    actions = re.findall(r'<tr data-entry="\d+"><td>\d+</td><td>[^<]*</td><td>[^<]*</td>'
-                         r'<td>([^<]*)</td>', html)
+    actions = re.findall(
+        r'<tr data-entry="\d+"><td>\d+</td><td>[^<]*</td><td>[^<]*</td>'
+        r"<td>([^<]*)</td>",
+        html,
+    )
     assert actions and all("rollout." in a for a in actions)
 
 
@@ -165,13 +202,24 @@ def test_device_supplied_text_is_escaped_on_pages_and_in_the_live_fragment(fleet
     rollout, agents = live_rollout(fleet, devices=2, max_retries=0)
     agent = by_wave(rollout, agents)[0][0]
     attack = '<script>alert(1)</script><img src=x onerror="alert(2)">'
-    _report_with_detail(fleet, agent, attack, state="rolled_back", to_version=1,
-                        rollout_id=rollout["id"], error_code="probe_failed")
+    _report_with_detail(
+        fleet,
+        agent,
+        attack,
+        state="rolled_back",
+        to_version=1,
+        rollout_id=rollout["id"],
+        error_code="probe_failed",
+    )
     client = browser(fleet, fleet.admin)
-    pages = [client.get(f"/ui/devices/{agent.device_id}").text,
-             client.get(f"/ui/rollouts/{rollout['id']}/devices?state=failed").text,
-             routes.live_fragment(fleet.app.state.ctx, fleet.app,
-                                  client.cookies["ferry_session"], rollout["id"]) or ""]
+    pages = [
+        client.get(f"/ui/devices/{agent.device_id}").text,
+        client.get(f"/ui/rollouts/{rollout['id']}/devices?state=failed").text,
+        routes.live_fragment(
+            fleet.app.state.ctx, fleet.app, client.cookies["ferry_session"], rollout["id"]
+        )
+        or "",
+    ]
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in pages[0] + pages[1]
     for html in pages:
         assert "<script>alert" not in html and "<img src=x" not in html

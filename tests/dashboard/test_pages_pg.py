@@ -19,15 +19,17 @@ pytestmark = pytest.mark.postgres
 def test_tag_filter_rollout_page_and_gauges_on_postgresql(pg_fleet: tuple[Fleet, str]) -> None:
     fleet, _ = pg_fleet
     token = fleet.enrollment_token()
-    agents = [fleet.enroll(token, f"cam-{i}", tags={"region": "eu" if i % 2 else "us"})
-              for i in range(4)]
+    agents = [
+        fleet.enroll(token, f"cam-{i}", tags={"region": "eu" if i % 2 else "us"}) for i in range(4)
+    ]
     fleet.version()
     rollout = fleet.rollout(waves=[100])
     fleet.tick()
     commit(fleet, agents[:2], 1, rollout["id"])
     client = browser(fleet, fleet.token("viewer"))
-    shown = set(re.findall(r'<tr data-device="([^"]+)"',
-                           client.get("/ui/fleet?tag=region%3Deu").text))
+    shown = set(
+        re.findall(r'<tr data-device="([^"]+)"', client.get("/ui/fleet?tag=region%3Deu").text)
+    )
     assert shown == {"cam-1", "cam-3"}
     page = client.get(f"/ui/rollouts/{rollout['id']}").text
     assert 'data-count="committed">committed 2<' in page

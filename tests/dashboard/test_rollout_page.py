@@ -29,12 +29,13 @@ def test_each_wave_is_a_bar_of_its_states_with_the_gate_numbers(fleet: Fleet) ->
 def test_bar_segments_are_proportional_and_skip_empty_states() -> None:
     bar = segments({"committed": 3, "failed": 1, "pending": 0}, 4, width=400)
     assert [(s.state, s.x, s.width, s.count) for s in bar] == [
-        ("committed", 0.0, 300.0, 3), ("failed", 300.0, 100.0, 1)]
+        ("committed", 0.0, 300.0, 3),
+        ("failed", 300.0, 100.0, 1),
+    ]
     assert segments({}, 0) == []
 
 
-def test_a_halted_rollout_shows_its_reason_and_failed_devices_one_click_away(fleet: Fleet
-                                                                            ) -> None:
+def test_a_halted_rollout_shows_its_reason_and_failed_devices_one_click_away(fleet: Fleet) -> None:
     rollout, agents = live_rollout(fleet, devices=4, max_failures=0, max_retries=0)
     first = by_wave(rollout, agents)[0]
     fail(fleet, first[:1], 1, rollout["id"])
@@ -50,8 +51,9 @@ def test_a_viewer_sees_no_write_buttons_and_a_forged_post_is_refused(fleet: Flee
     html = client.get(f"/ui/rollouts/{rollout['id']}").text
     assert not WRITE_BUTTONS.search(html)
     assert client.get(f"/ui/rollouts/{rollout['id']}/confirm/pause").status_code == 403
-    r = client.post(f"/ui/rollouts/{rollout['id']}/pause", data={"csrf": csrf_of(html)},
-                    follow_redirects=False)
+    r = client.post(
+        f"/ui/rollouts/{rollout['id']}/pause", data={"csrf": csrf_of(html)}, follow_redirects=False
+    )
     assert r.status_code == 403
     assert fleet.status(rollout["id"])["rollout"]["state"] == "running"
 
@@ -77,8 +79,7 @@ def test_the_confirmation_names_the_action_and_the_number_of_devices(fleet: Flee
     client = browser(fleet, fleet.token("operator"))
     advance = client.get(f"/ui/rollouts/{rollout['id']}/confirm/advance").text
     assert f'data-devices="{len(waves.get(1, []))}"' in advance
-    assert f"{len(waves.get(1, []))} more devices will be told to install vision/det v1" \
-        in advance
+    assert f"{len(waves.get(1, []))} more devices will be told to install vision/det v1" in advance
     rollback = client.get(f"/ui/rollouts/{rollout['id']}/confirm/rollback").text
     assert "1 devices that took it are told to return to their previous version" in rollback
 
@@ -87,8 +88,9 @@ def test_an_operator_button_changes_the_rollout(fleet: Fleet) -> None:
     rollout, _ = live_rollout(fleet)
     client = browser(fleet, fleet.token("operator"))
     page = client.get(f"/ui/rollouts/{rollout['id']}/confirm/pause").text
-    r = client.post(f"/ui/rollouts/{rollout['id']}/pause", data={"csrf": csrf_of(page)},
-                    follow_redirects=False)
+    r = client.post(
+        f"/ui/rollouts/{rollout['id']}/pause", data={"csrf": csrf_of(page)}, follow_redirects=False
+    )
     assert r.status_code == 303 and r.headers["location"] == f"/ui/rollouts/{rollout['id']}"
     assert fleet.status(rollout["id"])["rollout"]["state"] == "paused"
     audit = fleet.client.get("/api/v1/audit?limit=1000", headers=fleet.admin).json()
@@ -100,8 +102,9 @@ def test_the_live_fragment_changes_when_a_device_reports(fleet: Fleet) -> None:
     rollout, agents = live_rollout(fleet, devices=4)
     ctx, secret = fleet.app.state.ctx, secret_of(fleet.admin)
     before = routes.live_fragment(ctx, fleet.app, secret, rollout["id"])
-    fleet.report(by_wave(rollout, agents)[0][0], "downloading", to_version=1,
-                 rollout_id=rollout["id"])
+    fleet.report(
+        by_wave(rollout, agents)[0][0], "downloading", to_version=1, rollout_id=rollout["id"]
+    )
     after = routes.live_fragment(ctx, fleet.app, secret, rollout["id"])
     assert before is not None and after is not None
     assert 'data-count="downloading"' not in before
@@ -110,8 +113,7 @@ def test_the_live_fragment_changes_when_a_device_reports(fleet: Fleet) -> None:
 
 def test_the_live_fragment_stops_for_a_revoked_token(fleet: Fleet) -> None:
     rollout, _ = live_rollout(fleet)
-    assert routes.live_fragment(fleet.app.state.ctx, fleet.app, "fry_gone", rollout["id"]) \
-        is None
+    assert routes.live_fragment(fleet.app.state.ctx, fleet.app, "fry_gone", rollout["id"]) is None
 
 
 def test_a_multi_line_fragment_is_one_event() -> None:
@@ -130,8 +132,12 @@ def test_the_event_stream_sends_the_fragment_then_stops_on_disconnect(fleet: Fle
             return self.calls > 1
 
     async def collect() -> list[str]:
-        stream = routes.live_events(Request(), fleet.app.state.ctx,  # type: ignore[arg-type]
-                                    secret_of(fleet.admin), rollout["id"])
+        stream = routes.live_events(
+            Request(),
+            fleet.app.state.ctx,  # type: ignore[arg-type]
+            secret_of(fleet.admin),
+            rollout["id"],
+        )
         return [chunk async for chunk in stream]
 
     chunks = asyncio.run(collect())

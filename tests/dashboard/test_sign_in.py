@@ -11,12 +11,12 @@ from tests.dashboard.helpers import browser, csrf_of, live_rollout, secret_of
 from tests.fleet.harness import Fleet
 
 
-def test_sign_in_sets_an_httponly_strict_cookie_and_no_token_in_the_redirect(fleet: Fleet
-                                                                              ) -> None:
+def test_sign_in_sets_an_httponly_strict_cookie_and_no_token_in_the_redirect(fleet: Fleet) -> None:
     client = TestClient(fleet.app)
     secret = secret_of(fleet.token("viewer"))
-    r = client.post("/ui/login", data={"token": secret, "next": "/ui/fleet"},
-                    follow_redirects=False)
+    r = client.post(
+        "/ui/login", data={"token": secret, "next": "/ui/fleet"}, follow_redirects=False
+    )
     assert r.status_code == 303
     assert r.headers["location"] == "/ui/fleet"
     assert secret not in r.headers["location"]
@@ -39,8 +39,7 @@ def test_a_page_without_a_session_redirects_to_sign_in(fleet: Fleet) -> None:
 
 
 @pytest.mark.parametrize("token", ["fry_not-a-real-token", "", "frd_device-credential"])
-def test_an_unknown_token_or_a_device_credential_cannot_sign_in(fleet: Fleet, token: str
-                                                               ) -> None:
+def test_an_unknown_token_or_a_device_credential_cannot_sign_in(fleet: Fleet, token: str) -> None:
     client = TestClient(fleet.app)
     r = client.post("/ui/login", data={"token": token}, follow_redirects=False)
     assert r.status_code == 401
@@ -49,15 +48,19 @@ def test_an_unknown_token_or_a_device_credential_cannot_sign_in(fleet: Fleet, to
 
 def test_a_real_device_credential_cannot_sign_in(fleet: Fleet) -> None:
     agent = fleet.devices(1)[0]
-    r = TestClient(fleet.app).post("/ui/login", data={"token": agent.credential},
-                                   follow_redirects=False)
+    r = TestClient(fleet.app).post(
+        "/ui/login", data={"token": agent.credential}, follow_redirects=False
+    )
     assert r.status_code == 401
 
 
 def test_an_offsite_next_is_ignored(fleet: Fleet) -> None:
     client = TestClient(fleet.app)
-    r = client.post("/ui/login", data={"token": secret_of(fleet.admin),
-                                       "next": "//evil.example/ui/x"}, follow_redirects=False)
+    r = client.post(
+        "/ui/login",
+        data={"token": secret_of(fleet.admin), "next": "//evil.example/ui/x"},
+        follow_redirects=False,
+    )
     assert r.headers["location"] == "/ui/rollouts"
 
 
@@ -66,8 +69,9 @@ def test_a_revoked_token_loses_its_session(fleet: Fleet) -> None:
     client = browser(fleet, headers)
     tokens = fleet.client.get("/api/v1/tokens", headers=fleet.admin).json()
     viewer = next(t for t in tokens if t["role"] == "viewer")
-    assert fleet.client.delete(f"/api/v1/tokens/{viewer['id']}",
-                               headers=fleet.admin).status_code in (200, 204)
+    assert fleet.client.delete(
+        f"/api/v1/tokens/{viewer['id']}", headers=fleet.admin
+    ).status_code in (200, 204)
     assert client.get("/ui/rollouts", follow_redirects=False).status_code == 303
 
 
@@ -76,8 +80,9 @@ def test_an_action_post_without_the_csrf_token_is_refused(fleet: Fleet) -> None:
     client = browser(fleet, fleet.token("operator"))
     r = client.post(f"/ui/rollouts/{rollout['id']}/pause", data={}, follow_redirects=False)
     assert r.status_code == 403
-    r = client.post(f"/ui/rollouts/{rollout['id']}/pause", data={"csrf": "0" * 64},
-                    follow_redirects=False)
+    r = client.post(
+        f"/ui/rollouts/{rollout['id']}/pause", data={"csrf": "0" * 64}, follow_redirects=False
+    )
     assert r.status_code == 403
     assert fleet.status(rollout["id"])["rollout"]["state"] == "running"
 
@@ -87,8 +92,9 @@ def test_a_csrf_token_of_another_session_is_refused(fleet: Fleet) -> None:
     other = browser(fleet, fleet.token("operator"))
     stolen = csrf_of(other.get(f"/ui/rollouts/{rollout['id']}").text)
     client = browser(fleet, fleet.token("operator"))
-    r = client.post(f"/ui/rollouts/{rollout['id']}/pause", data={"csrf": stolen},
-                    follow_redirects=False)
+    r = client.post(
+        f"/ui/rollouts/{rollout['id']}/pause", data={"csrf": stolen}, follow_redirects=False
+    )
     assert r.status_code == 403
     assert fleet.status(rollout["id"])["rollout"]["state"] == "running"
 
@@ -97,8 +103,12 @@ def test_a_cross_origin_post_is_refused_even_with_the_csrf_token(fleet: Fleet) -
     rollout, _ = live_rollout(fleet)
     client = browser(fleet, fleet.token("operator"))
     csrf = csrf_of(client.get(f"/ui/rollouts/{rollout['id']}").text)
-    r = client.post(f"/ui/rollouts/{rollout['id']}/pause", data={"csrf": csrf},
-                    headers={"Origin": "https://evil.example"}, follow_redirects=False)
+    r = client.post(
+        f"/ui/rollouts/{rollout['id']}/pause",
+        data={"csrf": csrf},
+        headers={"Origin": "https://evil.example"},
+        follow_redirects=False,
+    )
     assert r.status_code == 403
     assert fleet.status(rollout["id"])["rollout"]["state"] == "running"
 

@@ -45,8 +45,14 @@ class RecordingProxy:
 
     def report(self, state: str, to_version: int) -> dict[str, Any] | None:
         with self._lock:
-            return next((r for r in self.reports
-                         if r.get("state") == state and r.get("to_version") == to_version), None)
+            return next(
+                (
+                    r
+                    for r in self.reports
+                    if r.get("state") == state and r.get("to_version") == to_version
+                ),
+                None,
+            )
 
 
 def _handler(proxy: RecordingProxy) -> type[BaseHTTPRequestHandler]:
@@ -59,8 +65,10 @@ def _handler(proxy: RecordingProxy) -> type[BaseHTTPRequestHandler]:
             if self.command == "POST" and self.path == endpoints.STATUS:
                 proxy.record(body)
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _REQUEST_HOP}
-            with httpx.Client(base_url=proxy.upstream, timeout=30) as client, client.stream(
-                    self.command, self.path, content=body, headers=headers) as response:
+            with (
+                httpx.Client(base_url=proxy.upstream, timeout=30) as client,
+                client.stream(self.command, self.path, content=body, headers=headers) as response,
+            ):
                 self.send_response(response.status_code)
                 for key, value in response.headers.multi_items():
                     if key.lower() not in _HOP:

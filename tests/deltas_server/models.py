@@ -22,8 +22,10 @@ def model_pair(directory: Path, size: int = 2 << 20, seed: int = 8) -> tuple[Pat
     new = {name: ("F32", f32(drift(values, rng, amount=1e-5))) for name, values in layers.items()}
     (directory / "v1").mkdir(parents=True, exist_ok=True)
     (directory / "v2").mkdir(parents=True, exist_ok=True)
-    return (write_safetensors(directory / "v1" / WEIGHTS, old),
-            write_safetensors(directory / "v2" / WEIGHTS, new))
+    return (
+        write_safetensors(directory / "v1" / WEIGHTS, old),
+        write_safetensors(directory / "v2" / WEIGHTS, new),
+    )
 
 
 def random_pair(directory: Path, size: int = 256 << 10) -> tuple[Path, Path]:

@@ -39,11 +39,20 @@ class World:
     def publish(self, weights: Path) -> int:
         sdk = self.op.sdk
         version = sdk.push_version(
-            NAMESPACE, MODEL, [weights], format="safetensors", flavor="pytorch",
-            signature={"inputs": [{"name": "x", "dtype": "float32", "shape": [1, 4]}],
-                       "outputs": []},
-            created_by="e2e", run_id=weights.parent.name, git_commit="0" * 40,
-            hardware=["x86_64"])
+            NAMESPACE,
+            MODEL,
+            [weights],
+            format="safetensors",
+            flavor="pytorch",
+            signature={
+                "inputs": [{"name": "x", "dtype": "float32", "shape": [1, 4]}],
+                "outputs": [],
+            },
+            created_by="e2e",
+            run_id=weights.parent.name,
+            git_commit="0" * 40,
+            hardware=["x86_64"],
+        )
         for stage in ("Staging", "Production"):
             sdk.set_stage(NAMESPACE, MODEL, version.version, stage)
         return version.version
@@ -56,9 +65,14 @@ class World:
         return self.op.rollout_status(rollout_id)["rollout"]["state"] == "completed"
 
     def committed(self, rollout_id: str, version: int) -> dict[str, Any]:
-        wait_until(lambda: self.completed(rollout_id)
-                   and self.proxy.report("committed", version) is not None,
-                   WAIT_S, f"the agent to commit v{version}", interval=0.25)
+        wait_until(
+            lambda: (
+                self.completed(rollout_id) and self.proxy.report("committed", version) is not None
+            ),
+            WAIT_S,
+            f"the agent to commit v{version}",
+            interval=0.25,
+        )
         report = self.proxy.report("committed", version)
         assert report is not None
         return report
@@ -84,8 +98,9 @@ class World:
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
     v1, v2 = model_pair(tmp_path / "bundles", size=SIZE)
-    server = ServerProcess(tmp_path / "server", env={"FERRY_MQTT_ENABLED": "false",
-                                                      "FERRY_POLL_INTERVAL_S": "1"}).start()
+    server = ServerProcess(
+        tmp_path / "server", env={"FERRY_MQTT_ENABLED": "false", "FERRY_POLL_INTERVAL_S": "1"}
+    ).start()
     op = Operator(server.url, server.admin_token)
     proxy = RecordingProxy(server.url).start()
     agent = AgentProcess(tmp_path / "agent", "delta-agent", poll_interval_s=0.5)
@@ -108,8 +123,12 @@ def _to_v2_with_v2_delta_ready(world: World) -> tuple[int, str]:
     world.committed(world.roll_out(v1), v1)
     world.agent.stop()
     rollout = world.roll_out(v2)
-    wait_until(lambda: world.metric("ferry_delta_builds_total", "offered") >= 1, WAIT_S,
-               "the delta precomputed at rollout start", interval=0.25)
+    wait_until(
+        lambda: world.metric("ferry_delta_builds_total", "offered") >= 1,
+        WAIT_S,
+        "the delta precomputed at rollout start",
+        interval=0.25,
+    )
     assert world.metric("ferry_delta_requests_total", "not_ready") == 0  # nobody asked for it
     return v2, rollout
 

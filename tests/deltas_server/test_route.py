@@ -39,17 +39,26 @@ def _upload(fleet: Fleet, path: Path) -> str:
 def _publish(fleet: Fleet, weights: Path) -> int:
     """A Production version of vision/det holding ``weights`` as model.safetensors."""
     sha = _upload(fleet, weights)
-    body = {"files": [{"path": WEIGHTS, "sha256": sha, "size": weights.stat().st_size}],
-            "format": "safetensors", "flavor": "pytorch",
-            "signature": {"inputs": [{"name": "x", "dtype": "float32", "shape": [1, 3]}],
-                          "outputs": []},
-            "hardware": [], "metadata": {"created_by": "ci", "run_id": "r", "git_commit": "c"}}
+    body = {
+        "files": [{"path": WEIGHTS, "sha256": sha, "size": weights.stat().st_size}],
+        "format": "safetensors",
+        "flavor": "pytorch",
+        "signature": {
+            "inputs": [{"name": "x", "dtype": "float32", "shape": [1, 3]}],
+            "outputs": [],
+        },
+        "hardware": [],
+        "metadata": {"created_by": "ci", "run_id": "r", "git_commit": "c"},
+    }
     r = fleet.client.post(f"{API}/models/vision/det/versions", json=body, headers=fleet.admin)
     assert r.status_code == 201, r.text
     number: int = r.json()["version"]
     for stage in ("Staging", "Production"):
-        r = fleet.client.post(f"{API}/models/vision/det/versions/{number}/stage",
-                              json={"stage": stage}, headers=fleet.admin)
+        r = fleet.client.post(
+            f"{API}/models/vision/det/versions/{number}/stage",
+            json={"stage": stage},
+            headers=fleet.admin,
+        )
         assert r.status_code == 200, r.text
     return number
 
@@ -97,8 +106,8 @@ def test_malformed_digest_is_422(fleet: Fleet, bad: str) -> None:
 
 
 def test_first_request_is_not_ready_then_the_built_delta_rebuilds_the_new_file(
-        fleet: Fleet, pair: tuple[Path, Path], device: dict[str, str],
-        tmp_path: Path) -> None:
+    fleet: Fleet, pair: tuple[Path, Path], device: dict[str, str], tmp_path: Path
+) -> None:
     old, new = pair
     url = DELTA.format(_upload(fleet, old), _upload(fleet, new))
     first = fleet.client.get(url, headers=device)
@@ -108,7 +117,9 @@ def test_first_request_is_not_ready_then_the_built_delta_rebuilds_the_new_file(
     r = fleet.client.get(url, headers=device)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/vnd.ferry.delta"
-    assert int(r.headers["content-length"]) == int(r.headers["x-ferry-delta-size"]) == len(r.content)
+    assert (
+        int(r.headers["content-length"]) == int(r.headers["x-ferry-delta-size"]) == len(r.content)
+    )
     assert r.headers["x-ferry-delta-sha256"] == hashlib.sha256(r.content).hexdigest()
     assert len(r.content) < 0.6 * new.stat().st_size
     out = tmp_path / "rebuilt"
@@ -121,7 +132,8 @@ def test_first_request_is_not_ready_then_the_built_delta_rebuilds_the_new_file(
 
 
 def test_viewer_may_read_a_delta_and_range_is_honoured(
-        fleet: Fleet, pair: tuple[Path, Path]) -> None:
+    fleet: Fleet, pair: tuple[Path, Path]
+) -> None:
     url = DELTA.format(_upload(fleet, pair[0]), _upload(fleet, pair[1]))
     fleet.client.get(url, headers=fleet.admin)
     _wait_builds(fleet)
@@ -140,12 +152,14 @@ def test_a_delta_not_worth_sending_is_404(fleet: Fleet, tmp_path: Path) -> None:
     r = fleet.client.get(url, headers=fleet.admin)
     assert (r.status_code, _error(r)) == (404, "not_found")
     assert r.json()["error"]["details"] == {"max_fraction": 0.6}
-    assert 'ferry_delta_builds_total{outcome="not_worth_it"} 1.0' in fleet.client.get(
-        "/metrics").text
+    assert (
+        'ferry_delta_builds_total{outcome="not_worth_it"} 1.0' in fleet.client.get("/metrics").text
+    )
 
 
 def test_rollout_start_precomputes_the_deltas_its_devices_will_ask_for(
-        fleet: Fleet, pair: tuple[Path, Path]) -> None:
+    fleet: Fleet, pair: tuple[Path, Path]
+) -> None:
     agents = fleet.devices(3)
     v1, v2 = _publish(fleet, pair[0]), _publish(fleet, pair[1])
     base = fleet.rollout(version=str(v1), waves=[100])
@@ -158,14 +172,16 @@ def test_rollout_start_precomputes_the_deltas_its_devices_will_ask_for(
     engine = fleet.app.state.ctx.engine
     pk = int(rollout["id"].removeprefix("r-"))
     assert [(p.path, p.from_sha256, p.to_sha256) for p in rollout_pairs(engine, pk)] == [
-        (WEIGHTS, _sha(pair[0]), _sha(pair[1]))]  # three devices on v1: one pair
+        (WEIGHTS, _sha(pair[0]), _sha(pair[1]))
+    ]  # three devices on v1: one pair
     _wait_builds(fleet)
     r = fleet.client.get(DELTA.format(_sha(pair[0]), _sha(pair[1])), headers=fleet.admin)
     assert r.status_code == 200, r.text  # the very first request already gets the delta
 
 
 def test_disabled_deltas_answer_404_and_start_nothing(
-        harness_factory: Callable[..., Harness], tmp_path: Path) -> None:
+    harness_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
     h = harness_factory(deltas_enabled=False)
     old, new = random_pair(tmp_path / "random", size=1024)
     url = DELTA.format(h.upload(old.read_bytes()), h.upload(new.read_bytes()))
@@ -176,11 +192,18 @@ def test_disabled_deltas_answer_404_and_start_nothing(
 
 
 def test_settings_come_from_the_environment_and_refuse_nonsense() -> None:
-    settings = Settings.from_env({"FERRY_DELTAS_ENABLED": "false",
-                                  "FERRY_DELTA_MAX_FRACTION": "0.4",
-                                  "FERRY_DELTA_BUILD_WORKERS": "2"})
-    assert (settings.deltas_enabled, settings.delta_max_fraction,
-            settings.delta_build_workers) == (False, 0.4, 2)
+    settings = Settings.from_env(
+        {
+            "FERRY_DELTAS_ENABLED": "false",
+            "FERRY_DELTA_MAX_FRACTION": "0.4",
+            "FERRY_DELTA_BUILD_WORKERS": "2",
+        }
+    )
+    assert (settings.deltas_enabled, settings.delta_max_fraction, settings.delta_build_workers) == (
+        False,
+        0.4,
+        2,
+    )
     assert settings.delta_dir == settings.data_dir / "deltas"
     for bad in ({"FERRY_DELTA_MAX_FRACTION": "0"}, {"FERRY_DELTA_BUILD_WORKERS": "0"}):
         with pytest.raises(ValueError):

@@ -32,7 +32,8 @@ def _mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def test_every_bind_mounted_file_exists_and_every_named_volume_is_declared(
-        stack: dict[str, Any]) -> None:
+    stack: dict[str, Any],
+) -> None:
     declared = set(stack["volumes"])
     for name, service in stack["services"].items():
         for source, _ in _mounts(service):
@@ -43,7 +44,8 @@ def test_every_bind_mounted_file_exists_and_every_named_volume_is_declared(
 
 
 def test_each_replica_has_its_own_broker_login_known_to_the_acl_and_the_operator_file(
-        stack: dict[str, Any]) -> None:
+    stack: dict[str, Any],
+) -> None:
     servers = {n: s for n, s in stack["services"].items() if n.startswith("server-")}
     assert len(servers) == 2
     logins = {s["environment"]["FERRY_MQTT_USERNAME"] for s in servers.values()}
@@ -79,11 +81,18 @@ def test_the_cited_deployment_guide_exists() -> None:
 def test_docker_compose_config_accepts_the_file() -> None:
     if shutil.which("docker") is None:
         pytest.skip("no docker client on this machine")
-    probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True,
-                           timeout=60, check=False)
+    probe = subprocess.run(
+        ["docker", "compose", "version"], capture_output=True, text=True, timeout=60, check=False
+    )
     if probe.returncode != 0:
         print("skipping: the docker client has no compose plugin here")
         pytest.skip("the docker client has no compose plugin here")
-    done = subprocess.run(["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"],
-                          capture_output=True, text=True, timeout=120, check=False, cwd=ROOT)
+    done = subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr

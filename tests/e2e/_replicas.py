@@ -64,9 +64,12 @@ class Nginx:
             "    proxy_buffering off;\n    location / {\n"
             "      proxy_pass http://ferry_servers;\n"
             "      proxy_next_upstream error timeout http_502 http_503;\n"
-            "      proxy_set_header Host $host;\n    }\n  }\n}\n")
-        self.process = subprocess.Popen([nginx_binary() or NGINX, "-c", str(conf), "-g",
-                                         "daemon off;"], stderr=subprocess.DEVNULL)
+            "      proxy_set_header Host $host;\n    }\n  }\n}\n"
+        )
+        self.process = subprocess.Popen(
+            [nginx_binary() or NGINX, "-c", str(conf), "-g", "daemon off;"],
+            stderr=subprocess.DEVNULL,
+        )
         wait_until(self._answers, 20, f"nginx on {self.port}")
         return self
 
@@ -100,22 +103,34 @@ class Topology:
     def __post_init__(self) -> None:
         self.broker = example_broker(self.root / "mosquitto")
         acl = self.broker.workdir / "acl"
-        acl.write_text(acl.read_text() + "".join(
-            f"\nuser {login}\ntopic readwrite ferry/v1/#\n" for login in REPLICAS))
+        acl.write_text(
+            acl.read_text()
+            + "".join(f"\nuser {login}\ntopic readwrite ferry/v1/#\n" for login in REPLICAS)
+        )
         with (self.broker.workdir / "operator.passwd").open("a") as handle:
             for login in REPLICAS:
                 handle.write(f"{login}:{mosquitto_hash(self._password(login), os.urandom(12))}\n")
         data = self.root / "data"  # one data directory: blobs and keys, as the volume
-        self.servers = [ServerProcess(data, log_name=f"{login.split('@')[1]}.log", env={
-            "FERRY_DATABASE_URL": self.database_url,
-            "FERRY_MQTT_URL": self.broker.url,
-            "FERRY_MQTT_USERNAME": login,
-            "FERRY_MQTT_PASSWORD": self._password(login),
-            "FERRY_MQTT_PASSWORD_FILE": str(self.broker.workdir / "passwd"),
-            "FERRY_MQTT_OPERATOR_PASSWORD_FILE": str(self.broker.workdir / "operator.passwd"),
-            "FERRY_MQTT_PID_FILE": str(self.root / "mosquitto.pid"),
-            "FERRY_POLL_INTERVAL_S": "2", "FERRY_ROLLOUT_TICK_S": "0.5",
-        }) for login in REPLICAS]
+        self.servers = [
+            ServerProcess(
+                data,
+                log_name=f"{login.split('@')[1]}.log",
+                env={
+                    "FERRY_DATABASE_URL": self.database_url,
+                    "FERRY_MQTT_URL": self.broker.url,
+                    "FERRY_MQTT_USERNAME": login,
+                    "FERRY_MQTT_PASSWORD": self._password(login),
+                    "FERRY_MQTT_PASSWORD_FILE": str(self.broker.workdir / "passwd"),
+                    "FERRY_MQTT_OPERATOR_PASSWORD_FILE": str(
+                        self.broker.workdir / "operator.passwd"
+                    ),
+                    "FERRY_MQTT_PID_FILE": str(self.root / "mosquitto.pid"),
+                    "FERRY_POLL_INTERVAL_S": "2",
+                    "FERRY_ROLLOUT_TICK_S": "0.5",
+                },
+            )
+            for login in REPLICAS
+        ]
 
     @staticmethod
     def _password(login: str) -> str:
@@ -137,16 +152,21 @@ class Topology:
     def add_agents(self, count: int, token: str) -> list[AgentProcess]:
         assert self.lb is not None
         for index in range(count):
-            agent = AgentProcess(self.root / f"agent-{index}", f"edge-{index}",
-                                 poll_interval_s=2.0)
+            agent = AgentProcess(self.root / f"agent-{index}", f"edge-{index}", poll_interval_s=2.0)
             agent.enroll(self.lb.url, token)
             self.agents.append(agent.start())
         return self.agents
 
     def simulate(self, devices: int, token: str, prefix: str = "sim") -> SimulatorProcess:
         assert self.lb is not None
-        sim = SimulatorProcess(self.root / f"sim-{prefix}", self.lb.url, token, devices,
-                               prefix=prefix, extra=["--poll-interval", "2"]).start()
+        sim = SimulatorProcess(
+            self.root / f"sim-{prefix}",
+            self.lb.url,
+            token,
+            devices,
+            prefix=prefix,
+            extra=["--poll-interval", "2"],
+        ).start()
         self.sims.append(sim)
         return sim
 
@@ -154,8 +174,10 @@ class Topology:
         """The installed version per device, as the server's device list says."""
         assert self.op is not None
         devices = self.op._call("GET", "/devices?limit=10000")
-        return {d["id"]: next((s["installed_version"] for s in d["slots"]
-                               if s["slot"] == "main"), None) for d in devices}
+        return {
+            d["id"]: next((s["installed_version"] for s in d["slots"] if s["slot"] == "main"), None)
+            for d in devices
+        }
 
     def stop(self) -> None:
         for sim in self.sims:

@@ -25,25 +25,40 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "firmware_examples" / "mosquitto
 SERVER_PASSWORD = "e2e-server-password"
 # An operator's broker login (the server merges, never writes, the operator's file).
 OBSERVER = ("e2e-observer", "e2e-observer-password")
-_LOCAL_KEYS = {"listener", "per_listener_settings", "persistence", "persistence_location",
-               "autosave_interval", "log_dest", "log_type", "password_file", "acl_file",
-               "pid_file"}
+_LOCAL_KEYS = {
+    "listener",
+    "per_listener_settings",
+    "persistence",
+    "persistence_location",
+    "autosave_interval",
+    "log_dest",
+    "log_type",
+    "password_file",
+    "acl_file",
+    "pid_file",
+}
 WAIT_S = 90.0
 
 
 def example_broker(workdir: Path) -> MosquittoBroker:
     """Mosquitto with the example config's settings, this test's paths and a free port."""
     broker = MosquittoBroker(workdir)
-    kept = [line for line in (EXAMPLE / "mosquitto.conf").read_text().splitlines()
-            if line.strip() and not line.startswith("#") and line.split()[0] not in _LOCAL_KEYS]
-    broker.extra_conf = "\n".join([*kept, f"password_file {workdir / 'passwd'}",
-                                   f"acl_file {workdir / 'acl'}", ""])
+    kept = [
+        line
+        for line in (EXAMPLE / "mosquitto.conf").read_text().splitlines()
+        if line.strip() and not line.startswith("#") and line.split()[0] not in _LOCAL_KEYS
+    ]
+    broker.extra_conf = "\n".join(
+        [*kept, f"password_file {workdir / 'passwd'}", f"acl_file {workdir / 'acl'}", ""]
+    )
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "passwd").write_text("")
-    (workdir / "acl").write_text((EXAMPLE / "acl").read_text()
-                                 + f"\nuser {OBSERVER[0]}\ntopic read ferry/v1/#\n")
+    (workdir / "acl").write_text(
+        (EXAMPLE / "acl").read_text() + f"\nuser {OBSERVER[0]}\ntopic read ferry/v1/#\n"
+    )
     (workdir / "operator.passwd").write_text(
-        f"{OBSERVER[0]}:{mosquitto_hash(OBSERVER[1], os.urandom(12))}\n")
+        f"{OBSERVER[0]}:{mosquitto_hash(OBSERVER[1], os.urandom(12))}\n"
+    )
     return broker
 
 
@@ -57,14 +72,17 @@ class Stack:
 
     def __post_init__(self) -> None:
         self.broker = example_broker(self.root / "mosquitto")
-        self.server = ServerProcess(self.root / "server", env={
-            "FERRY_MQTT_URL": self.broker.url,
-            "FERRY_MQTT_PASSWORD": SERVER_PASSWORD,
-            "FERRY_MQTT_PASSWORD_FILE": str(self.broker.workdir / "passwd"),
-            "FERRY_MQTT_OPERATOR_PASSWORD_FILE": str(self.broker.workdir / "operator.passwd"),
-            "FERRY_MQTT_PID_FILE": str(self.root / "mosquitto.pid"),
-            "FERRY_POLL_INTERVAL_S": "1",
-        })
+        self.server = ServerProcess(
+            self.root / "server",
+            env={
+                "FERRY_MQTT_URL": self.broker.url,
+                "FERRY_MQTT_PASSWORD": SERVER_PASSWORD,
+                "FERRY_MQTT_PASSWORD_FILE": str(self.broker.workdir / "passwd"),
+                "FERRY_MQTT_OPERATOR_PASSWORD_FILE": str(self.broker.workdir / "operator.passwd"),
+                "FERRY_MQTT_PID_FILE": str(self.root / "mosquitto.pid"),
+                "FERRY_POLL_INTERVAL_S": "1",
+            },
+        )
 
     def start(self) -> Stack:
         self.start_broker()
@@ -80,8 +98,14 @@ class Stack:
     def simulate(self, devices: int, prefix: str, *extra: str) -> SimulatorProcess:
         assert self.op is not None
         token = self.op.enrollment_token(None)
-        sim = SimulatorProcess(self.root / "sim", self.server.url, token, devices,
-                               prefix=prefix, extra=["--poll-interval", "1", *extra]).start()
+        sim = SimulatorProcess(
+            self.root / "sim",
+            self.server.url,
+            token,
+            devices,
+            prefix=prefix,
+            extra=["--poll-interval", "1", *extra],
+        ).start()
         self.sims.append(sim)
         return sim
 
@@ -107,14 +131,18 @@ class Stack:
         return list(detail["history"])
 
     def installed(self) -> dict[str, int | None]:
-        return {d["id"]: next((s["installed_version"] for s in d["slots"] if s["slot"] == "main"),
-                              None) for d in self.devices()}
+        return {
+            d["id"]: next((s["installed_version"] for s in d["slots"] if s["slot"] == "main"), None)
+            for d in self.devices()
+        }
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample of the server's ``/metrics`` (0.0 when the series does not exist yet)."""
         text = self._metrics_text()
         wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        pattern = re.compile(rf"^{re.escape(name)}(?:\{{{re.escape(wanted)}\}})? (\S+)$", re.MULTILINE)
+        pattern = re.compile(
+            rf"^{re.escape(name)}(?:\{{{re.escape(wanted)}\}})? (\S+)$", re.MULTILINE
+        )
         match = pattern.search(text)
         return float(match.group(1)) if match else 0.0
 

@@ -33,10 +33,21 @@ def test_demo_at_full_size_halts_the_bad_release_and_ships_the_good_one(tmp_path
     outcome = tmp_path / "demo.json"
     data_dir = tmp_path / "demo"
     done = subprocess.run(
-        [sys.executable, "-m", "ferry.cli.demo", "--data-dir", str(data_dir),
-         "--json", str(outcome)],
-        capture_output=True, text=True, timeout=480, check=False,
-        env={"COLUMNS": "100", "PATH": "/usr/bin:/bin"})
+        [
+            sys.executable,
+            "-m",
+            "ferry.cli.demo",
+            "--data-dir",
+            str(data_dir),
+            "--json",
+            str(outcome),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=480,
+        check=False,
+        env={"COLUMNS": "100", "PATH": "/usr/bin:/bin"},
+    )
     printed = done.stdout + done.stderr
     assert done.returncode == 0, printed[-4000:]
     assert "Traceback" not in printed
@@ -61,7 +72,11 @@ def test_a_failing_demo_prints_one_line_and_where_the_logs_are(tmp_path: Path) -
     blocker.write_text("a file where the demo wants its data directory")
     done = subprocess.run(
         [sys.executable, "-m", "ferry.cli.demo", "--data-dir", str(blocker / "demo")],
-        capture_output=True, text=True, timeout=120, check=False)
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     printed = done.stdout + done.stderr
     assert done.returncode == 1
     assert "Traceback" not in printed and "╭" not in printed

@@ -42,11 +42,15 @@ def _all_on(stack: Stack, version: int, prefix: str, count: int) -> bool:
 
 def _baseline(stack: Stack, version: int, prefix: str, count: int) -> None:
     assert stack.op is not None
-    stack.wait(lambda: len([d for d in stack.installed() if d.startswith(prefix)]) == count,
-               f"{count} enrolled devices")
+    stack.wait(
+        lambda: len([d for d in stack.installed() if d.startswith(prefix)]) == count,
+        f"{count} enrolled devices",
+    )
     rollout = stack.op.create_rollout(version, [100], min_success_pct=50, max_failure_pct=50)
-    stack.wait(lambda: _completed(stack, rollout["id"]) and
-               _all_on(stack, version, prefix, count), f"everyone on v{version}")
+    stack.wait(
+        lambda: _completed(stack, rollout["id"]) and _all_on(stack, version, prefix, count),
+        f"everyone on v{version}",
+    )
 
 
 def _reconnected(stack: Stack, log_mark: int, prefix: str) -> set[str]:
@@ -57,8 +61,9 @@ def _reconnected(stack: Stack, log_mark: int, prefix: str) -> set[str]:
     return set(re.findall(rf"New client connected from \S+ as ({re.escape(prefix)}-\d+)", text))
 
 
-def test_broker_outage_devices_converge_by_polling_then_push_resumes(stack: Stack,
-                                                                    tmp_path: Path) -> None:
+def test_broker_outage_devices_converge_by_polling_then_push_resumes(
+    stack: Stack, tmp_path: Path
+) -> None:
     assert stack.op is not None
     v1, v2, v3 = stack.op.publish_model(tmp_path / "bundles", [False, False, False], BUNDLE)
     stack.simulate(12, "outage")
@@ -66,27 +71,32 @@ def test_broker_outage_devices_converge_by_polling_then_push_resumes(stack: Stac
 
     stack.broker.kill()
     during = stack.op.create_rollout(v2, [50, 100])
-    stack.wait(lambda: _completed(stack, during["id"]) and _all_on(stack, v2, "outage", 12),
-               "convergence on v2 by HTTP polling while the broker is down")
+    stack.wait(
+        lambda: _completed(stack, during["id"]) and _all_on(stack, v2, "outage", 12),
+        "convergence on v2 by HTTP polling while the broker is down",
+    )
 
     accepted = stack.metric("ferry_mqtt_status_messages_total", outcome="accepted")
     log_mark = stack.broker.log_path.stat().st_size
     stack.start_broker()
-    stack.wait(lambda: len(_reconnected(stack, log_mark, "outage")) == 12,
-               "every device to reconnect to the broker (jittered backoff)")
+    stack.wait(
+        lambda: len(_reconnected(stack, log_mark, "outage")) == 12,
+        "every device to reconnect to the broker (jittered backoff)",
+    )
     watcher = Peer(stack.broker.url, *OBSERVER)
     assert watcher.connect()
     watcher.subscribe(topics.group_notice("all"))
     after = stack.op.create_rollout(v3, [100])
-    stack.wait(lambda: _completed(stack, after["id"]) and _all_on(stack, v3, "outage", 12),
-               "convergence on v3 once the broker is back")
-    assert watcher.wait_for(topics.group_notice("all"))      # the server publishes again
+    stack.wait(
+        lambda: _completed(stack, after["id"]) and _all_on(stack, v3, "outage", 12),
+        "convergence on v3 once the broker is back",
+    )
+    assert watcher.wait_for(topics.group_notice("all"))  # the server publishes again
     assert stack.metric("ferry_mqtt_status_messages_total", outcome="accepted") > accepted
     watcher.close()
 
 
-def test_server_killed_mid_wave_continues_and_loses_no_report(stack: Stack,
-                                                             tmp_path: Path) -> None:
+def test_server_killed_mid_wave_continues_and_loses_no_report(stack: Stack, tmp_path: Path) -> None:
     assert stack.op is not None
     v1, v2 = stack.op.publish_model(tmp_path / "bundles", [False, False], BUNDLE)
     sim = stack.simulate(30, "crash", "--step-delay", "0.2")
@@ -101,20 +111,24 @@ def test_server_killed_mid_wave_continues_and_loses_no_report(stack: Stack,
     stack.server.kill()
     time.sleep(SETTLE_S)  # devices keep reporting; Mosquitto queues for the server's session
     stack.server.start()
-    stack.wait(lambda: _completed(stack, rollout["id"]) and _all_on(stack, v2, "crash", 30),
-               "the rollout to finish after the restart")
+    stack.wait(
+        lambda: _completed(stack, rollout["id"]) and _all_on(stack, v2, "crash", 30),
+        "the rollout to finish after the restart",
+    )
     summary = sim.stop()
     sent = summary["reports_mqtt"] + summary["reports_http"]
     stored = sum(len(stack.history(device)) for device in stack.installed())
     assert stored == sent
     status = stack.op.rollout_status(rollout["id"])
     assert [w["wave"] for w in status["waves"] if w["total"]] == sorted(
-        w["wave"] for w in status["waves"] if w["total"])
+        w["wave"] for w in status["waves"] if w["total"]
+    )
     assert status["totals"]["committed"] == 30
 
 
-def test_device_offline_during_its_wave_converges_on_reconnect(stack: Stack,
-                                                              tmp_path: Path) -> None:
+def test_device_offline_during_its_wave_converges_on_reconnect(
+    stack: Stack, tmp_path: Path
+) -> None:
     assert stack.op is not None
     (v1,) = stack.op.publish_model(tmp_path / "bundles", [False], BUNDLE)
     token = stack.op.enrollment_token(None)
@@ -135,8 +149,9 @@ def test_device_offline_during_its_wave_converges_on_reconnect(stack: Stack,
         offline.stop()
 
 
-def test_crossing_the_failure_limit_halts_and_nothing_beyond_installs(stack: Stack,
-                                                                     tmp_path: Path) -> None:
+def test_crossing_the_failure_limit_halts_and_nothing_beyond_installs(
+    stack: Stack, tmp_path: Path
+) -> None:
     assert stack.op is not None
     v1, bad = stack.op.publish_model(tmp_path / "bundles", [False, True], BUNDLE)
     stack.simulate(40, "halt")
@@ -160,9 +175,17 @@ def test_revoked_device_loses_broker_access(stack: Stack) -> None:
     assert stack.op is not None
     stack.op.sdk.create_namespace("demo")
     token = stack.op.enrollment_token(None)
-    answer = httpx.post(f"{stack.server.url}{endpoints.ENROLL}", timeout=30, json={
-        "enrollment_token": token, "device_id": "dev-revoked", "hardware": "x86_64",
-        "agent_version": "test", "tags": {}}).json()
+    answer = httpx.post(
+        f"{stack.server.url}{endpoints.ENROLL}",
+        timeout=30,
+        json={
+            "enrollment_token": token,
+            "device_id": "dev-revoked",
+            "hardware": "x86_64",
+            "agent_version": "test",
+            "tags": {},
+        },
+    ).json()
     login = answer["mqtt"]
     assert login["url"] == stack.broker.url
 

@@ -29,7 +29,8 @@ def topology(tmp_path: Path, pg_url: str) -> Iterator[Topology]:  # noqa: F811
 
 
 def test_a_rollout_through_the_load_balancer_reaches_every_device_on_both_replicas(
-        topology: Topology, tmp_path: Path) -> None:
+    topology: Topology, tmp_path: Path
+) -> None:
     op = topology.op
     assert op is not None
     (version,) = op.publish_model(tmp_path / "bundles", [False], size=65536)
@@ -38,8 +39,9 @@ def test_a_rollout_through_the_load_balancer_reaches_every_device_on_both_replic
     topology.simulate(20, token)
     wait_until(lambda: op.fleet_status()["devices"] >= 22, 120, "22 enrolled devices")
     rollout = op.create_rollout(version, [50, 100], max_failure_pct=20, min_success_pct=90)
-    status = op.wait_rollout(rollout["id"], lambda s: s["rollout"]["state"] in FINAL_STATES,
-                             timeout=240)
+    status = op.wait_rollout(
+        rollout["id"], lambda s: s["rollout"]["state"] in FINAL_STATES, timeout=240
+    )
     assert status["rollout"]["state"] == "completed", status
     wait_until(lambda: all(_installed(a) == version for a in agents), 60, "agents on v1")
     view = topology.server_view()

@@ -97,8 +97,11 @@ class Fleet:
     # --- registry -------------------------------------------------------------------
 
     def token(self, role: str, namespaces: list[str] | None = None) -> dict[str, str]:
-        body = {"name": f"{role}-{secrets.token_hex(3)}", "role": role,
-                "namespaces": namespaces or ["*"]}
+        body = {
+            "name": f"{role}-{secrets.token_hex(3)}",
+            "role": role,
+            "namespaces": namespaces or ["*"],
+        }
         r = self.client.post(f"{API}/tokens", json=body, headers=self.admin)
         assert r.status_code == 201, r.text
         return bearer(r.json()["token"])
@@ -108,30 +111,49 @@ class Fleet:
         assert r.status_code == 201, r.text
 
     def model(self, ns: str, name: str) -> None:
-        r = self.client.post(f"{API}/models", json={"namespace": ns, "name": name},
-                             headers=self.admin)
+        r = self.client.post(
+            f"{API}/models", json={"namespace": ns, "name": name}, headers=self.admin
+        )
         assert r.status_code in (200, 201), r.text
 
-    def version(self, ns: str = "vision", name: str = "det", *, stage: str | None = "Production",
-                hardware: list[str] | None = None, inputs: list[Any] | None = None) -> int:
+    def version(
+        self,
+        ns: str = "vision",
+        name: str = "det",
+        *,
+        stage: str | None = "Production",
+        hardware: list[str] | None = None,
+        inputs: list[Any] | None = None,
+    ) -> int:
         """Register a new version (fresh random bytes) and move it to ``stage``."""
         data = secrets.token_bytes(32)
         sha = hashlib.sha256(data).hexdigest()
-        assert self.client.put(f"{API}/blobs/{sha}", content=data,
-                               headers=self.admin).status_code == 201
-        body = {"files": [{"path": "model.onnx", "sha256": sha, "size": len(data)}],
-                "format": "onnx", "flavor": "onnxruntime",
-                "signature": {"inputs": inputs or [{"name": "x", "dtype": "float32",
-                                                    "shape": [1, 3]}], "outputs": []},
-                "hardware": hardware if hardware is not None else ["x86_64", "jetson-orin"],
-                "metadata": {"created_by": "ci", "run_id": "r", "git_commit": "c"}}
+        assert (
+            self.client.put(f"{API}/blobs/{sha}", content=data, headers=self.admin).status_code
+            == 201
+        )
+        body = {
+            "files": [{"path": "model.onnx", "sha256": sha, "size": len(data)}],
+            "format": "onnx",
+            "flavor": "onnxruntime",
+            "signature": {
+                "inputs": inputs or [{"name": "x", "dtype": "float32", "shape": [1, 3]}],
+                "outputs": [],
+            },
+            "hardware": hardware if hardware is not None else ["x86_64", "jetson-orin"],
+            "metadata": {"created_by": "ci", "run_id": "r", "git_commit": "c"},
+        }
         r = self.client.post(f"{API}/models/{ns}/{name}/versions", json=body, headers=self.admin)
         assert r.status_code == 201, r.text
         number: int = r.json()["version"]
         for step in {"Staging": ["Staging"], "Production": ["Staging", "Production"]}.get(
-                stage or "", []):
-            r = self.client.post(f"{API}/models/{ns}/{name}/versions/{number}/stage",
-                                 json={"stage": step}, headers=self.admin)
+            stage or "", []
+        ):
+            r = self.client.post(
+                f"{API}/models/{ns}/{name}/versions/{number}/stage",
+                json={"stage": step},
+                headers=self.admin,
+            )
             assert r.status_code == 200, r.text
         return number
 
@@ -142,17 +164,30 @@ class Fleet:
     # --- fleet ----------------------------------------------------------------------
 
     def enrollment_token(self, ns: str = "vision", **body: Any) -> str:
-        r = self.client.post(f"{API}/enrollment-tokens",
-                             json={"namespace": ns, "name": "batch", "max_uses": None, **body},
-                             headers=self.admin)
+        r = self.client.post(
+            f"{API}/enrollment-tokens",
+            json={"namespace": ns, "name": "batch", "max_uses": None, **body},
+            headers=self.admin,
+        )
         assert r.status_code == 201, r.text
         return str(r.json()["token"])
 
-    def enroll(self, token: str, device_id: str | None = None, hardware: str = "x86_64",
-               tags: dict[str, str] | None = None, expect: int = 201,
-               credential: str | None = None) -> Any:
-        body = {"enrollment_token": token, "device_id": device_id, "hardware": hardware,
-                "agent_version": "0.1.0", "tags": tags or {}}
+    def enroll(
+        self,
+        token: str,
+        device_id: str | None = None,
+        hardware: str = "x86_64",
+        tags: dict[str, str] | None = None,
+        expect: int = 201,
+        credential: str | None = None,
+    ) -> Any:
+        body = {
+            "enrollment_token": token,
+            "device_id": device_id,
+            "hardware": hardware,
+            "agent_version": "0.1.0",
+            "tags": tags or {},
+        }
         if credential is not None:
             body["credential"] = credential
         r = self.client.post(f"{API}/device/enroll", json=body)
@@ -162,8 +197,9 @@ class Fleet:
         body = r.json()
         return Agent(body["device_id"], body["credential"], body["groups"], body["keyring"])
 
-    def devices(self, n: int, token: str | None = None, prefix: str = "dev",
-                **kwargs: Any) -> list[Agent]:
+    def devices(
+        self, n: int, token: str | None = None, prefix: str = "dev", **kwargs: Any
+    ) -> list[Agent]:
         token = token or self.enrollment_token()
         return [self.enroll(token, f"{prefix}-{i:04d}", **kwargs) for i in range(n)]
 
@@ -175,22 +211,41 @@ class Fleet:
     def keyring(self, agent: Agent) -> Keyring:
         return Keyring.from_dict(parse_envelope(agent.keyring).signed)
 
-    def report(self, agent: Agent, state: str, *, to_version: int | None,
-               from_version: int | None = None, rollout_id: str | None = None,
-               slot: str = "main", report_id: str | None = None,
-               error_code: str | None = None) -> dict[str, Any]:
-        doc = report_doc(agent.device_id, state, to_version=to_version,
-                         from_version=from_version, rollout_id=rollout_id, slot=slot,
-                         report_id=report_id, at=format_time(self.clock.now),
-                         error_code=error_code)
-        r = self.client.post(f"{API}/device/status", json={"reports": [doc]},
-                             headers=agent.headers)
+    def report(
+        self,
+        agent: Agent,
+        state: str,
+        *,
+        to_version: int | None,
+        from_version: int | None = None,
+        rollout_id: str | None = None,
+        slot: str = "main",
+        report_id: str | None = None,
+        error_code: str | None = None,
+    ) -> dict[str, Any]:
+        doc = report_doc(
+            agent.device_id,
+            state,
+            to_version=to_version,
+            from_version=from_version,
+            rollout_id=rollout_id,
+            slot=slot,
+            report_id=report_id,
+            at=format_time(self.clock.now),
+            error_code=error_code,
+        )
+        r = self.client.post(f"{API}/device/status", json={"reports": [doc]}, headers=agent.headers)
         assert r.status_code == 200, r.text
         return dict(r.json())
 
     def rollout(self, expect: int = 201, **body: Any) -> Any:
-        payload = {"namespace": "vision", "model": "det", "version": "1", "waves": [50, 100],
-                   **body}
+        payload = {
+            "namespace": "vision",
+            "model": "det",
+            "version": "1",
+            "waves": [50, 100],
+            **body,
+        }
         r = self.client.post(f"{API}/rollouts", json=payload, headers=self.admin)
         assert r.status_code == expect, r.text
         return r.json()
@@ -209,30 +264,58 @@ class Fleet:
         return dict(self.client.get(f"{API}/rollouts/{rollout_id}", headers=self.admin).json())
 
 
-def report_doc(device_id: str, state: str, *, to_version: int | None, at: str,
-               from_version: int | None = None, rollout_id: str | None = None,
-               slot: str = "main", report_id: str | None = None,
-               error_code: str | None = None) -> dict[str, Any]:
-    return {"_type": "status-report", "spec_version": 1,
-            "report_id": report_id or str(uuid.uuid4()), "device_id": device_id, "slot": slot,
-            "state": state, "at": at, "from_version": from_version, "to_version": to_version,
-            "error_code": error_code, "detail": "", "sequence": None, "rollout_id": rollout_id,
-            "bytes_downloaded": 0, "timings": {}}
+def report_doc(
+    device_id: str,
+    state: str,
+    *,
+    to_version: int | None,
+    at: str,
+    from_version: int | None = None,
+    rollout_id: str | None = None,
+    slot: str = "main",
+    report_id: str | None = None,
+    error_code: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "_type": "status-report",
+        "spec_version": 1,
+        "report_id": report_id or str(uuid.uuid4()),
+        "device_id": device_id,
+        "slot": slot,
+        "state": state,
+        "at": at,
+        "from_version": from_version,
+        "to_version": to_version,
+        "error_code": error_code,
+        "detail": "",
+        "sequence": None,
+        "rollout_id": rollout_id,
+        "bytes_downloaded": 0,
+        "timings": {},
+    }
 
 
 def build_fleet(data_dir: Path, database_url: str = "") -> tuple[Fleet, TestClient]:
     """An app with the rollout engine and the last-seen writer idle (tests tick and flush by
     hand) and a frozen clock."""
-    settings = Settings(data_dir=data_dir, database_url=database_url, print_admin_token=False,
-                        start_webhook_worker=False)
+    settings = Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        print_admin_token=False,
+        start_webhook_worker=False,
+    )
     app = create_app(settings)
     clock, notifier, broker = FrozenClock(), RecordingNotifier(), RecordingBrokerSync()
     # The epoch poller runs hourly: tests poll by hand, so a background poll between two
     # steps of a test never empties the cache behind its back (caching stays on).
-    app.state.fleet = FleetRuntime(settings=FleetSettings(start_rollout_engine=False,
-                                                          last_seen_flush_s=3600,
-                                                          checkin_cache_poll_s=3600),
-                                   clock=clock, notifier=notifier, broker_sync=broker)
+    app.state.fleet = FleetRuntime(
+        settings=FleetSettings(
+            start_rollout_engine=False, last_seen_flush_s=3600, checkin_cache_poll_s=3600
+        ),
+        clock=clock,
+        notifier=notifier,
+        broker_sync=broker,
+    )
     client = TestClient(app)
     admin = bearer(settings.admin_token_path.read_text().strip())
     return Fleet(app, client, admin, clock, notifier, broker), client

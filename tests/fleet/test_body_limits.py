@@ -18,8 +18,9 @@ STATUS, ENROLL = f"{API}/device/status", f"{API}/device/enroll"
 MiB = 1024 * 1024
 
 
-def _drive(app: Any, path: str, headers: list[tuple[bytes, bytes]],
-           chunks: list[bytes]) -> tuple[int, dict[str, Any], int]:
+def _drive(
+    app: Any, path: str, headers: list[tuple[bytes, bytes]], chunks: list[bytes]
+) -> tuple[int, dict[str, Any], int]:
     """Call the ASGI app directly; return the status, the JSON body and how many body bytes
     the app pulled from the client."""
     pulled = 0
@@ -37,10 +38,20 @@ def _drive(app: Any, path: str, headers: list[tuple[bytes, bytes]],
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
-             "query_string": b"", "root_path": "", "headers": headers,
-             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
     asyncio.run(app(scope, receive, send))
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
@@ -53,9 +64,11 @@ def _megabyte_chunks(total_mib: int) -> list[bytes]:
 
 @pytest.mark.parametrize("path", [STATUS, ENROLL])
 def test_a_50_mib_body_with_content_length_is_refused_unread(fleet: Fleet, path: str) -> None:
-    headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(50 * MiB).encode()),
-               (b"authorization", b"Bearer frd_whatever")]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(50 * MiB).encode()),
+        (b"authorization", b"Bearer frd_whatever"),
+    ]
     status, body, pulled = _drive(fleet.app, path, headers, _megabyte_chunks(50))
     assert status == 413 and pulled == 0
     assert body["error"]["code"] == "payload_too_large"
@@ -70,8 +83,7 @@ def test_a_chunked_body_is_cut_off_at_the_cap_while_streaming(fleet: Fleet, path
     assert pulled <= DEVICE_BODY_LIMITS[path] + MiB  # at most one chunk past the cap
 
 
-def test_an_oversized_status_batch_over_http_is_413_and_a_normal_one_passes(fleet: Fleet
-                                                                            ) -> None:
+def test_an_oversized_status_batch_over_http_is_413_and_a_normal_one_passes(fleet: Fleet) -> None:
     (agent,) = fleet.devices(1)
     doc = report_doc(agent.device_id, "staged", to_version=1, at="2026-11-25T03:00:00Z")
     huge = {"reports": [{**doc, "detail": "x" * 4096}] * 2000}
@@ -86,7 +98,7 @@ def test_a_chunked_enrolment_under_the_cap_is_read_whole(fleet: Fleet) -> None:
 
     def chunks() -> Iterator[bytes]:
         data = raw.encode()
-        yield from (data[i:i + 7] for i in range(0, len(data), 7))
+        yield from (data[i : i + 7] for i in range(0, len(data), 7))
 
     r = fleet.client.post(ENROLL, content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 201, r.text

@@ -56,8 +56,10 @@ def test_a_repeated_check_in_is_answered_without_touching_the_database(fleet: Fl
     assert seen == []
     metrics = fleet.client.get("/metrics").text
     assert "ferry_checkin_cache_hits_total 1.0" in metrics
-    assert 'ferry_http_requests_total{method="GET",route="/device/desired-state",status="200"} 2.0' \
+    assert (
+        'ferry_http_requests_total{method="GET",route="/device/desired-state",status="200"} 2.0'
         in metrics
+    )
 
 
 def test_revoking_a_cached_device_refuses_it_at_once(fleet: Fleet) -> None:
@@ -73,9 +75,10 @@ def test_a_new_rollout_and_a_tag_change_reach_cached_devices_at_once(fleet: Flee
     assert fleet.desired(agent)["signed"]["slots"] == {}
     version = fleet.version()
     fleet.rollout(version=str(version), waves=[100], selector="region=eu", allow_empty=True)
-    assert fleet.desired(agent)["signed"]["slots"] == {}          # not selected yet
-    fleet.client.post(f"{API}/devices/{agent.device_id}/tags", json={"add": {"region": "eu"}},
-                      headers=fleet.admin)
+    assert fleet.desired(agent)["signed"]["slots"] == {}  # not selected yet
+    fleet.client.post(
+        f"{API}/devices/{agent.device_id}/tags", json={"add": {"region": "eu"}}, headers=fleet.admin
+    )
     assert fleet.desired(agent)["signed"]["slots"]["main"]["version"] == version
 
 
@@ -83,7 +86,7 @@ def test_bookkeeping_writes_keep_the_cache(fleet: Fleet) -> None:
     (agent,) = fleet.devices(1)
     fleet.rollout(version=str(fleet.version()), waves=[100])
     fleet.desired(agent)
-    fleet.tick()                               # nothing to advance: the wave waits
+    fleet.tick()  # nothing to advance: the wave waits
     generation = _cache(fleet).generation
     fleet.tick()
     fleet.runtime.last_seen.flush(fleet.app.state.ctx.engine)
@@ -103,7 +106,7 @@ def test_a_device_timed_out_by_the_engine_empties_the_cache(fleet: Fleet) -> Non
     fleet.desired(agent)
     generation = _cache(fleet).generation
     fleet.clock.advance(120)
-    fleet.tick()                               # bulk UPDATE of silent devices
+    fleet.tick()  # bulk UPDATE of silent devices
     assert _cache(fleet).generation > generation
 
 
@@ -115,16 +118,16 @@ def test_a_document_near_expiry_is_not_served_from_the_cache(fleet: Fleet) -> No
     assert fleet.desired(agent)["signed"]["sequence"] == first["signed"]["sequence"] + 1
 
 
-def test_another_replicas_change_is_seen_after_one_epoch_poll(fleet: Fleet, tmp_path: Path
-                                                              ) -> None:
+def test_another_replicas_change_is_seen_after_one_epoch_poll(fleet: Fleet, tmp_path: Path) -> None:
     (agent,) = fleet.devices(1)
     poller = EpochPoller(_cache(fleet), fleet.app.state.ctx.read_engine)
     poller.check()
     fleet.desired(agent)
     other_dir = tmp_path / "replica-b"
     shutil.copytree(fleet.app.state.ctx.settings.data_dir, other_dir, dirs_exist_ok=True)
-    replica_b, client_b = build_fleet(other_dir,
-                                      database_url=fleet.app.state.ctx.settings.database_url)
+    replica_b, client_b = build_fleet(
+        other_dir, database_url=fleet.app.state.ctx.settings.database_url
+    )
     with client_b:
         r = client_b.post(f"{API}/devices/{agent.device_id}/revoke", headers=replica_b.admin)
         assert r.status_code == 200
@@ -136,8 +139,9 @@ def test_another_replicas_change_is_seen_after_one_epoch_poll(fleet: Fleet, tmp_
 
 
 def test_with_polling_off_nothing_is_cached(fleet: Fleet) -> None:
-    fleet.app.state.fleet.settings = FleetSettings(start_rollout_engine=False,
-                                                   checkin_cache_poll_s=0)
+    fleet.app.state.fleet.settings = FleetSettings(
+        start_rollout_engine=False, checkin_cache_poll_s=0
+    )
     (agent,) = fleet.devices(1)
     fleet.desired(agent)
     with statements(*_engines(fleet)) as seen:
@@ -175,9 +179,22 @@ def test_a_director_key_rotated_by_the_host_cli_reaches_cached_devices(fleet: Fl
     data_dir = fleet.app.state.ctx.settings.data_dir
     old = _director_keyid(data_dir)
     assert _signer(fleet.desired(agent)) == old
-    result = subprocess.run([sys.executable, "-m", "ferry.cli.server_cmds", "keys", "rotate",
-                             "--role", "director", "--data-dir", str(data_dir)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ferry.cli.server_cmds",
+            "keys",
+            "rotate",
+            "--role",
+            "director",
+            "--data-dir",
+            str(data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert poller.check() is True
     new = _director_keyid(data_dir)
@@ -201,7 +218,8 @@ def test_a_tag_change_written_by_a_process_without_a_cache_bumps_the_epoch(fleet
 
 
 def test_a_notified_device_is_not_answered_from_a_cache_behind_the_notice(
-        fleet: Fleet, tmp_path: Path) -> None:
+    fleet: Fleet, tmp_path: Path
+) -> None:
     """Push across replicas: replica B announces a rollout; a device checking in at replica A
     before A's poller ran sends the notice's epoch back and gets the new document at once."""
     (agent,) = fleet.devices(1)
@@ -210,8 +228,9 @@ def test_a_notified_device_is_not_answered_from_a_cache_behind_the_notice(
     before = fleet.desired(agent)["signed"]
     other_dir = tmp_path / "replica-b"
     shutil.copytree(fleet.app.state.ctx.settings.data_dir, other_dir, dirs_exist_ok=True)
-    replica_b, client_b = build_fleet(other_dir,
-                                      database_url=fleet.app.state.ctx.settings.database_url)
+    replica_b, client_b = build_fleet(
+        other_dir, database_url=fleet.app.state.ctx.settings.database_url
+    )
     with client_b:
         version = replica_b.version()
         rollout = replica_b.rollout(version=str(version), waves=[100])
@@ -220,8 +239,9 @@ def test_a_notified_device_is_not_answered_from_a_cache_behind_the_notice(
     headers = agent.headers
     stale = fleet.client.get(f"{API}/device/desired-state", headers=headers).json()["signed"]
     assert stale["sequence"] == before["sequence"], "without the epoch: the documented window"
-    fresh = fleet.client.get(f"{API}/device/desired-state",
-                             headers={**headers, "X-Ferry-Epoch": str(epoch)}).json()["signed"]
+    fresh = fleet.client.get(
+        f"{API}/device/desired-state", headers={**headers, "X-Ferry-Epoch": str(epoch)}
+    ).json()["signed"]
     assert fresh["sequence"] > before["sequence"]
     assert fresh["slots"]["main"]["rollout_id"] == rollout["id"]
 

@@ -18,8 +18,12 @@ def test_revoked_device_gets_401_everywhere_and_loses_broker_access(fleet: Fleet
     assert r.status_code == 200 and r.json()["revoked_at"]
     assert fleet.broker.count == syncs + 1
     assert fleet.client.get(f"{API}/device/desired-state", headers=a.headers).status_code == 401
-    assert fleet.client.post(f"{API}/device/status", json={"reports": []},
-                             headers=a.headers).status_code == 401
+    assert (
+        fleet.client.post(
+            f"{API}/device/status", json={"reports": []}, headers=a.headers
+        ).status_code
+        == 401
+    )
     assert fleet.client.get(f"{API}/keyring", headers=a.headers).status_code == 200  # public
     with session_scope(engine) as session:
         assert [c.username for c in broker_credentials(session)] == [b.device_id]
@@ -35,16 +39,22 @@ def test_broker_password_hash_is_mosquitto_pbkdf2() -> None:
 def test_tags_change_selection_and_groups(fleet: Fleet) -> None:
     (agent,) = fleet.devices(1)
     path = f"{API}/devices/{agent.device_id}/tags"
-    r = fleet.client.post(path, json={"add": {"region": "eu", "channel": "canary"}},
-                          headers=fleet.admin)
+    r = fleet.client.post(
+        path, json={"add": {"region": "eu", "channel": "canary"}}, headers=fleet.admin
+    )
     assert r.status_code == 200, r.text
     assert r.json()["groups"] == ["all", "channel:canary", "hw:x86_64", "region:eu"]
-    listed = fleet.client.get(f"{API}/devices", params={"selector": "region=eu"},
-                              headers=fleet.admin).json()
+    listed = fleet.client.get(
+        f"{API}/devices", params={"selector": "region=eu"}, headers=fleet.admin
+    ).json()
     assert [d["id"] for d in listed] == [agent.device_id]
     fleet.client.post(path, json={"remove": ["region"]}, headers=fleet.admin)
-    assert fleet.client.get(f"{API}/devices", params={"selector": "region=eu"},
-                            headers=fleet.admin).json() == []
+    assert (
+        fleet.client.get(
+            f"{API}/devices", params={"selector": "region=eu"}, headers=fleet.admin
+        ).json()
+        == []
+    )
     r = fleet.client.post(path, json={"add": {"hw": "other"}}, headers=fleet.admin)
     assert r.status_code == 422
 
@@ -64,19 +74,25 @@ def test_device_endpoints_check_roles_and_input(fleet: Fleet) -> None:
     viewer = fleet.token("viewer")
     assert fleet.client.get(f"{API}/devices", headers=viewer).status_code == 200
     assert fleet.client.get(f"{API}/devices", headers=agent.headers).status_code == 403
-    assert fleet.client.post(f"{API}/devices/{agent.device_id}/revoke",
-                             headers=viewer).status_code == 403
+    assert (
+        fleet.client.post(f"{API}/devices/{agent.device_id}/revoke", headers=viewer).status_code
+        == 403
+    )
     fleet.namespace("audio")
     outsider = fleet.token("operator", ["audio"])
-    assert fleet.client.get(f"{API}/devices/{agent.device_id}",
-                            headers=outsider).status_code == 404
+    assert fleet.client.get(f"{API}/devices/{agent.device_id}", headers=outsider).status_code == 404
     for path in ("", "/tags", "/revoke"):
         method = "GET" if not path else "POST"
-        r = fleet.client.request(method, f"{API}/devices/nope{path}", json={},
-                                 headers=fleet.admin)
+        r = fleet.client.request(method, f"{API}/devices/nope{path}", json={}, headers=fleet.admin)
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     for params in ({"selector": "region"}, {"limit": 0}, {"selector": "a=b,a=c"}):
-        assert fleet.client.get(f"{API}/devices", params=params,
-                                headers=fleet.admin).status_code == 422
-    assert fleet.client.post(f"{API}/devices/{agent.device_id}/tags", json={"add": "x"},
-                             headers=fleet.admin).status_code == 422
+        assert (
+            fleet.client.get(f"{API}/devices", params=params, headers=fleet.admin).status_code
+            == 422
+        )
+    assert (
+        fleet.client.post(
+            f"{API}/devices/{agent.device_id}/tags", json={"add": "x"}, headers=fleet.admin
+        ).status_code
+        == 422
+    )

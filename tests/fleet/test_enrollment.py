@@ -37,8 +37,10 @@ def test_expired_token_is_refused(fleet: Fleet) -> None:
 def test_revoked_and_unknown_tokens_are_refused(fleet: Fleet) -> None:
     token = fleet.enrollment_token()
     token_id = fleet.client.get(f"{API}/enrollment-tokens", headers=fleet.admin).json()[0]["id"]
-    assert fleet.client.delete(f"{API}/enrollment-tokens/{token_id}",
-                               headers=fleet.admin).status_code == 204
+    assert (
+        fleet.client.delete(f"{API}/enrollment-tokens/{token_id}", headers=fleet.admin).status_code
+        == 204
+    )
     fleet.enroll(token, "cam", expect=401)
     fleet.enroll("fre_not-a-token", "cam", expect=401)
 
@@ -54,11 +56,14 @@ def test_operator_scoped_elsewhere_cannot_mint_tokens(fleet: Fleet) -> None:
     fleet.namespace("audio")
     audio_operator = fleet.token("operator", ["audio"])
     body = {"namespace": "vision", "name": "x"}
-    assert fleet.client.post(f"{API}/enrollment-tokens", json=body,
-                             headers=audio_operator).status_code == 403
+    assert (
+        fleet.client.post(f"{API}/enrollment-tokens", json=body, headers=audio_operator).status_code
+        == 403
+    )
     viewer = fleet.token("viewer")
-    assert fleet.client.post(f"{API}/enrollment-tokens", json=body,
-                             headers=viewer).status_code == 403
+    assert (
+        fleet.client.post(f"{API}/enrollment-tokens", json=body, headers=viewer).status_code == 403
+    )
     assert fleet.client.post(f"{API}/enrollment-tokens", json=body).status_code == 401
 
 
@@ -117,8 +122,9 @@ def test_reenrolment_with_a_stale_or_foreign_credential_is_refused(fleet: Fleet)
     for wrong in (first.credential, other.credential, "frd_guess"):
         r = fleet.enroll(token, "cam-1", credential=wrong, expect=403)
         assert "'cam-1'" in r.json()["error"]["message"]
-    assert fleet.client.get(f"{API}/device/desired-state",
-                            headers=second.headers).status_code == 200
+    assert (
+        fleet.client.get(f"{API}/device/desired-state", headers=second.headers).status_code == 200
+    )
 
 
 def test_an_operator_approval_allows_exactly_one_reenrolment(fleet: Fleet) -> None:
@@ -166,18 +172,26 @@ def test_bad_token_requests_are_422(fleet: Fleet) -> None:
     bad = [
         {"namespace": "vision", "name": "x", "max_uses": 0},
         {"namespace": "vision", "name": "x", "expires_at": "tomorrow"},
-        {"namespace": "vision", "name": "x", "expires_at": "2027-01-01T00:00:00Z",
-         "expires_in_s": 5},
+        {
+            "namespace": "vision",
+            "name": "x",
+            "expires_at": "2027-01-01T00:00:00Z",
+            "expires_in_s": 5,
+        },
         {"namespace": "Vision!", "name": "x"},
         {"namespace": "vision", "name": ""},
     ]
     for body in bad:
         r = fleet.client.post(f"{API}/enrollment-tokens", json=body, headers=fleet.admin)
         assert r.status_code == 422, (body, r.text)
-    r = fleet.client.post(f"{API}/enrollment-tokens", json={"namespace": "nope", "name": "x"},
-                          headers=fleet.admin)
+    r = fleet.client.post(
+        f"{API}/enrollment-tokens", json={"namespace": "nope", "name": "x"}, headers=fleet.admin
+    )
     assert r.status_code == 404
-    assert fleet.client.delete(f"{API}/enrollment-tokens/999",
-                               headers=fleet.admin).status_code == 404
-    assert fleet.client.get(f"{API}/enrollment-tokens",
-                            headers=bearer("fry_nonsense")).status_code == 401
+    assert (
+        fleet.client.delete(f"{API}/enrollment-tokens/999", headers=fleet.admin).status_code == 404
+    )
+    assert (
+        fleet.client.get(f"{API}/enrollment-tokens", headers=bearer("fry_nonsense")).status_code
+        == 401
+    )

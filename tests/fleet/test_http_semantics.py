@@ -20,8 +20,9 @@ SHA = "0" * 64
 def _blob(fleet: Fleet) -> str:
     data = secrets.token_bytes(1000)
     sha = hashlib.sha256(data).hexdigest()
-    assert fleet.client.put(f"{API}/blobs/{sha}", content=data,
-                            headers=fleet.admin).status_code == 201
+    assert (
+        fleet.client.put(f"{API}/blobs/{sha}", content=data, headers=fleet.admin).status_code == 201
+    )
     return sha
 
 
@@ -42,31 +43,39 @@ def _delta_url(fleet: Fleet, tmp_path: Path) -> str:
 
 def _resources(fleet: Fleet, tmp_path: Path) -> dict[str, str]:
     version = fleet.version()
-    return {"blob": f"{API}/blobs/{_blob(fleet)}",
-            "manifest": f"{API}/manifests/{fleet.manifest_sha('vision', 'det', version)}",
-            "delta": _delta_url(fleet, tmp_path)}
+    return {
+        "blob": f"{API}/blobs/{_blob(fleet)}",
+        "manifest": f"{API}/manifests/{fleet.manifest_sha('vision', 'det', version)}",
+        "delta": _delta_url(fleet, tmp_path),
+    }
 
 
 @pytest.mark.parametrize("kind", ["blob", "manifest", "delta"])
-def test_conditional_requests_on_content_addressed_resources(fleet: Fleet, tmp_path: Path,
-                                                             kind: str) -> None:
+def test_conditional_requests_on_content_addressed_resources(
+    fleet: Fleet, tmp_path: Path, kind: str
+) -> None:
     url = _resources(fleet, tmp_path)[kind]
     full = fleet.client.get(url, headers=fleet.admin)
     assert full.status_code == 200, full.text
     etag = full.headers["etag"]
     for method in ("GET", "HEAD"):
         for condition in (etag, f"W/{etag}", f'"{SHA}", {etag}', "*"):
-            cached = fleet.client.request(method, url,
-                                          headers={**fleet.admin, "If-None-Match": condition})
+            cached = fleet.client.request(
+                method, url, headers={**fleet.admin, "If-None-Match": condition}
+            )
             assert (cached.status_code, cached.content) == (304, b""), (method, condition)
             assert cached.headers["etag"] == etag
-        stale = fleet.client.request(method, url,
-                                     headers={**fleet.admin, "If-None-Match": f'"{SHA}"'})
+        stale = fleet.client.request(
+            method, url, headers={**fleet.admin, "If-None-Match": f'"{SHA}"'}
+        )
         assert stale.status_code == 200
     moved = fleet.client.get(url, headers={**fleet.admin, "If-Match": f'"{SHA}"'})
     assert moved.status_code == 412
-    assert moved.json()["error"] == {"code": "precondition_failed", "details": {"etag": etag},
-                                     "message": moved.json()["error"]["message"]}
+    assert moved.json()["error"] == {
+        "code": "precondition_failed",
+        "details": {"etag": etag},
+        "message": moved.json()["error"]["message"],
+    }
     weak = fleet.client.get(url, headers={**fleet.admin, "If-Match": f"W/{etag}"})
     assert weak.status_code == 412  # If-Match compares strongly
     same = fleet.client.get(url, headers={**fleet.admin, "If-Match": etag})
@@ -120,5 +129,3 @@ def test_405_names_every_allowed_method(fleet: Fleet) -> None:
     assert checked > 20
     blob = fleet.client.request("PATCH", f"{API}/blobs/{SHA}", headers=fleet.admin)
     assert blob.headers["allow"] == "GET, HEAD, PUT"
-
-

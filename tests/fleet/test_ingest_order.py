@@ -25,8 +25,14 @@ SEED = 20261203
 STEPS = ("downloading", "verifying", "staged", "switching", "probing", "committed")
 
 
-def _report(agent: Agent, state: str, seq: int, version: int, rollout_id: str | None = None,
-            at: str = "2026-11-25T03:00:00Z") -> StatusReport:
+def _report(
+    agent: Agent,
+    state: str,
+    seq: int,
+    version: int,
+    rollout_id: str | None = None,
+    at: str = "2026-11-25T03:00:00Z",
+) -> StatusReport:
     doc = report_doc(agent.device_id, state, to_version=version, at=at, rollout_id=rollout_id)
     return StatusReport.from_dict({**doc, "report_seq": seq})
 
@@ -42,22 +48,26 @@ def test_a_late_probing_report_does_not_undo_a_committed_slot(fleet: Fleet) -> N
     early = [_report(agent, s, seq, 1) for seq, s in enumerate(STEPS[:-1], start=1)]
     committed = _report(agent, "committed", len(STEPS), 1)
     engine = fleet.app.state.ctx.engine
-    with session_scope(engine) as session:            # the terminal report over HTTP first
+    with session_scope(engine) as session:  # the terminal report over HTTP first
         ingest_reports(session, agent.device_id, [committed], fleet.clock.now)
-    with session_scope(engine) as session:            # then the MQTT batch, later
+    with session_scope(engine) as session:  # then the MQTT batch, later
         ingest_batch(session, list(reversed(early)), fleet.clock.now)
     slot = _slot(fleet, agent)
-    assert (slot["state"], slot["installed_version"], slot["staged_version"]) == \
-        ("committed", 1, None)
+    assert (slot["state"], slot["installed_version"], slot["staged_version"]) == (
+        "committed",
+        1,
+        None,
+    )
 
 
-def test_reports_without_a_sequence_keep_the_further_state_within_one_second(
-        fleet: Fleet) -> None:
+def test_reports_without_a_sequence_keep_the_further_state_within_one_second(fleet: Fleet) -> None:
     (agent,) = fleet.devices(1)
-    committed = StatusReport.from_dict(report_doc(agent.device_id, "committed", to_version=2,
-                                                  at="2026-11-25T03:00:05Z"))
-    probing = StatusReport.from_dict(report_doc(agent.device_id, "probing", to_version=2,
-                                                at="2026-11-25T03:00:05Z"))
+    committed = StatusReport.from_dict(
+        report_doc(agent.device_id, "committed", to_version=2, at="2026-11-25T03:00:05Z")
+    )
+    probing = StatusReport.from_dict(
+        report_doc(agent.device_id, "probing", to_version=2, at="2026-11-25T03:00:05Z")
+    )
     with session_scope(fleet.app.state.ctx.engine) as session:
         ingest_batch(session, [committed, probing], fleet.clock.now)
     assert _slot(fleet, agent)["state"] == "committed"
@@ -85,7 +95,8 @@ def pg_fleet(tmp_path: Path, pg_url: str) -> Iterator[tuple[Fleet, str]]:  # noq
 
 @pytest.mark.postgres
 def test_two_replicas_and_two_transports_never_lose_a_terminal_report(
-        pg_fleet: tuple[Fleet, str]) -> None:
+    pg_fleet: tuple[Fleet, str],
+) -> None:
     """Each device's steps go over 'MQTT' to replica A in batches and its `committed` over
     'HTTP' to replica B, at once and in random order; every device must end committed."""
     fleet, url = pg_fleet
@@ -99,24 +110,32 @@ def test_two_replicas_and_two_transports_never_lose_a_terminal_report(
         for round_ in range(3):
             target = version if round_ == 0 else fleet.version()
             rid = rid if round_ == 0 else fleet.rollout(version=str(target), waves=[100])["id"]
-            steps = {a.device_id: [_report(a, s, 10 * round_ + i, target, rid)
-                                   for i, s in enumerate(STEPS[:-1], start=1)] for a in agents}
-            finals = [_report(a, "committed", 10 * round_ + len(STEPS), target, rid)
-                      for a in agents]
+            steps = {
+                a.device_id: [
+                    _report(a, s, 10 * round_ + i, target, rid)
+                    for i, s in enumerate(STEPS[:-1], start=1)
+                ]
+                for a in agents
+            }
+            finals = [
+                _report(a, "committed", 10 * round_ + len(STEPS), target, rid) for a in agents
+            ]
             batches = [r for a in agents for r in steps[a.device_id]]
             rng.shuffle(batches)
             rng.shuffle(finals)
             barrier = threading.Barrier(2)
 
-            def mqtt(reports: list[StatusReport] = batches,
-                     barrier: threading.Barrier = barrier) -> None:
+            def mqtt(
+                reports: list[StatusReport] = batches, barrier: threading.Barrier = barrier
+            ) -> None:
                 barrier.wait()
                 for start in range(0, len(reports), 25):
                     with session_scope(replica_a) as session:
-                        ingest_batch(session, reports[start:start + 25], fleet.clock.now)
+                        ingest_batch(session, reports[start : start + 25], fleet.clock.now)
 
-            def http(reports: list[StatusReport] = finals,
-                     barrier: threading.Barrier = barrier) -> None:
+            def http(
+                reports: list[StatusReport] = finals, barrier: threading.Barrier = barrier
+            ) -> None:
                 barrier.wait()
                 for report in reports:
                     with session_scope(replica_b) as session:
@@ -126,8 +145,9 @@ def test_two_replicas_and_two_transports_never_lose_a_terminal_report(
                 for future in [pool.submit(mqtt), pool.submit(http)]:
                     future.result()
             with session_scope(replica_a) as session:
-                members = session.exec(select(RolloutDevice).where(
-                    RolloutDevice.rollout_id == int(rid.split("-")[1]))).all()
+                members = session.exec(
+                    select(RolloutDevice).where(RolloutDevice.rollout_id == int(rid.split("-")[1]))
+                ).all()
                 slots = session.exec(select(DeviceSlot)).all()
             assert {m.state for m in members} == {"committed"}, f"round {round_}"
             assert {(s.state, s.installed_version) for s in slots} == {("committed", target)}

@@ -25,12 +25,13 @@ def _flush(fleet: Fleet) -> int:
 
 
 def test_an_unchanged_check_in_is_served_while_another_writer_holds_the_database(
-        fleet: Fleet) -> None:
+    fleet: Fleet,
+) -> None:
     (agent,) = fleet.devices(1)
-    first = fleet.desired(agent)                      # signs and stores the document
+    first = fleet.desired(agent)  # signs and stores the document
     database = fleet.app.state.ctx.settings.database_url.removeprefix("sqlite:///")
     writer = sqlite3.connect(database, timeout=0, isolation_level=None)
-    writer.execute("BEGIN IMMEDIATE")                 # SQLite's one write lock, held
+    writer.execute("BEGIN IMMEDIATE")  # SQLite's one write lock, held
     try:
         assert fleet.desired(agent) == first
     finally:
@@ -42,7 +43,7 @@ def test_the_time_seen_is_written_by_the_flush_and_never_moves_back(fleet: Fleet
     (agent,) = fleet.devices(1)
     fleet.desired(agent)
     fleet.clock.advance(600)
-    fleet.desired(agent)                              # unchanged: noted, not yet written
+    fleet.desired(agent)  # unchanged: noted, not yet written
     later = format_time(fleet.clock.now)
     assert _flush(fleet) == 1
     assert _last_seen(fleet, agent) == later
@@ -69,6 +70,6 @@ def test_a_failed_flush_keeps_the_notes_for_the_next_one(fleet: Fleet, tmp_path:
     missing = create_engine(f"sqlite:///{tmp_path / 'absent' / 'ferry.db'}")
     with pytest.raises(OperationalError):
         notes.flush(missing)
-    notes.touch(agent.device_id, parse_time("2027-01-01T02:00:00Z"))   # older: the kept note wins
+    notes.touch(agent.device_id, parse_time("2027-01-01T02:00:00Z"))  # older: the kept note wins
     assert _flush(fleet) == 1
     assert _last_seen(fleet, agent) == "2027-01-01T03:00:00Z"

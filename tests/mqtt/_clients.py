@@ -32,8 +32,13 @@ def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> bool:
 class Peer:
     """One MQTT client: connect, subscribe, publish (each waits for the broker's answer)."""
 
-    def __init__(self, url: str, username: str | None = None, password: str | None = None,
-                 client_id: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        username: str | None = None,
+        password: str | None = None,
+        client_id: str | None = None,
+    ) -> None:
         self.host, self.port = parse_url(url)
         self.messages: list[tuple[str, bytes, bool]] = []
         self.connack: mqtt.ReasonCode | None = None
@@ -42,8 +47,9 @@ class Peer:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._subacked = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                                  client_id=client_id or f"test-peer-{next(_ids)}")
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id or f"test-peer-{next(_ids)}"
+        )
         if username is not None:
             self.client.username_pw_set(username, password)
         self.client.on_connect = self._on_connect
@@ -79,29 +85,39 @@ class Peer:
         self.client.disconnect()
         self.client.loop_stop()
 
-    def _on_connect(self, _c: mqtt.Client, _u: object, _f: object, reason: mqtt.ReasonCode,
-                    _p: object) -> None:
+    def _on_connect(
+        self, _c: mqtt.Client, _u: object, _f: object, reason: mqtt.ReasonCode, _p: object
+    ) -> None:
         self.connack = reason
         self._connected.set()
 
-    def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, _r: object,
-                       _p: object) -> None:
+    def _on_disconnect(
+        self, _c: mqtt.Client, _u: object, _f: object, _r: object, _p: object
+    ) -> None:
         self.disconnects += 1
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
             self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
 
-    def _on_subscribe(self, _c: mqtt.Client, _u: object, _mid: int,
-                      codes: list[mqtt.ReasonCode], _p: object) -> None:
+    def _on_subscribe(
+        self, _c: mqtt.Client, _u: object, _mid: int, codes: list[mqtt.ReasonCode], _p: object
+    ) -> None:
         self.granted = [code.value for code in codes]
         self._subacked.set()
 
 
-def status_report(device_id: str, state: AgentState = AgentState.DOWNLOADING,
-                  report_id: str | None = None) -> StatusReport:
-    return StatusReport(report_id=report_id or f"r-{next(_ids)}", device_id=device_id,
-                        slot="main", state=state, at=format_time(utcnow()), to_version=2)
+def status_report(
+    device_id: str, state: AgentState = AgentState.DOWNLOADING, report_id: str | None = None
+) -> StatusReport:
+    return StatusReport(
+        report_id=report_id or f"r-{next(_ids)}",
+        device_id=device_id,
+        slot="main",
+        state=state,
+        at=format_time(utcnow()),
+        to_version=2,
+    )
 
 
 @dataclass
@@ -147,5 +163,7 @@ class Directory:
         return None if password is None else mosquitto_hash(password, os.urandom(12))
 
     def logins(self) -> list[tuple[str, str]]:
-        return [(device_id, mosquitto_hash(pw, os.urandom(12)))
-                for device_id, pw in sorted(self.passwords.items())]
+        return [
+            (device_id, mosquitto_hash(pw, os.urandom(12)))
+            for device_id, pw in sorted(self.passwords.items())
+        ]

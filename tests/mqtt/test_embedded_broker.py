@@ -38,8 +38,11 @@ class Embedded:
         return self.service.device_url
 
     def peer(self, user: str, client_id: str | None = None, *, connect: bool = True) -> Peer:
-        password = self.service.settings.password if user == self.service.settings.username \
+        password = (
+            self.service.settings.password
+            if user == self.service.settings.username
             else PASSWORDS[user]
+        )
         peer = Peer(self.url, user, password, client_id=client_id or user)
         if connect:
             assert peer.connect(), f"{user} could not log in"
@@ -67,18 +70,20 @@ def embedded(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Embedde
 
 
 def _embedded(kind: str, state_dir: Path) -> Embedded:
-    settings = MqttSettings(enabled=True, port=free_port(), embedded_broker=kind,
-                            state_dir=str(state_dir))
+    settings = MqttSettings(
+        enabled=True, port=free_port(), embedded_broker=kind, state_dir=str(state_dir)
+    )
     sink, metrics = RecordingSink(set(PASSWORDS)), MqttMetrics()
-    service = MqttService(settings, directory=Directory(dict(PASSWORDS)), sink=sink,
-                          metrics=metrics)
+    service = MqttService(
+        settings, directory=Directory(dict(PASSWORDS)), sink=sink, metrics=metrics
+    )
     return Embedded(service, sink, metrics)
 
 
 def test_logins_are_checked(embedded: Embedded) -> None:
-    assert not Peer(embedded.url).connect()                                   # anonymous
+    assert not Peer(embedded.url).connect()  # anonymous
     assert not Peer(embedded.url, "dev-a", "password-of-b", "dev-a").connect()
-    assert not Peer(embedded.url, "dev-x", "anything", "dev-x").connect()     # unknown
+    assert not Peer(embedded.url, "dev-x", "anything", "dev-x").connect()  # unknown
     assert not Peer(embedded.url, embedded.service.settings.username, "guess").connect()
     embedded.peer("dev-a").close()
 
@@ -92,9 +97,15 @@ def test_a_device_reaches_only_its_own_topics(embedded: Embedded) -> None:
     assert embedded.sink.ids() == [genuine.report_id]
 
     # Another device's notice and status, live or retained, through any filter: nothing.
-    for topic in (topics.device_notice("dev-b"), topics.device_status("dev-b"),
-                  f"{topics.PREFIX}/devices/+/status", f"{topics.PREFIX}/#", "#",
-                  topics.device_notice("dev-a"), topics.group_notice("all")):
+    for topic in (
+        topics.device_notice("dev-b"),
+        topics.device_status("dev-b"),
+        f"{topics.PREFIX}/devices/+/status",
+        f"{topics.PREFIX}/#",
+        "#",
+        topics.device_notice("dev-a"),
+        topics.group_notice("all"),
+    ):
         a.subscribe(topic)
     b.publish(topics.device_status("dev-b"), canonical_json(status_report("dev-b").to_dict()))
     notifier = embedded.service.notifier
@@ -102,27 +113,30 @@ def test_a_device_reaches_only_its_own_topics(embedded: Embedded) -> None:
     notifier.announce(["all"], None)
     assert a.wait_for(topics.device_notice("dev-a")) and a.wait_for(topics.group_notice("all"))
     assert wait_until(lambda: len(embedded.sink.ids()) == 2)
-    assert {t for t, _, _ in a.messages} == {topics.device_notice("dev-a"),
-                                             topics.group_notice("all")}
+    assert {t for t, _, _ in a.messages} == {
+        topics.device_notice("dev-a"),
+        topics.group_notice("all"),
+    }
     for peer in (a, b):
         peer.close()
 
 
 @pytest.mark.parametrize("stolen_id", ["dev-b", "ferry-agent-dev-b", "ferry@server"])
 def test_a_hostile_device_cannot_kick_another_device_or_the_server(
-        embedded: Embedded, stolen_id: str) -> None:
+    embedded: Embedded, stolen_id: str
+) -> None:
     """dev-a logs in with its own password but another client id, again and again."""
     b = embedded.peer("dev-b")
     b.subscribe(topics.device_notice("dev-b"))
     for _ in range(3):
         intruder = embedded.peer("dev-a", client_id=stolen_id, connect=False)
-        intruder.connect()   # refused (amqtt) or given its own id (Mosquitto): both are fine
+        intruder.connect()  # refused (amqtt) or given its own id (Mosquitto): both are fine
         intruder.close()
     report = status_report("dev-b")
     b.publish(topics.device_status("dev-b"), canonical_json(report.to_dict()))
-    assert wait_until(lambda: report.report_id in embedded.sink.ids())   # still ingesting
+    assert wait_until(lambda: report.report_id in embedded.sink.ids())  # still ingesting
     embedded.service.notifier.notify_devices(["dev-b"])
-    assert b.wait_for(topics.device_notice("dev-b"))                   # b kept its subscription
+    assert b.wait_for(topics.device_notice("dev-b"))  # b kept its subscription
     assert b.disconnects == 0
     assert embedded.lost() == 0 and embedded.service.live
     b.close()
@@ -131,9 +145,17 @@ def test_a_hostile_device_cannot_kick_another_device_or_the_server(
 def test_the_agent_logs_in_with_the_client_id_the_broker_binds(embedded: Embedded) -> None:
     """The agent's client id is its login, so even amqtt (which refuses others) accepts it."""
     noticed = threading.Event()
-    agent = AgentLink(embedded.url, device_id="dev-a", groups=("all",), username="dev-a",
-                      password=PASSWORDS["dev-a"], keepalive_s=30, publish_timeout_s=5,
-                      reconnect_max_s=2, on_notice=noticed.set)
+    agent = AgentLink(
+        embedded.url,
+        device_id="dev-a",
+        groups=("all",),
+        username="dev-a",
+        password=PASSWORDS["dev-a"],
+        keepalive_s=30,
+        publish_timeout_s=5,
+        reconnect_max_s=2,
+        on_notice=noticed.set,
+    )
     agent.start()
     try:
         assert wait_until(lambda: agent.connected)
@@ -144,8 +166,7 @@ def test_the_agent_logs_in_with_the_client_id_the_broker_binds(embedded: Embedde
         agent.stop()
 
 
-def test_a_second_server_on_the_same_data_dir_leaves_the_first_broker_alone(
-        tmp_path: Path) -> None:
+def test_a_second_server_on_the_same_data_dir_leaves_the_first_broker_alone(tmp_path: Path) -> None:
     """Two Mosquittos on one persistence file would corrupt it; the second one does not start."""
     require_mosquitto()
     first, second = (_embedded("mosquitto", tmp_path / "mqtt") for _ in range(2))

@@ -37,20 +37,38 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "firmware_examples" / "mosquitto
 SERVER_PASSWORD = "server-secret"
 # Lines the test replaces: ports, paths and persistence belong to the test's tmp dir.
 # Persistence and autosave are kept: the kill -9 test relies on the shipped settings.
-_LOCAL_KEYS = {"listener", "per_listener_settings", "persistence_location", "log_dest",
-               "log_type", "password_file", "acl_file", "pid_file"}
+_LOCAL_KEYS = {
+    "listener",
+    "per_listener_settings",
+    "persistence_location",
+    "log_dest",
+    "log_type",
+    "password_file",
+    "acl_file",
+    "pid_file",
+}
 OPERATOR = ("ops-bridge", "bridge-password")
 
 
 def _example_conf(workdir: Path) -> str:
-    kept = [line for line in (EXAMPLE / "mosquitto.conf").read_text().splitlines()
-            if line.strip() and not line.startswith("#")
-            and line.split()[0] not in _LOCAL_KEYS]
+    kept = [
+        line
+        for line in (EXAMPLE / "mosquitto.conf").read_text().splitlines()
+        if line.strip() and not line.startswith("#") and line.split()[0] not in _LOCAL_KEYS
+    ]
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "acl").write_text((EXAMPLE / "acl").read_text()
-                                 + f"\nuser {OPERATOR[0]}\ntopic read ferry/v1/#\n")
-    return "\n".join([*kept, f"password_file {workdir / 'passwd'}",
-                      f"acl_file {workdir / 'acl'}", f"persistence_location {workdir}/", ""])
+    (workdir / "acl").write_text(
+        (EXAMPLE / "acl").read_text() + f"\nuser {OPERATOR[0]}\ntopic read ferry/v1/#\n"
+    )
+    return "\n".join(
+        [
+            *kept,
+            f"password_file {workdir / 'passwd'}",
+            f"acl_file {workdir / 'acl'}",
+            f"persistence_location {workdir}/",
+            "",
+        ]
+    )
 
 
 @pytest.fixture
@@ -60,13 +78,19 @@ def fleet(tmp_path: Path) -> Iterator[tuple[MosquittoBroker, MqttService, Direct
     broker.extra_conf = _example_conf(broker.workdir)
     pid_file = tmp_path / "mosquitto.pid"
     operator_file = tmp_path / "operator.passwd"
-    operator_file.write_text(f"# kept by the operator\n"
-                             f"{OPERATOR[0]}:{mosquitto_hash(OPERATOR[1], os.urandom(12))}\n")
-    settings = MqttSettings(url=broker.url, password=SERVER_PASSWORD,
-                            password_file=str(broker.workdir / "passwd"), pid_file=str(pid_file),
-                            operator_password_file=str(operator_file))
-    service = MqttService(settings, directory=directory, sink=RecordingSink({"dev-a", "dev-b"}),
-                          metrics=MqttMetrics())
+    operator_file.write_text(
+        f"# kept by the operator\n{OPERATOR[0]}:{mosquitto_hash(OPERATOR[1], os.urandom(12))}\n"
+    )
+    settings = MqttSettings(
+        url=broker.url,
+        password=SERVER_PASSWORD,
+        password_file=str(broker.workdir / "passwd"),
+        pid_file=str(pid_file),
+        operator_password_file=str(operator_file),
+    )
+    service = MqttService(
+        settings, directory=directory, sink=RecordingSink({"dev-a", "dev-b"}), metrics=MqttMetrics()
+    )
     service.credentials_changed()
     broker.start()
     assert broker.process is not None
@@ -76,8 +100,9 @@ def fleet(tmp_path: Path) -> Iterator[tuple[MosquittoBroker, MqttService, Direct
 
 
 @pytest.fixture
-def running(fleet: tuple[MosquittoBroker, MqttService, Directory],
-            ) -> Iterator[tuple[MosquittoBroker, MqttService, Directory]]:
+def running(
+    fleet: tuple[MosquittoBroker, MqttService, Directory],
+) -> Iterator[tuple[MosquittoBroker, MqttService, Directory]]:
     """The fleet with the server's link connected and subscribed."""
     service = fleet[1]
     asyncio.run(service.start())
@@ -104,8 +129,8 @@ def test_devices_log_in_with_their_derived_password_only(fleet) -> None:  # type
     assert device.connect()
     device.close()
     assert not Peer(broker.url, "dev-a", "password-of-b").connect()
-    assert not Peer(broker.url).connect()                        # anonymous
-    assert not Peer(broker.url, "dev-x", "frm_guess").connect()   # unknown device
+    assert not Peer(broker.url).connect()  # anonymous
+    assert not Peer(broker.url, "dev-x", "frm_guess").connect()  # unknown device
 
 
 def test_a_device_cannot_publish_another_devices_status(fleet) -> None:  # type: ignore[no-untyped-def]
@@ -138,7 +163,7 @@ def test_a_device_cannot_read_another_devices_notices(fleet) -> None:  # type: i
     assert a.wait_for(topics.group_notice("all"))
     assert a.wait_for(topics.device_notice("dev-a"))
     assert a.received(topics.device_notice("dev-b")) == []
-    late = _device(broker, service, "dev-a")   # retained copies are filtered the same way
+    late = _device(broker, service, "dev-a")  # retained copies are filtered the same way
     assert late.connect()
     late.subscribe(f"{topics.PREFIX}/devices/+/notice")
     late.subscribe(topics.device_notice("dev-a"))
@@ -152,7 +177,7 @@ def test_revoked_device_is_refused_after_the_server_rewrites_passwords(fleet) ->
     broker, service, directory = fleet
     assert _device(broker, service, "dev-a").connect()
     old_password = directory.passwords.pop("dev-a")
-    service.credentials_changed()           # file rewritten and SIGHUP sent
+    service.credentials_changed()  # file rewritten and SIGHUP sent
     # The reload is asynchronous: wait until it has taken effect, then check both ways.
     assert wait_until(lambda: not _can_log_in(broker.url, "dev-a", old_password))
     assert _can_log_in(broker.url, "dev-b", directory.passwords["dev-b"])
@@ -187,8 +212,10 @@ def test_the_example_acl_is_the_one_the_embedded_broker_writes() -> None:
 
 
 @pytest.mark.parametrize("stolen_id", ["dev-b", "ferry-agent-dev-b", SERVER_USERNAME])
-def test_a_device_logging_in_with_another_client_id_kicks_nobody(running,  # type: ignore[no-untyped-def]
-                                                                  stolen_id: str) -> None:
+def test_a_device_logging_in_with_another_client_id_kicks_nobody(
+    running,  # type: ignore[no-untyped-def]
+    stolen_id: str,
+) -> None:
     """Issue 13: with the shipped config an id is the login (use_username_as_clientid)."""
     broker, service, _ = running
     b = _device(broker, service, "dev-b")
@@ -209,7 +236,7 @@ def test_an_operator_login_survives_the_servers_rewrite(fleet) -> None:  # type:
     """Issue 13: logins in the operator's file are merged into every rewrite, never dropped."""
     broker, service, directory = fleet
     assert _can_log_in(broker.url, *OPERATOR)
-    directory.passwords["dev-c"] = "password-of-c"        # an enrolment
+    directory.passwords["dev-c"] = "password-of-c"  # an enrolment
     service.credentials_changed()
     assert wait_until(lambda: _can_log_in(broker.url, "dev-c", "password-of-c"))
     assert _can_log_in(broker.url, *OPERATOR)
@@ -229,8 +256,9 @@ def test_kill_9_of_the_broker_with_reports_in_flight_loses_none(running) -> None
     def publish(device_id: str, peer: Peer) -> None:
         while not stop.is_set():
             report = status_report(device_id)
-            info = peer.client.publish(topics.device_status(device_id),
-                                       canonical_json(report.to_dict()), qos=1)
+            info = peer.client.publish(
+                topics.device_status(device_id), canonical_json(report.to_dict()), qos=1
+            )
             try:
                 info.wait_for_publish(2)
                 if info.is_published():
@@ -243,7 +271,7 @@ def test_kill_9_of_the_broker_with_reports_in_flight_loses_none(running) -> None
     for thread in threads:
         thread.start()
     assert wait_until(lambda: len(acked) >= 50)
-    service.link.client.loop_stop()   # the server is slow: what the broker sends it waits
+    service.link.client.loop_stop()  # the server is slow: what the broker sends it waits
     broker.kill()
     broker.start()
     restarted = len(acked)
@@ -253,8 +281,9 @@ def test_kill_9_of_the_broker_with_reports_in_flight_loses_none(running) -> None
     stop.set()
     for thread in threads:
         thread.join()
-    assert wait_until(lambda: set(acked) <= set(sink.ids()), 20), \
+    assert wait_until(lambda: set(acked) <= set(sink.ids()), 20), (
         f"{len(set(acked) - set(sink.ids()))} acknowledged reports were lost"
+    )
     for peer in devices.values():
         peer.close()
 

@@ -35,7 +35,8 @@ def _operator_files(data_dir: Path) -> None:
     state = data_dir / "mqtt"
     state.mkdir(parents=True, exist_ok=True)
     (state / "operator.passwd").write_text(
-        f"{OPERATOR[0]}:{mosquitto_hash(OPERATOR[1], os.urandom(12))}\n")
+        f"{OPERATOR[0]}:{mosquitto_hash(OPERATOR[1], os.urandom(12))}\n"
+    )
     (state / "operator.acl").write_text(f"user {OPERATOR[0]}\ntopic readwrite ferry/v1/#\n")
 
 
@@ -51,9 +52,17 @@ def server(tmp_path: Path) -> Iterator[tuple[ServerProcess, Operator]]:
 
 
 def _enroll(server: ServerProcess, op: Operator, device_id: str) -> dict[str, Any]:
-    answer: dict[str, Any] = httpx.post(f"{server.url}{endpoints.ENROLL}", timeout=30, json={
-        "enrollment_token": op.enrollment_token(1), "device_id": device_id,
-        "hardware": "x86_64", "agent_version": "test", "tags": {}}).json()
+    answer: dict[str, Any] = httpx.post(
+        f"{server.url}{endpoints.ENROLL}",
+        timeout=30,
+        json={
+            "enrollment_token": op.enrollment_token(1),
+            "device_id": device_id,
+            "hardware": "x86_64",
+            "agent_version": "test",
+            "tags": {},
+        },
+    ).json()
     return answer
 
 
@@ -89,7 +98,8 @@ def _alive(pid: int) -> bool:
 
 
 def test_enrolled_device_reports_over_the_embedded_broker(
-        server: tuple[ServerProcess, Operator]) -> None:
+    server: tuple[ServerProcess, Operator],
+) -> None:
     process, op = server
     login = _enroll(process, op, "dev-1")["mqtt"]
     assert login["url"] == f"mqtt://127.0.0.1:{process.mqtt_port}"
@@ -106,7 +116,8 @@ def test_enrolled_device_reports_over_the_embedded_broker(
 
 
 def test_the_default_broker_is_mosquitto_and_enforces_the_device_acl(
-        server: tuple[ServerProcess, Operator]) -> None:
+    server: tuple[ServerProcess, Operator],
+) -> None:
     require_mosquitto()
     process, op = server
     pid = _broker_pid(process)
@@ -116,14 +127,19 @@ def test_the_default_broker_is_mosquitto_and_enforces_the_device_acl(
     b = _device(_enroll(process, op, "dev-b")["mqtt"])
     retained = status_report("dev-b")
     b.publish(topics.device_status("dev-b"), canonical_json(retained.to_dict()), retain=True)
-    for topic in (topics.device_notice("dev-b"), topics.device_status("dev-b"),
-                  f"{topics.PREFIX}/devices/+/status", "#", topics.device_notice("dev-a")):
+    for topic in (
+        topics.device_notice("dev-b"),
+        topics.device_status("dev-b"),
+        f"{topics.PREFIX}/devices/+/status",
+        "#",
+        topics.device_notice("dev-a"),
+    ):
         a.subscribe(topic)
     b.publish(topics.device_status("dev-b"), canonical_json(status_report("dev-b").to_dict()))
     observer = Peer(f"mqtt://127.0.0.1:{process.mqtt_port}", *OPERATOR, client_id=OPERATOR[0])
     assert observer.connect()
     observer.publish(topics.device_notice("dev-b"), b'{"for":"b"}')
-    observer.publish(topics.device_notice("dev-a"), b'{"for":"a"}')   # the barrier
+    observer.publish(topics.device_notice("dev-a"), b'{"for":"a"}')  # the barrier
     assert a.wait_for(topics.device_notice("dev-a"))
     assert {t for t, _, _ in a.messages} == {topics.device_notice("dev-a")}
     wait_until(lambda: retained.report_id in _stored(op, "dev-b"), 20, "b's report stored")
@@ -132,7 +148,8 @@ def test_the_default_broker_is_mosquitto_and_enforces_the_device_acl(
 
 
 def test_a_burst_of_notices_and_reports_under_load_loses_nothing(
-        server: tuple[ServerProcess, Operator]) -> None:
+    server: tuple[ServerProcess, Operator],
+) -> None:
     """20 devices x 25 reports while 100 notices go to all of them (issue 11's crash)."""
     process, op = server
     devices = [_device(_enroll(process, op, f"load-{i}")["mqtt"]) for i in range(20)]
@@ -146,11 +163,13 @@ def test_a_burst_of_notices_and_reports_under_load_loses_nothing(
         reports = [status_report(device_id) for _ in range(25)]
         sent[device_id] = {r.report_id for r in reports}
         for report in reports:
-            device.client.publish(topics.device_status(device_id),
-                                  canonical_json(report.to_dict()), qos=1)
+            device.client.publish(
+                topics.device_status(device_id), canonical_json(report.to_dict()), qos=1
+            )
 
-    threads = [threading.Thread(target=report_burst, args=(d, f"load-{i}"))
-               for i, d in enumerate(devices)]
+    threads = [
+        threading.Thread(target=report_burst, args=(d, f"load-{i}")) for i, d in enumerate(devices)
+    ]
     for thread in threads:
         thread.start()
     for n in range(100):
@@ -159,8 +178,11 @@ def test_a_burst_of_notices_and_reports_under_load_loses_nothing(
         thread.join()
     for device in devices:
         assert device.wait_for(topics.group_notice("all"), 100), "notices were lost"
-    wait_until(lambda: all(ids <= _stored(op, d) for d, ids in sent.items()), 60,
-               "every report to be stored")
+    wait_until(
+        lambda: all(ids <= _stored(op, d) for d, ids in sent.items()),
+        60,
+        "every report to be stored",
+    )
     assert sum(len(_stored(op, d)) for d in sent) == 500
     for peer in (*devices, observer):
         peer.close()
@@ -181,7 +203,8 @@ def test_the_broker_ends_with_its_server(tmp_path: Path, how: str) -> None:
 
 
 def test_readyz_and_metrics_show_a_lost_subscription(
-        server: tuple[ServerProcess, Operator]) -> None:
+    server: tuple[ServerProcess, Operator],
+) -> None:
     """The broker dies: /readyz says not ready until the server is subscribed again."""
     process, _ = server
     wait_until(lambda: httpx.get(f"{process.url}/readyz").status_code == 200, 10, "ready")
@@ -204,40 +227,46 @@ def test_readyz_and_metrics_show_a_lost_subscription(
 
 
 def test_kill_9_of_the_broker_with_reports_in_flight_loses_none(
-        server: tuple[ServerProcess, Operator]) -> None:
+    server: tuple[ServerProcess, Operator],
+) -> None:
     """Issue 14: every report the broker acknowledged is stored, across a kill -9 of it."""
     require_mosquitto()
     process, op = server
-    devices = {f"crash-{i}": _device(_enroll(process, op, f"crash-{i}")["mqtt"])
-               for i in range(5)}
+    devices = {f"crash-{i}": _device(_enroll(process, op, f"crash-{i}")["mqtt"]) for i in range(5)}
     acked: dict[str, set[str]] = {d: set() for d in devices}
     stop = threading.Event()
 
     def publish_until_stopped(device_id: str, peer: Peer) -> None:
         while not stop.is_set():
             report = status_report(device_id)
-            info = peer.client.publish(topics.device_status(device_id),
-                                       canonical_json(report.to_dict()), qos=1)
+            info = peer.client.publish(
+                topics.device_status(device_id), canonical_json(report.to_dict()), qos=1
+            )
             try:
                 info.wait_for_publish(2)
                 if info.is_published():
                     acked[device_id].add(report.report_id)
-            except RuntimeError:   # not connected right now: an agent keeps it queued, retries
+            except RuntimeError:  # not connected right now: an agent keeps it queued, retries
                 time.sleep(0.1)
             time.sleep(0.01)
 
-    threads = [threading.Thread(target=publish_until_stopped, args=item)
-               for item in devices.items()]
+    threads = [
+        threading.Thread(target=publish_until_stopped, args=item) for item in devices.items()
+    ]
     for thread in threads:
         thread.start()
     wait_until(lambda: sum(map(len, acked.values())) >= 50, 30, "reports before the kill")
     before = sum(map(len, acked.values()))
     os.kill(_broker_pid(process), signal.SIGKILL)
-    wait_until(lambda: all(len(ids) >= before // len(acked) + 20 for ids in acked.values()),
-               60, "reports of every device after the broker's restart")
+    wait_until(
+        lambda: all(len(ids) >= before // len(acked) + 20 for ids in acked.values()),
+        60,
+        "reports of every device after the broker's restart",
+    )
     stop.set()
     for thread in threads:
         thread.join()
+
     def missing() -> dict[str, set[str]]:
         return {d: ids - _stored(op, d) for d, ids in acked.items() if ids - _stored(op, d)}
 
@@ -258,8 +287,9 @@ def test_a_taken_broker_port_leaves_the_server_up_without_mqtt(tmp_path: Path) -
             op.sdk.create_namespace("demo")
             assert _enroll(process, op, "dev-1")["mqtt"] is None
             log = process.log_path.read_text()
-            assert (f"MQTT: off, devices poll over HTTP (port {port} on 127.0.0.1 is already in "
-                    "use") in log, "the start banner says MQTT is off and why"
+            assert (
+                f"MQTT: off, devices poll over HTTP (port {port} on 127.0.0.1 is already in use"
+            ) in log, "the start banner says MQTT is off and why"
         finally:
             op.close()
             process.stop()

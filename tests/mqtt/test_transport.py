@@ -32,13 +32,23 @@ def _sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
 class Server:
     """What one server replica runs: link + subscriber + notifier, with its own registry."""
 
-    def __init__(self, url: str, sink: RecordingSink, *, client_id: str = "ferry-server-test",
-                 subscription: str = topics.ALL_DEVICE_STATUS) -> None:
+    def __init__(
+        self,
+        url: str,
+        sink: RecordingSink,
+        *,
+        client_id: str = "ferry-server-test",
+        subscription: str = topics.ALL_DEVICE_STATUS,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.metrics = MqttMetrics(self.registry)
         self.subscriber = StatusSubscriber(sink, self.metrics, batch_size=50)
-        self.link = MqttLink(url, client_id=client_id, subscription=subscription,
-                             on_message=lambda m: self.subscriber.handle(m.topic, m.payload, m.mid))
+        self.link = MqttLink(
+            url,
+            client_id=client_id,
+            subscription=subscription,
+            on_message=lambda m: self.subscriber.handle(m.topic, m.payload, m.mid),
+        )
         self.subscriber.ack = self.link.ack
         self.notifier = MqttNotifier(self.link, self.metrics)
 
@@ -61,8 +71,10 @@ def peer(mosquitto: MosquittoBroker) -> Iterator[Peer]:  # noqa: F811
     client.close()
 
 
-def test_announce_publishes_once_per_group_retained(mosquitto: MosquittoBroker,  # noqa: F811
-                                                    peer: Peer) -> None:
+def test_announce_publishes_once_per_group_retained(
+    mosquitto: MosquittoBroker,  # noqa: F811
+    peer: Peer,
+) -> None:
     peer.subscribe(f"{topics.PREFIX}/#")
     with Server(mosquitto.url, RecordingSink(set())) as server:
         server.notifier.announce(["all", "hw:x86_64", "all"], "rollout-7")
@@ -80,19 +92,22 @@ def test_announce_publishes_once_per_group_retained(mosquitto: MosquittoBroker, 
     late.close()
 
 
-def test_status_reports_are_validated_then_ingested_once(mosquitto: MosquittoBroker,  # noqa: F811
-                                                        peer: Peer) -> None:
+def test_status_reports_are_validated_then_ingested_once(
+    mosquitto: MosquittoBroker,  # noqa: F811
+    peer: Peer,
+) -> None:
     sink = RecordingSink({"dev-a"})
     with Server(mosquitto.url, sink) as server:
         good = status_report("dev-a")
         status_a = topics.device_status("dev-a")
         peer.publish(status_a, canonical_json(good.to_dict()))
-        peer.publish(status_a, canonical_json(good.to_dict()))              # resend
+        peer.publish(status_a, canonical_json(good.to_dict()))  # resend
         peer.publish(status_a, b"{not json")
         peer.publish(status_a, canonical_json({"_type": "keyring", "spec_version": 1}))
         peer.publish(status_a, canonical_json(status_report("dev-b").to_dict()))  # wrong topic
-        peer.publish(topics.device_status("dev-c"),
-                     canonical_json(status_report("dev-c").to_dict()))        # unknown device
+        peer.publish(
+            topics.device_status("dev-c"), canonical_json(status_report("dev-c").to_dict())
+        )  # unknown device
         last = status_report("dev-a")
         peer.publish(status_a, canonical_json(last.to_dict()))
         assert wait_until(lambda: last.report_id in sink.ids())
@@ -107,7 +122,9 @@ def test_status_reports_are_validated_then_ingested_once(mosquitto: MosquittoBro
 
 
 def test_reports_sent_while_the_server_is_down_arrive_after_restart(
-        mosquitto: MosquittoBroker, peer: Peer) -> None:  # noqa: F811
+    mosquitto: MosquittoBroker,  # noqa: F811
+    peer: Peer,
+) -> None:
     sink = RecordingSink({"dev-a"})
     with Server(mosquitto.url, sink, client_id="ferry-server-r1"):
         pass  # the broker now holds a persistent session for this replica
@@ -120,8 +137,10 @@ def test_reports_sent_while_the_server_is_down_arrive_after_restart(
     assert sink.ids() == [r.report_id for r in sent]
 
 
-def test_failed_ingest_is_retried_and_nothing_is_lost(mosquitto: MosquittoBroker,  # noqa: F811
-                                                     peer: Peer) -> None:
+def test_failed_ingest_is_retried_and_nothing_is_lost(
+    mosquitto: MosquittoBroker,  # noqa: F811
+    peer: Peer,
+) -> None:
     sink = RecordingSink({"dev-a"}, fail_next=2)
     with Server(mosquitto.url, sink) as server:
         report = status_report("dev-a")
@@ -132,12 +151,16 @@ def test_failed_ingest_is_retried_and_nothing_is_lost(mosquitto: MosquittoBroker
 
 
 def test_replicas_split_status_traffic_with_a_shared_subscription(
-        mosquitto: MosquittoBroker, peer: Peer) -> None:  # noqa: F811
+    mosquitto: MosquittoBroker,  # noqa: F811
+    peer: Peer,
+) -> None:
     subscription = status_subscription(MqttSettings(url=mosquitto.url, shared_group="ferry"))
     assert subscription == "$share/ferry/ferry/v1/devices/+/status"
     sinks = [RecordingSink({"dev-a"}), RecordingSink({"dev-a"})]
-    with Server(mosquitto.url, sinks[0], client_id="replica-1", subscription=subscription), \
-         Server(mosquitto.url, sinks[1], client_id="replica-2", subscription=subscription):
+    with (
+        Server(mosquitto.url, sinks[0], client_id="replica-1", subscription=subscription),
+        Server(mosquitto.url, sinks[1], client_id="replica-2", subscription=subscription),
+    ):
         sent = [status_report("dev-a") for _ in range(40)]
         for report in sent:
             peer.publish(topics.device_status("dev-a"), canonical_json(report.to_dict()))
@@ -147,11 +170,17 @@ def test_replicas_split_status_traffic_with_a_shared_subscription(
 
 
 def test_a_stolen_session_is_visible_in_logs_and_metrics(
-        mosquitto: MosquittoBroker, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    mosquitto: MosquittoBroker,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """On a broker that does not bind ids to logins, a thief takes the server's session."""
     metrics = MqttMetrics(CollectorRegistry())
-    service = MqttService(MqttSettings(url=mosquitto.url), directory=Directory({}),
-                          sink=RecordingSink(set()), metrics=metrics)
+    service = MqttService(
+        MqttSettings(url=mosquitto.url),
+        directory=Directory({}),
+        sink=RecordingSink(set()),
+        metrics=metrics,
+    )
     asyncio.run(service.start())
     try:
         assert service.wait_connected(10)
@@ -160,7 +189,7 @@ def test_a_stolen_session_is_visible_in_logs_and_metrics(
         assert wait_until(lambda: metrics.subscription_lost._value.get() >= 1)
         assert "status subscription lost" in caplog.text
         thief.close()
-        assert wait_until(lambda: service.live)   # the server takes its session back
+        assert wait_until(lambda: service.live)  # the server takes its session back
         assert metrics.connected._value.get() == 1
     finally:
         asyncio.run(service.stop())

@@ -18,17 +18,35 @@ def test_the_api_schema_the_table_and_the_cli_take_their_defaults_from_the_polic
     assert Gates().model_dump() == policy.to_dict()
     body = RolloutCreate(namespace="ns", model="m", version="1")
     assert {name: getattr(body, name) for name in GatePolicy.names()} == policy.to_dict()
-    assert Rollout(namespace="ns", model="ns/m", model_id=1, version=1,
-                   manifest_sha256="0" * 64, created_by="t", created_at="t",
-                   updated_at="t").gates() == policy
+    assert (
+        Rollout(
+            namespace="ns",
+            model="ns/m",
+            model_id=1,
+            version=1,
+            manifest_sha256="0" * 64,
+            created_by="t",
+            created_at="t",
+            updated_at="t",
+        ).gates()
+        == policy
+    )
     options = inspect.signature(rollout_ops.rollout_create).parameters
     assert options["max_failure_pct"].default == policy.max_failure_pct == 5
     assert options["timeout"].default == policy.in_progress_timeout_s
 
 
-@pytest.mark.parametrize(("name", "value"), [
-    ("min_success_pct", 101), ("max_failure_pct", -1), ("max_retries", 21),
-    ("in_progress_timeout_s", 0), ("bake_s", True), ("max_failures", 1.5)])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("min_success_pct", 101),
+        ("max_failure_pct", -1),
+        ("max_retries", 21),
+        ("in_progress_timeout_s", 0),
+        ("bake_s", True),
+        ("max_failures", 1.5),
+    ],
+)
 def test_a_value_out_of_range_never_makes_a_policy(name: str, value: object) -> None:
     with pytest.raises(MalformedError, match=name):
         GatePolicy(**{name: value})  # type: ignore[arg-type]

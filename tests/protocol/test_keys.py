@@ -16,9 +16,7 @@ from ferry.protocol.signing import sign_document
 # RFC 8032 §7.1, test 1 (empty message).
 RFC_SECRET = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"
 RFC_PUBLIC = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
-RFC_SIG = (
-    "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
-)
+RFC_SIG = "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
 
 
 def test_rfc8032_vector() -> None:
@@ -67,8 +65,19 @@ def _openssl_verify(openssl: str, tmp_path: Path, key: SigningKey, data: bytes, 
     (tmp_path / "data.bin").write_bytes(data)
     (tmp_path / "sig.bin").write_bytes(sig)
     result = subprocess.run(
-        [openssl, "pkeyutl", "-verify", "-rawin", "-pubin", "-inkey", tmp_path / "pub.pem",
-         "-in", tmp_path / "data.bin", "-sigfile", tmp_path / "sig.bin"],
+        [
+            openssl,
+            "pkeyutl",
+            "-verify",
+            "-rawin",
+            "-pubin",
+            "-inkey",
+            tmp_path / "pub.pem",
+            "-in",
+            tmp_path / "data.bin",
+            "-sigfile",
+            tmp_path / "sig.bin",
+        ],
         capture_output=True,
         check=False,
     )

@@ -57,7 +57,12 @@ def test_root_rotation_needs_old_and_new_root(auth: Authority) -> None:
     trusted = auth.keyring()
     old_root = auth.root
     auth.root, auth.keyring_version = SigningKey.generate(), 2
-    assert verify_keyring(auth.signed_keyring(signers=[old_root, auth.root]), trusted, auth.now).version == 2
+    assert (
+        verify_keyring(
+            auth.signed_keyring(signers=[old_root, auth.root]), trusted, auth.now
+        ).version
+        == 2
+    )
     for signers in ([old_root], [auth.root]):
         with pytest.raises(ProtocolError) as err:
             verify_keyring(auth.signed_keyring(signers=signers), trusted, auth.now)
@@ -104,7 +109,9 @@ KEYRING_ATTACKS = [
     KeyringAttack("older keyring (rollback)", _older, "keyring_rollback"),
     KeyringAttack("keyring signed by an unknown root", _stranger_root, "untrusted_key"),
     KeyringAttack("keyring edited after signing", _tampered, "bad_signature"),
-    KeyringAttack("different keyring reusing a version", _same_version_other_keys, "keyring_rollback"),
+    KeyringAttack(
+        "different keyring reusing a version", _same_version_other_keys, "keyring_rollback"
+    ),
 ]
 
 
@@ -122,12 +129,19 @@ def test_keyring_attack_is_refused(auth: Authority, attack: KeyringAttack) -> No
 
 def _state(auth: Authority, **kwargs) -> dict:
     manifest = auth.manifest({"model.onnx": b"weights"})
-    return auth.signed_desired_state(auth.desired_state(DEVICE, kwargs.pop("sequence", 5), {"main": manifest}, **kwargs))
+    return auth.signed_desired_state(
+        auth.desired_state(DEVICE, kwargs.pop("sequence", 5), {"main": manifest}, **kwargs)
+    )
 
 
 def test_desired_state_for_this_device_verifies(auth: Authority) -> None:
     state = verify_desired_state(
-        _state(auth), auth.keyring(), device_id=DEVICE, last_sequence=4, last_digest=None, now=auth.now
+        _state(auth),
+        auth.keyring(),
+        device_id=DEVICE,
+        last_sequence=4,
+        last_digest=None,
+        now=auth.now,
     )
     assert state.sequence == 5 and state.slots["main"].model == "vision/detector"
 
@@ -136,7 +150,12 @@ def test_the_same_desired_state_again_is_not_a_replay(auth: Authority) -> None:
     envelope = _state(auth)
     digest = document_digest(envelope["signed"])
     state = verify_desired_state(
-        envelope, auth.keyring(), device_id=DEVICE, last_sequence=5, last_digest=digest, now=auth.now
+        envelope,
+        auth.keyring(),
+        device_id=DEVICE,
+        last_sequence=5,
+        last_digest=digest,
+        now=auth.now,
     )
     assert state.sequence == 5
 
@@ -149,16 +168,32 @@ class StateAttack:
 
 
 STATE_ATTACKS = [
-    StateAttack("signed by a bundles key, not the director", lambda a: a.signed_desired_state(
-        a.desired_state(DEVICE, 5, {}), signer=a.bundles), "untrusted_key"),
-    StateAttack("signed by an unknown key", lambda a: a.signed_desired_state(
-        a.desired_state(DEVICE, 5, {}), signer=SigningKey.generate()), "untrusted_key"),
-    StateAttack("directive for another device", lambda a: a.signed_desired_state(
-        a.desired_state("dev-9999", 5, {})), "wrong_device"),
-    StateAttack("expired directive (freeze)", lambda a: _state(a, expires_in=timedelta(seconds=-5)),
-                "expired_desired_state"),
+    StateAttack(
+        "signed by a bundles key, not the director",
+        lambda a: a.signed_desired_state(a.desired_state(DEVICE, 5, {}), signer=a.bundles),
+        "untrusted_key",
+    ),
+    StateAttack(
+        "signed by an unknown key",
+        lambda a: a.signed_desired_state(
+            a.desired_state(DEVICE, 5, {}), signer=SigningKey.generate()
+        ),
+        "untrusted_key",
+    ),
+    StateAttack(
+        "directive for another device",
+        lambda a: a.signed_desired_state(a.desired_state("dev-9999", 5, {})),
+        "wrong_device",
+    ),
+    StateAttack(
+        "expired directive (freeze)",
+        lambda a: _state(a, expires_in=timedelta(seconds=-5)),
+        "expired_desired_state",
+    ),
     StateAttack("older directive replayed", lambda a: _state(a, sequence=3), "sequence_rollback"),
-    StateAttack("other directive reusing the sequence", lambda a: _state(a, sequence=4), "sequence_rollback"),
+    StateAttack(
+        "other directive reusing the sequence", lambda a: _state(a, sequence=4), "sequence_rollback"
+    ),
 ]
 
 
@@ -166,8 +201,12 @@ STATE_ATTACKS = [
 def test_desired_state_attack_is_refused(auth: Authority, attack: StateAttack) -> None:
     with pytest.raises(ProtocolError) as err:
         verify_desired_state(
-            attack.envelope(auth), auth.keyring(), device_id=DEVICE, last_sequence=4,
-            last_digest="0" * 64, now=auth.now,
+            attack.envelope(auth),
+            auth.keyring(),
+            device_id=DEVICE,
+            last_sequence=4,
+            last_digest="0" * 64,
+            now=auth.now,
         )
     assert err.value.code == attack.code
 
@@ -176,19 +215,32 @@ def test_tampered_desired_state_is_a_bad_signature(auth: Authority) -> None:
     envelope = _state(auth)
     envelope["signed"]["sequence"] = 99
     with pytest.raises(ProtocolError) as err:
-        verify_desired_state(envelope, auth.keyring(), device_id=DEVICE, last_sequence=4,
-                             last_digest=None, now=auth.now)
+        verify_desired_state(
+            envelope,
+            auth.keyring(),
+            device_id=DEVICE,
+            last_sequence=4,
+            last_digest=None,
+            now=auth.now,
+        )
     assert err.value.code == "bad_signature"
 
 
 def test_signature_is_checked_before_expiry(auth: Authority) -> None:
     """Fixed order: an expired *and* forged directive is reported as forged."""
     envelope = auth.signed_desired_state(
-        auth.desired_state(DEVICE, 5, {}, expires_in=timedelta(seconds=-5)), signer=SigningKey.generate()
+        auth.desired_state(DEVICE, 5, {}, expires_in=timedelta(seconds=-5)),
+        signer=SigningKey.generate(),
     )
     with pytest.raises(ProtocolError) as err:
-        verify_desired_state(envelope, auth.keyring(), device_id=DEVICE, last_sequence=0,
-                             last_digest=None, now=auth.now)
+        verify_desired_state(
+            envelope,
+            auth.keyring(),
+            device_id=DEVICE,
+            last_sequence=0,
+            last_digest=None,
+            now=auth.now,
+        )
     assert err.value.code == "untrusted_key"
 
 
@@ -220,7 +272,10 @@ def test_sequence_floor_is_void_once_its_signers_are_rotated_out(auth: Authority
 def _verify_manifest(auth: Authority, envelope: dict, expected: str | None = None, **kw) -> object:
     args = {"hardware": "x86_64", "installed_version": None, "allow_downgrade": False} | kw
     return verify_manifest(
-        envelope, auth.keyring(), expected_sha256=expected or document_digest(envelope["signed"]), **args
+        envelope,
+        auth.keyring(),
+        expected_sha256=expected or document_digest(envelope["signed"]),
+        **args,
     )
 
 
@@ -304,10 +359,22 @@ def test_manifest_with_unsafe_path_is_malformed(auth: Authority, path: str) -> N
         lambda d: d.update(files=[]),
         lambda d: d.update(hardware="x86_64"),
     ],
-    ids=["no files", "string version", "version 0", "wrong type", "future spec", "bad time",
-         "bad sha256", "negative size", "empty bundle", "hardware not a list"],
+    ids=[
+        "no files",
+        "string version",
+        "version 0",
+        "wrong type",
+        "future spec",
+        "bad time",
+        "bad sha256",
+        "negative size",
+        "empty bundle",
+        "hardware not a list",
+    ],
 )
-def test_malformed_manifest_is_refused_with_the_field_named(auth: Authority, bend: Callable) -> None:
+def test_malformed_manifest_is_refused_with_the_field_named(
+    auth: Authority, bend: Callable
+) -> None:
     signed = copy.deepcopy(auth.manifest({"m": b"w"}).to_dict())
     bend(signed)
     with pytest.raises(MalformedError):
@@ -317,16 +384,25 @@ def test_malformed_manifest_is_refused_with_the_field_named(auth: Authority, ben
 def test_threshold_two_needs_two_distinct_keys(auth: Authority) -> None:
     second = SigningKey.generate()
     keyring = make_keyring(
-        1, format_time(auth.now + timedelta(days=1)),
-        {Role.ROOT: [auth.root.public], Role.BUNDLES: [auth.bundles.public, second.public],
-         Role.DIRECTOR: [auth.director.public]},
+        1,
+        format_time(auth.now + timedelta(days=1)),
+        {
+            Role.ROOT: [auth.root.public],
+            Role.BUNDLES: [auth.bundles.public, second.public],
+            Role.DIRECTOR: [auth.director.public],
+        },
         {Role.BUNDLES: 2},
     )
     manifest = auth.manifest({"m": b"w"})
     one = sign_document(manifest.to_dict(), [auth.bundles])
     two = sign_document(manifest.to_dict(), [auth.bundles, second])
     digest = document_digest(manifest.to_dict())
-    kw = {"expected_sha256": digest, "hardware": "x86_64", "installed_version": None, "allow_downgrade": False}
+    kw = {
+        "expected_sha256": digest,
+        "hardware": "x86_64",
+        "installed_version": None,
+        "allow_downgrade": False,
+    }
     assert verify_manifest(two, keyring, **kw) == manifest
     doubled = {"signed": one["signed"], "signatures": one["signatures"] * 2}
     with pytest.raises(ProtocolError) as err:
@@ -352,7 +428,11 @@ def test_file_verifier_accepts_the_declared_bytes() -> None:
 
 @pytest.mark.parametrize(
     ("data", "code"),
-    [(b"0123456789ABC", "length_exceeded"), (b"01234", "truncated"), (b"0123456780", "hash_mismatch")],
+    [
+        (b"0123456789ABC", "length_exceeded"),
+        (b"01234", "truncated"),
+        (b"0123456780", "hash_mismatch"),
+    ],
     ids=["endless data", "truncated", "wrong hash"],
 )
 def test_file_verifier_refusals(data: bytes, code: str) -> None:

@@ -18,20 +18,37 @@ from ferry.protocol.waves import wave_bucket, wave_index
 
 
 def _report(**kw: object) -> dict:
-    base = StatusReport("r-1", "dev-1", "main", AgentState.COMMITTED, "2026-11-25T03:00:00Z",
-                        from_version=1, to_version=2, timings={"download_ms": 12}).to_dict()
+    base = StatusReport(
+        "r-1",
+        "dev-1",
+        "main",
+        AgentState.COMMITTED,
+        "2026-11-25T03:00:00Z",
+        from_version=1,
+        to_version=2,
+        timings={"download_ms": 12},
+    ).to_dict()
     return base | kw
 
 
 def test_status_report_round_trips() -> None:
     report = StatusReport.from_dict(_report())
-    assert report.state is AgentState.COMMITTED and StatusReport.from_dict(report.to_dict()) == report
+    assert (
+        report.state is AgentState.COMMITTED and StatusReport.from_dict(report.to_dict()) == report
+    )
 
 
 @pytest.mark.parametrize(
     "bad",
-    [{"state": "exploded"}, {"timings": {"download_ms": 1.5}}, {"timings": {"x": -1}},
-     {"detail": "x" * 5000}, {"slot": "../x"}, {"at": "yesterday"}, {"to_version": "2"}],
+    [
+        {"state": "exploded"},
+        {"timings": {"download_ms": 1.5}},
+        {"timings": {"x": -1}},
+        {"detail": "x" * 5000},
+        {"slot": "../x"},
+        {"at": "yesterday"},
+        {"to_version": "2"},
+    ],
 )
 def test_bad_status_reports_are_refused(bad: dict) -> None:
     with pytest.raises(MalformedError):

@@ -11,8 +11,9 @@ from tests.fleet.harness import Agent, Fleet
 def by_wave(rollout: dict[str, Any], agents: list[Agent]) -> dict[int, list[Agent]]:
     waves: dict[int, list[Agent]] = {}
     for agent in agents:
-        waves.setdefault(wave_index(rollout["wave_seed"], agent.device_id, rollout["waves"]),
-                         []).append(agent)
+        waves.setdefault(
+            wave_index(rollout["wave_seed"], agent.device_id, rollout["waves"]), []
+        ).append(agent)
     return waves
 
 
@@ -24,17 +25,30 @@ def target(fleet: Fleet, agent: Agent, slot: str = "main") -> tuple[int, bool] |
     return slots[slot]["version"], slots[slot]["allow_downgrade"]
 
 
-def commit(fleet: Fleet, agents: list[Agent], version: int, rollout_id: str,
-           from_version: int | None = None) -> None:
+def commit(
+    fleet: Fleet,
+    agents: list[Agent],
+    version: int,
+    rollout_id: str,
+    from_version: int | None = None,
+) -> None:
     for agent in agents:
-        fleet.report(agent, "downloading", to_version=version, from_version=from_version,
-                     rollout_id=rollout_id)
-        fleet.report(agent, "committed", to_version=version, from_version=from_version,
-                     rollout_id=rollout_id)
+        fleet.report(
+            agent,
+            "downloading",
+            to_version=version,
+            from_version=from_version,
+            rollout_id=rollout_id,
+        )
+        fleet.report(
+            agent, "committed", to_version=version, from_version=from_version, rollout_id=rollout_id
+        )
 
 
-def fail(fleet: Fleet, agents: list[Agent], version: int, rollout_id: str,
-         state: str = "failed") -> None:
+def fail(
+    fleet: Fleet, agents: list[Agent], version: int, rollout_id: str, state: str = "failed"
+) -> None:
     for agent in agents:
-        fleet.report(agent, state, to_version=version, rollout_id=rollout_id,
-                     error_code="probe_failed")
+        fleet.report(
+            agent, state, to_version=version, rollout_id=rollout_id, error_code="probe_failed"
+        )

@@ -12,8 +12,9 @@ ALIAS = f"{API}/models/vision/det/aliases/production"
 
 
 def _bind(fleet: Fleet, **body: Any) -> None:
-    r = fleet.client.put(BINDING, json={"selector": "", "waves": [10, 100], **body},
-                         headers=fleet.admin)
+    r = fleet.client.put(
+        BINDING, json={"selector": "", "waves": [10, 100], **body}, headers=fleet.admin
+    )
     assert r.status_code == 200, r.text
 
 
@@ -55,9 +56,13 @@ def test_incompatible_hardware_refuses_the_alias_move(fleet: Fleet) -> None:
     _bind(fleet)
     version = fleet.version(hardware=["jetson-orin"])
     r = _move_alias(fleet, version, expect=409)
-    assert r["error"]["details"]["incompatible_devices"] == [{
-        "device_id": "pi-0000", "hardware": "rpi4",
-        "reason": "hardware rpi4 is not in the version's list (jetson-orin)"}]
+    assert r["error"]["details"]["incompatible_devices"] == [
+        {
+            "device_id": "pi-0000",
+            "hardware": "rpi4",
+            "reason": "hardware rpi4 is not in the version's list (jetson-orin)",
+        }
+    ]
     assert _alias_version(fleet) is None, "the refused plan leaves the alias where it was"
     assert fleet.client.get(f"{API}/rollouts", headers=fleet.admin).json() == []
 
@@ -92,9 +97,12 @@ def test_binding_endpoints(fleet: Fleet) -> None:
     for body in ({"selector": "x"}, {"waves": [5, 1]}, {"gates": {"bake_s": -1}}, {"x": 1}):
         r = fleet.client.put(BINDING, json=body, headers=fleet.admin)
         assert r.status_code == 422, (body, r.text)
-    assert fleet.client.put(f"{API}/alias-bindings/vision/nope/production", json={},
-                            headers=fleet.admin).status_code == 404
-    assert fleet.client.put(BINDING, json={},
-                            headers=fleet.token("publisher")).status_code == 403
+    assert (
+        fleet.client.put(
+            f"{API}/alias-bindings/vision/nope/production", json={}, headers=fleet.admin
+        ).status_code
+        == 404
+    )
+    assert fleet.client.put(BINDING, json={}, headers=fleet.token("publisher")).status_code == 403
     assert fleet.client.delete(BINDING, headers=fleet.admin).status_code == 204
     assert fleet.client.delete(BINDING, headers=fleet.admin).status_code == 404

@@ -17,27 +17,57 @@ from tests.rollouts.cli_harness import enroll, ferry, publish, server
 __all__ = ["server"]
 
 
-def test_operator_drives_a_rollout_from_the_terminal(server: tuple[str, str],
-                                                     tmp_path: Path) -> None:
+def test_operator_drives_a_rollout_from_the_terminal(
+    server: tuple[str, str], tmp_path: Path
+) -> None:
     url, admin = server
     http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin}"})
     publish(http)
-    result = ferry(server, tmp_path, "enrollment-token", "create", "vision", "line-3",
-                   "--max-uses", "3", "--tag", "region=eu", "--json")
+    result = ferry(
+        server,
+        tmp_path,
+        "enrollment-token",
+        "create",
+        "vision",
+        "line-3",
+        "--max-uses",
+        "3",
+        "--tag",
+        "region=eu",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     token = json.loads(result.output)["token"]
     devices = [enroll(http, token, f"cam-{i}") for i in range(3)]
     assert devices[0]["groups"] == ["all", "hw:x86_64", "region:eu", "site:lyon"]
 
-    result = ferry(server, tmp_path, "rollout", "create", "vision/det@1", "--selector",
-                   "region=eu", "--waves", "100", "--json")
+    result = ferry(
+        server,
+        tmp_path,
+        "rollout",
+        "create",
+        "vision/det@1",
+        "--selector",
+        "region=eu",
+        "--waves",
+        "100",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     rollout_id = json.loads(result.output)["id"]
     for device in devices:
-        doc = report_doc(device["device_id"], "committed", to_version=1, rollout_id=rollout_id,
-                         at="2026-11-25T03:00:00Z")
-        r = http.post("/api/v1/device/status", json={"reports": [doc]},
-                      headers={"Authorization": f"Bearer {device['credential']}"})
+        doc = report_doc(
+            device["device_id"],
+            "committed",
+            to_version=1,
+            rollout_id=rollout_id,
+            at="2026-11-25T03:00:00Z",
+        )
+        r = http.post(
+            "/api/v1/device/status",
+            json={"reports": [doc]},
+            headers={"Authorization": f"Bearer {device['credential']}"},
+        )
         assert r.status_code == 200, r.text
 
     with FerryClient(url, admin, trust=MemoryTrustStore()) as sdk:

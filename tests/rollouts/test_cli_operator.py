@@ -24,15 +24,18 @@ from tests.rollouts.cli_harness import add_version, enroll, ferry, publish, send
 
 __all__ = ["server"]
 
-PROBE_OUTPUT = ("Traceback (most recent call last):\n  File \"probe.py\", line 9, in <module>\n"
-                "    check(session.run(None, feed))\n"
-                "AssertionError: output 'scores' has shape [1, 4], expected [1, 3]")
+PROBE_OUTPUT = (
+    'Traceback (most recent call last):\n  File "probe.py", line 9, in <module>\n'
+    "    check(session.run(None, feed))\n"
+    "AssertionError: output 'scores' has shape [1, 4], expected [1, 3]"
+)
 
 
 @pytest.fixture(scope="module")
 def http(server: tuple[str, str]) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server[0],
-                      headers={"Authorization": f"Bearer {server[1]}"}) as client:
+    with httpx.Client(
+        base_url=server[0], headers={"Authorization": f"Bearer {server[1]}"}
+    ) as client:
         publish(client)
         yield client
 
@@ -41,41 +44,71 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def devices_of(http: httpx.Client, batch: str, n: int, hardware: str = "x86_64"
-               ) -> list[dict[str, Any]]:
-    r = http.post("/api/v1/enrollment-tokens", json={"namespace": "vision", "name": batch,
-                                                     "max_uses": None})
+def devices_of(
+    http: httpx.Client, batch: str, n: int, hardware: str = "x86_64"
+) -> list[dict[str, Any]]:
+    r = http.post(
+        "/api/v1/enrollment-tokens", json={"namespace": "vision", "name": batch, "max_uses": None}
+    )
     token = r.json()["token"]
-    return [enroll(http, token, f"{batch}-{i:02d}", hardware, {"batch": batch})
-            for i in range(n)]
+    return [enroll(http, token, f"{batch}-{i:02d}", hardware, {"batch": batch}) for i in range(n)]
 
 
 def table_rows(output: str) -> list[list[str]]:
     """The cells of a rich table's body rows (the header's separators are ┃, not │)."""
-    return [[cell.strip() for cell in line.split("│")] for line in output.splitlines()
-            if "│" in line]
+    return [
+        [cell.strip() for cell in line.split("│")] for line in output.splitlines() if "│" in line
+    ]
 
 
-def report(server: tuple[str, str], device: dict[str, Any], state: str, rollout_id: str,
-           version: int = 1, error_code: str | None = None, detail: str = "") -> None:
-    doc = report_doc(device["device_id"], state, to_version=version, rollout_id=rollout_id,
-                     at=now(), error_code=error_code)
+def report(
+    server: tuple[str, str],
+    device: dict[str, Any],
+    state: str,
+    rollout_id: str,
+    version: int = 1,
+    error_code: str | None = None,
+    detail: str = "",
+) -> None:
+    doc = report_doc(
+        device["device_id"],
+        state,
+        to_version=version,
+        rollout_id=rollout_id,
+        at=now(),
+        error_code=error_code,
+    )
     doc["detail"] = detail
     send_report(server[0], device, doc)
 
 
 def test_rollout_devices_names_the_failed_devices_and_the_probe_output(
-        server: tuple[str, str], http: httpx.Client, tmp_path: Path) -> None:
+    server: tuple[str, str], http: httpx.Client, tmp_path: Path
+) -> None:
     fleet = devices_of(http, "probe", 3)
-    created = ferry(server, tmp_path, "rollout", "create", "vision/det@1", "--selector",
-                    "batch=probe", "--waves", "100", "--bake", "3600", "--json")
+    created = ferry(
+        server,
+        tmp_path,
+        "rollout",
+        "create",
+        "vision/det@1",
+        "--selector",
+        "batch=probe",
+        "--waves",
+        "100",
+        "--bake",
+        "3600",
+        "--json",
+    )
     rollout_id = json.loads(created.output)["id"]
     report(server, fleet[0], "committed", rollout_id)
-    report(server, fleet[1], "rolled_back", rollout_id, error_code="probe_failed",
-           detail=PROBE_OUTPUT)
+    report(
+        server, fleet[1], "rolled_back", rollout_id, error_code="probe_failed", detail=PROBE_OUTPUT
+    )
 
-    narrow = ferry(server, tmp_path, "rollout", "devices", rollout_id, "--state", "failed",
-                   columns=80)
+    narrow = ferry(
+        server, tmp_path, "rollout", "devices", rollout_id, "--state", "failed", columns=80
+    )
     assert narrow.exit_code == 0, narrow.output
     lines = narrow.output.splitlines()
     assert lines[0] == f"{rollout_id}: 1 device (state failed)"
@@ -91,8 +124,9 @@ def test_rollout_devices_names_the_failed_devices_and_the_probe_output(
     assert rows["probe-00"][1:3] == ["1", "committed"]
     assert rows["probe-02"][1:3] == ["1", "pending"] and rows["probe-02"][4] == "never"
 
-    scripted = ferry(server, tmp_path, "rollout", "devices", rollout_id, "--state", "failed",
-                     "--json")
+    scripted = ferry(
+        server, tmp_path, "rollout", "devices", rollout_id, "--state", "failed", "--json"
+    )
     body = json.loads(scripted.output)
     assert (body["total"], body["shown"]) == (1, 1)
     [row] = body["devices"]
@@ -120,16 +154,27 @@ def create(server: tuple[str, str], tmp_path: Path, batch: str, *options: str) -
     return str(create_json(server, tmp_path, batch, *options)["id"])
 
 
-def create_json(server: tuple[str, str], tmp_path: Path, batch: str, *options: str
-                ) -> dict[str, Any]:
-    result = ferry(server, tmp_path, "rollout", "create", "vision/det@1", "--selector",
-                   f"batch={batch}", *options, "--json")
+def create_json(
+    server: tuple[str, str], tmp_path: Path, batch: str, *options: str
+) -> dict[str, Any]:
+    result = ferry(
+        server,
+        tmp_path,
+        "rollout",
+        "create",
+        "vision/det@1",
+        "--selector",
+        f"batch={batch}",
+        *options,
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     return dict(json.loads(result.output))
 
 
 def test_wait_exits_0_on_completed_and_prints_a_line_per_change(
-        server: tuple[str, str], http: httpx.Client, tmp_path: Path) -> None:
+    server: tuple[str, str], http: httpx.Client, tmp_path: Path
+) -> None:
     fleet = devices_of(http, "wait-ok", 6)
     rollout = create_json(server, tmp_path, "wait-ok", "--waves", "50,100")
     rollout_id, seed = rollout["id"], rollout["wave_seed"]
@@ -143,8 +188,9 @@ def test_wait_exits_0_on_completed_and_prints_a_line_per_change(
                 report(server, device, "committed", rollout_id)
 
     thread = in_background(devices_commit)
-    waited = ferry(server, tmp_path, "rollout", "wait", rollout_id, "--interval", "0.2",
-                   "--timeout", "60")
+    waited = ferry(
+        server, tmp_path, "rollout", "wait", rollout_id, "--interval", "0.2", "--timeout", "60"
+    )
     thread.join()
     assert waited.exit_code == 0, waited.output
     lines = waited.output.splitlines()
@@ -155,7 +201,8 @@ def test_wait_exits_0_on_completed_and_prints_a_line_per_change(
 
 
 def test_wait_exit_codes_say_halted_rolled_back_cancelled_or_timed_out(
-        server: tuple[str, str], http: httpx.Client, tmp_path: Path) -> None:
+    server: tuple[str, str], http: httpx.Client, tmp_path: Path
+) -> None:
     fleet = devices_of(http, "wait-bad", 2)
     strict = ("--waves", "100", "--max-failures", "0", "--max-failure-pct", "100")
     halted = create(server, tmp_path, "wait-bad", *strict)
@@ -164,7 +211,8 @@ def test_wait_exit_codes_say_halted_rolled_back_cancelled_or_timed_out(
     assert waited.exit_code == 3, waited.output
     assert waited.output.splitlines()[-1] == (
         f"{halted} halted: 0/2 committed (failure limit crossed in wave 1: 1 of 2 devices "
-        f"failed) — see `ferry rollout devices {halted} --state failed`")
+        f"failed) — see `ferry rollout devices {halted} --state failed`"
+    )
     assert ferry(server, tmp_path, "rollout", "rollback", halted).exit_code == 0
     gone = ferry(server, tmp_path, "rollout", "wait", halted, "--json")
     assert gone.exit_code == 4 and json.loads(gone.output)["rollout"]["state"] == "rolled_back"
@@ -174,8 +222,9 @@ def test_wait_exit_codes_say_halted_rolled_back_cancelled_or_timed_out(
     assert ferry(server, tmp_path, "rollout", "wait", auto, "--interval", "0.2").exit_code == 4
 
     slow = create(server, tmp_path, "wait-bad", "--waves", "100", "--bake", "3600")
-    timed_out = ferry(server, tmp_path, "rollout", "wait", slow, "--timeout", "0.5",
-                      "--interval", "0.2")
+    timed_out = ferry(
+        server, tmp_path, "rollout", "wait", slow, "--timeout", "0.5", "--interval", "0.2"
+    )
     assert timed_out.exit_code == 124
     assert f"{slow} is still running after 0.5 s" in timed_out.output
     in_background(lambda: (time.sleep(0.5), ferry(server, tmp_path, "rollout", "cancel", slow)))
@@ -183,7 +232,8 @@ def test_wait_exit_codes_say_halted_rolled_back_cancelled_or_timed_out(
 
 
 def test_watch_without_a_terminal_prints_lines_and_ends_with_the_rollout(
-        server: tuple[str, str], http: httpx.Client, tmp_path: Path) -> None:
+    server: tuple[str, str], http: httpx.Client, tmp_path: Path
+) -> None:
     fleet = devices_of(http, "watch", 2)
     rollout_id = create(server, tmp_path, "watch", "--waves", "100")
 
@@ -195,40 +245,73 @@ def test_watch_without_a_terminal_prints_lines_and_ends_with_the_rollout(
             report(server, device, "committed", rollout_id)
 
     thread = in_background(devices_commit)
-    watched = ferry(server, tmp_path, "rollout", "show", rollout_id, "--watch", "--interval",
-                    "0.2")
+    watched = ferry(server, tmp_path, "rollout", "show", rollout_id, "--watch", "--interval", "0.2")
     thread.join()
     assert watched.exit_code == 0, watched.output
     lines = watched.output.splitlines()
     assert lines[:2] == [
-        (f"{rollout_id} running wave 1/1 (100%): 0/2 committed, 0 failed, 0 updating, "
-        "2 pending; gate waiting"),
-        (f"{rollout_id} running wave 1/1 (100%): 0/2 committed, 0 failed, 1 updating, "
-        "1 pending; gate waiting")]
-    assert lines[-1] == (f"{rollout_id} completed wave 1/1 (100%): 2/2 committed, 0 failed, "
-                         "0 updating, 0 pending; gate passed: 2/2 committed")
+        (
+            f"{rollout_id} running wave 1/1 (100%): 0/2 committed, 0 failed, 0 updating, "
+            "2 pending; gate waiting"
+        ),
+        (
+            f"{rollout_id} running wave 1/1 (100%): 0/2 committed, 0 failed, 1 updating, "
+            "1 pending; gate waiting"
+        ),
+    ]
+    assert lines[-1] == (
+        f"{rollout_id} completed wave 1/1 (100%): 2/2 committed, 0 failed, "
+        "0 updating, 0 pending; gate passed: 2/2 committed"
+    )
     assert len(lines) == len(set(lines)) <= 4, "a line per change, then it ends by itself"
 
 
 def test_plan_shows_waves_downloads_and_skipped_devices_and_create_refuses_with_the_list(
-        server: tuple[str, str], http: httpx.Client, tmp_path: Path) -> None:
-    token = http.post("/api/v1/enrollment-tokens", json={
-        "namespace": "vision", "name": "plan", "max_uses": None}).json()["token"]
-    for name, hardware in [("plan-x86-0", "x86_64"), ("plan-x86-1", "x86_64"),
-                           ("plan-arm-0", "aarch64"), ("plan-arm-1", "aarch64"),
-                           ("plan-rpi-0", "rpi4")]:
+    server: tuple[str, str], http: httpx.Client, tmp_path: Path
+) -> None:
+    token = http.post(
+        "/api/v1/enrollment-tokens", json={"namespace": "vision", "name": "plan", "max_uses": None}
+    ).json()["token"]
+    for name, hardware in [
+        ("plan-x86-0", "x86_64"),
+        ("plan-x86-1", "x86_64"),
+        ("plan-arm-0", "aarch64"),
+        ("plan-arm-1", "aarch64"),
+        ("plan-rpi-0", "rpi4"),
+    ]:
         enroll(http, token, name, hardware, {"batch": "plan"})
     version = add_version(http, b"weights for plan", hardware=["x86_64", "aarch64"])
     ref = f"vision/det@{version}"
 
-    refused = ferry(server, tmp_path, "rollout", "plan", ref, "--selector", "batch=plan",
-                    "--waves", "50,100", columns=80)
+    refused = ferry(
+        server,
+        tmp_path,
+        "rollout",
+        "plan",
+        ref,
+        "--selector",
+        "batch=plan",
+        "--waves",
+        "50,100",
+        columns=80,
+    )
     assert refused.exit_code == 1, refused.output
     assert "refused:" in refused.output and "--skip-incompatible" in refused.output
     assert "plan-rpi-0" in refused.output and "incompatible" in refused.output
 
-    planned = ferry(server, tmp_path, "rollout", "plan", ref, "--selector", "batch=plan",
-                    "--waves", "50,100", "--skip-incompatible", columns=80)
+    planned = ferry(
+        server,
+        tmp_path,
+        "rollout",
+        "plan",
+        ref,
+        "--selector",
+        "batch=plan",
+        "--waves",
+        "50,100",
+        "--skip-incompatible",
+        columns=80,
+    )
     assert planned.exit_code == 0, planned.output
     lines = planned.output.splitlines()
     assert all(len(line) <= 80 for line in lines), planned.output
@@ -240,62 +323,123 @@ def test_plan_shows_waves_downloads_and_skipped_devices_and_create_refuses_with_
     waves = {row[0]: row for row in table_rows(planned.output) if row[0] in ("1", "2")}
     assert int(waves["1"][2]) + int(waves["2"][2]) == 4
 
-    as_json = json.loads(ferry(server, tmp_path, "rollout", "plan", ref, "--selector",
-                               "batch=plan", "--waves", "50,100", "--skip-incompatible",
-                               "--json").output)
+    as_json = json.loads(
+        ferry(
+            server,
+            tmp_path,
+            "rollout",
+            "plan",
+            ref,
+            "--selector",
+            "batch=plan",
+            "--waves",
+            "50,100",
+            "--skip-incompatible",
+            "--json",
+        ).output
+    )
     assert [d["device_id"] for d in as_json["skipped"]] == ["plan-rpi-0"]
-    dry = ferry(server, tmp_path, "rollout", "create", ref, "--selector", "batch=plan",
-                "--waves", "50,100", "--skip-incompatible", "--dry-run", columns=80)
+    dry = ferry(
+        server,
+        tmp_path,
+        "rollout",
+        "create",
+        ref,
+        "--selector",
+        "batch=plan",
+        "--waves",
+        "50,100",
+        "--skip-incompatible",
+        "--dry-run",
+        columns=80,
+    )
     assert dry.exit_code == 0 and dry.output == planned.output
     assert ferry(server, tmp_path, "rollout", "list", "--json").output.count(ref) == 0
 
     create = ferry(server, tmp_path, "rollout", "create", ref, "--selector", "batch=plan")
     assert create.exit_code == 1
-    assert "  plan-rpi-0 (rpi4): hardware rpi4 is not in the version's list (x86_64, aarch64)" \
+    assert (
+        "  plan-rpi-0 (rpi4): hardware rpi4 is not in the version's list (x86_64, aarch64)"
         in create.output.splitlines()
-    created = ferry(server, tmp_path, "rollout", "create", ref, "--selector", "batch=plan",
-                    "--waves", "50,100", "--skip-incompatible", "--json")
+    )
+    created = ferry(
+        server,
+        tmp_path,
+        "rollout",
+        "create",
+        ref,
+        "--selector",
+        "batch=plan",
+        "--waves",
+        "50,100",
+        "--skip-incompatible",
+        "--json",
+    )
     assert created.exit_code == 0, created.output
     rollout = json.loads(created.output)
     assert rollout["wave_seed"] == as_json["wave_seed"]
-    listed = json.loads(ferry(server, tmp_path, "rollout", "devices", rollout["id"],
-                              "--json").output)
-    planned_waves = {d["device_id"]: w["wave"] for w in as_json["wave_members"]
-                     for d in w["devices"]}
+    listed = json.loads(
+        ferry(server, tmp_path, "rollout", "devices", rollout["id"], "--json").output
+    )
+    planned_waves = {
+        d["device_id"]: w["wave"] for w in as_json["wave_members"] for d in w["devices"]
+    }
     assert {d["device_id"]: d["wave"] for d in listed["devices"]} == planned_waves
     assert ferry(server, tmp_path, "rollout", "cancel", rollout["id"]).exit_code == 0
 
 
 def test_a_selector_that_matches_nobody_is_refused_unless_allow_empty(
-        server: tuple[str, str], http: httpx.Client, tmp_path: Path) -> None:
-    refused = ferry(server, tmp_path, "rollout", "create", "vision/det@1", "--selector",
-                    "batch=nobody")
+    server: tuple[str, str], http: httpx.Client, tmp_path: Path
+) -> None:
+    refused = ferry(
+        server, tmp_path, "rollout", "create", "vision/det@1", "--selector", "batch=nobody"
+    )
     assert refused.exit_code == 1
-    assert "the rollout would target no device: selector batch=nobody matches none" in \
-        refused.output
+    assert (
+        "the rollout would target no device: selector batch=nobody matches none" in refused.output
+    )
     assert "--allow-empty" in refused.output
-    planned = ferry(server, tmp_path, "rollout", "plan", "vision/det@1", "--selector",
-                    "batch=nobody")
+    planned = ferry(
+        server, tmp_path, "rollout", "plan", "vision/det@1", "--selector", "batch=nobody"
+    )
     assert planned.exit_code == 1 and "matching devices: 0, targeted: 0" in planned.output
-    allowed = ferry(server, tmp_path, "rollout", "create", "vision/det@1", "--selector",
-                    "batch=nobody", "--allow-empty", "--json")
+    allowed = ferry(
+        server,
+        tmp_path,
+        "rollout",
+        "create",
+        "vision/det@1",
+        "--selector",
+        "batch=nobody",
+        "--allow-empty",
+        "--json",
+    )
     assert allowed.exit_code == 0, allowed.output
 
 
 def test_rollback_names_devices_without_a_previous_version_and_status_names_their_state(
-        server: tuple[str, str], http: httpx.Client, tmp_path: Path) -> None:
+    server: tuple[str, str], http: httpx.Client, tmp_path: Path
+) -> None:
     fleet = devices_of(http, "first", 3)
     rollout_id = create(server, tmp_path, "first", "--waves", "100", "--bake", "3600")
     report(server, fleet[0], "committed", rollout_id)
     report(server, fleet[1], "committed", rollout_id)
-    report(server, fleet[2], "rolled_back", rollout_id, error_code="probe_failed",
-           detail="probe: exit 1")
+    report(
+        server,
+        fleet[2],
+        "rolled_back",
+        rollout_id,
+        error_code="probe_failed",
+        detail="probe: exit 1",
+    )
     rolled = ferry(server, tmp_path, "rollout", "rollback", rollout_id, columns=80)
     assert rolled.exit_code == 0, rolled.output
     text = " ".join(rolled.output.split())
     assert f"{rollout_id}: rolled_back, wave 1/1 (100%)" in text
-    assert ("0 device(s) go back to their previous version; 2 had no previous version and "
-            "stay on v1: first-00, first-01") in text
+    assert (
+        "0 device(s) go back to their previous version; 2 had no previous version and "
+        "stay on v1: first-00, first-01"
+    ) in text
 
     status = ferry(server, tmp_path, "status", "-n", "vision", columns=80)
     assert status.exit_code == 0, status.output
@@ -307,45 +451,91 @@ def test_rollback_names_devices_without_a_previous_version_and_status_names_thei
     listed = ferry(server, tmp_path, "rollout", "list", columns=80)
     assert all(len(line) <= 80 for line in listed.output.splitlines()), listed.output
     assert f"{rollout_id}" in listed.output and " v1 " in listed.output
-    assert "created" not in listed.output and "created" in ferry(
-        server, tmp_path, "rollout", "list", columns=200).output
+    assert (
+        "created" not in listed.output
+        and "created" in ferry(server, tmp_path, "rollout", "list", columns=200).output
+    )
 
 
 def test_agent_enroll_with_a_used_up_token_prints_the_servers_reason(
-        server: tuple[str, str], http: httpx.Client, tmp_path: Path) -> None:
-    token = http.post("/api/v1/enrollment-tokens", json={
-        "namespace": "vision", "name": "one-shot", "max_uses": 1}).json()["token"]
+    server: tuple[str, str], http: httpx.Client, tmp_path: Path
+) -> None:
+    token = http.post(
+        "/api/v1/enrollment-tokens", json={"namespace": "vision", "name": "one-shot", "max_uses": 1}
+    ).json()["token"]
     enroll(http, token, "first-user")
     config = tmp_path / "agent.toml"
     config.write_text('state_dir = "state"\nhardware = "x86_64"\ndevice_id = "second-user"\n')
     agent = Path(sys.executable).with_name("ferry-agent")
-    used_up = subprocess.run([str(agent), "--config", str(config), "enroll", "--server",
-                              server[0], "--token", token], capture_output=True, text=True, check=False,
-                             timeout=60)
+    used_up = subprocess.run(
+        [str(agent), "--config", str(config), "enroll", "--server", server[0], "--token", token],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert used_up.returncode == 1
     error = json.loads(used_up.stderr)
     assert "refused the device credential" not in error["message"]
-    assert "the server refused the enrolment (401): enrolment token 'one-shot' has been used " \
-           "up" in error["message"]
-    bogus = subprocess.run([str(agent), "--config", str(config), "enroll", "--server",
-                            server[0], "--token", "fre_bogus"], capture_output=True, text=True, check=False,
-                           timeout=60)
+    assert (
+        "the server refused the enrolment (401): enrolment token 'one-shot' has been used "
+        "up" in error["message"]
+    )
+    bogus = subprocess.run(
+        [
+            str(agent),
+            "--config",
+            str(config),
+            "enroll",
+            "--server",
+            server[0],
+            "--token",
+            "fre_bogus",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert "unknown or revoked enrolment token" in json.loads(bogus.stderr)["message"]
 
 
 def test_simulate_takes_the_configured_server_and_prints_progress_as_a_line(
-        server: tuple[str, str], http: httpx.Client, tmp_path: Path) -> None:
+    server: tuple[str, str], http: httpx.Client, tmp_path: Path
+) -> None:
     config = tmp_path / "config.toml"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
     env["FERRY_CONFIG"] = str(config)
     ferry_bin = Path(sys.executable).with_name("ferry")
-    subprocess.run([str(ferry_bin), "configure", "--server", server[0], "--token", server[1]],
-                   env=env, check=True, capture_output=True)
-    token = http.post("/api/v1/enrollment-tokens", json={
-        "namespace": "vision", "name": "sim", "max_uses": None}).json()["token"]
-    run = subprocess.run([str(ferry_bin), "simulate", "--enrollment-token", token, "--devices",
-                          "3", "--prefix", "simcfg", "--no-mqtt", "--run-for", "3"],
-                         env=env, capture_output=True, text=True, timeout=60, check=False)
+    subprocess.run(
+        [str(ferry_bin), "configure", "--server", server[0], "--token", server[1]],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    token = http.post(
+        "/api/v1/enrollment-tokens", json={"namespace": "vision", "name": "sim", "max_uses": None}
+    ).json()["token"]
+    run = subprocess.run(
+        [
+            str(ferry_bin),
+            "simulate",
+            "--enrollment-token",
+            token,
+            "--devices",
+            "3",
+            "--prefix",
+            "simcfg",
+            "--no-mqtt",
+            "--run-for",
+            "3",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr
     progress = run.stderr.strip().splitlines()
     assert progress and all(line.startswith("enrolled ") for line in progress), run.stderr
@@ -354,14 +544,25 @@ def test_simulate_takes_the_configured_server_and_prints_progress_as_a_line(
 
 
 def test_rollout_gates_edits_a_running_rollout_and_says_what_changed(
-        server: tuple[str, str], http: httpx.Client, tmp_path: Path) -> None:
+    server: tuple[str, str], http: httpx.Client, tmp_path: Path
+) -> None:
     devices_of(http, "gates", 2)
     rollout_id = create(server, tmp_path, "gates", "--waves", "100", "--bake", "3600")
-    edited = ferry(server, tmp_path, "rollout", "gates", rollout_id, "--bake", "60",
-                   "--no-max-failure-pct", columns=80)
+    edited = ferry(
+        server,
+        tmp_path,
+        "rollout",
+        "gates",
+        rollout_id,
+        "--bake",
+        "60",
+        "--no-max-failure-pct",
+        columns=80,
+    )
     assert edited.exit_code == 0, edited.output
     assert " ".join(edited.output.split()) == (
-        f"{rollout_id} gates: bake_s 3600 → 60, max_failure_pct 5 → None")
+        f"{rollout_id} gates: bake_s 3600 → 60, max_failure_pct 5 → None"
+    )
     nothing = ferry(server, tmp_path, "rollout", "gates", rollout_id)
     assert nothing.exit_code == 2 and "give at least one gate" in nothing.output
     assert ferry(server, tmp_path, "rollout", "cancel", rollout_id).exit_code == 0
@@ -370,18 +571,32 @@ def test_rollout_gates_edits_a_running_rollout_and_says_what_changed(
 
 
 def test_rollback_with_a_baseline_says_where_first_installs_go(
-        server: tuple[str, str], http: httpx.Client, tmp_path: Path) -> None:
+    server: tuple[str, str], http: httpx.Client, tmp_path: Path
+) -> None:
     fleet = devices_of(http, "base", 2)
     version = add_version(http, b"weights for baseline")
     rollout_id = create_json(server, tmp_path, "base", "--waves", "100", "--bake", "3600")["id"]
     http.post(f"/api/v1/rollouts/{rollout_id}/cancel")
-    rollout = ferry(server, tmp_path, "rollout", "create", f"vision/det@{version}",
-                    "--selector", "batch=base", "--waves", "100", "--bake", "3600", "--json")
+    rollout = ferry(
+        server,
+        tmp_path,
+        "rollout",
+        "create",
+        f"vision/det@{version}",
+        "--selector",
+        "batch=base",
+        "--waves",
+        "100",
+        "--bake",
+        "3600",
+        "--json",
+    )
     second = json.loads(rollout.output)["id"]
     for device in fleet:
         report(server, device, "committed", second, version=version)
-    rolled = ferry(server, tmp_path, "rollout", "rollback", second, "--baseline", "1",
-                   columns=80)
+    rolled = ferry(server, tmp_path, "rollout", "rollback", second, "--baseline", "1", columns=80)
     assert rolled.exit_code == 0, rolled.output
-    assert ("2 device(s) go back to their previous version (devices without a previous "
-            "version go to v1)") in " ".join(rolled.output.split())
+    assert (
+        "2 device(s) go back to their previous version (devices without a previous "
+        "version go to v1)"
+    ) in " ".join(rolled.output.split())

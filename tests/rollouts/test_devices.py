@@ -12,17 +12,22 @@ PROBE_OUTPUT = "onnxruntime: output 'scores' has shape [1, 4], expected [1, 3]"
 
 
 def devices(fleet: Fleet, rollout_id: str, expect: int = 200, **params: Any) -> Any:
-    r = fleet.client.get(f"{API}/rollouts/{rollout_id}/devices", params=params,
-                         headers=fleet.admin)
+    r = fleet.client.get(f"{API}/rollouts/{rollout_id}/devices", params=params, headers=fleet.admin)
     assert r.status_code == expect, r.text
     return r.json()
 
 
 def probe_fails(fleet: Fleet, agent: Agent, version: int, rollout_id: str | None) -> None:
     """The agent's own report of a failed probe: it went back and says why, in ``detail``."""
-    doc = report_doc(agent.device_id, "rolled_back", to_version=version, from_version=None,
-                     rollout_id=rollout_id, at=format_time(fleet.clock.now),
-                     error_code="probe_failed")
+    doc = report_doc(
+        agent.device_id,
+        "rolled_back",
+        to_version=version,
+        from_version=None,
+        rollout_id=rollout_id,
+        at=format_time(fleet.clock.now),
+        error_code="probe_failed",
+    )
     doc["detail"] = PROBE_OUTPUT
     r = fleet.client.post(f"{API}/device/status", json={"reports": [doc]}, headers=agent.headers)
     assert r.status_code == 200, r.text
@@ -41,7 +46,10 @@ def test_a_probe_failure_is_listed_with_the_probe_output(fleet: Fleet) -> None:
     assert page["total"] == 1 and page["next_cursor"] is None
     [row] = page["devices"]
     assert (row["device_id"], row["state"], row["error_code"]) == (
-        agents[4].device_id, "rolled_back", "probe_failed")
+        agents[4].device_id,
+        "rolled_back",
+        "probe_failed",
+    )
     assert row["error_message"] == PROBE_OUTPUT
     assert (row["wave"], row["time_in_state_s"], row["hardware"]) == (1, 45, "x86_64")
     assert row["last_report_at"] is not None
@@ -66,8 +74,9 @@ def test_a_report_without_rollout_id_still_explains_the_failure(fleet: Fleet) ->
 def test_a_silent_device_is_timed_out_with_the_servers_words(fleet: Fleet) -> None:
     agents = fleet.devices(2)
     version = fleet.version()
-    rollout = fleet.rollout(version=str(version), waves=[100], in_progress_timeout_s=120,
-                            bake_s=3600)
+    rollout = fleet.rollout(
+        version=str(version), waves=[100], in_progress_timeout_s=120, bake_s=3600
+    )
     fleet.report(agents[0], "downloading", to_version=version, rollout_id=rollout["id"])
     fleet.clock.advance(121)
     fleet.tick()
@@ -84,8 +93,7 @@ def test_wave_filter_uses_the_public_one_based_wave_number(fleet: Fleet) -> None
     rollout = fleet.rollout(version=str(fleet.version()), waves=[50, 100])
     waves = by_wave(rollout, agents)
     first = devices(fleet, rollout["id"], wave=1, limit=1000)
-    assert sorted(d["device_id"] for d in first["devices"]) == sorted(
-        a.device_id for a in waves[0])
+    assert sorted(d["device_id"] for d in first["devices"]) == sorted(a.device_id for a in waves[0])
     assert {d["wave"] for d in first["devices"]} == {1}
     second = devices(fleet, rollout["id"], wave=2, limit=1000)
     assert second["total"] == len(waves[1]) and {d["wave"] for d in second["devices"]} == {2}
@@ -139,9 +147,13 @@ def test_rollback_says_who_goes_back_and_who_has_no_previous_version(fleet: Flee
     commit(fleet, agents[2:], v2, rollout["id"])
     answer = fleet.act(rollout["id"], "rollback")
     assert answer["state"] == "rolled_back"
-    assert answer["rollback"] == {"returning": 2, "without_previous": 2, "stays_on": v2,
-                                  "without_previous_devices": [a.device_id for a in agents[2:]],
-                                  "reason": "rolled back"}
+    assert answer["rollback"] == {
+        "returning": 2,
+        "without_previous": 2,
+        "stays_on": v2,
+        "without_previous_devices": [a.device_id for a in agents[2:]],
+        "reason": "rolled back",
+    }
 
 
 def test_fleet_status_names_why_a_device_has_no_version(fleet: Fleet) -> None:
@@ -166,11 +178,13 @@ def test_rollback_with_a_baseline_sends_first_installs_to_it(fleet: Fleet) -> No
     commit(fleet, agents[:1], v2, rollout["id"], from_version=v1)
     commit(fleet, agents[1:], v2, rollout["id"])
     for bad in (v2, 99):
-        r = fleet.client.post(f"{API}/rollouts/{rollout['id']}/rollback",
-                              json={"baseline": bad}, headers=fleet.admin)
+        r = fleet.client.post(
+            f"{API}/rollouts/{rollout['id']}/rollback", json={"baseline": bad}, headers=fleet.admin
+        )
         assert r.status_code == 422 and "is not another version" in r.json()["error"]["message"]
-    r = fleet.client.post(f"{API}/rollouts/{rollout['id']}/rollback", json={"baseline": v1},
-                          headers=fleet.admin)
+    r = fleet.client.post(
+        f"{API}/rollouts/{rollout['id']}/rollback", json={"baseline": v1}, headers=fleet.admin
+    )
     assert r.status_code == 200, r.text
     summary = r.json()["rollback"]
     assert (summary["returning"], summary["without_previous"]) == (3, 0)

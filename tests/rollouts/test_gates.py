@@ -13,7 +13,9 @@ from tests.fleet.harness import API, Agent, Fleet
 from tests.rollouts.helpers import by_wave, commit, fail, target
 
 
-def _start(fleet: Fleet, n: int = 20, **gates: Any) -> tuple[dict[str, Any], dict[int, list[Agent]], int]:
+def _start(
+    fleet: Fleet, n: int = 20, **gates: Any
+) -> tuple[dict[str, Any], dict[int, list[Agent]], int]:
     agents = fleet.devices(n)
     version = fleet.version()
     rollout = fleet.rollout(version=str(version), waves=[50, 100], **gates)
@@ -67,8 +69,11 @@ def test_failure_limit_halts_and_stops_new_devices(fleet: Fleet) -> None:
     assert target(fleet, waves[0][0]) is None, "the failed device is not pushed again"
     assert all(target(fleet, a) is None for a in waves[1]), "no new device takes it"
     with session_scope(fleet.app.state.ctx.engine) as session:
-        states = [e.payload["state"] for e in session.exec(select(EventOutbox)).all()
-                  if e.event_type == "rollout.state_changed"]
+        states = [
+            e.payload["state"]
+            for e in session.exec(select(EventOutbox)).all()
+            if e.event_type == "rollout.state_changed"
+        ]
     assert states == ["scheduled", "running", "halted"]
     before = fleet.desired(waves[0][0])["signed"]["sequence"]
     fleet.act(rollout["id"], "resume")  # the failed device gets one more try
@@ -86,20 +91,23 @@ def test_failure_percentage_limit(fleet: Fleet) -> None:
     fail(fleet, cohort[:quarter], version, rollout["id"])
     fleet.tick()
     assert fleet.show(rollout["id"])["state"] == "running"
-    fail(fleet, cohort[quarter:quarter + 1], version, rollout["id"], state="rolled_back")
+    fail(fleet, cohort[quarter : quarter + 1], version, rollout["id"], state="rolled_back")
     fleet.tick()
     assert fleet.show(rollout["id"])["state"] == "halted"
 
 
 def test_silent_device_times_out_and_counts_as_failure(fleet: Fleet) -> None:
-    rollout, waves, version = _start(fleet, in_progress_timeout_s=900, max_failures=0,
-                                     max_failure_pct=None)
+    rollout, waves, version = _start(
+        fleet, in_progress_timeout_s=900, max_failures=0, max_failure_pct=None
+    )
     commit(fleet, waves[0][1:], version, rollout["id"])
     fleet.report(waves[0][0], "downloading", to_version=version, rollout_id=rollout["id"])
     fleet.clock.advance(899)
     fleet.tick()
     status = fleet.status(rollout["id"])
-    assert status["waves"][0]["counts"]["downloading"] == 1 and status["rollout"]["state"] == "running"
+    assert (
+        status["waves"][0]["counts"]["downloading"] == 1 and status["rollout"]["state"] == "running"
+    )
     fleet.clock.advance(2)
     fleet.tick()
     status = fleet.status(rollout["id"])
@@ -108,8 +116,9 @@ def test_silent_device_times_out_and_counts_as_failure(fleet: Fleet) -> None:
 
 
 def test_failed_devices_are_retried_with_backoff(fleet: Fleet) -> None:
-    rollout, waves, version = _start(fleet, max_retries=2, retry_backoff_s=60, max_failures=0,
-                                     max_failure_pct=None)
+    rollout, waves, version = _start(
+        fleet, max_retries=2, retry_backoff_s=60, max_failures=0, max_failure_pct=None
+    )
     flaky = waves[0][0]
     commit(fleet, waves[0][1:], version, rollout["id"])
     seq = fleet.desired(flaky)["signed"]["sequence"]
@@ -154,8 +163,9 @@ def test_auto_rollback_on_halt(fleet: Fleet) -> None:
     commit(fleet, agents, v1, first["id"])
     fleet.tick()
     v2 = fleet.version()
-    second = fleet.rollout(version=str(v2), waves=[100], auto_rollback=True, max_failures=0,
-                           max_failure_pct=None)
+    second = fleet.rollout(
+        version=str(v2), waves=[100], auto_rollback=True, max_failures=0, max_failure_pct=None
+    )
     commit(fleet, agents[1:], v2, second["id"], from_version=v1)
     fail(fleet, agents[:1], v2, second["id"])
     fleet.tick()
@@ -188,14 +198,14 @@ def test_reports_arriving_out_of_order_within_a_second_never_undo_a_commit(fleet
 
 
 def _edit(fleet: Fleet, rollout_id: str, expect: int = 200, **changes: object) -> Any:
-    r = fleet.client.patch(f"{API}/rollouts/{rollout_id}/gates", json=changes,
-                           headers=fleet.admin)
+    r = fleet.client.patch(f"{API}/rollouts/{rollout_id}/gates", json=changes, headers=fleet.admin)
     assert r.status_code == expect, r.text
     return r.json()
 
 
 def test_editing_the_gates_of_a_running_rollout_applies_at_the_next_tick_and_is_audited(
-        fleet: Fleet) -> None:
+    fleet: Fleet,
+) -> None:
     rollout, waves, version = _start(fleet, bake_s=3600, min_success_pct=100)
     commit(fleet, waves[0], version, rollout["id"])
     fleet.tick()

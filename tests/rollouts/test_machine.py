@@ -23,11 +23,20 @@ from tests.rollouts.helpers import by_wave, commit, target
 S = RolloutState
 
 
-@pytest.mark.parametrize(("current", "target_state"), [
-    (S.COMPLETED, S.RUNNING), (S.CANCELLED, S.RUNNING), (S.ROLLED_BACK, S.RUNNING),
-    (S.SCHEDULED, S.HALTED), (S.PAUSED, S.COMPLETED), (S.PAUSED, S.HALTED),
-    (S.CANCELLED, S.ROLLED_BACK), (S.COMPLETED, S.CANCELLED), (S.HALTED, S.COMPLETED),
-])
+@pytest.mark.parametrize(
+    ("current", "target_state"),
+    [
+        (S.COMPLETED, S.RUNNING),
+        (S.CANCELLED, S.RUNNING),
+        (S.ROLLED_BACK, S.RUNNING),
+        (S.SCHEDULED, S.HALTED),
+        (S.PAUSED, S.COMPLETED),
+        (S.PAUSED, S.HALTED),
+        (S.CANCELLED, S.ROLLED_BACK),
+        (S.COMPLETED, S.CANCELLED),
+        (S.HALTED, S.COMPLETED),
+    ],
+)
 def test_illegal_transitions_raise(current: RolloutState, target_state: RolloutState) -> None:
     with pytest.raises(IllegalTransitionError) as info:
         check_transition(current.value, target_state)
@@ -58,14 +67,30 @@ def test_operator_actions_walk_the_machine_and_are_audited(fleet: Fleet) -> None
     assert fleet.act(rid, "rollback")["state"] == "rolled_back"
     fleet.act(rid, "rollback", expect=409)
     with session_scope(fleet.app.state.ctx.engine) as session:
-        actions = [e.action for e in session.exec(select(AuditEntry)).all()
-                   if e.target == rid]
-        events = [e.payload["state"] for e in session.exec(select(EventOutbox)).all()
-                  if e.event_type == "rollout.state_changed"]
-    assert actions == ["rollout.create", "rollout.running", "rollout.paused", "rollout.running",
-                       "rollout.running", "rollout.completed", "rollout.rolled_back"]
-    assert events == ["scheduled", "running", "paused", "running", "running", "completed",
-                      "rolled_back"]
+        actions = [e.action for e in session.exec(select(AuditEntry)).all() if e.target == rid]
+        events = [
+            e.payload["state"]
+            for e in session.exec(select(EventOutbox)).all()
+            if e.event_type == "rollout.state_changed"
+        ]
+    assert actions == [
+        "rollout.create",
+        "rollout.running",
+        "rollout.paused",
+        "rollout.running",
+        "rollout.running",
+        "rollout.completed",
+        "rollout.rolled_back",
+    ]
+    assert events == [
+        "scheduled",
+        "running",
+        "paused",
+        "running",
+        "running",
+        "completed",
+        "rolled_back",
+    ]
 
 
 def test_cancel_keeps_devices_that_took_the_version(fleet: Fleet) -> None:
@@ -94,17 +119,21 @@ def test_rollback_sends_the_previous_version_as_a_signed_downgrade(fleet: Fleet)
     before = fleet.desired(took[0])["signed"]
     fleet.act(rollout["id"], "rollback")
     envelope = fleet.desired(took[0])
-    state = verify_desired_state(envelope_bytes(envelope), fleet.keyring(took[0]),
-                                 device_id=took[0].device_id, last_sequence=before["sequence"],
-                                 last_digest=None, now=fleet.clock.now)
+    state = verify_desired_state(
+        envelope_bytes(envelope),
+        fleet.keyring(took[0]),
+        device_id=took[0].device_id,
+        last_sequence=before["sequence"],
+        last_digest=None,
+        now=fleet.clock.now,
+    )
     slot = state.slots["main"]
     assert (slot.version, slot.allow_downgrade) == (v1, True)
     assert slot.manifest_sha256 == fleet.manifest_sha("vision", "det", v1)
     assert state.rollout_id == rollout["id"]
     assert target(fleet, untouched[0]) == (v1, False), "never took v2: stays on the base rollout"
     for agent in took:
-        fleet.report(agent, "committed", from_version=v2, to_version=v1,
-                     rollout_id=rollout["id"])
+        fleet.report(agent, "committed", from_version=v2, to_version=v1, rollout_id=rollout["id"])
     status = fleet.status(rollout["id"])
     assert status["totals"]["rolled_back"] == len(took)
     fleet_view = fleet.client.get("/api/v1/fleet/status", headers=fleet.admin).json()

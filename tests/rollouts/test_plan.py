@@ -19,8 +19,11 @@ def plan(fleet: Fleet, **body: Any) -> dict[str, Any]:
 
 
 def members(fleet: Fleet, rollout_id: str, wave: int) -> list[str]:
-    r = fleet.client.get(f"{API}/rollouts/{rollout_id}/devices",
-                         params={"wave": wave, "limit": 1000}, headers=fleet.admin)
+    r = fleet.client.get(
+        f"{API}/rollouts/{rollout_id}/devices",
+        params={"wave": wave, "limit": 1000},
+        headers=fleet.admin,
+    )
     return [d["device_id"] for d in r.json()["devices"]]
 
 
@@ -47,13 +50,15 @@ def test_the_plan_names_the_devices_each_wave_of_the_rollout_then_holds(fleet: F
     planned = plan(fleet, version=str(version), waves=[10, 50, 100])
     assert (planned["matching"], planned["targeted"], planned["refusals"]) == (30, 30, [])
     assert [w["wave"] for w in planned["wave_members"]] == [1, 2, 3]
-    assert fleet.client.get(f"{API}/rollouts", headers=fleet.admin).json() == [], \
+    assert fleet.client.get(f"{API}/rollouts", headers=fleet.admin).json() == [], (
         "a plan creates nothing"
+    )
     rollout = fleet.rollout(version=str(version), waves=[10, 50, 100])
     assert rollout["wave_seed"] == planned["wave_seed"]
     for wave in planned["wave_members"]:
         assert sorted(d["device_id"] for d in wave["devices"]) == sorted(
-            members(fleet, rollout["id"], wave["wave"])), f"wave {wave['wave']}"
+            members(fleet, rollout["id"], wave["wave"])
+        ), f"wave {wave['wave']}"
         assert wave["count"] == len(wave["devices"])
 
 
@@ -62,8 +67,9 @@ def test_the_wave_seed_is_the_shared_function_of_the_request(fleet: Fleet) -> No
     version = fleet.version()
     rollout = fleet.rollout(version=str(version), waves=[5, 100], selector="region=eu,hw=x86_64")
     manifest = fleet.manifest_sha("vision", "det", version)
-    assert rollout["wave_seed"] == rollout_seed("vision/det", manifest, "main",
-                                                "hw=x86_64,region=eu", [5, 100])
+    assert rollout["wave_seed"] == rollout_seed(
+        "vision/det", manifest, "main", "hw=x86_64,region=eu", [5, 100]
+    )
 
 
 def test_a_selector_that_matches_no_device_is_refused_unless_asked(fleet: Fleet) -> None:
@@ -73,7 +79,8 @@ def test_a_selector_that_matches_no_device_is_refused_unless_asked(fleet: Fleet)
     [refusal] = planned["refusals"]
     assert refusal["message"].startswith(
         "the rollout would target no device: selector region=mars matches none of the 3 live "
-        "device(s) of namespace vision")
+        "device(s) of namespace vision"
+    )
     refused = fleet.rollout(version=str(version), selector="region=mars", expect=409)
     assert refused["error"]["message"] == refusal["message"]
     assert "--allow-empty" in refused["error"]["message"]
@@ -98,8 +105,9 @@ def test_a_set_selector_rolls_out_to_two_hardware_classes_at_once(fleet: Fleet) 
     clash = fleet.rollout(version=str(version), selector="hw=aarch64", expect=409)
     assert clash["error"]["details"]["rollouts"] == [rollout["id"]]
     fleet.rollout(version=str(version), selector="hw=rpi4", expect=409)  # rpi4: incompatible
-    listed = fleet.client.get(f"{API}/devices", params={"selector": "hw in (rpi4,aarch64)"},
-                              headers=fleet.admin).json()
+    listed = fleet.client.get(
+        f"{API}/devices", params={"selector": "hw in (rpi4,aarch64)"}, headers=fleet.admin
+    ).json()
     assert sorted(d["id"] for d in listed) == ["arm-0", "arm-1", "pi-0"]
 
 
@@ -110,9 +118,13 @@ def test_skip_incompatible_targets_the_rest_and_lists_the_skipped_and_why(fleet:
     pi = fleet.enroll(token, "pi-0", hardware="rpi4")
     version = fleet.version(hardware=["x86_64", "jetson-orin"])
     strict = plan(fleet, version=str(version), waves=[100])
-    assert strict["incompatible"] == [{"device_id": "pi-0", "hardware": "rpi4", "reason":
-                                       "hardware rpi4 is not in the version's list "
-                                       "(x86_64, jetson-orin)"}]
+    assert strict["incompatible"] == [
+        {
+            "device_id": "pi-0",
+            "hardware": "rpi4",
+            "reason": "hardware rpi4 is not in the version's list (x86_64, jetson-orin)",
+        }
+    ]
     assert "--skip-incompatible" in strict["refusals"][0]["message"]
     assert "pi-0 (rpi4)" in strict["refusals"][0]["message"]
     skipping = plan(fleet, version=str(version), waves=[100], skip_incompatible=True)
@@ -136,13 +148,18 @@ def test_the_plan_counts_deltas_the_server_has_and_full_bundles_otherwise(fleet:
     fleet.runtime.delta_sizes = sizes
     planned = plan(fleet, version=str(v2), waves=[100])
     by_device = {d["device_id"]: d for w in planned["wave_members"] for d in w["devices"]}
-    assert [(by_device[a.device_id]["download"], by_device[a.device_id]["bytes"])
-            for a in agents[:4]] == [("delta", 7)] * 4
+    assert [
+        (by_device[a.device_id]["download"], by_device[a.device_id]["bytes"]) for a in agents[:4]
+    ] == [("delta", 7)] * 4
     assert by_device[agents[5].device_id]["installed_version"] is None
-    assert (by_device[agents[5].device_id]["download"],
-            by_device[agents[5].device_id]["bytes"]) == ("full", new["size"])
-    assert (by_device[agents[4].device_id]["download"], by_device[agents[4].device_id]["bytes"]
-            ) == ("none", 0)
+    assert (
+        by_device[agents[5].device_id]["download"],
+        by_device[agents[5].device_id]["bytes"],
+    ) == ("full", new["size"])
+    assert (
+        by_device[agents[4].device_id]["download"],
+        by_device[agents[4].device_id]["bytes"],
+    ) == ("none", 0)
     assert planned["downloads"] == {"full": 1, "delta": 4, "none": 1}
     assert planned["total_bytes"] == 4 * 7 + new["size"]
     assert len(sizes.asked) == 1, "one lookup per installed version and file, not per device"

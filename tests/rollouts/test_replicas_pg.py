@@ -28,7 +28,9 @@ from ferry.server.webhooks.tables import EventOutbox
 from tests.fleet.harness import Fleet, RecordingNotifier, build_fleet
 from tests.rollouts.helpers import by_wave, commit
 
-PG_SERVER = os.environ.get("FERRY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+PG_SERVER = os.environ.get(
+    "FERRY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 TICKS_PER_REPLICA = 12
 
 
@@ -62,9 +64,17 @@ def pg_fleet(tmp_path: Path, pg_url: str) -> Iterator[tuple[Fleet, str]]:
 
 def _replicas(fleet: Fleet, url: str) -> list[tuple[Engine, FleetRuntime]]:
     """Two more engines and runtimes: what two other server processes would hold."""
-    return [(make_engine(url), FleetRuntime(settings=FleetSettings(start_rollout_engine=False),
-                                            clock=fleet.clock, notifier=RecordingNotifier()))
-            for _ in range(2)]
+    return [
+        (
+            make_engine(url),
+            FleetRuntime(
+                settings=FleetSettings(start_rollout_engine=False),
+                clock=fleet.clock,
+                notifier=RecordingNotifier(),
+            ),
+        )
+        for _ in range(2)
+    ]
 
 
 def _race(replicas: list[tuple[Engine, FleetRuntime]]) -> None:
@@ -83,9 +93,12 @@ def _race(replicas: list[tuple[Engine, FleetRuntime]]) -> None:
 
 def _transitions(engine: Engine, rollout_id: str) -> list[tuple[str, int]]:
     with session_scope(engine) as session:
-        return [(e.action, e.details.get("wave", -1)) for e in session.exec(
-            select(AuditEntry).where(AuditEntry.target == rollout_id)
-            .order_by(AuditEntry.id)).all()]
+        return [
+            (e.action, e.details.get("wave", -1))
+            for e in session.exec(
+                select(AuditEntry).where(AuditEntry.target == rollout_id).order_by(AuditEntry.id)
+            ).all()
+        ]
 
 
 def test_two_replicas_advance_each_wave_exactly_once(pg_fleet: tuple[Fleet, str]) -> None:
@@ -103,11 +116,18 @@ def test_two_replicas_advance_each_wave_exactly_once(pg_fleet: tuple[Fleet, str]
         _race(replicas)
         assert fleet.show(rollout["id"])["state"] == "completed"
         assert _transitions(replicas[0][0], rollout["id"]) == [
-            ("rollout.create", -1), ("rollout.running", 1), ("rollout.running", 2),
-            ("rollout.running", 3), ("rollout.completed", 3)]
+            ("rollout.create", -1),
+            ("rollout.running", 1),
+            ("rollout.running", 2),
+            ("rollout.running", 3),
+            ("rollout.completed", 3),
+        ]
         with session_scope(replicas[0][0]) as session:
-            events = [e.payload["wave"] for e in session.exec(select(EventOutbox)).all()
-                      if e.payload.get("rollout_id") == rollout["id"]]
+            events = [
+                e.payload["wave"]
+                for e in session.exec(select(EventOutbox)).all()
+                if e.payload.get("rollout_id") == rollout["id"]
+            ]
         assert events == [0, 1, 2, 3, 3], "public wave numbers: 0 before the first opens"
         announced = sum(len(rt.notifier.calls) for _, rt in replicas)  # type: ignore[attr-defined]
         assert announced == 3, "wave 2, wave 3 and completion: one announcement each"
@@ -117,7 +137,8 @@ def test_two_replicas_advance_each_wave_exactly_once(pg_fleet: tuple[Fleet, str]
 
 
 def test_a_rollout_locked_by_one_replica_is_skipped_by_the_other(
-        pg_fleet: tuple[Fleet, str]) -> None:
+    pg_fleet: tuple[Fleet, str],
+) -> None:
     fleet, url = pg_fleet
     fleet.devices(2)
     rollout = fleet.rollout(version=str(fleet.version()), waves=[100])
@@ -137,21 +158,21 @@ def test_a_rollout_locked_by_one_replica_is_skipped_by_the_other(
 
 
 def test_a_revocation_on_one_replica_reaches_the_others_check_in_cache(
-        pg_fleet: tuple[Fleet, str], tmp_path: Path) -> None:
+    pg_fleet: tuple[Fleet, str], tmp_path: Path
+) -> None:
     fleet, url = pg_fleet
     (agent,) = fleet.devices(1)
     cache = fleet.app.state.checkin_cache
     poller = EpochPoller(cache, fleet.app.state.ctx.read_engine)
     poller.check()
-    assert fleet.desired(agent) == fleet.desired(agent)          # now cached on replica A
-    settings = fleet.app.state.ctx.settings     # replica B shares keys and the admin token
+    assert fleet.desired(agent) == fleet.desired(agent)  # now cached on replica A
+    settings = fleet.app.state.ctx.settings  # replica B shares keys and the admin token
     shutil.copytree(settings.key_dir, tmp_path / "b" / "keys")
     shutil.copy(settings.admin_token_path, tmp_path / "b" / "admin-token")
     replica_b, client_b = build_fleet(tmp_path / "b", database_url=url)
     try:
         with client_b:
-            r = client_b.post(f"/api/v1/devices/{agent.device_id}/revoke",
-                              headers=replica_b.admin)
+            r = client_b.post(f"/api/v1/devices/{agent.device_id}/revoke", headers=replica_b.admin)
             assert r.status_code == 200, r.text
         assert poller.check() is True
         r = fleet.client.get("/api/v1/device/desired-state", headers=agent.headers)

@@ -30,10 +30,15 @@ def test_a_device_that_never_starts_times_out_instead_of_holding_the_gate(fleet:
     """Pending ends too; and a gate that can no longer pass halts rather than waits."""
     agents = fleet.devices(3)
     version = fleet.version()
-    rollout = fleet.rollout(version=str(version), waves=[100], in_progress_timeout_s=600,
-                            max_failure_pct=50, min_success_pct=100)
+    rollout = fleet.rollout(
+        version=str(version),
+        waves=[100],
+        in_progress_timeout_s=600,
+        max_failure_pct=50,
+        min_success_pct=100,
+    )
     fleet.tick()
-    commit(fleet, agents[1:], version, rollout["id"])   # agents[0] is offline: never reports
+    commit(fleet, agents[1:], version, rollout["id"])  # agents[0] is offline: never reports
     fleet.clock.advance(599)
     fleet.tick()
     counts = fleet.status(rollout["id"])["totals"]

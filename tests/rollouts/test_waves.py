@@ -50,8 +50,12 @@ def test_devices_enrolled_later_join_the_rollout(fleet: Fleet) -> None:
     assert fleet.status(rollout["id"])["devices"] == 3
     incompatible = fleet.enroll(fleet.enrollment_token(), "late-2", hardware="rpi4")
     assert target(fleet, incompatible) is None
-    assert fleet.client.get(f"{API}/rollouts/{rollout['id']}/status",
-                            headers=fleet.admin).json()["devices"] == 3
+    assert (
+        fleet.client.get(f"{API}/rollouts/{rollout['id']}/status", headers=fleet.admin).json()[
+            "devices"
+        ]
+        == 3
+    )
 
 
 def test_one_wave_number_everywhere_halt_reason_json_table_events_audit(fleet: Fleet) -> None:
@@ -59,8 +63,9 @@ def test_one_wave_number_everywhere_halt_reason_json_table_events_audit(fleet: F
     the device listing, the webhook event and the audit log (docs/rollouts.md)."""
     agents = fleet.devices(12)
     version = fleet.version()
-    rollout = fleet.rollout(version=str(version), waves=[50, 100], max_failures=0,
-                            max_failure_pct=None)
+    rollout = fleet.rollout(
+        version=str(version), waves=[50, 100], max_failures=0, max_failure_pct=None
+    )
     first = by_wave(rollout, agents)[0]
     fail(fleet, first[:1], version, rollout["id"])
     fleet.tick()
@@ -70,13 +75,21 @@ def test_one_wave_number_everywhere_halt_reason_json_table_events_audit(fleet: F
     status = fleet.status(rollout["id"])
     assert [w["wave"] for w in status["waves"]] == [1, 2]
     assert status["waves"][0]["total"] == len(first)
-    listed = fleet.client.get(f"{API}/rollouts/{rollout['id']}/devices",
-                              params={"state": "failed"}, headers=fleet.admin).json()
+    listed = fleet.client.get(
+        f"{API}/rollouts/{rollout['id']}/devices", params={"state": "failed"}, headers=fleet.admin
+    ).json()
     assert [d["wave"] for d in listed["devices"]] == [1]
     with session_scope(fleet.app.state.ctx.engine) as session:
-        events = [e.payload["wave"] for e in session.exec(select(EventOutbox)).all()
-                  if e.payload.get("rollout_id") == rollout["id"]]
-        audited = [(e.action, e.details.get("wave")) for e in session.exec(
-            select(AuditEntry).where(AuditEntry.target == rollout["id"])).all()]
+        events = [
+            e.payload["wave"]
+            for e in session.exec(select(EventOutbox)).all()
+            if e.payload.get("rollout_id") == rollout["id"]
+        ]
+        audited = [
+            (e.action, e.details.get("wave"))
+            for e in session.exec(
+                select(AuditEntry).where(AuditEntry.target == rollout["id"])
+            ).all()
+        ]
     assert events == [0, 1, 1], "created (no wave open yet), running wave 1, halted in wave 1"
     assert audited == [("rollout.create", None), ("rollout.running", 1), ("rollout.halted", 1)]

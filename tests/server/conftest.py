@@ -20,7 +20,9 @@ from fastapi.testclient import TestClient
 from ferry.server.app import create_app, prepare
 from ferry.server.core.settings import Settings
 
-PG_ADMIN_URL = os.environ.get("FERRY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PG_ADMIN_URL = os.environ.get(
+    "FERRY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 API = "/api/v1"
 
 
@@ -31,8 +33,11 @@ def free_port() -> int:
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
-    base: dict[str, Any] = {"data_dir": data_dir, "print_admin_token": False,
-                            "start_webhook_worker": False}
+    base: dict[str, Any] = {
+        "data_dir": data_dir,
+        "print_admin_token": False,
+        "start_webhook_worker": False,
+    }
     base.update(overrides)
     return Settings(**base)
 
@@ -46,10 +51,14 @@ class Harness:
     settings: Settings
     admin: dict[str, str]
 
-    def token(self, role: str, namespaces: list[str] | None = None, name: str | None = None
-              ) -> dict[str, str]:
-        body = {"name": name or f"{role}-{secrets.token_hex(3)}", "role": role,
-                "namespaces": namespaces or ["*"]}
+    def token(
+        self, role: str, namespaces: list[str] | None = None, name: str | None = None
+    ) -> dict[str, str]:
+        body = {
+            "name": name or f"{role}-{secrets.token_hex(3)}",
+            "role": role,
+            "namespaces": namespaces or ["*"],
+        }
         r = self.client.post(f"{API}/tokens", json=body, headers=self.admin)
         assert r.status_code == 201, r.text
         return {"Authorization": f"Bearer {r.json()['token']}"}
@@ -59,8 +68,9 @@ class Harness:
         assert r.status_code == 201, r.text
 
     def model(self, ns: str = "vision", name: str = "resnet") -> None:
-        r = self.client.post(f"{API}/models", json={"namespace": ns, "name": name},
-                             headers=self.admin)
+        r = self.client.post(
+            f"{API}/models", json={"namespace": ns, "name": name}, headers=self.admin
+        )
         assert r.status_code in (200, 201), r.text
 
     def upload(self, data: bytes, headers: dict[str, str] | None = None) -> str:
@@ -69,28 +79,48 @@ class Harness:
         assert r.status_code in (200, 201), r.text
         return sha
 
-    def register(self, data: bytes | None = None, ns: str = "vision", name: str = "resnet",
-                 headers: dict[str, str] | None = None, metrics: dict[str, float] | None = None,
-                 tags: list[str] | None = None, expect: int = 201) -> dict[str, Any]:
+    def register(
+        self,
+        data: bytes | None = None,
+        ns: str = "vision",
+        name: str = "resnet",
+        headers: dict[str, str] | None = None,
+        metrics: dict[str, float] | None = None,
+        tags: list[str] | None = None,
+        expect: int = 201,
+    ) -> dict[str, Any]:
         data = data if data is not None else secrets.token_bytes(64)
         sha = self.upload(data, headers)
-        body = version_body([{"path": "model.onnx", "sha256": sha, "size": len(data)}],
-                            metrics=metrics, tags=tags)
-        r = self.client.post(f"{API}/models/{ns}/{name}/versions", json=body,
-                             headers=headers or self.admin)
+        body = version_body(
+            [{"path": "model.onnx", "sha256": sha, "size": len(data)}], metrics=metrics, tags=tags
+        )
+        r = self.client.post(
+            f"{API}/models/{ns}/{name}/versions", json=body, headers=headers or self.admin
+        )
         assert r.status_code == expect, r.text
         return r.json()
 
 
-def version_body(files: list[dict[str, Any]], metrics: dict[str, float] | None = None,
-                 tags: list[str] | None = None) -> dict[str, Any]:
+def version_body(
+    files: list[dict[str, Any]],
+    metrics: dict[str, float] | None = None,
+    tags: list[str] | None = None,
+) -> dict[str, Any]:
     return {
-        "files": files, "format": "onnx", "flavor": "onnxruntime",
-        "signature": {"inputs": [{"name": "x", "dtype": "float32", "shape": [1, 3]}],
-                      "outputs": [{"name": "y", "dtype": "float32", "shape": [1, 2]}]},
+        "files": files,
+        "format": "onnx",
+        "flavor": "onnxruntime",
+        "signature": {
+            "inputs": [{"name": "x", "dtype": "float32", "shape": [1, 3]}],
+            "outputs": [{"name": "y", "dtype": "float32", "shape": [1, 2]}],
+        },
         "hardware": ["x86_64"],
-        "metadata": {"created_by": "ci@team", "run_id": "run-1", "git_commit": "abc123",
-                     "metrics": metrics or {"accuracy": 0.9}},
+        "metadata": {
+            "created_by": "ci@team",
+            "run_id": "run-1",
+            "git_commit": "abc123",
+            "metrics": metrics or {"accuracy": 0.9},
+        },
         "tags": tags or [],
     }
 
@@ -165,8 +195,18 @@ class ServerProcess:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.data_dir = data_dir
-        cmd = [sys.executable, "-m", "ferry.cli.server_cmds", "server", "--data-dir", str(data_dir),
-               "--port", str(self.port), "--host", "127.0.0.1"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "ferry.cli.server_cmds",
+            "server",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(self.port),
+            "--host",
+            "127.0.0.1",
+        ]
         if database_url:
             cmd += ["--database-url", database_url]
         env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}

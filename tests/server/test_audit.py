@@ -16,9 +16,20 @@ from tests.server.conftest import API, Harness
 
 
 def _cli_verify(data_dir: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ferry.cli.server_cmds", "audit", "verify",
-                           "--data-dir", str(data_dir)], capture_output=True, text=True,
-                          check=False)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ferry.cli.server_cmds",
+            "audit",
+            "verify",
+            "--data-dir",
+            str(data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 def _db(h: Harness) -> sqlite3.Connection:
@@ -28,8 +39,10 @@ def _db(h: Harness) -> sqlite3.Connection:
 def test_every_write_is_recorded_with_actor(h: Harness) -> None:
     publisher = h.token("publisher", ["vision"], name="ci-pipeline")
     h.register(headers=publisher)
-    actions = [(e["actor"], e["action"]) for e in h.client.get(f"{API}/audit?limit=1000",
-                                                                 headers=h.admin).json()]
+    actions = [
+        (e["actor"], e["action"])
+        for e in h.client.get(f"{API}/audit?limit=1000", headers=h.admin).json()
+    ]
     assert ("ci-pipeline", "blob.put") in actions
     assert ("ci-pipeline", "version.create") in actions
     assert actions[0] == ("server", "token.create")
@@ -84,8 +97,9 @@ def test_concurrent_appends_form_one_chain(h: Harness) -> None:
     def worker(n: int) -> None:
         for i in range(10):
             with session_scope(engine) as session:
-                audit.append(session, actor=f"t{n}", action="test", target=str(i),
-                             details={"score": 0.5})
+                audit.append(
+                    session, actor=f"t{n}", action="test", target=str(i), details={"score": 0.5}
+                )
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
     for t in threads:

@@ -78,8 +78,16 @@ def _merge_part_rules() -> None:
 
 
 _merge_part_rules()
-PARAMS = {"ns": "vision", "name": "resnet", "ref": "1", "alias": "champion", "sha256": "a" * 64,
-          "version": "1", "token_id": "999999", "webhook_id": "999999"}
+PARAMS = {
+    "ns": "vision",
+    "name": "resnet",
+    "ref": "1",
+    "alias": "champion",
+    "sha256": "a" * 64,
+    "version": "1",
+    "token_id": "999999",
+    "webhook_id": "999999",
+}
 
 
 # The dashboard signs people in with a cookie, not a bearer token: tests/dashboard walks it.
@@ -146,15 +154,18 @@ def test_unknown_tokens_are_401(h: Harness, secret: str) -> None:
 
 
 def test_revoked_and_expired_tokens_are_401(h: Harness) -> None:
-    created = h.client.post("/api/v1/tokens", json={"name": "tmp", "role": "viewer"},
-                            headers=h.admin).json()
+    created = h.client.post(
+        "/api/v1/tokens", json={"name": "tmp", "role": "viewer"}, headers=h.admin
+    ).json()
     bearer = {"Authorization": f"Bearer {created['token']}"}
     assert h.client.get("/api/v1/whoami", headers=bearer).status_code == 200
     h.client.delete(f"/api/v1/tokens/{created['id']}", headers=h.admin)
     assert h.client.get("/api/v1/whoami", headers=bearer).status_code == 401
-    expired = h.client.post("/api/v1/tokens", json={"name": "old", "role": "viewer",
-                                                    "expires_at": "2020-01-01T00:00:00Z"},
-                            headers=h.admin).json()
+    expired = h.client.post(
+        "/api/v1/tokens",
+        json={"name": "old", "role": "viewer", "expires_at": "2020-01-01T00:00:00Z"},
+        headers=h.admin,
+    ).json()
     r = h.client.get("/api/v1/whoami", headers={"Authorization": f"Bearer {expired['token']}"})
     assert r.status_code == 401
 
@@ -162,8 +173,9 @@ def test_revoked_and_expired_tokens_are_401(h: Harness) -> None:
 def test_token_list_never_shows_secrets_and_db_holds_only_hashes(h: Harness) -> None:
     import sqlite3
 
-    created = h.client.post("/api/v1/tokens", json={"name": "x", "role": "viewer"},
-                            headers=h.admin).json()
+    created = h.client.post(
+        "/api/v1/tokens", json={"name": "x", "role": "viewer"}, headers=h.admin
+    ).json()
     listing = h.client.get("/api/v1/tokens", headers=h.admin).text
     assert created["token"] not in listing and "token_hash" not in listing
     dump = "\n".join(sqlite3.connect(h.settings.data_dir / "ferry.db").iterdump())

@@ -31,10 +31,16 @@ def test_with_a_second_admin_the_first_can_go_but_not_both(h: Harness) -> None:
 
 def test_an_expired_or_non_admin_token_does_not_count_as_a_spare(h: Harness) -> None:
     h.token("operator")
-    r = h.client.post(f"{API}/tokens", json={"name": "old-admin", "role": "admin",
-                                             "namespaces": ["*"],
-                                             "expires_at": "2000-01-01T00:00:00Z"},
-                      headers=h.admin)
+    r = h.client.post(
+        f"{API}/tokens",
+        json={
+            "name": "old-admin",
+            "role": "admin",
+            "namespaces": ["*"],
+            "expires_at": "2000-01-01T00:00:00Z",
+        },
+        headers=h.admin,
+    )
     assert r.status_code in (201, 422), r.text  # an already expired admin is no spare either way
     assert h.client.delete(f"{API}/tokens/{_own_id(h)}", headers=h.admin).status_code == 409
 

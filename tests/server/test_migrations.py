@@ -20,9 +20,21 @@ from sqlmodel import SQLModel
 from ferry.server.core.db import alembic_config, migrate
 from tests.server.conftest import API, Harness, version_body
 
-EXPECTED_TABLES = {"api_token", "namespace", "registered_model", "model_version", "version_tag",
-                   "model_alias", "keyring_version", "signed_manifest", "audit_entry",
-                   "audit_head", "webhook_subscription", "event_outbox", "webhook_delivery"}
+EXPECTED_TABLES = {
+    "api_token",
+    "namespace",
+    "registered_model",
+    "model_version",
+    "version_tag",
+    "model_alias",
+    "keyring_version",
+    "signed_manifest",
+    "audit_entry",
+    "audit_head",
+    "webhook_subscription",
+    "event_outbox",
+    "webhook_delivery",
+}
 
 
 def _check_round_trip(url: str) -> None:
@@ -63,9 +75,13 @@ def test_registry_on_postgres(pg_url: str, harness_factory: Callable[..., Harnes
             data = secrets.token_bytes(16)
             sha = hashlib.sha256(data).hexdigest()
             h.client.put(f"{API}/blobs/{sha}", content=data, headers=h.admin)
-            r = h.client.post(f"{API}/models/vision/resnet/versions", headers=h.admin,
-                              json=version_body([{"path": "m", "sha256": sha, "size": 16}],
-                                                metrics={"accuracy": 0.95}))
+            r = h.client.post(
+                f"{API}/models/vision/resnet/versions",
+                headers=h.admin,
+                json=version_body(
+                    [{"path": "m", "sha256": sha, "size": 16}], metrics={"accuracy": 0.95}
+                ),
+            )
             assert r.status_code == 201, r.text
             numbers.append(r.json()["version"])
 

@@ -14,22 +14,31 @@ from tests.server.conftest import API, Harness
 HUGE = "8873769497333828943872"
 
 
-@pytest.mark.parametrize("method, path", [
-    ("DELETE", f"/enrollment-tokens/{HUGE}"),
-    ("DELETE", f"/tokens/{HUGE}"),
-    ("DELETE", f"/webhooks/{HUGE}"),
-    ("GET", f"/keyring/{HUGE}"),
-    ("GET", f"/devices?offset={HUGE}"),
-    ("GET", f"/versions?offset={HUGE}"),
-])
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("DELETE", f"/enrollment-tokens/{HUGE}"),
+        ("DELETE", f"/tokens/{HUGE}"),
+        ("DELETE", f"/webhooks/{HUGE}"),
+        ("GET", f"/keyring/{HUGE}"),
+        ("GET", f"/devices?offset={HUGE}"),
+        ("GET", f"/versions?offset={HUGE}"),
+    ],
+)
 def test_an_integer_past_64_bits_is_422_not_500(h: Harness, method: str, path: str) -> None:
     r = h.client.request(method, f"{API}{path}", headers=h.admin)
     assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error"
 
 
-@pytest.mark.parametrize("path", ["/rollouts/%C2%B9", "/rollouts/r-%C2%B2%C2%B3",
-                                  "/models/vision/resnet/versions/%C2%B9",
-                                  "/rollouts/%D9%A3"])  # superscripts, Arabic-Indic three
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/rollouts/%C2%B9",
+        "/rollouts/r-%C2%B2%C2%B3",
+        "/models/vision/resnet/versions/%C2%B9",
+        "/rollouts/%D9%A3",
+    ],
+)  # superscripts, Arabic-Indic three
 def test_unicode_digits_are_not_numbers(h: Harness, path: str) -> None:
     r = h.client.get(f"{API}{path}", headers=h.admin)
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
@@ -57,6 +66,7 @@ def test_every_integer_path_and_query_parameter_is_bounded(h: Harness) -> None:
     that fits SQLite's (and PostgreSQL's) 64-bit integers."""
     params = _integer_parameters(h.client.get("/openapi.json").json())
     assert len(params) >= 8
-    unbounded = [(where, name) for where, name, spec in params
-                 if spec.get("maximum", 2**63) > MAX_ROW_ID]
+    unbounded = [
+        (where, name) for where, name, spec in params if spec.get("maximum", 2**63) > MAX_ROW_ID
+    ]
     assert unbounded == []

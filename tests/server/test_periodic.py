@@ -18,8 +18,7 @@ def test_a_failing_step_is_retried_and_the_final_step_runs_once_stopped() -> Non
             raise RuntimeError("database hiccup")
 
     async def scenario() -> None:
-        loop = Periodic(step, 0.01, "test step", on_error=lambda: errors.append(1),
-                        final_step=True)
+        loop = Periodic(step, 0.01, "test step", on_error=lambda: errors.append(1), final_step=True)
         task = asyncio.create_task(loop.run())
         while len(calls) < 3:
             await asyncio.sleep(0.01)
@@ -28,5 +27,5 @@ def test_a_failing_step_is_retried_and_the_final_step_runs_once_stopped() -> Non
         await task
 
     asyncio.run(scenario())
-    assert errors == [1]                   # only the first call failed; the loop went on
-    assert len(calls) == at_stop[0] + 1    # exactly one final step after stop()
+    assert errors == [1]  # only the first call failed; the loop went on
+    assert len(calls) == at_stop[0] + 1  # exactly one final step after stop()

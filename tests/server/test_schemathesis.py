@@ -28,13 +28,19 @@ def test_api_never_errors_and_matches_its_schema(h: Harness) -> None:
     operations = [r.ok() for r in schema.get_all_operations()]
     assert len(operations) > 30
     for operation in operations:
-        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+
+        @settings(
+            max_examples=EXAMPLES_PER_OPERATION,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         @given(case=operation.as_strategy())
         def run(case: schemathesis.Case) -> None:
             response = case.call(headers=h.admin)
-            case.validate_response(response, checks=[not_a_server_error,
-                                                     response_schema_conformance])
+            case.validate_response(
+                response, checks=[not_a_server_error, response_schema_conformance]
+            )
 
         try:
             run()
@@ -54,8 +60,11 @@ def test_a_stateful_run_never_gets_a_server_error(h: Harness) -> None:
     created), as an admin whose own token the run never revokes: without that exclusion
     the fuzzer locks itself out after a few steps and tests nothing but 401s."""
     h.register()
-    fuzzer = h.client.post("/api/v1/tokens", json={"name": "fuzzer", "role": "admin",
-                                                   "namespaces": ["*"]}, headers=h.admin).json()
+    fuzzer = h.client.post(
+        "/api/v1/tokens",
+        json={"name": "fuzzer", "role": "admin", "namespaces": ["*"]},
+        headers=h.admin,
+    ).json()
     headers = {"Authorization": f"Bearer {fuzzer['token']}"}
     schema = schemathesis.openapi.from_asgi("/openapi.json", h.app)
     schema.config.generation.update(modes=list(GenerationMode))  # invalid inputs too
@@ -66,22 +75,36 @@ def test_a_stateful_run_never_gets_a_server_error(h: Harness) -> None:
         def before_call(self, case: schemathesis.Case) -> None:
             if time.monotonic() > deadline:
                 raise _BudgetSpent
-            if case.method.upper() == "DELETE" and case.path == "/api/v1/tokens/{token_id}" \
-                    and case.path_parameters.get("token_id") == fuzzer["id"]:
+            if (
+                case.method.upper() == "DELETE"
+                and case.path == "/api/v1/tokens/{token_id}"
+                and case.path_parameters.get("token_id") == fuzzer["id"]
+            ):
                 case.path_parameters["token_id"] = fuzzer["id"] + 1_000_000  # never ourselves
 
         def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
             return {"headers": headers}
 
-        def validate_response(self, response: Any, case: schemathesis.Case,
-                              additional_checks: Any = None, **kwargs: Any) -> None:
+        def validate_response(
+            self,
+            response: Any,
+            case: schemathesis.Case,
+            additional_checks: Any = None,
+            **kwargs: Any,
+        ) -> None:
             statuses.append(response.status_code)
             case.validate_response(response, checks=[not_a_server_error])
 
     try:
-        Fuzz.run(settings=settings(max_examples=STATEFUL_SCENARIOS,
-                                   stateful_step_count=STATEFUL_STEPS, deadline=None,
-                                   database=None, suppress_health_check=list(HealthCheck)))
+        Fuzz.run(
+            settings=settings(
+                max_examples=STATEFUL_SCENARIOS,
+                stateful_step_count=STATEFUL_STEPS,
+                deadline=None,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
+        )
     except _BudgetSpent:
         pass
     assert len(statuses) >= 50 and all(code < 500 for code in statuses)

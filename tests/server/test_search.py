@@ -15,14 +15,16 @@ def _populate(h: Harness) -> None:
     h.model("vision", "yolo")
     h.namespace("audio")
     h.model("audio", "whisper")
-    h.register(metrics={"accuracy": 0.85, "latency_ms": 12}, tags=["baseline"])   # resnet@1
+    h.register(metrics={"accuracy": 0.85, "latency_ms": 12}, tags=["baseline"])  # resnet@1
     h.register(metrics={"accuracy": 0.93, "latency_ms": 15}, tags=["candidate"])  # resnet@2
-    h.register(name="yolo", metrics={"accuracy": 0.95, "map": 0.5})               # yolo@1
-    h.register(ns="audio", name="whisper", metrics={"wer": 0.1})                  # whisper@1
-    h.client.post(f"{API}/models/vision/resnet/versions/2/stage", json={"stage": "Staging"},
-                  headers=h.admin)
-    h.client.put(f"{API}/models/vision/resnet/aliases/champion", json={"version": 1},
-                 headers=h.admin)
+    h.register(name="yolo", metrics={"accuracy": 0.95, "map": 0.5})  # yolo@1
+    h.register(ns="audio", name="whisper", metrics={"wer": 0.1})  # whisper@1
+    h.client.post(
+        f"{API}/models/vision/resnet/versions/2/stage", json={"stage": "Staging"}, headers=h.admin
+    )
+    h.client.put(
+        f"{API}/models/vision/resnet/aliases/champion", json={"version": 1}, headers=h.admin
+    )
 
 
 def test_metric_thresholds(h: Harness) -> None:

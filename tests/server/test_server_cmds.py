@@ -9,13 +9,27 @@ from tests.server.conftest import API, Harness
 
 
 def _cmd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ferry.cli.server_cmds", *args],
-                          capture_output=True, text=True, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "ferry.cli.server_cmds", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 def test_create_token_on_the_host(h: Harness) -> None:
-    result = _cmd("admin", "create-token", "--role", "publisher", "--namespace", "vision",
-                  "--name", "ci", "--data-dir", str(h.settings.data_dir))
+    result = _cmd(
+        "admin",
+        "create-token",
+        "--role",
+        "publisher",
+        "--namespace",
+        "vision",
+        "--name",
+        "ci",
+        "--data-dir",
+        str(h.settings.data_dir),
+    )
     assert result.returncode == 0, result.stderr
     secret = result.stdout.strip()
     assert secret.startswith("fry_")
@@ -27,6 +41,14 @@ def test_create_token_on_the_host(h: Harness) -> None:
 
 def test_create_token_refuses_unknown_roles(h: Harness) -> None:
     for role in ("root", "device"):
-        result = _cmd("admin", "create-token", "--role", role, "--name", "x",
-                      "--data-dir", str(h.settings.data_dir))
+        result = _cmd(
+            "admin",
+            "create-token",
+            "--role",
+            role,
+            "--name",
+            "x",
+            "--data-dir",
+            str(h.settings.data_dir),
+        )
         assert result.returncode != 0 and "role must be one of" in result.stderr

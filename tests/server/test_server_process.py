@@ -21,14 +21,17 @@ def _client(server: ServerProcess) -> httpx.Client:
     return httpx.Client(base_url=server.base, headers=server.admin, timeout=30)
 
 
-def _interrupted_put(server: ServerProcess, sha: str, sent: bytes, declared: int,
-                     blob_dir: Path) -> None:
+def _interrupted_put(
+    server: ServerProcess, sha: str, sent: bytes, declared: int, blob_dir: Path
+) -> None:
     """Send headers and part of the body, wait until the server is writing a temp
     file, then drop the connection."""
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        head = (f"PUT {API}/blobs/{sha} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                f"Authorization: {server.admin['Authorization']}\r\n"
-                f"Content-Type: application/octet-stream\r\nContent-Length: {declared}\r\n\r\n")
+        head = (
+            f"PUT {API}/blobs/{sha} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: {server.admin['Authorization']}\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {declared}\r\n\r\n"
+        )
         sock.sendall(head.encode() + sent)
         deadline = time.monotonic() + 20
         while not _leftovers(blob_dir) and time.monotonic() < deadline:
@@ -105,41 +108,63 @@ def test_restart_keeps_state_and_does_not_mint_another_admin(tmp_path: Path) -> 
 
 
 def _signer(base: str, credential: str) -> str:
-    r = httpx.get(f"{base}{API}/device/desired-state",
-                  headers={"Authorization": f"Bearer {credential}"}, timeout=10)
+    r = httpx.get(
+        f"{base}{API}/device/desired-state",
+        headers={"Authorization": f"Bearer {credential}"},
+        timeout=10,
+    )
     assert r.status_code == 200, r.text
     return str(r.json()["signatures"][0]["keyid"])
 
 
 def _cache_hits(server: ServerProcess) -> float:
     metrics = httpx.get(f"{server.base}/metrics", timeout=10).text
-    line = next(line for line in metrics.splitlines()
-                if line.startswith("ferry_checkin_cache_hits_total "))
+    line = next(
+        line for line in metrics.splitlines() if line.startswith("ferry_checkin_cache_hits_total ")
+    )
     return float(line.split()[1])
 
 
 def test_a_director_key_rotated_on_the_host_reaches_every_check_in_at_once(
-        server_process: ServerProcess) -> None:
+    server_process: ServerProcess,
+) -> None:
     """`ferry keys rotate` is another process writing the same database and key files: the
     running server must stop serving documents signed by the revoked key within a poll."""
     with _client(server_process) as c:
         c.post(f"{API}/namespaces", json={"name": "vision"})
-        token = c.post(f"{API}/enrollment-tokens",
-                       json={"namespace": "vision", "name": "t"}).json()["token"]
-        device = c.post(f"{API}/device/enroll", json={
-            "enrollment_token": token, "device_id": "cam-1", "hardware": "x86_64"}).json()
+        token = c.post(
+            f"{API}/enrollment-tokens", json={"namespace": "vision", "name": "t"}
+        ).json()["token"]
+        device = c.post(
+            f"{API}/device/enroll",
+            json={"enrollment_token": token, "device_id": "cam-1", "hardware": "x86_64"},
+        ).json()
     time.sleep(1.5)  # let the epoch poller (every 0.5 s) see the enrolment's own bump first
     old = _signer(server_process.base, device["credential"])
     hits = _cache_hits(server_process)
     assert _signer(server_process.base, device["credential"]) == old
     assert _cache_hits(server_process) == hits + 1  # now served from the check-in cache
-    rotated = subprocess.run([sys.executable, "-m", "ferry.cli.server_cmds", "keys", "rotate",
-                              "--role", "director", "--data-dir", str(server_process.data_dir)],
-                             capture_output=True, text=True, check=False)
+    rotated = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ferry.cli.server_cmds",
+            "keys",
+            "rotate",
+            "--role",
+            "director",
+            "--data-dir",
+            str(server_process.data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert rotated.returncode == 0, rotated.stderr
     deadline = time.monotonic() + 15  # the epoch poll runs every 0.5 s; generous on a busy host
-    while (signer := _signer(server_process.base, device["credential"])) == old \
-            and time.monotonic() < deadline:
+    while (
+        signer := _signer(server_process.base, device["credential"])
+    ) == old and time.monotonic() < deadline:
         time.sleep(0.1)
     with _client(server_process) as c:
         keyring = c.get(f"{API}/keyring").json()["signed"]

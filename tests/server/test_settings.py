@@ -10,12 +10,18 @@ from ferry.server.core.settings import FleetSettings, Settings, SettingsError
 
 
 def test_the_fleet_section_is_read_by_the_same_parser() -> None:
-    settings = Settings.from_env({"FERRY_DATA_DIR": "/tmp/x", "FERRY_ROLLOUT_TICK_S": "0.25",
-                                  "FERRY_START_ROLLOUT_ENGINE": "no",
-                                  "FERRY_DESIRED_STATE_TTL_S": "600"})
+    settings = Settings.from_env(
+        {
+            "FERRY_DATA_DIR": "/tmp/x",
+            "FERRY_ROLLOUT_TICK_S": "0.25",
+            "FERRY_START_ROLLOUT_ENGINE": "no",
+            "FERRY_DESIRED_STATE_TTL_S": "600",
+        }
+    )
     assert settings.data_dir == Path("/tmp/x")
-    assert settings.fleet == FleetSettings(rollout_tick_s=0.25, start_rollout_engine=False,
-                                           desired_state_ttl_s=600)
+    assert settings.fleet == FleetSettings(
+        rollout_tick_s=0.25, start_rollout_engine=False, desired_state_ttl_s=600
+    )
 
 
 def test_a_malformed_value_names_its_variable() -> None:
@@ -30,8 +36,14 @@ def test_the_device_broker_url_is_not_a_setting_of_its_own() -> None:
 
 
 def test_the_mqtt_section_is_read_by_the_same_parser_with_its_prefix() -> None:
-    settings = Settings.from_env({"FERRY_MQTT_URL": "mqtt://broker:1883", "FERRY_PORT": "9000",
-                                  "FERRY_MQTT_PORT": "2000", "FERRY_MQTT_INGEST_BATCH": "50"})
+    settings = Settings.from_env(
+        {
+            "FERRY_MQTT_URL": "mqtt://broker:1883",
+            "FERRY_PORT": "9000",
+            "FERRY_MQTT_PORT": "2000",
+            "FERRY_MQTT_INGEST_BATCH": "50",
+        }
+    )
     assert (settings.port, settings.mqtt.port, settings.mqtt.ingest_batch) == (9000, 2000, 50)
     assert settings.mqtt.enabled, "an external broker's URL implies MQTT on"
     with pytest.raises(SettingsError, match="FERRY_MQTT_PORT='x'"):

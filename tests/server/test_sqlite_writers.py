@@ -53,8 +53,10 @@ def test_many_threads_writing_at_once_all_succeed_and_none_is_lost(tmp_path: Pat
         thread.join()
     assert errors == []
     with session_scope(engine) as session:
-        assert session.connection().execute(text("SELECT n FROM counter")).scalar_one() == \
-            WRITERS * WRITES_EACH
+        assert (
+            session.connection().execute(text("SELECT n FROM counter")).scalar_one()
+            == WRITERS * WRITES_EACH
+        )
 
 
 def test_a_failed_transaction_releases_the_gate(tmp_path: Path) -> None:
@@ -74,7 +76,8 @@ def test_a_failed_transaction_releases_the_gate(tmp_path: Path) -> None:
 
 
 def test_a_stuck_holder_is_named_and_the_waiter_gets_a_busy_error(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     gate = WriterGate("test.db", timeout_s=1.5)
     gate._acquire()
     holder = threading.current_thread().name

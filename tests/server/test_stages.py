@@ -41,7 +41,8 @@ def test_full_lifecycle_by_an_approver(h: Harness) -> None:
 
 
 def test_distinct_approver_is_enforced_when_the_namespace_asks(
-        harness_factory: Callable[..., Harness]) -> None:
+    harness_factory: Callable[..., Harness],
+) -> None:
     h = harness_factory()
     h.namespace("strict", require_distinct_approver=True)
     h.model("strict", "m")
@@ -50,7 +51,10 @@ def test_distinct_approver_is_enforced_when_the_namespace_asks(
     url = f"{API}/models/strict/m/versions/1/stage"
     assert h.client.post(url, json={"stage": "Staging"}, headers=h.admin).status_code == 200
     own = h.client.post(url, json={"stage": "Production"}, headers=h.admin)
-    assert own.status_code == 403 and "other than the version's publisher" in own.json()["error"]["message"]
+    assert (
+        own.status_code == 403
+        and "other than the version's publisher" in own.json()["error"]["message"]
+    )
     other = h.token("approver", ["strict"])
     assert h.client.post(url, json={"stage": "Production"}, headers=other).status_code == 200
 
@@ -75,8 +79,12 @@ def test_token_scoped_to_another_namespace_is_refused(h: Harness) -> None:
 @pytest.mark.parametrize("frm,to", sorted(TRANSITIONS))
 def test_every_declared_transition_is_reachable(h: Harness, frm: Stage, to: Stage) -> None:
     h.register()
-    path = {Stage.NONE: [], Stage.STAGING: ["Staging"], Stage.PRODUCTION: ["Staging", "Production"],
-            Stage.ARCHIVED: ["Archived"]}[frm]
+    path = {
+        Stage.NONE: [],
+        Stage.STAGING: ["Staging"],
+        Stage.PRODUCTION: ["Staging", "Production"],
+        Stage.ARCHIVED: ["Archived"],
+    }[frm]
     for stage in path:
         assert _move(h, stage, h.admin) == 200
     assert _move(h, to.value, h.admin) == 200

@@ -19,10 +19,23 @@ REPLICAS = 3
 
 def _start(data_dir: Path, database_url: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    env = {"PATH": "/usr/bin:/bin", "FERRY_MQTT_ENABLED": "false",
-           "FERRY_PRINT_ADMIN_TOKEN": "false"}
-    cmd = [sys.executable, "-m", "ferry.cli.server_cmds", "server", "--data-dir", str(data_dir),
-           "--port", str(port), "--database-url", database_url]
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "FERRY_MQTT_ENABLED": "false",
+        "FERRY_PRINT_ADMIN_TOKEN": "false",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "ferry.cli.server_cmds",
+        "server",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+        "--database-url",
+        database_url,
+    ]
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env), port
 
 
@@ -32,8 +45,9 @@ def _all_healthy(procs: list[tuple[subprocess.Popen[bytes], int]], logs: list[Pa
     while waiting and time.monotonic() < deadline:
         for (proc, port), log in zip(procs, logs, strict=True):
             if proc.poll() is not None:
-                raise AssertionError(f"replica on {port} exited {proc.returncode}:\n"
-                                     f"{log.read_text()[-3000:]}")
+                raise AssertionError(
+                    f"replica on {port} exited {proc.returncode}:\n{log.read_text()[-3000:]}"
+                )
             if port in waiting:
                 try:
                     if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).is_success:
@@ -67,7 +81,8 @@ def _race(tmp_path: Path, database_url: str) -> None:
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_replicas_starting_at_once_on_an_empty_postgres_all_come_up(
-        tmp_path: Path, pg_url: str) -> None:
+    tmp_path: Path, pg_url: str
+) -> None:
     _race(tmp_path, pg_url)
 
 

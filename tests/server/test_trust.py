@@ -31,8 +31,21 @@ def _keyring(h: Harness, version: int | None = None) -> bytes:
 
 
 def _rotate(h: Harness, role: str) -> None:
-    subprocess.run([sys.executable, "-m", "ferry.cli.server_cmds", "keys", "rotate", "--role", role,
-                    "--data-dir", str(h.settings.data_dir)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ferry.cli.server_cmds",
+            "keys",
+            "rotate",
+            "--role",
+            role,
+            "--data-dir",
+            str(h.settings.data_dir),
+        ],
+        check=True,
+        capture_output=True,
+    )
 
 
 def test_keys_are_private_files(h: Harness) -> None:
@@ -47,8 +60,14 @@ def test_manifest_verifies_against_the_published_keyring(h: Harness) -> None:
     version = h.register()
     keyring = trust_first_keyring(_keyring(h), utcnow())
     raw = h.client.get(f"{API}/models/vision/resnet/versions/1/manifest", headers=h.admin).content
-    manifest = verify_manifest(raw, keyring, expected_sha256=version["manifest_sha256"],
-                               hardware="x86_64", installed_version=None, allow_downgrade=False)
+    manifest = verify_manifest(
+        raw,
+        keyring,
+        expected_sha256=version["manifest_sha256"],
+        hardware="x86_64",
+        installed_version=None,
+        allow_downgrade=False,
+    )
     assert (manifest.full_name, manifest.version) == ("vision/resnet", 1)
     assert [f.to_dict() for f in manifest.files] == version["files"]
     by_digest = h.client.get(f"{API}/manifests/{version['manifest_sha256']}", headers=h.admin)
@@ -62,8 +81,14 @@ def test_tampered_manifest_fails_verification(h: Harness) -> None:
     raw = h.client.get(f"{API}/manifests/{version['manifest_sha256']}", headers=h.admin).content
     forged = raw.replace(b'"version":1', b'"version":7')
     with pytest.raises((BadSignatureError, UntrustedKeyError)):
-        verify_manifest(forged, keyring, expected_sha256=document_digest(parse_envelope(forged).signed),
-                        hardware="x86_64", installed_version=None, allow_downgrade=False)
+        verify_manifest(
+            forged,
+            keyring,
+            expected_sha256=document_digest(parse_envelope(forged).signed),
+            hardware="x86_64",
+            installed_version=None,
+            allow_downgrade=False,
+        )
 
 
 def test_bundles_rotation_takes_effect_without_restart(h: Harness) -> None:
@@ -74,12 +99,24 @@ def test_bundles_rotation_takes_effect_without_restart(h: Harness) -> None:
     v2 = verify_keyring(_keyring(h), v1, utcnow())
     assert v2.version == 2 and v2.roles[Role.BUNDLES] != v1.roles[Role.BUNDLES]
     raw = h.client.get(f"{API}/manifests/{new['manifest_sha256']}", headers=h.admin).content
-    verify_manifest(raw, v2, expected_sha256=new["manifest_sha256"], hardware="x86_64",
-                    installed_version=None, allow_downgrade=False)
+    verify_manifest(
+        raw,
+        v2,
+        expected_sha256=new["manifest_sha256"],
+        hardware="x86_64",
+        installed_version=None,
+        allow_downgrade=False,
+    )
     old_raw = h.client.get(f"{API}/manifests/{old['manifest_sha256']}", headers=h.admin).content
     with pytest.raises(UntrustedKeyError):
-        verify_manifest(old_raw, v2, expected_sha256=old["manifest_sha256"], hardware="x86_64",
-                        installed_version=None, allow_downgrade=False)
+        verify_manifest(
+            old_raw,
+            v2,
+            expected_sha256=old["manifest_sha256"],
+            hardware="x86_64",
+            installed_version=None,
+            allow_downgrade=False,
+        )
 
 
 def test_root_rotation_is_signed_by_old_and_new_root(h: Harness) -> None:
@@ -116,8 +153,11 @@ def test_starting_the_server_renews_a_keyring_close_to_expiry(h: Harness) -> Non
         row = session.get(KeyringVersion, 1)
         assert row is not None
         row.expires_at = format_time(utcnow() + timedelta(days=1))
-    with TestClient(create_app(h.settings)) as again:   # a restart: the lifespan checks at once
-        wait_until(lambda: again.get(f"{API}/keyring").json()["signed"]["version"] == 2, 10,
-                   "the renewed keyring")
+    with TestClient(create_app(h.settings)) as again:  # a restart: the lifespan checks at once
+        wait_until(
+            lambda: again.get(f"{API}/keyring").json()["signed"]["version"] == 2,
+            10,
+            "the renewed keyring",
+        )
         actions = [e["action"] for e in again.get(f"{API}/audit", headers=h.admin).json()]
     assert "keys.renew" in actions

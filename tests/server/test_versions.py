@@ -75,23 +75,32 @@ def test_versions_are_immutable(h: Harness) -> None:
 def test_tags_and_aliases(h: Harness) -> None:
     h.register(tags=["resnet"])
     h.register()
-    r = h.client.post(f"{VERSIONS}/1/tags", json={"add": ["prod-candidate"], "remove": ["resnet"]},
-                      headers=h.admin)
+    r = h.client.post(
+        f"{VERSIONS}/1/tags",
+        json={"add": ["prod-candidate"], "remove": ["resnet"]},
+        headers=h.admin,
+    )
     assert r.json()["tags"] == ["prod-candidate"]
-    r = h.client.put(f"{API}/models/vision/resnet/aliases/champion", json={"version": 1},
-                     headers=h.admin)
+    r = h.client.put(
+        f"{API}/models/vision/resnet/aliases/champion", json={"version": 1}, headers=h.admin
+    )
     assert r.status_code == 200 and r.json() == {"alias": "champion", "version": 1}
     assert h.client.get(f"{VERSIONS}/champion", headers=h.admin).json()["version"] == 1
-    h.client.put(f"{API}/models/vision/resnet/aliases/champion", json={"version": 2},
-                 headers=h.admin)
+    h.client.put(
+        f"{API}/models/vision/resnet/aliases/champion", json={"version": 2}, headers=h.admin
+    )
     model = h.client.get(f"{API}/models/vision/resnet", headers=h.admin).json()
     assert model["aliases"] == {"champion": 2}
-    assert h.client.delete(f"{API}/models/vision/resnet/aliases/champion",
-                           headers=h.admin).status_code == 204
+    assert (
+        h.client.delete(f"{API}/models/vision/resnet/aliases/champion", headers=h.admin).status_code
+        == 204
+    )
     assert h.client.get(f"{VERSIONS}/champion", headers=h.admin).status_code == 404
 
 
-def test_concurrent_registrations_get_distinct_consecutive_numbers(live_server: tuple[str, dict[str, str]]) -> None:
+def test_concurrent_registrations_get_distinct_consecutive_numbers(
+    live_server: tuple[str, dict[str, str]],
+) -> None:
     base, admin = live_server
     with httpx.Client(base_url=base, headers=admin) as c:
         c.post(f"{API}/namespaces", json={"name": "vision"})
@@ -104,6 +113,7 @@ def test_concurrent_registrations_get_distinct_consecutive_numbers(live_server: 
             for _ in range(4):
                 data = secrets.token_bytes(32)
                 import hashlib
+
                 sha = hashlib.sha256(data).hexdigest()
                 c.put(f"{API}/blobs/{sha}", content=data)
                 r = c.post(VERSIONS, json=version_body([{"path": "m", "sha256": sha, "size": 32}]))

@@ -60,16 +60,21 @@ def receiver_factory() -> Iterator[Callable[[list[int]], Receiver]]:
 
 
 def _fast_worker(harness_factory: Callable[..., Harness], attempts: int = 4) -> Harness:
-    h = harness_factory(start_webhook_worker=True, webhook_backoff_seconds=0.05,
-                        webhook_poll_seconds=0.05, webhook_max_attempts=attempts)
+    h = harness_factory(
+        start_webhook_worker=True,
+        webhook_backoff_seconds=0.05,
+        webhook_poll_seconds=0.05,
+        webhook_max_attempts=attempts,
+    )
     h.namespace()
     h.model()
     return h
 
 
 def _subscribe(h: Harness, url: str, events: list[str]) -> int:
-    r = h.client.post(f"{API}/webhooks", json={"url": url, "events": events, "secret": SECRET},
-                      headers=h.admin)
+    r = h.client.post(
+        f"{API}/webhooks", json={"url": url, "events": events, "secret": SECRET}, headers=h.admin
+    )
     assert r.status_code == 201, r.text
     return int(r.json()["id"])
 
@@ -88,8 +93,9 @@ def _wait_for_metric(h: Harness, outcome: str, expected: float) -> None:
     """The counter follows the row's commit by a moment."""
     deadline, seen = time.monotonic() + 10, None
     while time.monotonic() < deadline:
-        seen = value(parse(h.client.get("/metrics").text), "ferry_webhook_deliveries_total",
-                     outcome=outcome)
+        seen = value(
+            parse(h.client.get("/metrics").text), "ferry_webhook_deliveries_total", outcome=outcome
+        )
         if seen == expected:
             return
         time.sleep(0.05)
@@ -97,8 +103,8 @@ def _wait_for_metric(h: Harness, outcome: str, expected: float) -> None:
 
 
 def test_delivery_is_signed_and_retried_until_it_succeeds(
-        harness_factory: Callable[..., Harness],
-        receiver_factory: Callable[[list[int]], Receiver]) -> None:
+    harness_factory: Callable[..., Harness], receiver_factory: Callable[[list[int]], Receiver]
+) -> None:
     h = _fast_worker(harness_factory)
     receiver = receiver_factory([500, 503])
     hook = _subscribe(h, receiver.url, ["version.created"])
@@ -118,8 +124,8 @@ def test_delivery_is_signed_and_retried_until_it_succeeds(
 
 
 def test_delivery_gives_up_after_max_attempts(
-        harness_factory: Callable[..., Harness],
-        receiver_factory: Callable[[list[int]], Receiver]) -> None:
+    harness_factory: Callable[..., Harness], receiver_factory: Callable[[list[int]], Receiver]
+) -> None:
     h = _fast_worker(harness_factory, attempts=3)
     receiver = receiver_factory([500] * 10)
     hook = _subscribe(h, receiver.url, ["version.created"])
@@ -132,14 +138,15 @@ def test_delivery_gives_up_after_max_attempts(
 
 
 def test_only_subscribed_events_are_sent(
-        harness_factory: Callable[..., Harness],
-        receiver_factory: Callable[[list[int]], Receiver]) -> None:
+    harness_factory: Callable[..., Harness], receiver_factory: Callable[[list[int]], Receiver]
+) -> None:
     h = _fast_worker(harness_factory)
     stage_receiver = receiver_factory([])
     hook = _subscribe(h, stage_receiver.url, ["stage.changed"])
     h.register()
-    h.client.post(f"{API}/models/vision/resnet/versions/1/stage", json={"stage": "Staging"},
-                  headers=h.admin)
+    h.client.post(
+        f"{API}/models/vision/resnet/versions/1/stage", json={"stage": "Staging"}, headers=h.admin
+    )
     rows = _wait_for(h, hook, "delivered")
     assert [r["event_type"] for r in rows] == ["stage.changed"]
     data = json.loads(stage_receiver.requests[0][1])["data"]
@@ -147,6 +154,9 @@ def test_only_subscribed_events_are_sent(
 
 
 def test_unknown_event_is_refused(h: Harness) -> None:
-    r = h.client.post(f"{API}/webhooks", json={"url": "http://127.0.0.1:9/x", "events": ["nope"],
-                                               "secret": SECRET}, headers=h.admin)
+    r = h.client.post(
+        f"{API}/webhooks",
+        json={"url": "http://127.0.0.1:9/x", "events": ["nope"], "secret": SECRET},
+        headers=h.admin,
+    )
     assert r.status_code == 422

@@ -230,8 +230,9 @@ class DeviceRepository:
                 self.blobs[hashlib.sha256(data).hexdigest()] = data
         return Bundle(manifest, envelope, digest, files)
 
-    def add_delta(self, old: bytes, new: bytes, delta: bytes,
-                  described: bytes | None = None) -> None:
+    def add_delta(
+        self, old: bytes, new: bytes, delta: bytes, described: bytes | None = None
+    ) -> None:
         """Serve ``delta`` for old → new; its signed descriptor names ``described`` (default:
         the delta itself), so a test can serve bytes the descriptor does not vouch for."""
         key = (hashlib.sha256(old).hexdigest(), hashlib.sha256(new).hexdigest())
@@ -247,9 +248,15 @@ class DeviceRepository:
         vouched, size = self.described[(old, new)]
         args = dict(parse_qsl(query))
         descriptor = DeltaDescriptor(
-            from_manifest=args["from_manifest"], to_manifest=args["to_manifest"],
-            path=args["path"], from_sha256=old, to_sha256=new, to_size=size,
-            delta_sha256=hashlib.sha256(vouched).hexdigest(), delta_size=len(vouched))
+            from_manifest=args["from_manifest"],
+            to_manifest=args["to_manifest"],
+            path=args["path"],
+            from_sha256=old,
+            to_sha256=new,
+            to_size=size,
+            delta_sha256=hashlib.sha256(vouched).hexdigest(),
+            delta_size=len(vouched),
+        )
         return envelope_bytes(sign_document(descriptor.to_dict(), [self.authority.bundles]))
 
     def desired_state(

@@ -59,8 +59,12 @@ def free_port() -> int:
     return port
 
 
-def wait_for_port(port: int, timeout: float = START_TIMEOUT_S, host: str = "127.0.0.1",
-                  process: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int,
+    timeout: float = START_TIMEOUT_S,
+    host: str = "127.0.0.1",
+    process: subprocess.Popen[bytes] | None = None,
+) -> None:
     """Block until something accepts TCP connections on ``port`` (or ``process`` exits)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -108,11 +112,10 @@ class MosquittoBroker:
             # As root, Mosquitto would switch to the `mosquitto` user, which cannot
             # read files in the test's private tmp dir.
             + ("user root\n" if os.geteuid() == 0 else "")
-            +            f"listener {self.port} 127.0.0.1\n"
+            + f"listener {self.port} 127.0.0.1\n"
             "persistence false\n"
             "log_dest stderr\n"
-            "log_type error\nlog_type warning\nlog_type notice\n"
-            + self.extra_conf
+            "log_type error\nlog_type warning\nlog_type notice\n" + self.extra_conf
         )
         return self.conf_path
 
@@ -122,8 +125,9 @@ class MosquittoBroker:
             return self
         self.write_conf()
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen([self.binary, "-c", str(self.conf_path)],
-                                        stdout=log, stderr=log)
+        self.process = subprocess.Popen(
+            [self.binary, "-c", str(self.conf_path)], stdout=log, stderr=log
+        )
         log.close()
         try:
             wait_for_port(self.port, process=self.process)

@@ -70,7 +70,10 @@ class Authority:
             files=files,
             format="onnx",
             flavor="onnxruntime",
-            signature={"inputs": [{"name": "x", "dtype": "float32", "shape": [1, 4]}], "outputs": []},
+            signature={
+                "inputs": [{"name": "x", "dtype": "float32", "shape": [1, 4]}],
+                "outputs": [],
+            },
             hardware=hardware,
             created_at=format_time(self.now),
         )
@@ -90,7 +93,10 @@ class Authority:
     ) -> DesiredState:
         slots = {
             slot: SlotTarget(
-                manifest.full_name, manifest.version, document_digest(manifest.to_dict()), allow_downgrade
+                manifest.full_name,
+                manifest.version,
+                document_digest(manifest.to_dict()),
+                allow_downgrade,
             )
             for slot, manifest in targets.items()
         }

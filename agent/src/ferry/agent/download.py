@@ -139,7 +139,12 @@ class Downloader:
                 and base is not None
                 and self._delta_worthwhile(base, entry, final)
                 and self._try_delta(
-                    old.path / entry.path, base, entry, final, progress, (old.digest, manifest_digest)
+                    old.path / entry.path,
+                    base,
+                    entry,
+                    final,
+                    progress,
+                    (old.digest, manifest_digest),
                 )
             )
             if not rebuilt:
@@ -189,15 +194,22 @@ class Downloader:
         spool = final.with_name(final.name + ".delta-in")  # the decoder writes .delta-part
         try:
             raw = self.api.delta_descriptor(
-                base.sha256, entry.sha256, from_manifest=manifests[0],
-                to_manifest=manifests[1], path=entry.path,
+                base.sha256,
+                entry.sha256,
+                from_manifest=manifests[0],
+                to_manifest=manifests[1],
+                path=entry.path,
             )
             signed = self.descriptors(raw, base.sha256, entry.sha256, entry.size)
             cap = min(signed.delta_size, entry.size)
             guard = RateGuard(cap, self.options.pace, f"delta for {entry.path}")
             with self.api.delta(base.sha256, entry.sha256, self.options.chunk_bytes) as chunks:
-                _spool(_capped(chunks, cap, progress, guard), spool, signed.delta_size,
-                       signed.delta_sha256)
+                _spool(
+                    _capped(chunks, cap, progress, guard),
+                    spool,
+                    signed.delta_size,
+                    signed.delta_sha256,
+                )
             apply_delta_file(old_file, spool, final, entry.size, entry.sha256)
             crashpoint("delta.applied")
             verify_file(final, entry.size, entry.sha256)

@@ -118,8 +118,9 @@ class DeviceApi:
 
     def desired_state(self, notice_epoch: int | None = None) -> bytes:
         """``notice_epoch``: the fleet epoch of the last notice (see `topics.NOTICE_EPOCH_HEADER`)."""
-        headers = {topics.NOTICE_EPOCH_HEADER: str(notice_epoch)} if notice_epoch is not None \
-            else None
+        headers = (
+            {topics.NOTICE_EPOCH_HEADER: str(notice_epoch)} if notice_epoch is not None else None
+        )
         return self._document(endpoints.DESIRED_STATE, "desired state", headers)
 
     def manifest(self, sha256: str) -> bytes:
@@ -159,8 +160,9 @@ class DeviceApi:
         self, from_sha256: str, to_sha256: str, *, from_manifest: str, to_manifest: str, path: str
     ) -> bytes:
         """The delta's signed descriptor (a small document: capped like the others)."""
-        query = urlencode({"from_manifest": from_manifest, "to_manifest": to_manifest,
-                           "path": path})
+        query = urlencode(
+            {"from_manifest": from_manifest, "to_manifest": to_manifest, "path": path}
+        )
         url = endpoints.DELTA_DESCRIPTOR.format(from_sha256=from_sha256, to_sha256=to_sha256)
         return self._document(f"{url}?{query}", f"delta descriptor {to_sha256[:12]}")
 

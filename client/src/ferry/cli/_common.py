@@ -56,11 +56,22 @@ _HINTS = {
 def describe(exc: ClientError) -> str:
     """One line: status and code, the message, and a hint when we have one."""
     hint = _HINTS.get(exc.code, "")
-    if exc.code in ("hash_mismatch", "length_exceeded", "truncated", "bad_signature",
-                    "untrusted_key", "manifest_mismatch", "expired_keyring", "keyring_rollback",
-                    "malformed", "incompatible_hardware"):
-        hint = "nothing was written under its final name; do not use this server's data " \
-               "until the cause is understood"
+    if exc.code in (
+        "hash_mismatch",
+        "length_exceeded",
+        "truncated",
+        "bad_signature",
+        "untrusted_key",
+        "manifest_mismatch",
+        "expired_keyring",
+        "keyring_rollback",
+        "malformed",
+        "incompatible_hardware",
+    ):
+        hint = (
+            "nothing was written under its final name; do not use this server's data "
+            "until the cause is understood"
+        )
     details = _validation_details(exc.details)
     prefix = "" if exc.code in ("bad_input", "not_configured") else f"{exc.code}: "
     if exc.status:
@@ -74,8 +85,10 @@ def listed_devices(details: Any) -> list[str]:
     if not isinstance(details, dict) or not isinstance(details.get("incompatible_devices"), list):
         return []
     rows = [d for d in details["incompatible_devices"] if isinstance(d, dict)]
-    lines = [f"  {d.get('device_id')} ({d.get('hardware')}): {d.get('reason', 'incompatible')}"
-             for d in rows]
+    lines = [
+        f"  {d.get('device_id')} ({d.get('hardware')}): {d.get('reason', 'incompatible')}"
+        for d in rows
+    ]
     count = details.get("count")
     if isinstance(count, int) and count > len(rows):
         lines.append(f"  … and {count - len(rows)} more (`ferry rollout plan` lists them all)")
@@ -93,8 +106,11 @@ def _validation_details(details: Any) -> str:
     problems = details.get("errors")
     if not isinstance(problems, list) or not problems:
         return ""
-    parts = [f"{'.'.join(map(str, p.get('loc', [])))}: {p.get('msg', '')}"
-             for p in problems[:3] if isinstance(p, dict)]
+    parts = [
+        f"{'.'.join(map(str, p.get('loc', [])))}: {p.get('msg', '')}"
+        for p in problems[:3]
+        if isinstance(p, dict)
+    ]
     return " (" + "; ".join(parts) + ")"
 
 
@@ -129,8 +145,10 @@ def parse_ref(text: str) -> tuple[str, str, str | None]:
     """``NS/MODEL[@REF]`` → (namespace, model, ref or None)."""
     match = _REF.match(text)
     if not match:
-        raise InputError(f"{text!r} is not NS/MODEL or NS/MODEL@REF (e.g. vision/resnet@3 or "
-                         f"vision/resnet@champion)")
+        raise InputError(
+            f"{text!r} is not NS/MODEL or NS/MODEL@REF (e.g. vision/resnet@3 or "
+            f"vision/resnet@champion)"
+        )
     ns, model, ref = match.groups()
     return ns, model, ref
 
@@ -162,11 +180,15 @@ def parse_pairs(items: Sequence[str], option: str, *, numeric: bool) -> dict[str
     for item in items:
         name, sep, raw = item.partition("=")
         if not sep or not name.strip() or not raw.strip():
-            raise InputError(f"malformed {option} {item!r}: expected NAME=VALUE, "
-                             f"e.g. {option} accuracy=0.93")
+            raise InputError(
+                f"malformed {option} {item!r}: expected NAME=VALUE, e.g. {option} accuracy=0.93"
+            )
         value = parse_value(raw.strip())
-        if numeric and (isinstance(value, bool) or not isinstance(value, (int, float))
-                        or not math.isfinite(value)):
+        if numeric and (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
             raise InputError(f"malformed {option} {item!r}: {raw!r} is not a number")
         result[name.strip()] = value
     return result
@@ -183,8 +205,12 @@ def print_json(data: Any) -> None:
 WIDE = 120  # narrower terminals drop a table's ``optional`` columns
 
 
-def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None,
-          optional: Iterable[str] = ()) -> None:
+def table(
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    title: str | None = None,
+    optional: Iterable[str] = (),
+) -> None:
     """A table that never cuts a value: on a terminal narrower than `WIDE` the
     ``optional`` (low-value) columns are left out, and what still does not fit wraps."""
     dropped = set() if out.width >= WIDE else set(optional)
@@ -210,9 +236,16 @@ def fields(pairs: Iterable[tuple[str, Any]]) -> None:
 @contextmanager
 def transfer_bar(verb: str, enabled: bool = True) -> Iterator[Callable[[TransferProgress], None]]:
     """A rich progress bar on stderr, one row per file, fed by SDK progress events."""
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                        TransferSpeedColumn(), TimeRemainingColumn(), console=err,
-                        disable=not enabled, transient=False)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not enabled,
+        transient=False,
+    )
     tasks: dict[str, TaskID] = {}
 
     def on_progress(event: TransferProgress) -> None:

@@ -63,8 +63,9 @@ def free_port() -> int:
     return port
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str,
-               interval: float = 0.1) -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -111,22 +112,41 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "FERRY_PRINT_ADMIN_TOKEN": "false",
-               "FERRY_MQTT_ENABLED": "true", "FERRY_MQTT_PORT": str(self.mqtt_port),
-               "FERRY_ROLLOUT_TICK_S": "0.5", "FERRY_POLL_INTERVAL_S": "5", **self.env}
+        env = {
+            **os.environ,
+            "FERRY_PRINT_ADMIN_TOKEN": "false",
+            "FERRY_MQTT_ENABLED": "true",
+            "FERRY_MQTT_PORT": str(self.mqtt_port),
+            "FERRY_ROLLOUT_TICK_S": "0.5",
+            "FERRY_POLL_INTERVAL_S": "5",
+            **self.env,
+        }
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ferry.cli.server_cmds", "server", "--data-dir",
-             str(self.data_dir), "--port", str(self.http_port)],
-            stdout=log, stderr=log, env=env)
+            [
+                sys.executable,
+                "-m",
+                "ferry.cli.server_cmds",
+                "server",
+                "--data-dir",
+                str(self.data_dir),
+                "--port",
+                str(self.http_port),
+            ],
+            stdout=log,
+            stderr=log,
+            env=env,
+        )
         log.close()
         wait_until(self._healthy, START_TIMEOUT_S, f"the server at {self.url}")
         return self
 
     def _healthy(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
-            raise DemoError(f"the server exited with {self.process.returncode}: "
-                            f"{self.log_path.read_text()[-3000:]}")
+            raise DemoError(
+                f"the server exited with {self.process.returncode}: "
+                f"{self.log_path.read_text()[-3000:]}"
+            )
         try:
             return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
         except httpx.HTTPError:
@@ -165,7 +185,8 @@ class AgentProcess:
             f"[poll]\ninterval_s = {self.poll_interval_s}\nbackoff_min_s = 0.2\n"
             f"backoff_max_s = 2.0\n\n"
             f"[probe]\ncommand = {json.dumps(PROBE_COMMAND)}\ntimeout_s = 20\n\n"
-            f"[report]\nretry_s = 0.5\n")
+            f"[report]\nretry_s = 0.5\n"
+        )
         return self.config_path
 
     def _cmd(self, *args: str) -> list[str]:
@@ -173,11 +194,17 @@ class AgentProcess:
 
     def enroll(self, server_url: str, token: str) -> None:
         self.write_config()
-        done = subprocess.run(self._cmd("enroll", "--server", server_url, "--token", token),
-                              check=False, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            self._cmd("enroll", "--server", server_url, "--token", token),
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if done.returncode != 0:
-            raise DemoError(f"ferry-agent enroll ({self.device_id}) failed: "
-                            f"{done.stderr.strip()[-1500:]}")
+            raise DemoError(
+                f"ferry-agent enroll ({self.device_id}) failed: {done.stderr.strip()[-1500:]}"
+            )
 
     def start(self) -> AgentProcess:
         log = (self.workdir / "agent.log").open("ab")
@@ -194,8 +221,9 @@ class AgentProcess:
         self.process = None
 
     def status(self) -> dict[str, Any]:
-        done = subprocess.run(self._cmd("status", "--json"), check=False, capture_output=True,
-                              text=True, timeout=30)
+        done = subprocess.run(
+            self._cmd("status", "--json"), check=False, capture_output=True, text=True, timeout=30
+        )
         if done.returncode != 0:
             raise DemoError(f"ferry-agent status failed: {done.stderr.strip()[-500:]}")
         result: dict[str, Any] = json.loads(done.stdout)
@@ -220,11 +248,28 @@ class SimulatorProcess:
         out = (self.workdir / f"{self.prefix}.json").open("wb")
         err = (self.workdir / f"{self.prefix}.log").open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ferry.cli.simulate", "--server", self.server_url,
-             "--enrollment-token", self.token, "--devices", str(self.devices),
-             "--fail-rate", str(self.fail_rate), "--prefix", self.prefix,
-             "--poll-interval", "5", "--json", *self.extra],
-            stdout=out, stderr=err)
+            [
+                sys.executable,
+                "-m",
+                "ferry.cli.simulate",
+                "--server",
+                self.server_url,
+                "--enrollment-token",
+                self.token,
+                "--devices",
+                str(self.devices),
+                "--fail-rate",
+                str(self.fail_rate),
+                "--prefix",
+                self.prefix,
+                "--poll-interval",
+                "5",
+                "--json",
+                *self.extra,
+            ],
+            stdout=out,
+            stderr=err,
+        )
         out.close()
         err.close()
         return self
@@ -245,8 +290,9 @@ class Operator:
     def __init__(self, url: str, token: str) -> None:
         self.url = url
         self.sdk = FerryClient(url, token)
-        self.http = httpx.Client(base_url=f"{url}/api/v1", timeout=30,
-                                 headers={"Authorization": f"Bearer {token}"})
+        self.http = httpx.Client(
+            base_url=f"{url}/api/v1", timeout=30, headers={"Authorization": f"Bearer {token}"}
+        )
 
     def close(self) -> None:
         self.sdk.close()
@@ -266,11 +312,21 @@ class Operator:
         for index, bad in enumerate(versions, start=1):
             files = write_bundle(workdir / f"v{index}", index, bad=bad, size=size)
             version = self.sdk.push_version(
-                NAMESPACE, MODEL, files, format="onnx", flavor="onnxruntime",
-                signature={"inputs": [{"name": "x", "dtype": "float32", "shape": [1, 4]}],
-                           "outputs": []},
-                created_by="demo", run_id=f"run-{index}", git_commit="0" * 40,
-                hardware=["x86_64"], metrics={"accuracy": 0.9 + index / 100})
+                NAMESPACE,
+                MODEL,
+                files,
+                format="onnx",
+                flavor="onnxruntime",
+                signature={
+                    "inputs": [{"name": "x", "dtype": "float32", "shape": [1, 4]}],
+                    "outputs": [],
+                },
+                created_by="demo",
+                run_id=f"run-{index}",
+                git_commit="0" * 40,
+                hardware=["x86_64"],
+                metrics={"accuracy": 0.9 + index / 100},
+            )
             for stage in ("Staging", "Production"):
                 self.sdk.set_stage(NAMESPACE, MODEL, version.version, stage)
             numbers.append(version.version)
@@ -282,8 +338,13 @@ class Operator:
         return token
 
     def create_rollout(self, version: int, waves: list[int], **gates: Any) -> dict[str, Any]:
-        body = {"namespace": NAMESPACE, "model": MODEL, "version": str(version), "waves": waves,
-                **gates}
+        body = {
+            "namespace": NAMESPACE,
+            "model": MODEL,
+            "version": str(version),
+            "waves": waves,
+            **gates,
+        }
         result: dict[str, Any] = self._call("POST", "/rollouts", json=body)
         return result
 
@@ -295,9 +356,13 @@ class Operator:
         result: dict[str, Any] = self._call("GET", "/fleet/status")
         return result
 
-    def wait_rollout(self, rollout_id: str, done: Callable[[dict[str, Any]], bool],
-                     timeout: float = ROLLOUT_TIMEOUT_S,
-                     on_status: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    def wait_rollout(
+        self,
+        rollout_id: str,
+        done: Callable[[dict[str, Any]], bool],
+        timeout: float = ROLLOUT_TIMEOUT_S,
+        on_status: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
         """Poll the rollout's status until ``done(status)``; returns that status."""
         deadline = time.monotonic() + timeout
         while True:
@@ -307,8 +372,10 @@ class Operator:
             if done(status):
                 return status
             if time.monotonic() > deadline:
-                raise DemoError(f"rollout {rollout_id} still {status['rollout']['state']} "
-                                f"after {timeout:g}s: {status['totals']}")
+                raise DemoError(
+                    f"rollout {rollout_id} still {status['rollout']['state']} "
+                    f"after {timeout:g}s: {status['totals']}"
+                )
             time.sleep(0.5)
 
 
@@ -355,10 +422,21 @@ def _rows(status: dict[str, Any]) -> list[tuple[str, ...]]:
     rows = []
     for wave in status["waves"]:
         counts = wave["counts"]
-        rows.append(tuple(str(n) for n in (
-            wave["wave"], wave["percent"], wave["total"], counts["pending"],
-            counts["downloading"] + counts["installing"], counts["committed"],
-            counts["failed"] + counts["timed_out"], counts["rolled_back"])))
+        rows.append(
+            tuple(
+                str(n)
+                for n in (
+                    wave["wave"],
+                    wave["percent"],
+                    wave["total"],
+                    counts["pending"],
+                    counts["downloading"] + counts["installing"],
+                    counts["committed"],
+                    counts["failed"] + counts["timed_out"],
+                    counts["rolled_back"],
+                )
+            )
+        )
     return rows
 
 
@@ -368,8 +446,10 @@ def _reporter(title: str) -> Callable[[dict[str, Any]], None]:
 
     def show(status: dict[str, Any]) -> None:
         rollout = status["rollout"]
-        heading = (f"{title} — {rollout['id']} v{rollout['version']}: {rollout['state']} "
-                   f"(wave {rollout['wave']}/{len(rollout['waves'])})")
+        heading = (
+            f"{title} — {rollout['id']} v{rollout['version']}: {rollout['state']} "
+            f"(wave {rollout['wave']}/{len(rollout['waves'])})"
+        )
         rows = _rows(status)
         if shown and shown[-1] == (heading, rows):
             return
@@ -393,8 +473,14 @@ class DemoResult:
     fleet: dict[str, Any]
 
 
-def _phase(op: Operator, title: str, version: int, waves: list[int],
-           done: Callable[[dict[str, Any]], bool], **gates: Any) -> dict[str, Any]:
+def _phase(
+    op: Operator,
+    title: str,
+    version: int,
+    waves: list[int],
+    done: Callable[[dict[str, Any]], bool],
+    **gates: Any,
+) -> dict[str, Any]:
     """Create a rollout and wait for ``done``; the status returned carries ``took_s``."""
     console.rule(f"[bold]{title}")
     started = time.monotonic()
@@ -409,18 +495,22 @@ def finished(status: dict[str, Any]) -> bool:
 
 def settled(everyone: int) -> Callable[[dict[str, Any]], bool]:
     """Finished, and every device has reported an outcome (not only the gates' cohort)."""
+
     def check(status: dict[str, Any]) -> bool:
         totals = status["totals"]
         outcomes = sum(totals[s] for s in ("committed", "failed", "rolled_back", "timed_out"))
         return finished(status) and outcomes >= everyone
+
     return check
 
 
 def _expect(status: dict[str, Any], state: str) -> dict[str, Any]:
     rollout = status["rollout"]
     if rollout["state"] != state:
-        raise DemoError(f"rollout {rollout['id']} (v{rollout['version']}) ended "
-                        f"{rollout['state']}, expected {state}: {rollout['reason']}")
+        raise DemoError(
+            f"rollout {rollout['id']} (v{rollout['version']}) ended "
+            f"{rollout['state']}, expected {state}: {rollout['reason']}"
+        )
     return status
 
 
@@ -431,57 +521,111 @@ def _installed(agent: AgentProcess) -> int | None:
     return version if isinstance(version, int) else None
 
 
-def run_demo(data_dir: Path, devices: int, fail_rate: float, bundle_size: int,
-             keep_running: bool) -> DemoResult:
+def run_demo(
+    data_dir: Path, devices: int, fail_rate: float, bundle_size: int, keep_running: bool
+) -> DemoResult:
     shutil.rmtree(data_dir, ignore_errors=True)
     server = ServerProcess(data_dir / "server").start()
-    console.print(f"[bold green]server[/] started on HTTP port {server.http_port} and MQTT port "
-                  f"{server.mqtt_port} for the demo's length (data in {data_dir})")
+    console.print(
+        f"[bold green]server[/] started on HTTP port {server.http_port} and MQTT port "
+        f"{server.mqtt_port} for the demo's length (data in {data_dir})"
+    )
     op = Operator(server.url, server.admin_token)
     agents: list[AgentProcess] = []
     simulator: SimulatorProcess | None = None
     try:
         v1, v2, v3 = op.publish_model(data_dir / "bundles", [False, True, False], bundle_size)
-        console.print(f"registered {NAMESPACE}/{MODEL} v{v1} (good), v{v2} (bad probe), "
-                      f"v{v3} (good) — all Production")
+        console.print(
+            f"registered {NAMESPACE}/{MODEL} v{v1} (good), v{v2} (bad probe), "
+            f"v{v3} (good) — all Production"
+        )
         token = op.enrollment_token(None)
-        bad_seed = rollout_seed(f"{NAMESPACE}/{MODEL}",
-                                op.sdk.get_version(NAMESPACE, MODEL, v2).manifest_sha256,
-                                "main", "", BAD_WAVES)  # what v2's rollout will hash with
+        bad_seed = rollout_seed(
+            f"{NAMESPACE}/{MODEL}",
+            op.sdk.get_version(NAMESPACE, MODEL, v2).manifest_sha256,
+            "main",
+            "",
+            BAD_WAVES,
+        )  # what v2's rollout will hash with
         names = [canary_name("agent-1", bad_seed, BAD_WAVES), "agent-2", "agent-3"]
         agents = [AgentProcess(data_dir / name, name) for name in names]
         for agent in agents:
             agent.enroll(server.url, token)
             agent.start()
-        simulator = SimulatorProcess(data_dir / "simulator", server.url, token, devices,
-                                     fail_rate=fail_rate).start()
-        wait_until(lambda: op.fleet_status()["devices"] >= devices + len(agents), 120,
-                   f"{devices + len(agents)} enrolled devices", interval=0.5)
-        console.print(f"enrolled {len(agents)} ferry-agent processes and {devices} simulated "
-                      f"devices")
+        simulator = SimulatorProcess(
+            data_dir / "simulator", server.url, token, devices, fail_rate=fail_rate
+        ).start()
+        wait_until(
+            lambda: op.fleet_status()["devices"] >= devices + len(agents),
+            120,
+            f"{devices + len(agents)} enrolled devices",
+            interval=0.5,
+        )
+        console.print(
+            f"enrolled {len(agents)} ferry-agent processes and {devices} simulated devices"
+        )
         everyone = len(agents) + devices
-        baseline = _expect(_phase(op, "baseline: v1 to everyone", v1, [100], settled(everyone),
-                                  max_failure_pct=50, min_success_pct=50), "completed")
-        bad = _expect(_phase(op, "bad release: v2 (its probe fails)", v2, BAD_WAVES,
-                             finished, max_failure_pct=20, auto_rollback=True),
-                      "rolled_back")
-        canary = [a.device_id for a in agents
-                  if wave_index(bad["rollout"]["wave_seed"], a.device_id, BAD_WAVES) == 0]
-        console.print(f"v2 halted in wave {bad['rollout']['wave']} and rolled back "
-                      f"({bad['rollout']['reason']}); real agents in its canary wave: "
-                      f"{', '.join(canary) or 'none'}")
-        good = _expect(_phase(op, "good release: v3 to 100 %", v3, [5, 25, 100],
-                              settled(everyone), max_failure_pct=25, min_success_pct=70),
-                       "completed")
-        wait_until(lambda: all(_installed(a) == v3 for a in agents), 60,
-                   "every ferry-agent to run v3", interval=0.5)
+        baseline = _expect(
+            _phase(
+                op,
+                "baseline: v1 to everyone",
+                v1,
+                [100],
+                settled(everyone),
+                max_failure_pct=50,
+                min_success_pct=50,
+            ),
+            "completed",
+        )
+        bad = _expect(
+            _phase(
+                op,
+                "bad release: v2 (its probe fails)",
+                v2,
+                BAD_WAVES,
+                finished,
+                max_failure_pct=20,
+                auto_rollback=True,
+            ),
+            "rolled_back",
+        )
+        canary = [
+            a.device_id
+            for a in agents
+            if wave_index(bad["rollout"]["wave_seed"], a.device_id, BAD_WAVES) == 0
+        ]
+        console.print(
+            f"v2 halted in wave {bad['rollout']['wave']} and rolled back "
+            f"({bad['rollout']['reason']}); real agents in its canary wave: "
+            f"{', '.join(canary) or 'none'}"
+        )
+        good = _expect(
+            _phase(
+                op,
+                "good release: v3 to 100 %",
+                v3,
+                [5, 25, 100],
+                settled(everyone),
+                max_failure_pct=25,
+                min_success_pct=70,
+            ),
+            "completed",
+        )
+        wait_until(
+            lambda: all(_installed(a) == v3 for a in agents),
+            60,
+            "every ferry-agent to run v3",
+            interval=0.5,
+        )
         agent_status = {a.device_id: a.status() for a in agents}
         fleet = op.fleet_status()
         console.rule("[bold]done")
         print_summary(baseline, bad, good, fleet)
         if keep_running:
-            console.print(f"API: {server.url}  (admin token in "
-                          f"{server.data_dir / 'admin-token'}); running until Ctrl-C …")
+            console.print(
+                f"API: {server.url}  (admin token in "
+                f"{server.data_dir / 'admin-token'}); running until Ctrl-C …"
+            )
             _wait_for_interrupt()
         sim_summary = simulator.stop()
         simulator = None
@@ -495,27 +639,38 @@ def run_demo(data_dir: Path, devices: int, fail_rate: float, bundle_size: int,
         server.stop()
 
 
-def print_summary(baseline: dict[str, Any], bad: dict[str, Any], good: dict[str, Any],
-                  fleet: dict[str, Any]) -> None:
+def print_summary(
+    baseline: dict[str, Any], bad: dict[str, Any], good: dict[str, Any], fleet: dict[str, Any]
+) -> None:
     """What happened, in four lines a newcomer can check against the tables above."""
+
     def done(status: dict[str, Any]) -> str:
         rollout, totals = status["rollout"], status["totals"]
-        return (f"{rollout['id']} v{rollout['version']} {rollout['state']}: "
-                f"{totals['committed']}/{status['devices']} committed in {status['took_s']:.0f}s")
+        return (
+            f"{rollout['id']} v{rollout['version']} {rollout['state']}: "
+            f"{totals['committed']}/{status['devices']} committed in {status['took_s']:.0f}s"
+        )
 
     halted, totals = bad["rollout"], bad["totals"]
     untouched = bad["devices"] - totals["rolled_back"] - totals["failed"] - totals["timed_out"]
-    versions = ", ".join(f"{m['model']} " + ", ".join(f"v{v} on {n}" for v, n in
-                                                       sorted(m["versions"].items()))
-                         for m in fleet["models"])
+    versions = ", ".join(
+        f"{m['model']} " + ", ".join(f"v{v} on {n}" for v, n in sorted(m["versions"].items()))
+        for m in fleet["models"]
+    )
     for label, text in (
-            ("baseline", done(baseline)),
-            ("bad release", (f"{halted['id']} v{halted['version']} halted in wave "
-                             f"{halted['wave']} of {len(halted['waves'])} and rolled back in "
-                             f"{bad['took_s']:.0f}s: {totals['rolled_back']} devices back on "
-                             f"v{baseline['rollout']['version']}, {untouched} never took it")),
-            ("good release", done(good) + " (100 %)"),
-            ("fleet", f"{fleet['devices']} devices: {versions}")):
+        ("baseline", done(baseline)),
+        (
+            "bad release",
+            (
+                f"{halted['id']} v{halted['version']} halted in wave "
+                f"{halted['wave']} of {len(halted['waves'])} and rolled back in "
+                f"{bad['took_s']:.0f}s: {totals['rolled_back']} devices back on "
+                f"v{baseline['rollout']['version']}, {untouched} never took it"
+            ),
+        ),
+        ("good release", done(good) + " (100 %)"),
+        ("fleet", f"{fleet['devices']} devices: {versions}"),
+    ):
         console.print(f"[bold]{label:<13}[/]{text}", soft_wrap=True)
 
 
@@ -529,15 +684,13 @@ def _wait_for_interrupt() -> None:
 
 def main(
     devices: Annotated[int, typer.Option(help="Simulated devices next to the 3 real agents")] = 200,
-    fail_rate: Annotated[float, typer.Option(help="Random probe failures of simulated "
-                                                  "devices")] = 0.0,
-    bundle_size: Annotated[int, typer.Option(help="Bytes of model weights per "
-                                                  "version")] = 1 << 20,
+    fail_rate: Annotated[
+        float, typer.Option(help="Random probe failures of simulated devices")
+    ] = 0.0,
+    bundle_size: Annotated[int, typer.Option(help="Bytes of model weights per version")] = 1 << 20,
     data_dir: Annotated[Path, typer.Option(help="Wiped at start")] = Path(".ferry-demo"),
-    keep_running: Annotated[bool, typer.Option(help="Leave everything running at the "
-                                                    "end")] = False,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the outcome "
-                                                                 "here")] = None,
+    keep_running: Annotated[bool, typer.Option(help="Leave everything running at the end")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the outcome here")] = None,
 ) -> None:
     """Run the whole demo; exit 0 when every phase ended as expected."""
     started = time.monotonic()
@@ -549,8 +702,9 @@ def main(
         raise typer.Exit(130) from None
     except Exception as exc:  # noqa: BLE001 - the demo's contract: one line, never a traceback
         console.print(f"[red]demo failed:[/red] {describe_failure(exc)}", soft_wrap=True)
-        console.print(f"  logs: {data_dir / 'server' / 'server.log'} and "
-                      f"{data_dir}/*/*.log", soft_wrap=True)
+        console.print(
+            f"  logs: {data_dir / 'server' / 'server.log'} and {data_dir}/*/*.log", soft_wrap=True
+        )
         raise typer.Exit(1) from None
     if json_out is not None:
         json_out.write_text(json.dumps(result.__dict__, indent=2, sort_keys=True))

@@ -34,19 +34,29 @@ from ferry.protocol.errors import MalformedError
 from ferry.protocol.gates import GatePolicy
 
 devices_app = typer.Typer(help="List, show, tag and revoke enrolled devices.", no_args_is_help=True)
-token_app = typer.Typer(help="Create, list and revoke device enrolment tokens.",
-                        no_args_is_help=True)
-rollout_app = typer.Typer(help="Roll versions out to devices in waves, and steer them.",
-                          no_args_is_help=True)
+token_app = typer.Typer(
+    help="Create, list and revoke device enrolment tokens.", no_args_is_help=True
+)
+rollout_app = typer.Typer(
+    help="Roll versions out to devices in waves, and steer them.", no_args_is_help=True
+)
 status_app = typer.Typer(help="Fleet-wide sync status.")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 NsOpt = Annotated[str | None, typer.Option("--namespace", "-n", help="Only this namespace.")]
 WatchOpt = Annotated[bool, typer.Option("--watch", "-w", help="Refresh live until Ctrl-C.")]
-IntervalOpt = Annotated[float, typer.Option(help="Seconds between refreshes with --watch.",
-                                            min=0.2)]
-STATE_COLUMNS = ("pending", "downloading", "installing", "committed", "failed", "rolled_back",
-                 "timed_out")
+IntervalOpt = Annotated[
+    float, typer.Option(help="Seconds between refreshes with --watch.", min=0.2)
+]
+STATE_COLUMNS = (
+    "pending",
+    "downloading",
+    "installing",
+    "committed",
+    "failed",
+    "rolled_back",
+    "timed_out",
+)
 
 
 def parse_waves(text: str) -> list[int]:
@@ -63,8 +73,10 @@ def parse_waves(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError as exc:
-        raise InputError(f"--waves {text!r}: give cumulative percentages like 1,10,50,100, "
-                         "or exp:START,FACTOR[,CAP]") from exc
+        raise InputError(
+            f"--waves {text!r}: give cumulative percentages like 1,10,50,100, "
+            "or exp:START,FACTOR[,CAP]"
+        ) from exc
 
 
 T = TypeVar("T")
@@ -100,8 +112,9 @@ def follow(spec: Follow[T], interval: float, deadline: float | None = None) -> t
     return value, spec.done(value)
 
 
-def _follow_lines(spec: Follow[T], value: T, interval: float,
-                  deadline: float | None) -> tuple[T, bool]:
+def _follow_lines(
+    spec: Follow[T], value: T, interval: float, deadline: float | None
+) -> tuple[T, bool]:
     last = spec.line(value)
     out.print(escape(last), soft_wrap=True)
     try:
@@ -135,28 +148,42 @@ def gate_policy(**values: int | None) -> GatePolicy:
         raise InputError(str(exc)) from None
 
 
-@token_app.command("create", epilog="Example: ferry enrollment-token create vision line-3 "
-                                    "--max-uses 50 --expires-in 86400 --tag site=lyon")
+@token_app.command(
+    "create",
+    epilog="Example: ferry enrollment-token create vision line-3 "
+    "--max-uses 50 --expires-in 86400 --tag site=lyon",
+)
 @handle_errors
 def token_create(
     namespace: Annotated[str, typer.Argument(help="Namespace the devices join.")],
     name: Annotated[str, typer.Argument(help="What the token is for, e.g. line-3.")],
     max_uses: Annotated[int | None, typer.Option(help="Devices it may enrol (default 1).")] = 1,
-    unlimited: Annotated[bool, typer.Option(help="Any number of devices until it expires.")] = False,
+    unlimited: Annotated[
+        bool, typer.Option(help="Any number of devices until it expires.")
+    ] = False,
     expires_in: Annotated[int | None, typer.Option(help="Seconds until it expires.")] = None,
-    tag: Annotated[list[str] | None, typer.Option(help="KEY=VALUE given to each device (repeat).")] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE given to each device (repeat).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create an enrolment token (operator); the secret is printed once."""
     tags = {k: str(v) for k, v in parse_pairs(tag or [], "--tag", numeric=False).items()}
     with client() as ferry:
-        row = ferry.create_enrollment_token(namespace, name, max_uses=None if unlimited else max_uses,
-                                            expires_in_s=expires_in, tags=tags)
+        row = ferry.create_enrollment_token(
+            namespace,
+            name,
+            max_uses=None if unlimited else max_uses,
+            expires_in_s=expires_in,
+            tags=tags,
+        )
     if as_json:
         print_json(row.to_json())
         return
-    out.print(f"created enrolment token {row.id} for namespace {row.namespace} "
-              f"(uses: {row.max_uses or 'unlimited'}, expires: {row.expires_at or 'never'})")
+    out.print(
+        f"created enrolment token {row.id} for namespace {row.namespace} "
+        f"(uses: {row.max_uses or 'unlimited'}, expires: {row.expires_at or 'never'})"
+    )
     out.print(escape(row.token or ""), soft_wrap=True)
 
 
@@ -169,9 +196,13 @@ def token_list(namespace: NsOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json([r.to_json() for r in rows])
         return
-    table(["id", "namespace", "name", "uses", "expires", "revoked"],
-          [(r.id, r.namespace, r.name, f"{r.uses}/{r.max_uses or '∞'}", r.expires_at,
-            r.revoked_at) for r in rows])
+    table(
+        ["id", "namespace", "name", "uses", "expires", "revoked"],
+        [
+            (r.id, r.namespace, r.name, f"{r.uses}/{r.max_uses or '∞'}", r.expires_at, r.revoked_at)
+            for r in rows
+        ],
+    )
 
 
 @token_app.command("revoke", epilog="Example: ferry enrollment-token revoke 3")
@@ -186,7 +217,9 @@ def token_revoke(token_id: Annotated[int, typer.Argument(help="Token id from `li
 # --- devices ------------------------------------------------------------------------------
 
 
-@devices_app.command("list", epilog="Example: ferry devices list -n vision --selector hw=jetson-orin")
+@devices_app.command(
+    "list", epilog="Example: ferry devices list -n vision --selector hw=jetson-orin"
+)
 @handle_errors
 def devices_list(
     namespace: NsOpt = None,
@@ -197,14 +230,20 @@ def devices_list(
 ) -> None:
     """List enrolled devices."""
     with client() as ferry:
-        rows = ferry.list_devices(namespace, selector=selector, include_revoked=include_revoked,
-                                  limit=limit)
+        rows = ferry.list_devices(
+            namespace, selector=selector, include_revoked=include_revoked, limit=limit
+        )
     if as_json:
         print_json([d.to_json() for d in rows])
         return
-    table(["device", "namespace", "hardware", "tags", "installed", "last seen", "revoked"],
-          [(d.id, d.namespace, d.hardware, _tags(d), _installed(d), d.last_seen_at, d.revoked_at)
-           for d in rows], optional=("namespace", "last seen"))
+    table(
+        ["device", "namespace", "hardware", "tags", "installed", "last seen", "revoked"],
+        [
+            (d.id, d.namespace, d.hardware, _tags(d), _installed(d), d.last_seen_at, d.revoked_at)
+            for d in rows
+        ],
+        optional=("namespace", "last seen"),
+    )
 
 
 def _tags(device: Device) -> str:
@@ -212,38 +251,79 @@ def _tags(device: Device) -> str:
 
 
 def _installed(device: Device) -> str:
-    return ", ".join(f"{s['slot']}: {s['model']}@{s['installed_version']}" for s in device.slots
-                     if s.get("installed_version") is not None)
+    return ", ".join(
+        f"{s['slot']}: {s['model']}@{s['installed_version']}"
+        for s in device.slots
+        if s.get("installed_version") is not None
+    )
 
 
 @devices_app.command("show", epilog="Example: ferry devices show cam-17")
 @handle_errors
-def devices_show(device_id: Annotated[str, typer.Argument(help="Device id.")],
-                 history: Annotated[int, typer.Option(help="Status reports to show.")] = 20,
-                 as_json: JsonOpt = False) -> None:
+def devices_show(
+    device_id: Annotated[str, typer.Argument(help="Device id.")],
+    history: Annotated[int, typer.Option(help="Status reports to show.")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
     """Show a device: tags, groups, slots and its status history."""
     with client() as ferry:
         device = ferry.get_device(device_id, history=history)
     if as_json:
         print_json(device.to_json())
         return
-    fields([("device", device.id), ("namespace", device.namespace), ("hardware", device.hardware),
-            ("agent", device.agent_version), ("tags", _tags(device)),
-            ("groups", ", ".join(device.groups)), ("enrolled", device.enrolled_at),
-            ("last seen", device.last_seen_at), ("revoked", device.revoked_at),
-            ("desired seq", device.desired_sequence)])
-    table(["slot", "model", "installed", "staged", "state", "updated"],
-          [(s["slot"], s["model"], s["installed_version"], s["staged_version"], s["state"],
-            s["updated_at"]) for s in device.slots], title="slots")
-    table(["at", "slot", "state", "from", "to", "error", "rollout"],
-          [(h["at"], h["slot"], h["state"], h["from_version"], h["to_version"], h["error_code"],
-            h["rollout_id"]) for h in device.history], title="status history")
+    fields(
+        [
+            ("device", device.id),
+            ("namespace", device.namespace),
+            ("hardware", device.hardware),
+            ("agent", device.agent_version),
+            ("tags", _tags(device)),
+            ("groups", ", ".join(device.groups)),
+            ("enrolled", device.enrolled_at),
+            ("last seen", device.last_seen_at),
+            ("revoked", device.revoked_at),
+            ("desired seq", device.desired_sequence),
+        ]
+    )
+    table(
+        ["slot", "model", "installed", "staged", "state", "updated"],
+        [
+            (
+                s["slot"],
+                s["model"],
+                s["installed_version"],
+                s["staged_version"],
+                s["state"],
+                s["updated_at"],
+            )
+            for s in device.slots
+        ],
+        title="slots",
+    )
+    table(
+        ["at", "slot", "state", "from", "to", "error", "rollout"],
+        [
+            (
+                h["at"],
+                h["slot"],
+                h["state"],
+                h["from_version"],
+                h["to_version"],
+                h["error_code"],
+                h["rollout_id"],
+            )
+            for h in device.history
+        ],
+        title="status history",
+    )
 
 
 @devices_app.command("tag", epilog="Example: ferry devices tag cam-17 region=eu channel=canary")
 @handle_errors
-def devices_tag(device_id: Annotated[str, typer.Argument(help="Device id.")],
-                tags: Annotated[list[str], typer.Argument(help="KEY=VALUE pairs.")]) -> None:
+def devices_tag(
+    device_id: Annotated[str, typer.Argument(help="Device id.")],
+    tags: Annotated[list[str], typer.Argument(help="KEY=VALUE pairs.")],
+) -> None:
     """Add or change tags of a device (operator)."""
     pairs = {k: str(v) for k, v in parse_pairs(tags, "tag", numeric=False).items()}
     with client() as ferry:
@@ -253,8 +333,10 @@ def devices_tag(device_id: Annotated[str, typer.Argument(help="Device id.")],
 
 @devices_app.command("untag", epilog="Example: ferry devices untag cam-17 channel")
 @handle_errors
-def devices_untag(device_id: Annotated[str, typer.Argument(help="Device id.")],
-                  keys: Annotated[list[str], typer.Argument(help="Tag keys to remove.")]) -> None:
+def devices_untag(
+    device_id: Annotated[str, typer.Argument(help="Device id.")],
+    keys: Annotated[list[str], typer.Argument(help="Tag keys to remove.")],
+) -> None:
     """Remove tags from a device (operator)."""
     with client() as ferry:
         device = ferry.tag_device(device_id, remove=keys)
@@ -275,18 +357,34 @@ def devices_revoke(device_id: Annotated[str, typer.Argument(help="Device id.")])
 
 @rollout_app.command("list", epilog="Example: ferry rollout list -n vision --state running")
 @handle_errors
-def rollout_list(namespace: NsOpt = None,
-                 state: Annotated[str | None, typer.Option(help="Only rollouts in this state.")] = None,
-                 as_json: JsonOpt = False) -> None:
+def rollout_list(
+    namespace: NsOpt = None,
+    state: Annotated[str | None, typer.Option(help="Only rollouts in this state.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
     """List rollouts, newest first."""
     with client() as ferry:
         rows = ferry.list_rollouts(namespace, state=state)
     if as_json:
         print_json([r.to_json() for r in rows])
         return
-    table(["id", "model", "version", "slot", "selector", "state", "wave", "created"],
-          [(r.id, r.model, f"v{r.version}", r.slot, r.selector or "all", r.state,
-            _wave_label(r), r.created_at) for r in rows], optional=("slot", "created"))
+    table(
+        ["id", "model", "version", "slot", "selector", "state", "wave", "created"],
+        [
+            (
+                r.id,
+                r.model,
+                f"v{r.version}",
+                r.slot,
+                r.selector or "all",
+                r.state,
+                _wave_label(r),
+                r.created_at,
+            )
+            for r in rows
+        ],
+        optional=("slot", "created"),
+    )
 
 
 def _wave_label(rollout: Rollout) -> str:
@@ -300,41 +398,68 @@ def print_rollout(rollout: Rollout, as_json: bool) -> None:
     if as_json:
         print_json(rollout.to_json())
         return
-    fields([("rollout", rollout.id), ("model", f"{rollout.model}@{rollout.version}"),
-            ("slot", rollout.slot), ("selector", rollout.selector or "all devices"),
-            ("waves", ",".join(map(str, rollout.waves))), ("state", rollout.state),
-            ("wave", _wave_label(rollout)), ("reason", rollout.reason),
-            ("gates", gates_text(rollout.gates)), ("auto rollback", "yes" if rollout.auto_rollback else ""),
-            ("start at", rollout.start_at), ("created", f"{rollout.created_at} by {rollout.created_by}")])
+    fields(
+        [
+            ("rollout", rollout.id),
+            ("model", f"{rollout.model}@{rollout.version}"),
+            ("slot", rollout.slot),
+            ("selector", rollout.selector or "all devices"),
+            ("waves", ",".join(map(str, rollout.waves))),
+            ("state", rollout.state),
+            ("wave", _wave_label(rollout)),
+            ("reason", rollout.reason),
+            ("gates", gates_text(rollout.gates)),
+            ("auto rollback", "yes" if rollout.auto_rollback else ""),
+            ("start at", rollout.start_at),
+            ("created", f"{rollout.created_at} by {rollout.created_by}"),
+        ]
+    )
 
 
 def gates_text(gates: dict[str, Any]) -> str:
     """``bake 5s, success ≥100%, failures ≤0 or ≤5%, retries 0, timeout 1800s``."""
-    limits = [f"≤{gates[k]}{unit}" for k, unit in (("max_failures", ""), ("max_failure_pct", "%"))
-              if gates.get(k) is not None]
-    return (f"bake {gates.get('bake_s')}s, success ≥{gates.get('min_success_pct')}%, "
-            f"failures {' or '.join(limits) or 'unlimited'}, retries {gates.get('max_retries')}, "
-            f"timeout {gates.get('in_progress_timeout_s')}s")
+    limits = [
+        f"≤{gates[k]}{unit}"
+        for k, unit in (("max_failures", ""), ("max_failure_pct", "%"))
+        if gates.get(k) is not None
+    ]
+    return (
+        f"bake {gates.get('bake_s')}s, success ≥{gates.get('min_success_pct')}%, "
+        f"failures {' or '.join(limits) or 'unlimited'}, retries {gates.get('max_retries')}, "
+        f"timeout {gates.get('in_progress_timeout_s')}s"
+    )
 
 
 def status_view(status: dict[str, Any]) -> RenderableType:
     """The rollout dashboard: header, one row per wave, the gate."""
     r = status["rollout"]
-    head = Text.assemble((f"{r['id']} ", "bold"), f"{r['model']}@{r['version']} → ",
-                         (r["selector"] or "all devices"), f"   state: {r['state']}",
-                         f"   wave {r['wave']}/{len(r['waves'])}" if r["wave"] >= 1 else "",
-                         f"   in wave {status['time_in_wave_s']}s"
-                         if status.get("time_in_wave_s") is not None else "")
-    grid = Table("wave", "%", *STATE_COLUMNS, "total", "success", show_edge=False,
-                 header_style="bold")
+    head = Text.assemble(
+        (f"{r['id']} ", "bold"),
+        f"{r['model']}@{r['version']} → ",
+        (r["selector"] or "all devices"),
+        f"   state: {r['state']}",
+        f"   wave {r['wave']}/{len(r['waves'])}" if r["wave"] >= 1 else "",
+        f"   in wave {status['time_in_wave_s']}s"
+        if status.get("time_in_wave_s") is not None
+        else "",
+    )
+    grid = Table(
+        "wave", "%", *STATE_COLUMNS, "total", "success", show_edge=False, header_style="bold"
+    )
     for wave in status["waves"]:
         marker = "▶ " if wave["wave"] == r["wave"] else "  "
-        grid.add_row(f"{marker}{wave['wave']}", str(wave["percent"]),
-                     *(str(wave["counts"][s]) for s in STATE_COLUMNS), str(wave["total"]),
-                     f"{wave['success_rate']}%")
+        grid.add_row(
+            f"{marker}{wave['wave']}",
+            str(wave["percent"]),
+            *(str(wave["counts"][s]) for s in STATE_COLUMNS),
+            str(wave["total"]),
+            f"{wave['success_rate']}%",
+        )
     gate = status["gate"]
-    gate_line = Text(" ".join(f"{k}={v}" for k, v in gate.items() if v is not None),
-                     style="green" if gate.get("status") == "passing" else "")
+    gate_line = Text(
+        " ".join(f"{k}={v}" for k, v in gate.items() if v is not None),
+        style="green" if gate.get("status") == "passing" else "",
+    )
     return Group(head, grid, Text.assemble(("gate: ", "bold"), gate_line))
 
 
@@ -359,9 +484,11 @@ def rollback_line(rollout: Rollout) -> str:
     if staying:
         names = list(summary.get("without_previous_devices", []))
         more = f" and {staying - len(names)} more" if staying > len(names) else ""
-        line += (f"; {staying} had no previous version and stay on v{rollout.version}: "
-                 f"{', '.join(names)}{more} — to move them, roll out the version they should run "
-                 f"(a rollback can name it: --baseline VERSION)")
+        line += (
+            f"; {staying} had no previous version and stay on v{rollout.version}: "
+            f"{', '.join(names)}{more} — to move them, roll out the version they should run "
+            f"(a rollback can name it: --baseline VERSION)"
+        )
     elif "without a previous version go to" in str(summary.get("reason", "")):
         line += f" ({str(summary['reason']).split('; ', 1)[-1]})"
     return line
@@ -371,12 +498,16 @@ _action("pause", "Pause: no wave opens until `resume` (devices keep what they ha
 _action("resume", "Resume (or start a planned rollout at wave 1); the bake clock restarts.")
 _action("advance", "Open the next wave now, without waiting for the gate.")
 _action("cancel", "Cancel: no new device takes the version; those that did keep it.")
+
+
 @rollout_app.command("rollback", epilog="Example: ferry rollout rollback r-12 --baseline 6")
 @handle_errors
 def rollout_rollback(
     rollout_id: Annotated[str, typer.Argument(help="Rollout id, e.g. r-12.")],
-    baseline: Annotated[int | None, typer.Option(
-        help="Version for devices with no previous version (their first install).")] = None,
+    baseline: Annotated[
+        int | None,
+        typer.Option(help="Version for devices with no previous version (their first install)."),
+    ] = None,
 ) -> None:
     """Send every device that took the version its previous one (signed); devices whose
     first install it was stay on it, or go to --baseline."""
@@ -386,8 +517,11 @@ def rollout_rollback(
     out.print(escape(rollback_line(rollout)), soft_wrap=True)
 
 
-@rollout_app.command("bind", epilog="Example: ferry rollout bind vision/detector production "
-                                    "--selector hw=jetson-orin --waves 5,50,100 --bake 3600")
+@rollout_app.command(
+    "bind",
+    epilog="Example: ferry rollout bind vision/detector production "
+    "--selector hw=jetson-orin --waves 5,50,100 --bake 3600",
+)
 @handle_errors
 def rollout_bind(
     model: Annotated[str, typer.Argument(help="NS/MODEL.")],
@@ -395,23 +529,34 @@ def rollout_bind(
     selector: Annotated[str, typer.Option(help="Devices: key=value[,key=value].")] = "",
     waves: Annotated[str, typer.Option(help="Cumulative percentages.")] = "1,10,50,100",
     bake: Annotated[int, typer.Option(help="Seconds each wave bakes.")] = GATES.bake_s,
-    min_success: Annotated[int, typer.Option(help="Percent committed needed.")] = GATES.min_success_pct,
+    min_success: Annotated[
+        int, typer.Option(help="Percent committed needed.")
+    ] = GATES.min_success_pct,
     auto_start: Annotated[bool, typer.Option(help="Start planned rollouts at once.")] = False,
     auto_rollback: Annotated[bool, typer.Option(help="Roll back automatically on halt.")] = False,
 ) -> None:
     """Bind an alias: moving it plans a rollout of its new version (operator)."""
     ns, name = _ns_model(model)
     with client() as ferry:
-        ferry.bind_alias(ns, name, alias, selector=selector, waves=parse_waves(waves),
-                         gates=gate_policy(bake_s=bake, min_success_pct=min_success),
-                         auto_start=auto_start, auto_rollback=auto_rollback)
+        ferry.bind_alias(
+            ns,
+            name,
+            alias,
+            selector=selector,
+            waves=parse_waves(waves),
+            gates=gate_policy(bake_s=bake, min_success_pct=min_success),
+            auto_start=auto_start,
+            auto_rollback=auto_rollback,
+        )
     out.print(f"bound {ns}/{name}:{alias} → rollouts at {selector or 'all devices'}")
 
 
 @rollout_app.command("unbind", epilog="Example: ferry rollout unbind vision/detector production")
 @handle_errors
-def rollout_unbind(model: Annotated[str, typer.Argument(help="NS/MODEL.")],
-                   alias: Annotated[str, typer.Argument(help="Bound alias.")]) -> None:
+def rollout_unbind(
+    model: Annotated[str, typer.Argument(help="NS/MODEL.")],
+    alias: Annotated[str, typer.Argument(help="Bound alias.")],
+) -> None:
     """Remove an alias binding; moving the alias then plans nothing."""
     ns, name = _ns_model(model)
     with client() as ferry:
@@ -430,44 +575,55 @@ def _ns_model(text: str) -> tuple[str, str]:
 
 
 def fleet_view(status: dict[str, Any]) -> RenderableType:
-    head = Text(f"devices: {status['devices']}   online (last {status['online_window_s']}s): "
-                f"{status['online']}   revoked: {status['revoked']}   at {status['at']}")
+    head = Text(
+        f"devices: {status['devices']}   online (last {status['online_window_s']}s): "
+        f"{status['online']}   revoked: {status['revoked']}   at {status['at']}"
+    )
     grid = Table(show_edge=False, header_style="bold")
     grid.add_column("model", overflow="fold")
     grid.add_column("slot", overflow="fold")
     grid.add_column("installed versions (devices)", overflow="fold")
     for model in status["models"]:
-        grid.add_row(escape(model["model"]), escape(model["slot"]),
-                     escape(version_spread(model, "\n")))
+        grid.add_row(
+            escape(model["model"]), escape(model["slot"]), escape(version_spread(model, "\n"))
+        )
     return Group(head, grid)
 
 
 def version_spread(model: dict[str, Any], sep: str = ", ") -> str:
     """``no version (first install rolled back): 2, v16: 10, v17: 28`` (a version and its
     count are never split: the table puts one per line)."""
-    return sep.join(f"{_version_name(v, model.get('without_version', {}))}: {n}"
-                     for v, n in sorted(model["versions"].items(), key=_version_order))
+    return sep.join(
+        f"{_version_name(v, model.get('without_version', {}))}: {n}"
+        for v, n in sorted(model["versions"].items(), key=_version_order)
+    )
 
 
 def fleet_line(status: dict[str, Any]) -> str:
     """`ferry status --watch` in a pipe: one line per change of the counts."""
-    spreads = "; ".join(f"{m['model']}#{m['slot']} {version_spread(m)}"
-                        for m in status["models"])
-    return (f"devices {status['devices']}, online {status['online']}, revoked "
-            f"{status['revoked']}" + (f" | {spreads}" if spreads else ""))
+    spreads = "; ".join(f"{m['model']}#{m['slot']} {version_spread(m)}" for m in status["models"])
+    return (
+        f"devices {status['devices']}, online {status['online']}, revoked "
+        f"{status['revoked']}" + (f" | {spreads}" if spreads else "")
+    )
 
 
 # Why a device has a slot of this model but no version installed, by the slot's last state.
-NO_VERSION = {"rolled_back": "first install rolled back", "failed": "first install failed",
-              "idle": "not installed yet"}
+NO_VERSION = {
+    "rolled_back": "first install rolled back",
+    "failed": "first install failed",
+    "idle": "not installed yet",
+}
 
 
 def _version_name(version: str, without: dict[str, int]) -> str:
     """``v17``; for "none", what state those devices are in (never ``vnone``)."""
     if version.isdigit():
         return f"v{version}"
-    why = ", ".join(f"{NO_VERSION.get(state, state)}" + (f" {n}" if len(without) > 1 else "")
-                    for state, n in sorted(without.items()))
+    why = ", ".join(
+        f"{NO_VERSION.get(state, state)}" + (f" {n}" if len(without) > 1 else "")
+        for state, n in sorted(without.items())
+    )
     return f"no version ({why})" if why else "no version"
 
 
@@ -478,14 +634,17 @@ def _version_order(item: tuple[str, int]) -> tuple[int, int]:
 
 @status_app.callback(invoke_without_command=True, epilog="Example: ferry status -n vision --watch")
 @handle_errors
-def fleet_status(namespace: NsOpt = None, watch: WatchOpt = False, interval: IntervalOpt = 2.0,
-                 as_json: JsonOpt = False) -> None:
+def fleet_status(
+    namespace: NsOpt = None,
+    watch: WatchOpt = False,
+    interval: IntervalOpt = 2.0,
+    as_json: JsonOpt = False,
+) -> None:
     """Fleet-wide status: devices online, installed versions per model."""
     with client() as ferry:
         if as_json:
             print_json(ferry.fleet_status(namespace))
         elif watch:
-            follow(Follow(lambda: ferry.fleet_status(namespace), fleet_view, fleet_line),
-                   interval)
+            follow(Follow(lambda: ferry.fleet_status(namespace), fleet_view, fleet_line), interval)
         else:
             out.print(fleet_view(ferry.fleet_status(namespace)))

@@ -27,10 +27,18 @@ from ferry.protocol.verify import check_signatures, trust_first_keyring, verify_
 
 app = typer.Typer()
 
-KeyringOpt = Annotated[Path | None, typer.Option(
-    help="The server's public keyring (saved with `ferry keyring -o FILE`).", dir_okay=False)]
-RootOpt = Annotated[list[str] | None, typer.Option(
-    "--root-key-id", help="Trust the keyring only if this root key signed it (repeat).")]
+KeyringOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="The server's public keyring (saved with `ferry keyring -o FILE`).", dir_okay=False
+    ),
+]
+RootOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--root-key-id", help="Trust the keyring only if this root key signed it (repeat)."
+    ),
+]
 
 
 def load_keyring(path: Path, root_key_ids: list[str] | None) -> Keyring:
@@ -50,8 +58,11 @@ def signers(envelope: Envelope, keyring: Keyring | None) -> list[dict[str, Any]]
     rows = []
     for sig in envelope.signatures:
         key = keyring.keys.get(sig.keyid) if keyring else None
-        roles = [r.value for r, rk in (keyring.roles.items() if keyring else [])
-                 if sig.keyid in rk.keyids]
+        roles = [
+            r.value
+            for r, rk in (keyring.roles.items() if keyring else [])
+            if sig.keyid in rk.keyids
+        ]
         valid = None if key is None else key.verify(sig.sig, envelope.signed_bytes)
         rows.append({"keyid": sig.keyid, "roles": roles, "valid": valid})
     return rows
@@ -76,61 +87,106 @@ def _online_keyring(target: str, root_key_ids: list[str] | None) -> Keyring | No
         return None
     with client() as ferry:
         try:
-            return trusted_state(ferry.keyring_bytes, ferry.base_url, ferry.trust,
-                                 set(root_key_ids or []) or None).keyring
+            return trusted_state(
+                ferry.keyring_bytes, ferry.base_url, ferry.trust, set(root_key_ids or []) or None
+            ).keyring
         except ProtocolError as exc:
-            raise VerificationError(f"the server's keyring was refused: {exc}",
-                                    code=exc.code) from None
+            raise VerificationError(
+                f"the server's keyring was refused: {exc}", code=exc.code
+            ) from None
 
 
-@app.command("inspect", epilog="Examples:\n\n  ferry inspect vision/resnet@3\n\n"
-                               "  ferry inspect ./models/resnet --keyring keyring.json")
+@app.command(
+    "inspect",
+    epilog="Examples:\n\n  ferry inspect vision/resnet@3\n\n"
+    "  ferry inspect ./models/resnet --keyring keyring.json",
+)
 @handle_errors
-def inspect(target: Annotated[str, typer.Argument(
-                help="NS/MODEL@REF, a manifest file, or a directory made by `ferry pull`.")],
-            keyring: KeyringOpt = None, root_key_id: RootOpt = None,
-            as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+def inspect(
+    target: Annotated[
+        str,
+        typer.Argument(help="NS/MODEL@REF, a manifest file, or a directory made by `ferry pull`."),
+    ],
+    keyring: KeyringOpt = None,
+    root_key_id: RootOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
     """Show a bundle manifest: model, version, files and hashes, and who signed it."""
     raw, source = _manifest_source(target)
-    trusted = load_keyring(keyring, root_key_id) if keyring else \
-        _online_keyring(target, root_key_id)
+    trusted = (
+        load_keyring(keyring, root_key_id) if keyring else _online_keyring(target, root_key_id)
+    )
     try:
         envelope = parse_envelope(raw)
         manifest = BundleManifest.from_dict(envelope.signed)
     except ProtocolError as exc:
-        raise VerificationError(f"{source} is not a bundle manifest: {exc}",
-                                code=exc.code) from None
+        raise VerificationError(
+            f"{source} is not a bundle manifest: {exc}", code=exc.code
+        ) from None
     sigs = signers(envelope, trusted)
     if as_json:
-        print_json({"source": source, "manifest_sha256": envelope.digest,
-                    "manifest": envelope.signed, "signatures": sigs})
+        print_json(
+            {
+                "source": source,
+                "manifest_sha256": envelope.digest,
+                "manifest": envelope.signed,
+                "signatures": sigs,
+            }
+        )
         return
-    fields([("manifest", source), ("digest", envelope.digest),
+    fields(
+        [
+            ("manifest", source),
+            ("digest", envelope.digest),
             ("model", f"{manifest.full_name}@{manifest.version}"),
             ("format", f"{manifest.format} / {manifest.flavor}"),
             ("hardware", ", ".join(manifest.hardware) or "any"),
-            ("created", manifest.created_at), ("size", f"{manifest.total_size} bytes"),
-            ("io signature", manifest.signature)])
-    table(["key id", "role", "signature"],
-          [(s["keyid"], ", ".join(s["roles"]) or "not in the keyring",
-            {True: "valid", False: "INVALID", None: "not checked (no keyring)"}[s["valid"]])
-           for s in sigs], title="signed by")
-    table(["file", "size", "sha256"], [(f.path, f.size, f.sha256) for f in manifest.files],
-          title="files")
+            ("created", manifest.created_at),
+            ("size", f"{manifest.total_size} bytes"),
+            ("io signature", manifest.signature),
+        ]
+    )
+    table(
+        ["key id", "role", "signature"],
+        [
+            (
+                s["keyid"],
+                ", ".join(s["roles"]) or "not in the keyring",
+                {True: "valid", False: "INVALID", None: "not checked (no keyring)"}[s["valid"]],
+            )
+            for s in sigs
+        ],
+        title="signed by",
+    )
+    table(
+        ["file", "size", "sha256"],
+        [(f.path, f.size, f.sha256) for f in manifest.files],
+        title="files",
+    )
 
 
-@app.command("verify", epilog="Example: ferry verify ./models/resnet --keyring keyring.json "
-                              "--root-key-id 9f1c…")
+@app.command(
+    "verify",
+    epilog="Example: ferry verify ./models/resnet --keyring keyring.json --root-key-id 9f1c…",
+)
 @handle_errors
-def verify(directory: Annotated[Path, typer.Argument(help="The bundle's directory.",
-                                                     file_okay=False)],
-           keyring: Annotated[Path, typer.Option(
-               help="The server's public keyring (saved with `ferry keyring -o FILE`).",
-               dir_okay=False)],
-           manifest: Annotated[Path | None, typer.Option(
-               help=f"Signed manifest (default: DIR/{MANIFEST_NAME}, as `ferry pull` saves "
-                    "it).", dir_okay=False)] = None,
-           root_key_id: RootOpt = None) -> None:
+def verify(
+    directory: Annotated[Path, typer.Argument(help="The bundle's directory.", file_okay=False)],
+    keyring: Annotated[
+        Path,
+        typer.Option(
+            help="The server's public keyring (saved with `ferry keyring -o FILE`).", dir_okay=False
+        ),
+    ],
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            help=f"Signed manifest (default: DIR/{MANIFEST_NAME}, as `ferry pull` saves it).",
+            dir_okay=False,
+        ),
+    ] = None,
+    root_key_id: RootOpt = None,
+) -> None:
     """Check a downloaded bundle offline: keyring, manifest signature, every file's hash."""
     trusted = load_keyring(keyring, root_key_id)
     path = manifest or directory / MANIFEST_NAME
@@ -141,36 +197,51 @@ def verify(directory: Annotated[Path, typer.Argument(help="The bundle's director
     try:
         envelope = parse_envelope(raw)
         declared = BundleManifest.from_dict(envelope.signed)
-        check_signatures(envelope, trusted.keys_for(Role.BUNDLES),
-                         trusted.roles[Role.BUNDLES].threshold, "manifest")
+        check_signatures(
+            envelope,
+            trusted.keys_for(Role.BUNDLES),
+            trusted.roles[Role.BUNDLES].threshold,
+            "manifest",
+        )
         for entry in declared.files:
             verify_file(directory / entry.path, entry.size, entry.sha256)
     except FileNotFoundError as exc:
-        raise VerificationError(f"{exc.filename} is missing from the bundle",
-                                code="missing_file") from None
+        raise VerificationError(
+            f"{exc.filename} is missing from the bundle", code="missing_file"
+        ) from None
     except ProtocolError as exc:  # the protocol's code in the text, not a download's hint
-        raise VerificationError(f"{directory} refused ({exc.code}): {exc}",
-                                code="bundle_refused") from None
-    out.print(escape(f"ok: {declared.full_name}@{declared.version} — {len(declared.files)} "
-                     f"file(s), {declared.total_size} bytes, manifest {envelope.digest[:12]}… "
-                     f"signed by a bundles key of keyring v{trusted.version}"), soft_wrap=True)
+        raise VerificationError(
+            f"{directory} refused ({exc.code}): {exc}", code="bundle_refused"
+        ) from None
+    out.print(
+        escape(
+            f"ok: {declared.full_name}@{declared.version} — {len(declared.files)} "
+            f"file(s), {declared.total_size} bytes, manifest {envelope.digest[:12]}… "
+            f"signed by a bundles key of keyring v{trusted.version}"
+        ),
+        soft_wrap=True,
+    )
 
 
 @app.command("keyring", epilog="Example: ferry keyring -o keyring.json")
 @handle_errors
-def keyring_export(output: Annotated[Path, typer.Option("--output", "-o", dir_okay=False,
-                                                        help="File to write.")],
-                   root_key_id: RootOpt = None) -> None:
+def keyring_export(
+    output: Annotated[Path, typer.Option("--output", "-o", dir_okay=False, help="File to write.")],
+    root_key_id: RootOpt = None,
+) -> None:
     """Save the server's public keyring (verified against the pinned root) for `verify`."""
     with client() as ferry:
         try:
-            trusted = trusted_state(ferry.keyring_bytes, ferry.base_url, ferry.trust,
-                                    set(root_key_id or []) or None).keyring
+            trusted = trusted_state(
+                ferry.keyring_bytes, ferry.base_url, ferry.trust, set(root_key_id or []) or None
+            ).keyring
         except ProtocolError as exc:
-            raise VerificationError(f"the server's keyring was refused: {exc}",
-                                    code=exc.code) from None
+            raise VerificationError(
+                f"the server's keyring was refused: {exc}", code=exc.code
+            ) from None
         raw = ferry.keyring_bytes(trusted.version)
     output.write_bytes(raw)
     roots = ", ".join(trusted.roles[Role.ROOT].keyids)
-    out.print(escape(f"saved keyring v{trusted.version} to {output} (root key {roots})"),
-              soft_wrap=True)
+    out.print(
+        escape(f"saved keyring v{trusted.version} to {output} (root key {roots})"), soft_wrap=True
+    )

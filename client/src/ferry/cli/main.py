@@ -29,9 +29,13 @@ HELP = """Ferry: push, promote and pull signed ML model bundles.
 Set up once: ferry configure --server URL --token TOKEN
 (or set FERRY_SERVER and FERRY_TOKEN). Guide: docs/cli.md"""
 
-app = typer.Typer(help=HELP, no_args_is_help=True, pretty_exceptions_enable=False,
-                  context_settings={"help_option_names": ["-h", "--help"]},
-                  rich_markup_mode="rich")
+app = typer.Typer(
+    help=HELP,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode="rich",
+)
 
 
 def _version(value: bool) -> None:
@@ -45,8 +49,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """Ferry: push, promote and pull signed ML model bundles."""
 

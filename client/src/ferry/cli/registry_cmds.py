@@ -33,19 +33,25 @@ STAGES = {"none": "None", "staging": "Staging", "production": "Production", "arc
 # --- namespaces ---------------------------------------------------------------------------
 
 
-@namespace_app.command("create", epilog="Example: ferry namespace create vision "
-                                        "--require-distinct-approver")
+@namespace_app.command(
+    "create", epilog="Example: ferry namespace create vision --require-distinct-approver"
+)
 @handle_errors
 def namespace_create(
     name: Annotated[str, typer.Argument(help="Namespace name, e.g. vision.")],
     description: Annotated[str | None, typer.Option(help="What the team keeps here.")] = None,
-    require_distinct_approver: Annotated[bool, typer.Option(
-        help="Production must be approved by someone other than the version's publisher.")] = False,
+    require_distinct_approver: Annotated[
+        bool,
+        typer.Option(
+            help="Production must be approved by someone other than the version's publisher."
+        ),
+    ] = False,
 ) -> None:
     """Create a namespace (admin)."""
     with client() as ferry:
-        ns = ferry.create_namespace(name, description=description,
-                                    require_distinct_approver=require_distinct_approver)
+        ns = ferry.create_namespace(
+            name, description=description, require_distinct_approver=require_distinct_approver
+        )
     out.print(f"created namespace {ns.name}")
 
 
@@ -58,15 +64,19 @@ def namespace_list(as_json: JsonOpt = False) -> None:
     if as_json:
         print_json([n.to_json() for n in spaces])
         return
-    table(["name", "distinct approver", "description"],
-          [(n.name, "yes" if n.require_distinct_approver else "no", n.description) for n in spaces])
+    table(
+        ["name", "distinct approver", "description"],
+        [(n.name, "yes" if n.require_distinct_approver else "no", n.description) for n in spaces],
+    )
 
 
 # --- models -------------------------------------------------------------------------------
 
 
-@model_app.command("create", epilog="Example: ferry model create vision/resnet "
-                                    "--description 'image classifier' --tag cnn")
+@model_app.command(
+    "create",
+    epilog="Example: ferry model create vision/resnet --description 'image classifier' --tag cnn",
+)
 @handle_errors
 def model_create(
     name: Annotated[str, typer.Argument(help="NS/MODEL, e.g. vision/resnet.")],
@@ -83,8 +93,12 @@ def model_create(
 @model_app.command("list", epilog="Example: ferry model list --namespace vision --tag cnn")
 @handle_errors
 def model_list(
-    namespace: Annotated[str | None, typer.Option("--namespace", "-n", help="Only this namespace.")] = None,
-    query: Annotated[str | None, typer.Option("--query", "-q", help="Name contains this text.")] = None,
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", "-n", help="Only this namespace.")
+    ] = None,
+    query: Annotated[
+        str | None, typer.Option("--query", "-q", help="Name contains this text.")
+    ] = None,
     tag: Annotated[str | None, typer.Option(help="Only models with this tag.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -94,14 +108,26 @@ def model_list(
     if as_json:
         print_json([m.to_json() for m in models])
         return
-    table(["model", "latest", "aliases", "tags", "description"],
-          [(f"{m.namespace}/{m.name}", m.latest_version, _aliases(m), ", ".join(m.tags),
-            m.description) for m in models])
+    table(
+        ["model", "latest", "aliases", "tags", "description"],
+        [
+            (
+                f"{m.namespace}/{m.name}",
+                m.latest_version,
+                _aliases(m),
+                ", ".join(m.tags),
+                m.description,
+            )
+            for m in models
+        ],
+    )
 
 
 @model_app.command("show", epilog="Example: ferry model show vision/resnet")
 @handle_errors
-def model_show(name: Annotated[str, typer.Argument(help="NS/MODEL.")], as_json: JsonOpt = False) -> None:
+def model_show(
+    name: Annotated[str, typer.Argument(help="NS/MODEL.")], as_json: JsonOpt = False
+) -> None:
     """Show one model: description, tags, latest version, aliases."""
     ns, model_name, _ = _model_only(name)
     with client() as ferry:
@@ -124,9 +150,16 @@ def _print_model(model: Model, as_json: bool) -> None:
     if as_json:
         print_json(model.to_json())
         return
-    fields([("model", f"{model.namespace}/{model.name}"), ("description", model.description),
-            ("tags", ", ".join(model.tags)), ("latest version", model.latest_version),
-            ("aliases", _aliases(model)), ("created", model.created_at)])
+    fields(
+        [
+            ("model", f"{model.namespace}/{model.name}"),
+            ("description", model.description),
+            ("tags", ", ".join(model.tags)),
+            ("latest version", model.latest_version),
+            ("aliases", _aliases(model)),
+            ("created", model.created_at),
+        ]
+    )
 
 
 # --- versions -----------------------------------------------------------------------------
@@ -134,7 +167,9 @@ def _print_model(model: Model, as_json: bool) -> None:
 
 @app.command(epilog="Example: ferry versions vision/resnet --json")
 @handle_errors
-def versions(name: Annotated[str, typer.Argument(help="NS/MODEL.")], as_json: JsonOpt = False) -> None:
+def versions(
+    name: Annotated[str, typer.Argument(help="NS/MODEL.")], as_json: JsonOpt = False
+) -> None:
     """List a model's versions, newest first."""
     ns, model_name, _ = _model_only(name)
     with client() as ferry:
@@ -142,10 +177,14 @@ def versions(name: Annotated[str, typer.Argument(help="NS/MODEL.")], as_json: Js
     _print_versions(found, as_json)
 
 
-@app.command(epilog="Examples:\n\n  ferry show vision/resnet\n\n  ferry show vision/resnet@champion --json")
+@app.command(
+    epilog="Examples:\n\n  ferry show vision/resnet\n\n  ferry show vision/resnet@champion --json"
+)
 @handle_errors
-def show(name: Annotated[str, typer.Argument(help="NS/MODEL or NS/MODEL@REF (version or alias).")],
-         as_json: JsonOpt = False) -> None:
+def show(
+    name: Annotated[str, typer.Argument(help="NS/MODEL or NS/MODEL@REF (version or alias).")],
+    as_json: JsonOpt = False,
+) -> None:
     """Show a model, or one version with its files, metadata and manifest digest."""
     ns, model_name, ref = parse_ref(name)
     with client() as ferry:
@@ -157,14 +196,25 @@ def show(name: Annotated[str, typer.Argument(help="NS/MODEL or NS/MODEL@REF (ver
         print_json(version.to_json())
         return
     meta = version.metadata
-    fields([("version", version.ref), ("stage", version.stage),
-            ("aliases", ", ".join(version.aliases)), ("tags", ", ".join(version.tags)),
-            ("format", version.format), ("flavor", version.flavor),
-            ("hardware", ", ".join(version.hardware)), ("created", version.created_at),
-            ("pushed by", version.created_by_actor), ("created_by", meta.get("created_by")),
-            ("run_id", meta.get("run_id")), ("git_commit", meta.get("git_commit")),
-            ("metrics", meta.get("metrics")), ("hyperparameters", meta.get("hyperparameters")),
-            ("manifest", version.manifest_sha256)])
+    fields(
+        [
+            ("version", version.ref),
+            ("stage", version.stage),
+            ("aliases", ", ".join(version.aliases)),
+            ("tags", ", ".join(version.tags)),
+            ("format", version.format),
+            ("flavor", version.flavor),
+            ("hardware", ", ".join(version.hardware)),
+            ("created", version.created_at),
+            ("pushed by", version.created_by_actor),
+            ("created_by", meta.get("created_by")),
+            ("run_id", meta.get("run_id")),
+            ("git_commit", meta.get("git_commit")),
+            ("metrics", meta.get("metrics")),
+            ("hyperparameters", meta.get("hyperparameters")),
+            ("manifest", version.manifest_sha256),
+        ]
+    )
     table(["file", "size", "sha256"], [(f.path, f.size, f.sha256) for f in version.files])
 
 
@@ -172,9 +222,13 @@ def _print_versions(found: list[Version], as_json: bool) -> None:
     if as_json:
         print_json([v.to_json() for v in found])
         return
-    table(["version", "stage", "aliases", "tags", "metrics", "created"],
-          [(v.ref, v.stage, ", ".join(v.aliases), ", ".join(v.tags),
-            _metrics(v), v.created_at) for v in found])
+    table(
+        ["version", "stage", "aliases", "tags", "metrics", "created"],
+        [
+            (v.ref, v.stage, ", ".join(v.aliases), ", ".join(v.tags), _metrics(v), v.created_at)
+            for v in found
+        ],
+    )
 
 
 def _metrics(version: Version) -> str:
@@ -182,25 +236,40 @@ def _metrics(version: Version) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(metrics.items()))
 
 
-@app.command(epilog="Example: ferry search --namespace vision --stage Production "
-                    "--metric 'accuracy>=0.9' --metric 'latency_ms<20'")
+@app.command(
+    epilog="Example: ferry search --namespace vision --stage Production "
+    "--metric 'accuracy>=0.9' --metric 'latency_ms<20'"
+)
 @handle_errors
 def search(
-    namespace: Annotated[str | None, typer.Option("--namespace", "-n", help="Only this namespace.")] = None,
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", "-n", help="Only this namespace.")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Model name.")] = None,
     tag: Annotated[str | None, typer.Option(help="Version tag.")] = None,
-    stage: Annotated[str | None, typer.Option(help="None, Staging, Production or Archived.")] = None,
+    stage: Annotated[
+        str | None, typer.Option(help="None, Staging, Production or Archived.")
+    ] = None,
     alias: Annotated[str | None, typer.Option(help="Versions holding this alias.")] = None,
-    metric: Annotated[list[str] | None, typer.Option(
-        help="Threshold NAME OP NUMBER with OP in >=, <=, >, <, == (repeat; all must hold).")] = None,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Threshold NAME OP NUMBER with OP in >=, <=, >, <, == (repeat; all must hold)."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Find versions by name, tag, stage, alias and metric thresholds."""
     thresholds = [parse_threshold(m) for m in metric or []]
     with client() as ferry:
-        found = ferry.search(namespace=namespace, name=name, tag=tag,
-                             stage=_stage(stage) if stage else None, alias=alias,
-                             metrics=[f"{n}{op}{v!r}" for n, op, v in thresholds])
+        found = ferry.search(
+            namespace=namespace,
+            name=name,
+            tag=tag,
+            stage=_stage(stage) if stage else None,
+            alias=alias,
+            metrics=[f"{n}{op}{v!r}" for n, op, v in thresholds],
+        )
     _print_versions(found, as_json)
 
 
@@ -214,8 +283,10 @@ def _stage(text: str) -> str:
     return stage
 
 
-@app.command(epilog="Examples:\n\n  ferry promote vision/resnet@3 Staging\n\n"
-                    "  ferry promote vision/resnet@3 Production --comment 'eval report #42'")
+@app.command(
+    epilog="Examples:\n\n  ferry promote vision/resnet@3 Staging\n\n"
+    "  ferry promote vision/resnet@3 Production --comment 'eval report #42'"
+)
 @handle_errors
 def promote(
     name: Annotated[str, typer.Argument(help="NS/MODEL@REF (version or alias).")],

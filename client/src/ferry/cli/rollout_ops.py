@@ -96,15 +96,20 @@ def members_table(rows: list[RolloutMember], width: int) -> Table:
     return grid
 
 
-def fetch_members(ferry: FerryClient, rollout_id: str, state: str | None, wave: int | None,
-                  limit: int) -> tuple[RolloutMembersPage, list[RolloutMember]]:
+def fetch_members(
+    ferry: FerryClient, rollout_id: str, state: str | None, wave: int | None, limit: int
+) -> tuple[RolloutMembersPage, list[RolloutMember]]:
     """The first page (for its total) and up to ``limit`` devices, following the cursor."""
-    first = page = ferry.rollout_devices(rollout_id, state=state, wave=wave,
-                                         limit=min(limit, 500))
+    first = page = ferry.rollout_devices(rollout_id, state=state, wave=wave, limit=min(limit, 500))
     rows = list(page.devices)
     while page.next_cursor is not None and len(rows) < limit:
-        page = ferry.rollout_devices(rollout_id, state=state, wave=wave,
-                                     limit=min(limit - len(rows), 500), cursor=page.next_cursor)
+        page = ferry.rollout_devices(
+            rollout_id,
+            state=state,
+            wave=wave,
+            limit=min(limit - len(rows), 500),
+            cursor=page.next_cursor,
+        )
         rows += page.devices
     return first, rows[:limit]
 
@@ -114,17 +119,23 @@ def _filters(state: str | None, wave: int | None) -> str:
     return ", ".join(p for p in parts if p)
 
 
-@rollout_app.command("devices", epilog="Example: ferry rollout devices r-12 --state failed "
-                                       "--wave 2")
+@rollout_app.command(
+    "devices", epilog="Example: ferry rollout devices r-12 --state failed --wave 2"
+)
 @handle_errors
 def rollout_devices(
     rollout_id: RolloutArg,
-    state: Annotated[str | None, typer.Option(
-        help="Only devices in this state: pending, downloading, installing, committed, "
-             "in_progress, failed (= failed, rolled_back or timed_out), rolled_back, "
-             "timed_out; a comma list for several.")] = None,
-    wave: Annotated[int | None, typer.Option(help="Only this wave (1 is the first).",
-                                             min=1)] = None,
+    state: Annotated[
+        str | None,
+        typer.Option(
+            help="Only devices in this state: pending, downloading, installing, committed, "
+            "in_progress, failed (= failed, rolled_back or timed_out), rolled_back, "
+            "timed_out; a comma list for several."
+        ),
+    ] = None,
+    wave: Annotated[
+        int | None, typer.Option(help="Only this wave (1 is the first).", min=1)
+    ] = None,
     limit: Annotated[int, typer.Option(help="Show at most this many devices.", min=1)] = 1000,
     as_json: JsonOpt = False,
 ) -> None:
@@ -133,12 +144,20 @@ def rollout_devices(
         first, rows = fetch_members(ferry, rollout_id, state, wave, limit)
     total = first.total
     if as_json:
-        print_json({"rollout_id": first.rollout_id, "total": total, "shown": len(rows),
-                    "devices": [r.to_json() for r in rows]})
+        print_json(
+            {
+                "rollout_id": first.rollout_id,
+                "total": total,
+                "shown": len(rows),
+                "devices": [r.to_json() for r in rows],
+            }
+        )
         return
     where = _filters(state, wave)
-    out.print(f"{first.rollout_id}: {total} device{'' if total == 1 else 's'}"
-              + (f" ({where})" if where else ""))
+    out.print(
+        f"{first.rollout_id}: {total} device{'' if total == 1 else 's'}"
+        + (f" ({where})" if where else "")
+    )
     if rows:
         out.print(members_table(rows, out.width))
     if total > len(rows):
@@ -157,8 +176,10 @@ def progress_line(status: dict[str, Any]) -> str:
         head += f" wave {r['wave']}/{len(r['waves'])} ({r['waves'][r['wave'] - 1]}%)"
     failed = totals["failed"] + totals["rolled_back"] + totals["timed_out"]
     updating = totals["downloading"] + totals["installing"]
-    counts = (f"{totals['committed']}/{devices} committed, {failed} failed, {updating} updating, "
-              f"{totals['pending']} pending")
+    counts = (
+        f"{totals['committed']}/{devices} committed, {failed} failed, {updating} updating, "
+        f"{totals['pending']} pending"
+    )
     gate = status["gate"]
     tail = f"gate {gate['status']}" if r["state"] == "running" else r["reason"]
     return f"{head}: {counts}" + (f"; {tail}" if tail else "")
@@ -180,18 +201,30 @@ def _ended(status: dict[str, Any]) -> bool:
 
 
 def _status_follow(ferry: FerryClient, rollout_id: str) -> Follow[dict[str, Any]]:
-    return Follow(fetch=lambda: ferry.rollout_status(rollout_id), render=status_view,
-                  line=progress_line, done=_ended)
+    return Follow(
+        fetch=lambda: ferry.rollout_status(rollout_id),
+        render=status_view,
+        line=progress_line,
+        done=_ended,
+    )
 
 
 @rollout_app.command("show", epilog="Example: ferry rollout show r-12 --watch")
 @handle_errors
-def rollout_show(rollout_id: RolloutArg,
-                 watch: Annotated[bool, typer.Option(
-                     "--watch", "-w", help="Follow it until it ends (completed, halted, "
-                     "rolled back or cancelled) or Ctrl-C; in a pipe, one line per change.")
-                 ] = False,
-                 interval: IntervalOpt = 2.0, as_json: JsonOpt = False) -> None:
+def rollout_show(
+    rollout_id: RolloutArg,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            "-w",
+            help="Follow it until it ends (completed, halted, "
+            "rolled back or cancelled) or Ctrl-C; in a pipe, one line per change.",
+        ),
+    ] = False,
+    interval: IntervalOpt = 2.0,
+    as_json: JsonOpt = False,
+) -> None:
     """Show a rollout's sync status per wave: counts by state, success rate, gate."""
     with client() as ferry:
         if as_json:
@@ -202,13 +235,15 @@ def rollout_show(rollout_id: RolloutArg,
             out.print(status_view(ferry.rollout_status(rollout_id)))
 
 
-@rollout_app.command("wait", epilog="Example: ferry rollout wait r-12 --timeout 3600 && "
-                                    "echo deployed")
+@rollout_app.command(
+    "wait", epilog="Example: ferry rollout wait r-12 --timeout 3600 && echo deployed"
+)
 @handle_errors
 def rollout_wait(
     rollout_id: RolloutArg,
-    timeout: Annotated[float | None, typer.Option(
-        help="Give up after this many seconds (exit 124).", min=0)] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Give up after this many seconds (exit 124).", min=0)
+    ] = None,
     interval: Annotated[float, typer.Option(help="Seconds between polls.", min=0.2)] = 2.0,
     as_json: JsonOpt = False,
 ) -> None:
@@ -231,14 +266,18 @@ def rollout_wait(
     elif ended:
         out.print(escape(final_line(status)), soft_wrap=True)
     if not ended:
-        err.print(f"{rollout_id} is still {status['rollout']['state']} after {timeout:g} s; "
-                  f"`ferry rollout wait {rollout_id}` again to keep waiting", soft_wrap=True)
+        err.print(
+            f"{rollout_id} is still {status['rollout']['state']} after {timeout:g} s; "
+            f"`ferry rollout wait {rollout_id}` again to keep waiting",
+            soft_wrap=True,
+        )
         raise typer.Exit(WAIT_TIMED_OUT)
     raise typer.Exit(WAIT_EXIT[status["rollout"]["state"]])
 
 
-def _poll_quietly(spec: Follow[dict[str, Any]], interval: float,
-                  deadline: float | None) -> tuple[dict[str, Any], bool]:
+def _poll_quietly(
+    spec: Follow[dict[str, Any]], interval: float, deadline: float | None
+) -> tuple[dict[str, Any], bool]:
     status = spec.fetch()
     while not spec.done(status) and (deadline is None or time.monotonic() < deadline):
         time.sleep(interval)
@@ -255,34 +294,60 @@ MEMBERS_SHOWN = 10  # device ids printed per wave (all of them with --json)
 def plan_view(plan: dict[str, Any], members: int) -> None:
     """The plan for a person: header, one row per wave, skipped/incompatible, refusals."""
     selector = plan["selector"] or "all devices"
-    out.print(escape(f"plan: {plan['model']}@{plan['version']} → {selector} (slot "
-                     f"{plan['slot']}), waves {','.join(map(str, plan['waves']))}"),
-              soft_wrap=True)
-    out.print(f"matching devices: {plan['matching']}, targeted: {plan['targeted']}"
-              + (f", skipped: {len(plan['skipped'])}" if plan["skipped"] else "")
-              + (f", incompatible: {len(plan['incompatible'])}" if plan["incompatible"] else ""))
-    table(["wave", "%", "devices", "full", "delta", "none", "bytes"],
-          [(w["wave"], w["percent"], w["count"], *_kinds(w["devices"]),
-            decimal(sum(d["bytes"] for d in w["devices"]))) for w in plan["wave_members"]])
+    out.print(
+        escape(
+            f"plan: {plan['model']}@{plan['version']} → {selector} (slot "
+            f"{plan['slot']}), waves {','.join(map(str, plan['waves']))}"
+        ),
+        soft_wrap=True,
+    )
+    out.print(
+        f"matching devices: {plan['matching']}, targeted: {plan['targeted']}"
+        + (f", skipped: {len(plan['skipped'])}" if plan["skipped"] else "")
+        + (f", incompatible: {len(plan['incompatible'])}" if plan["incompatible"] else "")
+    )
+    table(
+        ["wave", "%", "devices", "full", "delta", "none", "bytes"],
+        [
+            (
+                w["wave"],
+                w["percent"],
+                w["count"],
+                *_kinds(w["devices"]),
+                decimal(sum(d["bytes"] for d in w["devices"])),
+            )
+            for w in plan["wave_members"]
+        ],
+    )
     downloads = plan["downloads"]
-    out.print(f"total: {decimal(plan['total_bytes'])} to serve — {downloads['full']} full, "
-              f"{downloads['delta']} delta, {downloads['none']} already on it")
+    out.print(
+        f"total: {decimal(plan['total_bytes'])} to serve — {downloads['full']} full, "
+        f"{downloads['delta']} delta, {downloads['none']} already on it"
+    )
     if plan["beyond_last_wave"]:
-        out.print(f"{plan['beyond_last_wave']} matching device(s) fall beyond the last wave "
-                  f"({plan['waves'][-1]}%) and are not updated")
+        out.print(
+            f"{plan['beyond_last_wave']} matching device(s) fall beyond the last wave "
+            f"({plan['waves'][-1]}%) and are not updated"
+        )
     _members(plan, members)
-    for title, rows in (("skipped (incompatible)", plan["skipped"]),
-                        ("incompatible", plan["incompatible"])):
+    for title, rows in (
+        ("skipped (incompatible)", plan["skipped"]),
+        ("incompatible", plan["incompatible"]),
+    ):
         if rows:
-            table(["device", "hardware", "why"],
-                  [(d["device_id"], d["hardware"], d["reason"]) for d in rows], title=title)
+            table(
+                ["device", "hardware", "why"],
+                [(d["device_id"], d["hardware"], d["reason"]) for d in rows],
+                title=title,
+            )
     for refusal in plan["refusals"]:
         out.print(f"[red]refused:[/red] {escape(refusal['message'])}", soft_wrap=True)
 
 
 def _kinds(devices: list[dict[str, Any]]) -> tuple[int, int, int]:
-    full, delta, none = (sum(d["download"] == k for d in devices)
-                         for k in ("full", "delta", "none"))
+    full, delta, none = (
+        sum(d["download"] == k for d in devices) for k in ("full", "delta", "none")
+    )
     return full, delta, none
 
 
@@ -292,65 +357,106 @@ def _members(plan: dict[str, Any], most: int) -> None:
     for wave in plan["wave_members"]:
         names = [d["device_id"] for d in wave["devices"]]
         more = f" … and {len(names) - most} more" if len(names) > most else ""
-        out.print(escape(f"wave {wave['wave']}: {', '.join(names[:most]) or '-'}{more}"),
-                  soft_wrap=False)
+        out.print(
+            escape(f"wave {wave['wave']}: {', '.join(names[:most]) or '-'}{more}"), soft_wrap=False
+        )
 
 
-@rollout_app.command("create", epilog="Example: ferry rollout create vision/detector@7 "
-                                      "--selector 'hw in (x86_64,aarch64),region=eu' --waves "
-                                      "1,10,50,100 --bake 1800 --min-success 98 --max-failures 2")
+@rollout_app.command(
+    "create",
+    epilog="Example: ferry rollout create vision/detector@7 "
+    "--selector 'hw in (x86_64,aarch64),region=eu' --waves "
+    "1,10,50,100 --bake 1800 --min-success 98 --max-failures 2",
+)
 @handle_errors
 def rollout_create(
     target: Annotated[str, typer.Argument(help="NS/MODEL@VERSION or NS/MODEL@ALIAS.")],
-    selector: Annotated[str, typer.Option(
-        help="Devices: key=value and key in (v1,v2) terms, joined by commas; empty = all.")
+    selector: Annotated[
+        str,
+        typer.Option(
+            help="Devices: key=value and key in (v1,v2) terms, joined by commas; empty = all."
+        ),
     ] = "",
     waves: Annotated[str, typer.Option(help="Cumulative percentages.")] = "1,10,50,100",
     slot: Annotated[str, typer.Option(help="Model slot on the device.")] = "main",
-    skip_incompatible: Annotated[bool, typer.Option(
-        help="Target only devices whose hardware the version supports; list the others.")
+    skip_incompatible: Annotated[
+        bool,
+        typer.Option(
+            help="Target only devices whose hardware the version supports; list the others."
+        ),
     ] = False,
-    allow_empty: Annotated[bool, typer.Option(
-        help="Accept a selector that matches no device (it then updates devices as they "
-             "enrol).")] = False,
-    bake: Annotated[int, typer.Option(help="Seconds each wave bakes before the gate.")
-                    ] = GATES.bake_s,
-    min_success: Annotated[int, typer.Option(help="Percent committed needed to advance.")
-                           ] = GATES.min_success_pct,
-    max_failures: Annotated[int | None, typer.Option(help="Halt beyond this many failures.")
-                            ] = GATES.max_failures,
-    max_failure_pct: Annotated[int | None, typer.Option(help="Halt beyond this % failed.")
-                               ] = GATES.max_failure_pct,
+    allow_empty: Annotated[
+        bool,
+        typer.Option(
+            help="Accept a selector that matches no device (it then updates devices as they enrol)."
+        ),
+    ] = False,
+    bake: Annotated[
+        int, typer.Option(help="Seconds each wave bakes before the gate.")
+    ] = GATES.bake_s,
+    min_success: Annotated[
+        int, typer.Option(help="Percent committed needed to advance.")
+    ] = GATES.min_success_pct,
+    max_failures: Annotated[
+        int | None, typer.Option(help="Halt beyond this many failures.")
+    ] = GATES.max_failures,
+    max_failure_pct: Annotated[
+        int | None, typer.Option(help="Halt beyond this % failed.")
+    ] = GATES.max_failure_pct,
     retries: Annotated[int, typer.Option(help="Retries per failed device.")] = GATES.max_retries,
-    retry_backoff: Annotated[int, typer.Option(help="Seconds before the first retry (doubles).")
-                             ] = GATES.retry_backoff_s,
-    timeout: Annotated[int, typer.Option(help="Seconds in progress before timed_out.")
-                       ] = GATES.in_progress_timeout_s,
+    retry_backoff: Annotated[
+        int, typer.Option(help="Seconds before the first retry (doubles).")
+    ] = GATES.retry_backoff_s,
+    timeout: Annotated[
+        int, typer.Option(help="Seconds in progress before timed_out.")
+    ] = GATES.in_progress_timeout_s,
     auto_rollback: Annotated[bool, typer.Option(help="Roll back automatically on halt.")] = False,
-    start_at: Annotated[str | None, typer.Option(help="Start time, e.g. 2026-11-26T02:00:00Z.")
-                        ] = None,
-    paused: Annotated[bool, typer.Option(help="Create paused; start with `rollout resume`.")
-                      ] = False,
-    dry_run: Annotated[bool, typer.Option(
-        help="Print the plan (as `rollout plan`) and create nothing.")] = False,
-    members: Annotated[int, typer.Option(help="Device ids shown per wave in a plan.",
-                                         min=0)] = MEMBERS_SHOWN,
+    start_at: Annotated[
+        str | None, typer.Option(help="Start time, e.g. 2026-11-26T02:00:00Z.")
+    ] = None,
+    paused: Annotated[
+        bool, typer.Option(help="Create paused; start with `rollout resume`.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="Print the plan (as `rollout plan`) and create nothing.")
+    ] = False,
+    members: Annotated[
+        int, typer.Option(help="Device ids shown per wave in a plan.", min=0)
+    ] = MEMBERS_SHOWN,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a rollout (operator): Production versions, or Staging on channel=canary."""
     ns, model, ref = parse_version_ref(target)
-    gates = gate_policy(bake_s=bake, min_success_pct=min_success, max_failures=max_failures,
-                        max_failure_pct=max_failure_pct, max_retries=retries,
-                        retry_backoff_s=retry_backoff, in_progress_timeout_s=timeout)
-    where: dict[str, Any] = {"selector": selector, "waves": parse_waves(waves), "slot": slot,
-             "skip_incompatible": skip_incompatible, "allow_empty": allow_empty}
+    gates = gate_policy(
+        bake_s=bake,
+        min_success_pct=min_success,
+        max_failures=max_failures,
+        max_failure_pct=max_failure_pct,
+        max_retries=retries,
+        retry_backoff_s=retry_backoff,
+        in_progress_timeout_s=timeout,
+    )
+    where: dict[str, Any] = {
+        "selector": selector,
+        "waves": parse_waves(waves),
+        "slot": slot,
+        "skip_incompatible": skip_incompatible,
+        "allow_empty": allow_empty,
+    }
     with client() as ferry:
         if dry_run:
             plan = ferry.plan_rollout(ns, model, ref, **where)
         else:
-            rollout = ferry.create_rollout(ns, model, ref, **where, gates=gates,
-                                           auto_rollback=auto_rollback, start_at=start_at,
-                                           start_paused=paused)
+            rollout = ferry.create_rollout(
+                ns,
+                model,
+                ref,
+                **where,
+                gates=gates,
+                auto_rollback=auto_rollback,
+                start_at=start_at,
+                start_paused=paused,
+            )
     if not dry_run:
         print_rollout(rollout, as_json)
         return
@@ -370,51 +476,81 @@ def rollout_plan(**options: Any) -> None:
     rollout_create(**options, dry_run=True)
 
 
-_PLAN_ONLY = {"dry_run", "paused", "start_at", "auto_rollback", "bake", "min_success",
-              "max_failures", "max_failure_pct", "retries", "retry_backoff", "timeout"}
+_PLAN_ONLY = {
+    "dry_run",
+    "paused",
+    "start_at",
+    "auto_rollback",
+    "bake",
+    "min_success",
+    "max_failures",
+    "max_failure_pct",
+    "retries",
+    "retry_backoff",
+    "timeout",
+}
 _create = inspect.signature(rollout_create, eval_str=True)
 rollout_plan.__signature__ = _create.replace(  # type: ignore[attr-defined]
-    parameters=[p for p in _create.parameters.values() if p.name not in _PLAN_ONLY])
-rollout_app.command("plan", epilog="Example: ferry rollout plan vision/detector@7 --selector "
-                                   "'hw in (x86_64,aarch64)' --skip-incompatible")(rollout_plan)
+    parameters=[p for p in _create.parameters.values() if p.name not in _PLAN_ONLY]
+)
+rollout_app.command(
+    "plan",
+    epilog="Example: ferry rollout plan vision/detector@7 --selector "
+    "'hw in (x86_64,aarch64)' --skip-incompatible",
+)(rollout_plan)
 
 
 # --- editing the gates of a running rollout --------------------------------------------
 
-_GATE_OPTIONS = {"bake": "bake_s", "min_success": "min_success_pct",
-                 "max_failures": "max_failures", "max_failure_pct": "max_failure_pct",
-                 "retries": "max_retries", "retry_backoff": "retry_backoff_s",
-                 "timeout": "in_progress_timeout_s"}
+_GATE_OPTIONS = {
+    "bake": "bake_s",
+    "min_success": "min_success_pct",
+    "max_failures": "max_failures",
+    "max_failure_pct": "max_failure_pct",
+    "retries": "max_retries",
+    "retry_backoff": "retry_backoff_s",
+    "timeout": "in_progress_timeout_s",
+}
 
 
-@rollout_app.command("gates", epilog="Example: ferry rollout gates r-12 --bake 3600 "
-                                     "--max-failures 5   (--no-max-failures removes the limit)")
+@rollout_app.command(
+    "gates",
+    epilog="Example: ferry rollout gates r-12 --bake 3600 "
+    "--max-failures 5   (--no-max-failures removes the limit)",
+)
 @handle_errors
 def rollout_gates(
     rollout_id: RolloutArg,
     bake: Annotated[int | None, typer.Option(help="Seconds each wave bakes.")] = None,
     min_success: Annotated[int | None, typer.Option(help="Percent committed to advance.")] = None,
-    max_failures: Annotated[int | None, typer.Option(help="Halt beyond this many failures.")
-                            ] = None,
-    no_max_failures: Annotated[bool, typer.Option(help="Remove the failure count limit.")
-                               ] = False,
-    max_failure_pct: Annotated[int | None, typer.Option(help="Halt beyond this % failed.")
-                               ] = None,
-    no_max_failure_pct: Annotated[bool, typer.Option(help="Remove the failure % limit.")
-                                  ] = False,
+    max_failures: Annotated[
+        int | None, typer.Option(help="Halt beyond this many failures.")
+    ] = None,
+    no_max_failures: Annotated[bool, typer.Option(help="Remove the failure count limit.")] = False,
+    max_failure_pct: Annotated[int | None, typer.Option(help="Halt beyond this % failed.")] = None,
+    no_max_failure_pct: Annotated[bool, typer.Option(help="Remove the failure % limit.")] = False,
     retries: Annotated[int | None, typer.Option(help="Retries per failed device.")] = None,
-    retry_backoff: Annotated[int | None, typer.Option(help="Seconds before the first retry.")
-                             ] = None,
-    timeout: Annotated[int | None, typer.Option(help="Seconds in progress before timed_out.")
-                       ] = None,
+    retry_backoff: Annotated[
+        int | None, typer.Option(help="Seconds before the first retry.")
+    ] = None,
+    timeout: Annotated[
+        int | None, typer.Option(help="Seconds in progress before timed_out.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Change the gates of a rollout that has not ended (operator; audited)."""
-    given = {"bake": bake, "min_success": min_success, "max_failures": max_failures,
-             "max_failure_pct": max_failure_pct, "retries": retries,
-             "retry_backoff": retry_backoff, "timeout": timeout}
-    changes: dict[str, int | None] = {_GATE_OPTIONS[k]: v for k, v in given.items()
-                                      if v is not None}
+    given = {
+        "bake": bake,
+        "min_success": min_success,
+        "max_failures": max_failures,
+        "max_failure_pct": max_failure_pct,
+        "retries": retries,
+        "retry_backoff": retry_backoff,
+        "timeout": timeout,
+    }
+    changes: dict[str, int | None] = {
+        _GATE_OPTIONS[k]: v for k, v in given.items() if v is not None
+    }
     if no_max_failures:
         changes["max_failures"] = None
     if no_max_failure_pct:
@@ -427,6 +563,13 @@ def rollout_gates(
         print_json(answer)
         return
     changed = answer.get("changed", {})
-    out.print(escape(f"{answer['id']} gates: " + (", ".join(
-        f"{name} {c['from']} → {c['to']}" for name, c in changed.items()) or "unchanged")),
-        soft_wrap=True)
+    out.print(
+        escape(
+            f"{answer['id']} gates: "
+            + (
+                ", ".join(f"{name} {c['from']} → {c['to']}" for name, c in changed.items())
+                or "unchanged"
+            )
+        ),
+        soft_wrap=True,
+    )

@@ -23,34 +23,46 @@ import typer
 from ferry.protocol.documents import Role
 from ferry.server.core.settings import Settings
 
-app = typer.Typer(help="Server-host commands.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
-admin_app = typer.Typer(help="Administer tokens directly on the server host.",
-                        no_args_is_help=True)
+app = typer.Typer(
+    help="Server-host commands.", no_args_is_help=True, pretty_exceptions_enable=False
+)
+admin_app = typer.Typer(help="Administer tokens directly on the server host.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage the signing keys and the keyring.", no_args_is_help=True)
 audit_app = typer.Typer(help="Check the audit log on the server host.", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", envvar="FERRY_DATA_DIR",
-                                              help="Server data directory (default: ./data).")]
-DatabaseUrl = Annotated[str | None, typer.Option(
-    "--database-url", envvar="FERRY_DATABASE_URL",
-    help="SQLAlchemy URL (default: sqlite:///<data-dir>/ferry.db).")]
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir", envvar="FERRY_DATA_DIR", help="Server data directory (default: ./data)."
+    ),
+]
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar="FERRY_DATABASE_URL",
+        help="SQLAlchemy URL (default: sqlite:///<data-dir>/ferry.db).",
+    ),
+]
 
 
 def _settings(data_dir: Path | None, database_url: str | None, **extra: object) -> Settings:
-    return Settings.from_env().with_overrides(data_dir=data_dir, database_url=database_url,
-                                              **extra)
+    return Settings.from_env().with_overrides(data_dir=data_dir, database_url=database_url, **extra)
 
 
 class StartupError(Exception):
     """The server cannot start; the message says why and what to do (one line)."""
 
 
-def serve(data_dir: Path | None = None, host: str | None = None, port: int | None = None,
-          database_url: str | None = None) -> None:
+def serve(
+    data_dir: Path | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    database_url: str | None = None,
+) -> None:
     """Check what a start needs, migrate, create keys and the first admin token if
     needed, then run uvicorn; print where it listens once HTTP is bound."""
     import uvicorn
@@ -62,26 +74,37 @@ def serve(data_dir: Path | None = None, host: str | None = None, port: int | Non
     try:
         settings = _settings(data_dir, database_url, host=host, port=port)
     except (ValueError, TypeError) as exc:  # SettingsError names the FERRY_* variable
-        raise StartupError(f"bad configuration: {exc} — fix it or unset it "
-                           "(docs/server.md lists the FERRY_* settings)") from None
+        raise StartupError(
+            f"bad configuration: {exc} — fix it or unset it "
+            "(docs/server.md lists the FERRY_* settings)"
+        ) from None
     mqtt_off = ""
     if settings.mqtt.embedded:
         try:
             check_port(settings.mqtt.host, settings.mqtt.port, "FERRY_MQTT_PORT")
         except StartupError as exc:  # HTTP alone still works: devices poll
             mqtt_off = str(exc)
-            settings = dataclasses.replace(settings,
-                                           mqtt=settings.mqtt.with_overrides(enabled=False))
+            settings = dataclasses.replace(
+                settings, mqtt=settings.mqtt.with_overrides(enabled=False)
+            )
     check_data_dir(settings.data_dir)
     check_port(settings.host, settings.port, "--port / FERRY_PORT")
     try:
         application = create_app(settings)
     except SQLAlchemyError as exc:
-        raise StartupError(f"cannot use the database {redact(settings.database_url)}: "
-                           f"{_first_line(exc)} — start it, or fix --database-url / "
-                           "FERRY_DATABASE_URL") from None
-    config = uvicorn.Config(application, host=settings.host, port=settings.port,
-                            access_log=False, log_level="warning", timeout_graceful_shutdown=5)
+        raise StartupError(
+            f"cannot use the database {redact(settings.database_url)}: "
+            f"{_first_line(exc)} — start it, or fix --database-url / "
+            "FERRY_DATABASE_URL"
+        ) from None
+    config = uvicorn.Config(
+        application,
+        host=settings.host,
+        port=settings.port,
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+    )
     announcing_server(config, lambda: banner(settings, application, mqtt_off)).run()
 
 
@@ -106,13 +129,15 @@ def banner(settings: Settings, application: Any, mqtt_off: str = "") -> str:
     mqtt = runtime_of(application).broker_url
     url = f"http://{settings.host}:{settings.port}"
     why = mqtt_off or "see the log above; FERRY_MQTT_PORT / FERRY_MQTT_URL"
-    return "\n".join([
-        f"ferry server: HTTP on {url} (API {url}/api/v1, health {url}/healthz)",
-        f"  MQTT: {mqtt}" if mqtt else f"  MQTT: off, devices poll over HTTP ({why})",
-        f"  data: {settings.data_dir} (database {redact(settings.database_url)})",
-        f"  admin token: {settings.admin_token_path}"
-        + ("" if settings.admin_token_path.exists() else " (not kept: see the first start)"),
-    ])
+    return "\n".join(
+        [
+            f"ferry server: HTTP on {url} (API {url}/api/v1, health {url}/healthz)",
+            f"  MQTT: {mqtt}" if mqtt else f"  MQTT: off, devices poll over HTTP ({why})",
+            f"  data: {settings.data_dir} (database {redact(settings.database_url)})",
+            f"  admin token: {settings.admin_token_path}"
+            + ("" if settings.admin_token_path.exists() else " (not kept: see the first start)"),
+        ]
+    )
 
 
 def check_data_dir(path: Path) -> None:
@@ -123,9 +148,11 @@ def check_data_dir(path: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise StartupError(f"cannot write the data directory {path} ({exc.strerror}) — choose "
-                           "another with --data-dir / FERRY_DATA_DIR, or fix its "
-                           "permissions") from None
+        raise StartupError(
+            f"cannot write the data directory {path} ({exc.strerror}) — choose "
+            "another with --data-dir / FERRY_DATA_DIR, or fix its "
+            "permissions"
+        ) from None
 
 
 def check_port(host: str, port: int, option: str) -> None:
@@ -137,10 +164,14 @@ def check_port(host: str, port: int, option: str) -> None:
         try:
             sock.bind((host, port))
         except OSError as exc:
-            why = ("is already in use (another ferry server?)" if exc.errno == errno.EADDRINUSE
-                   else f"cannot be used ({exc.strerror})")
-            raise StartupError(f"port {port} on {host} {why} — stop what holds it or choose "
-                               f"another with {option}") from None
+            why = (
+                "is already in use (another ferry server?)"
+                if exc.errno == errno.EADDRINUSE
+                else f"cannot be used ({exc.strerror})"
+            )
+            raise StartupError(
+                f"port {port} on {host} {why} — stop what holds it or choose another with {option}"
+            ) from None
 
 
 def redact(url: str) -> str:
@@ -160,8 +191,12 @@ def _first_line(exc: BaseException) -> str:
 @app.command("server", epilog="Example: ferry server --data-dir /var/lib/ferry --port 8080")
 def server_command(
     data_dir: DataDir = None,
-    host: Annotated[str | None, typer.Option(envvar="FERRY_HOST", help="Listen address (default: 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(envvar="FERRY_PORT", help="Listen port (default: 8080).")] = None,
+    host: Annotated[
+        str | None, typer.Option(envvar="FERRY_HOST", help="Listen address (default: 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(envvar="FERRY_PORT", help="Listen port (default: 8080).")
+    ] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Run the registry server (SQLite and blobs under the data directory by default).
@@ -176,13 +211,18 @@ def server_command(
         raise typer.Exit(1) from None
 
 
-@admin_app.command("create-token", epilog="Example: ferry admin create-token --role publisher "
-                   "--namespace vision --name ci-pipeline")
+@admin_app.command(
+    "create-token",
+    epilog="Example: ferry admin create-token --role publisher "
+    "--namespace vision --name ci-pipeline",
+)
 def create_token_command(
     role: Annotated[str, typer.Option(help="admin, publisher, approver, operator or viewer")],
     name: Annotated[str, typer.Option(help="A name for the token (shown in the audit log).")],
-    namespace: Annotated[list[str] | None, typer.Option(
-        help="Namespace the token may act in; repeat for several (default: * = all).")] = None,
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option(help="Namespace the token may act in; repeat for several (default: * = all)."),
+    ] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
@@ -199,10 +239,16 @@ def create_token_command(
     engine = make_engine(settings.database_url)
     with session_scope(engine) as session:
         audit.ensure_head(session)
-        row, secret = create_token(session, name=name, role=ServerRole(role),
-                                   namespaces=namespace or ["*"])
-        audit.append(session, actor="server-cli", action="token.create", target=f"token:{row.id}",
-                     details={"name": name, "role": role, "namespaces": row.namespaces})
+        row, secret = create_token(
+            session, name=name, role=ServerRole(role), namespaces=namespace or ["*"]
+        )
+        audit.append(
+            session,
+            actor="server-cli",
+            action="token.create",
+            target=f"token:{row.id}",
+            details={"name": name, "role": role, "namespaces": row.namespaces},
+        )
     engine.dispose()
     typer.echo(secret)
 
@@ -212,7 +258,9 @@ def rotate_command(
     role: Annotated[Role, typer.Option(help="Which key to replace.")],
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
-    expiry_days: Annotated[int | None, typer.Option(help="Keyring lifetime (default: 365).")] = None,
+    expiry_days: Annotated[
+        int | None, typer.Option(help="Keyring lifetime (default: 365).")
+    ] = None,
 ) -> None:
     """Replace one key and publish a new keyring version signed by the root
     (by the old and the new root when the root itself rotates)."""
@@ -227,8 +275,13 @@ def rotate_command(
         trust.ensure_keyring(session, settings.key_dir, settings.keyring_expiry_days)
         audit.ensure_head(session)
         version = trust.rotate(session, settings.key_dir, role, settings.keyring_expiry_days)
-        audit.append(session, actor="server-cli", action="keys.rotate", target=f"keyring:{version}",
-                     details={"role": role.value})
+        audit.append(
+            session,
+            actor="server-cli",
+            action="keys.rotate",
+            target=f"keyring:{version}",
+            details={"role": role.value},
+        )
     engine.dispose()
     typer.echo(f"keyring version {version}: new {role.value} key")
 
@@ -258,8 +311,9 @@ if __name__ == "__main__":
     app()
 
 
-@admin_app.command("backup", epilog="Example: ferry admin backup /backups/ferry-2026-12-03 "
-                   "--data-dir ./data")
+@admin_app.command(
+    "backup", epilog="Example: ferry admin backup /backups/ferry-2026-12-03 --data-dir ./data"
+)
 def backup_command(
     folder: Annotated[Path, typer.Argument(help="A new, empty folder for the backup.")],
     data_dir: DataDir = None,
@@ -273,12 +327,15 @@ def backup_command(
     except BackupError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"backed up the {done.database} database, {done.blobs} blob files and "
-               f"{done.keys} key files to {done.folder}")
+    typer.echo(
+        f"backed up the {done.database} database, {done.blobs} blob files and "
+        f"{done.keys} key files to {done.folder}"
+    )
 
 
-@admin_app.command("restore", epilog="Example: ferry admin restore /backups/ferry-2026-12-03 "
-                   "--data-dir ./data")
+@admin_app.command(
+    "restore", epilog="Example: ferry admin restore /backups/ferry-2026-12-03 --data-dir ./data"
+)
 def restore_command(
     folder: Annotated[Path, typer.Argument(help="A folder written by `ferry admin backup`.")],
     data_dir: DataDir = None,
@@ -292,5 +349,7 @@ def restore_command(
     except BackupError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"restored the {done.database} database, {done.blobs} blob files and "
-               f"{done.keys} key files from {done.folder}")
+    typer.echo(
+        f"restored the {done.database} database, {done.blobs} blob files and "
+        f"{done.keys} key files from {done.folder}"
+    )

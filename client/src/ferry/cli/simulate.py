@@ -88,8 +88,8 @@ class SimConfig:
     tags: dict[str, str] = field(default_factory=dict)
     prefix: str = "sim"
     verify_sample: float = 0.05
-    poll_interval_s: float | None = None   # None: what enrolment says
-    step_delay_s: float = 0.05             # time spent in each state (0 for benchmarks)
+    poll_interval_s: float | None = None  # None: what enrolment says
+    step_delay_s: float = 0.05  # time spent in each state (0 for benchmarks)
     mqtt: bool = True
     http_connections: int = 64
     enroll_concurrency: int = 32
@@ -108,8 +108,8 @@ class Stats:
     notices: int = 0
     bytes_verified: int = 0
     refusals: Counter[str] = field(default_factory=Counter)
-    states: dict[str, str] = field(default_factory=dict)     # device → last state
-    versions: dict[str, int] = field(default_factory=dict)   # device → installed version
+    states: dict[str, str] = field(default_factory=dict)  # device → last state
+    versions: dict[str, int] = field(default_factory=dict)  # device → installed version
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -133,8 +133,15 @@ class Stats:
 class LoopMqtt:
     """One paho client whose socket is watched by the asyncio loop — no thread per device."""
 
-    def __init__(self, url: str, client_id: str, username: str, password: str,
-                 subscriptions: list[str], on_notice: Callable[[bytes], None]) -> None:
+    def __init__(
+        self,
+        url: str,
+        client_id: str,
+        username: str,
+        password: str,
+        subscriptions: list[str],
+        on_notice: Callable[[bytes], None],
+    ) -> None:
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 1883
         self.subscriptions = subscriptions
@@ -144,8 +151,12 @@ class LoopMqtt:
         self._accepted = False
         self._lost = asyncio.Event()
         self._misc: asyncio.Task[None] | None = None
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                             clean_session=False, protocol=mqtt.MQTTv311)
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+        )
         client.username_pw_set(username, password)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -185,8 +196,9 @@ class LoopMqtt:
         if self.connected:
             self.client.disconnect()
 
-    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: ReasonCode,
-                    _p: object) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object
+    ) -> None:
         if reason.is_failure:
             self._lost.set()
             return
@@ -201,12 +213,12 @@ class LoopMqtt:
         self.loop.add_reader(sock, client.loop_read)
         self._misc = self.loop.create_task(self._misc_loop())
 
-    def _socket_register_write(self, client: mqtt.Client, _u: object,
-                               sock: mqtt.SocketLike) -> None:
+    def _socket_register_write(
+        self, client: mqtt.Client, _u: object, sock: mqtt.SocketLike
+    ) -> None:
         self.loop.add_writer(sock, client.loop_write)
 
-    def _socket_unregister_write(self, _c: mqtt.Client, _u: object,
-                                 sock: mqtt.SocketLike) -> None:
+    def _socket_unregister_write(self, _c: mqtt.Client, _u: object, sock: mqtt.SocketLike) -> None:
         self.loop.remove_writer(sock)
 
     def _socket_close(self, _c: mqtt.Client, _u: object, sock: mqtt.SocketLike) -> None:
@@ -264,9 +276,13 @@ class SimDevice:
         return {"Authorization": f"Bearer {self.credential}"}
 
     async def enroll(self) -> None:
-        body = {"enrollment_token": self.cfg.enrollment_token, "device_id": self.device_id,
-                "hardware": self.cfg.hardware, "agent_version": AGENT_VERSION,
-                "tags": self.cfg.tags}
+        body = {
+            "enrollment_token": self.cfg.enrollment_token,
+            "device_id": self.device_id,
+            "hardware": self.cfg.hardware,
+            "agent_version": AGENT_VERSION,
+            "tags": self.cfg.tags,
+        }
         data = await self._enroll_request(body)
         self.credential = data["credential"]
         self.trust = TrustedState.first(data["keyring"], utcnow())
@@ -274,10 +290,17 @@ class SimDevice:
         self.poll_interval_s = self.cfg.poll_interval_s or float(data.get("poll_interval_s") or 60)
         broker = data.get("mqtt")
         if self.cfg.mqtt and broker:
-            subs = [topics.device_notice(self.device_id)] + [topics.group_notice(g)
-                                                              for g in self.groups]
-            self.mqtt = LoopMqtt(broker["url"], self.device_id, broker["username"],
-                                 broker["password"], subs, self._noticed)
+            subs = [topics.device_notice(self.device_id)] + [
+                topics.group_notice(g) for g in self.groups
+            ]
+            self.mqtt = LoopMqtt(
+                broker["url"],
+                self.device_id,
+                broker["username"],
+                broker["password"],
+                subs,
+                self._noticed,
+            )
         self.fleet.stats.enrolled += 1
         self.fleet.stats.states[self.device_id] = AgentState.IDLE.value
 
@@ -293,12 +316,15 @@ class SimDevice:
                 data: dict[str, Any] = response.json()
                 return data
             if response is not None and response.status_code < 500:
-                raise SimulationError(f"enrolment of {self.device_id} refused: "
-                                      f"{response.status_code} {response.text[:300]}")
+                raise SimulationError(
+                    f"enrolment of {self.device_id} refused: "
+                    f"{response.status_code} {response.text[:300]}"
+                )
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, MAX_BACKOFF_S)
-        raise SimulationError(f"enrolment of {self.device_id}: no answer after "
-                              f"{ENROLL_ATTEMPTS} attempts")
+        raise SimulationError(
+            f"enrolment of {self.device_id}: no answer after {ENROLL_ATTEMPTS} attempts"
+        )
 
     def _noticed(self, payload: bytes) -> None:
         self.fleet.stats.notices += 1
@@ -321,15 +347,17 @@ class SimDevice:
                 delay, backoff = backoff * random.uniform(0.5, 1.5), min(backoff * 2, MAX_BACKOFF_S)
             wake = asyncio.ensure_future(self.wake.wait())
             stopping = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({wake, stopping}, timeout=delay,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({wake, stopping}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
             wake.cancel()
             stopping.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def sync(self) -> None:
-        extra = {topics.NOTICE_EPOCH_HEADER: str(self.notice_epoch)} \
-            if self.notice_epoch is not None else {}
+        extra = (
+            {topics.NOTICE_EPOCH_HEADER: str(self.notice_epoch)}
+            if self.notice_epoch is not None
+            else {}
+        )
         raw = await self._get(endpoints.DESIRED_STATE, extra)
         self.fleet.stats.desired_state_fetches += 1
         try:
@@ -340,8 +368,9 @@ class SimDevice:
         for slot, target in sorted(state.slots.items()):
             current = self.installed.get(slot)
             key = (slot, state.sequence, target.manifest_sha256)
-            if (current and current.manifest_sha256 == target.manifest_sha256) or \
-                    key in self.refused:
+            if (
+                current and current.manifest_sha256 == target.manifest_sha256
+            ) or key in self.refused:
                 continue
             if not await self.update(state, slot):
                 self.refused.add(key)
@@ -356,8 +385,9 @@ class SimDevice:
 
     def _verify_state(self, raw: bytes) -> DesiredState:
         assert self.trust is not None
-        verified = self.trust.verify_desired_state(raw, device_id=self.device_id,
-                                                   floor=self.floor, now=utcnow())
+        verified = self.trust.verify_desired_state(
+            raw, device_id=self.device_id, floor=self.floor, now=utcnow()
+        )
         self.floor = SequenceFloor.accepted(verified)
         return verified.document
 
@@ -369,8 +399,11 @@ class SimDevice:
         self.trust.refresh_keyring(latest, walk.__getitem__, utcnow())
 
     async def _keyring(self, version: int | None) -> bytes:
-        path = (endpoints.KEYRING if version is None
-                else endpoints.KEYRING_VERSION.format(version=version))
+        path = (
+            endpoints.KEYRING
+            if version is None
+            else endpoints.KEYRING_VERSION.format(version=version)
+        )
         response = await self.fleet.request("GET", path)
         response.raise_for_status()
         return response.content
@@ -382,8 +415,9 @@ class SimDevice:
         report = self._reporter(state, slot, current.version if current else None, target.version)
         await report(AgentState.DOWNLOADING)
         try:
-            manifest = await self._manifest(target.manifest_sha256, target.allow_downgrade,
-                                            current.version if current else None)
+            manifest = await self._manifest(
+                target.manifest_sha256, target.allow_downgrade, current.version if current else None
+            )
             downloaded = await self._fetch(manifest)
         except ProtocolError as exc:
             self.fleet.stats.refusals[exc.code] += 1
@@ -393,8 +427,12 @@ class SimDevice:
             await asyncio.sleep(self.cfg.step_delay_s)
             await report(step, downloaded=downloaded)
         if self._probe_fails(manifest):
-            await report(AgentState.ROLLED_BACK, error_code="probe_failed",
-                         detail="simulated health probe failed", downloaded=downloaded)
+            await report(
+                AgentState.ROLLED_BACK,
+                error_code="probe_failed",
+                detail="simulated health probe failed",
+                downloaded=downloaded,
+            )
             return False
         self.installed[slot] = Installed(manifest.version, target.manifest_sha256)
         self.fleet.stats.versions[self.device_id] = manifest.version
@@ -408,13 +446,18 @@ class SimDevice:
         draw = hashlib.sha256(f"{self.cfg.seed}:{self.device_id}:{manifest.version}".encode())
         return int.from_bytes(draw.digest()[:4], "big") / 2**32 < self.cfg.fail_rate
 
-    async def _manifest(self, digest: str, allow_downgrade: bool,
-                        installed: int | None) -> BundleManifest:
+    async def _manifest(
+        self, digest: str, allow_downgrade: bool, installed: int | None
+    ) -> BundleManifest:
         assert self.trust is not None
         raw = await self._get(endpoints.MANIFEST.format(sha256=digest))
-        return self.trust.verify_manifest(raw, expected_sha256=digest,
-                                          hardware=self.cfg.hardware, installed_version=installed,
-                                          allow_downgrade=allow_downgrade).document
+        return self.trust.verify_manifest(
+            raw,
+            expected_sha256=digest,
+            hardware=self.cfg.hardware,
+            installed_version=installed,
+            allow_downgrade=allow_downgrade,
+        ).document
 
     async def _fetch(self, manifest: BundleManifest) -> int:
         """Stream and verify every file (sampled devices), or HEAD each file (the rest)."""
@@ -424,12 +467,15 @@ class SimDevice:
             if not self.full_download:
                 response = await self.fleet.request("HEAD", path, headers=self.headers)
                 response.raise_for_status()
-                _check_length(entry.path, int(response.headers.get("content-length", 0)),
-                              entry.size)
+                _check_length(
+                    entry.path, int(response.headers.get("content-length", 0)), entry.size
+                )
                 continue
             verifier = FileVerifier(entry.size, entry.sha256, entry.path)
-            async with self.fleet.gate, \
-                    self.fleet.http.stream("GET", path, headers=self.headers) as response:
+            async with (
+                self.fleet.gate,
+                self.fleet.http.stream("GET", path, headers=self.headers) as response,
+            ):
                 response.raise_for_status()
                 async for chunk in response.aiter_bytes():
                     verifier.update(chunk)
@@ -438,17 +484,34 @@ class SimDevice:
             self.fleet.stats.bytes_verified += entry.size
         return total
 
-    def _reporter(self, state: DesiredState, slot: str, from_version: int | None,
-                  to_version: int) -> Callable[..., Any]:
-        async def report(step: AgentState, *, error_code: str | None = None, detail: str = "",
-                         downloaded: int = 0) -> None:
-            await self.send(StatusReport(
-                report_id=str(uuid.uuid4()), device_id=self.device_id, slot=slot, state=step,
-                at=format_time(utcnow()), from_version=from_version, to_version=to_version,
-                error_code=error_code, detail=detail, sequence=state.sequence,
-                rollout_id=state.slots[slot].rollout_id or state.rollout_id,
-                bytes_downloaded=downloaded,
-                report_seq=next(self.report_seq)))
+    def _reporter(
+        self, state: DesiredState, slot: str, from_version: int | None, to_version: int
+    ) -> Callable[..., Any]:
+        async def report(
+            step: AgentState,
+            *,
+            error_code: str | None = None,
+            detail: str = "",
+            downloaded: int = 0,
+        ) -> None:
+            await self.send(
+                StatusReport(
+                    report_id=str(uuid.uuid4()),
+                    device_id=self.device_id,
+                    slot=slot,
+                    state=step,
+                    at=format_time(utcnow()),
+                    from_version=from_version,
+                    to_version=to_version,
+                    error_code=error_code,
+                    detail=detail,
+                    sequence=state.sequence,
+                    rollout_id=state.slots[slot].rollout_id or state.rollout_id,
+                    bytes_downloaded=downloaded,
+                    report_seq=next(self.report_seq),
+                )
+            )
+
         return report
 
     async def send(self, report: StatusReport) -> None:
@@ -461,7 +524,8 @@ class SimDevice:
         self.fleet.stats.states[self.device_id] = report.state.value
         payload = json.dumps(report.to_dict(), sort_keys=True, separators=(",", ":")).encode()
         published = self.mqtt is not None and self.mqtt.publish(
-            topics.device_status(self.device_id), payload)
+            topics.device_status(self.device_id), payload
+        )
         if published:
             self.fleet.stats.reports_mqtt += 1
             if report.state not in TERMINAL_STATES:
@@ -473,8 +537,12 @@ class SimDevice:
         delay = 0.5
         while True:
             try:
-                response = await self.fleet.request("POST", endpoints.STATUS, headers=self.headers,
-                                                      json={"reports": [report.to_dict()]})
+                response = await self.fleet.request(
+                    "POST",
+                    endpoints.STATUS,
+                    headers=self.headers,
+                    json={"reports": [report.to_dict()]},
+                )
                 if response.status_code < 500:
                     if not counted:
                         self.fleet.stats.reports_http += 1
@@ -510,9 +578,12 @@ class Fleet:
         self.rng = random.Random(cfg.seed)
         self.stats = Stats()
         self.http = httpx.AsyncClient(
-            base_url=cfg.server.rstrip("/"), timeout=HTTP_TIMEOUT_S,
-            limits=httpx.Limits(max_connections=cfg.http_connections,
-                                max_keepalive_connections=cfg.http_connections))
+            base_url=cfg.server.rstrip("/"),
+            timeout=HTTP_TIMEOUT_S,
+            limits=httpx.Limits(
+                max_connections=cfg.http_connections, max_keepalive_connections=cfg.http_connections
+            ),
+        )
         # Queue requests here rather than in httpx's pool, whose bookkeeping grows with
         # the number of waiting requests (thousands of devices syncing at once).
         self.gate = asyncio.Semaphore(cfg.http_connections)
@@ -539,8 +610,13 @@ class Fleet:
             await self.http.aclose()
 
 
-async def simulate(cfg: SimConfig, stop: asyncio.Event, *, run_for: float | None = None,
-                   on_tick: Callable[[Stats], None] | None = None) -> Stats:
+async def simulate(
+    cfg: SimConfig,
+    stop: asyncio.Event,
+    *,
+    run_for: float | None = None,
+    on_tick: Callable[[Stats], None] | None = None,
+) -> Stats:
     """Run the fleet until ``stop`` is set (or ``run_for`` seconds passed)."""
     fleet = Fleet(cfg)
     runner = asyncio.ensure_future(fleet.run(stop))
@@ -578,26 +654,36 @@ def default_server() -> str:
 
     server = load_config().server
     if not server:
-        raise typer.BadParameter("no server: pass --server URL, or run `ferry configure "
-                                 "--server URL` (or set FERRY_SERVER)", param_hint="--server")
+        raise typer.BadParameter(
+            "no server: pass --server URL, or run `ferry configure "
+            "--server URL` (or set FERRY_SERVER)",
+            param_hint="--server",
+        )
     return server
 
 
-@app.command("simulate", epilog="Example: ferry simulate --enrollment-token fre_… --devices "
-             "500 --fail-rate 0.1 --tags channel=canary   (server: from `ferry configure`)")
+@app.command(
+    "simulate",
+    epilog="Example: ferry simulate --enrollment-token fre_… --devices "
+    "500 --fail-rate 0.1 --tags channel=canary   (server: from `ferry configure`)",
+)
 def simulate_command(
     enrollment_token: Annotated[str, typer.Option(help="Enrolment token (fre_…)")],
-    server: Annotated[str | None, typer.Option(
-        help="Server base URL (default: the one of `ferry configure` / FERRY_SERVER)")] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(help="Server base URL (default: the one of `ferry configure` / FERRY_SERVER)"),
+    ] = None,
     devices: Annotated[int, typer.Option(help="How many devices to simulate")] = 10,
     fail_rate: Annotated[float, typer.Option(help="Share of updates whose probe fails")] = 0.0,
     hardware: Annotated[str, typer.Option(help="Hardware type of every device")] = "x86_64",
     tags: Annotated[list[str] | None, typer.Option("--tags", help="KEY=VALUE, repeatable")] = None,
     prefix: Annotated[str, typer.Option(help="Device ids are PREFIX-00000…")] = "sim",
-    verify_sample: Annotated[float, typer.Option(help="Share of devices that download and "
-                                                      "hash every file")] = 0.05,
-    poll_interval: Annotated[float | None, typer.Option(help="Poll period in seconds "
-                                                              "(default: from enrolment)")] = None,
+    verify_sample: Annotated[
+        float, typer.Option(help="Share of devices that download and hash every file")
+    ] = 0.05,
+    poll_interval: Annotated[
+        float | None, typer.Option(help="Poll period in seconds (default: from enrolment)")
+    ] = None,
     step_delay: Annotated[float, typer.Option(help="Seconds spent in each state")] = 0.05,
     no_mqtt: Annotated[bool, typer.Option("--no-mqtt", help="HTTP polling only")] = False,
     run_for: Annotated[float | None, typer.Option(help="Stop after this many seconds")] = None,
@@ -605,10 +691,20 @@ def simulate_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
 ) -> None:
     """Simulate a fleet that enrols, follows rollouts and reports, until Ctrl-C or --run-for."""
-    cfg = SimConfig(server=server or default_server(), enrollment_token=enrollment_token, devices=devices,
-                    fail_rate=fail_rate, hardware=hardware, tags=_parse_tags(tags or []),
-                    prefix=prefix, verify_sample=verify_sample, poll_interval_s=poll_interval,
-                    step_delay_s=step_delay, mqtt=not no_mqtt, seed=seed)
+    cfg = SimConfig(
+        server=server or default_server(),
+        enrollment_token=enrollment_token,
+        devices=devices,
+        fail_rate=fail_rate,
+        hardware=hardware,
+        tags=_parse_tags(tags or []),
+        prefix=prefix,
+        verify_sample=verify_sample,
+        poll_interval_s=poll_interval,
+        step_delay_s=step_delay,
+        mqtt=not no_mqtt,
+        seed=seed,
+    )
 
     def progress(stats: Stats) -> None:
         if not json_out:
@@ -627,8 +723,11 @@ def simulate_command(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     summary = stats.summary()
-    typer.echo(json.dumps(summary, sort_keys=True) if json_out
-               else "\n".join(f"{k}: {v}" for k, v in summary.items()))
+    typer.echo(
+        json.dumps(summary, sort_keys=True)
+        if json_out
+        else "\n".join(f"{k}: {v}" for k, v in summary.items())
+    )
 
 
 if __name__ == "__main__":

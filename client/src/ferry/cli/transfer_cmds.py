@@ -26,9 +26,19 @@ app = typer.Typer()
 
 # Keys a --metadata file may hold, with the type each must have.
 METADATA_KEYS: dict[str, type] = {
-    "format": str, "flavor": str, "signature": dict, "hardware": list, "created_by": str,
-    "run_id": str, "git_commit": str, "metrics": dict, "hyperparameters": dict,
-    "training_data": dict, "environment_hash": str, "model_card": str, "tags": list,
+    "format": str,
+    "flavor": str,
+    "signature": dict,
+    "hardware": list,
+    "created_by": str,
+    "run_id": str,
+    "git_commit": str,
+    "metrics": dict,
+    "hyperparameters": dict,
+    "training_data": dict,
+    "environment_hash": str,
+    "model_card": str,
+    "tags": list,
 }
 _KIND: dict[type, str] = {dict: "mapping", list: "list", str: "string"}
 REQUIRED = ("format", "flavor", "signature", "created_by", "run_id", "git_commit")
@@ -60,23 +70,30 @@ def load_structured(path: Path, what: str) -> Any:
         return yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{what} file {path} is not valid "
-                         f"{'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {first}") from exc
+        raise InputError(
+            f"{what} file {path} is not valid "
+            f"{'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {first}"
+        ) from exc
 
 
 def load_metadata(path: Path) -> dict[str, Any]:
     data = load_structured(path, "metadata")
     if not isinstance(data, dict):
-        raise InputError(f"metadata file {path} must hold a mapping of keys "
-                         f"({', '.join(METADATA_KEYS)})")
+        raise InputError(
+            f"metadata file {path} must hold a mapping of keys ({', '.join(METADATA_KEYS)})"
+        )
     unknown = sorted(set(data) - set(METADATA_KEYS))
     if unknown:
-        raise InputError(f"metadata file {path}: unknown key {unknown[0]!r}; allowed keys are "
-                         f"{', '.join(METADATA_KEYS)}")
+        raise InputError(
+            f"metadata file {path}: unknown key {unknown[0]!r}; allowed keys are "
+            f"{', '.join(METADATA_KEYS)}"
+        )
     for key, value in data.items():
         if not isinstance(value, METADATA_KEYS[key]):
-            raise InputError(f"metadata file {path}: {key!r} must be a "
-                             f"{_KIND[METADATA_KEYS[key]]}, not {type(value).__name__}")
+            raise InputError(
+                f"metadata file {path}: {key!r} must be a "
+                f"{_KIND[METADATA_KEYS[key]]}, not {type(value).__name__}"
+            )
     return dict(data)
 
 
@@ -101,8 +118,10 @@ def merge_metadata(base: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any
             merged[key] = value
     missing = [k for k in REQUIRED if not merged.get(k)]
     if missing:
-        raise InputError(f"missing required metadata: {', '.join(missing)} (give "
-                         f"--{missing[0].replace('_', '-')} or put it in a --metadata file)")
+        raise InputError(
+            f"missing required metadata: {', '.join(missing)} (give "
+            f"--{missing[0].replace('_', '-')} or put it in a --metadata file)"
+        )
     return merged
 
 
@@ -114,16 +133,25 @@ def push(
     metadata: Annotated[Path | None, typer.Option(help="YAML or JSON file with metadata.")] = None,
     format: Annotated[str | None, typer.Option("--format", help="e.g. onnx, safetensors.")] = None,
     flavor: Annotated[str | None, typer.Option(help="Runtime, e.g. onnxruntime.")] = None,
-    signature: Annotated[Path | None, typer.Option(help="JSON/YAML file with inputs and outputs.")] = None,
-    hardware: Annotated[list[str] | None, typer.Option(help="Compatible hardware (repeat); none = any.")] = None,
+    signature: Annotated[
+        Path | None, typer.Option(help="JSON/YAML file with inputs and outputs.")
+    ] = None,
+    hardware: Annotated[
+        list[str] | None, typer.Option(help="Compatible hardware (repeat); none = any.")
+    ] = None,
     created_by: Annotated[str | None, typer.Option(help="Who trained it, e.g. ci@team.")] = None,
     run_id: Annotated[str | None, typer.Option(help="Training run id.")] = None,
     git_commit: Annotated[str | None, typer.Option(help="Commit of the training code.")] = None,
     metric: Annotated[list[str] | None, typer.Option(help="NAME=NUMBER (repeat).")] = None,
-    param: Annotated[list[str] | None, typer.Option(help="Hyperparameter NAME=VALUE (repeat).")] = None,
+    param: Annotated[
+        list[str] | None, typer.Option(help="Hyperparameter NAME=VALUE (repeat).")
+    ] = None,
     tag: Annotated[list[str] | None, typer.Option(help="Version tag (repeat).")] = None,
-    new_version: Annotated[bool, typer.Option(
-        help="Register a new version even when an existing one has exactly these files.")
+    new_version: Annotated[
+        bool,
+        typer.Option(
+            help="Register a new version even when an existing one has exactly these files."
+        ),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the new version as JSON.")] = False,
@@ -133,46 +161,66 @@ def push(
     if ref is not None:
         raise InputError(f"{name!r}: the server numbers versions; push to {ns}/{model}")
     flags = {
-        "format": format, "flavor": flavor, "created_by": created_by, "run_id": run_id,
-        "git_commit": git_commit, "hardware": hardware or [], "tags": tag or [],
+        "format": format,
+        "flavor": flavor,
+        "created_by": created_by,
+        "run_id": run_id,
+        "git_commit": git_commit,
+        "hardware": hardware or [],
+        "tags": tag or [],
         "signature": load_signature(signature) if signature else None,
         "metrics": parse_pairs(metric or [], "--metric", numeric=True),
         "hyperparameters": parse_pairs(param or [], "--param", numeric=False),
     }
     meta = merge_metadata(load_metadata(metadata) if metadata else {}, flags)
     with client() as ferry, transfer_bar("upload", enabled=not quiet) as progress:
-        version = ferry.push_version(ns, model, files, progress=progress,
-                                     new_version=new_version, **meta)
+        version = ferry.push_version(
+            ns, model, files, progress=progress, new_version=new_version, **meta
+        )
     if as_json:
         print_json(version.to_json())
     elif version.existing:
         out.print(escape(existing_line(version)), soft_wrap=True)
     else:
-        out.print(f"pushed {version.ref} (manifest {version.manifest_sha256[:12]}…, "
-                  f"{len(version.files)} file(s))")
+        out.print(
+            f"pushed {version.ref} (manifest {version.manifest_sha256[:12]}…, "
+            f"{len(version.files)} file(s))"
+        )
 
 
 def existing_line(version: Version) -> str:
     """Nothing was registered: say which version already holds these files, and how to
     make a new one — never "pushed"."""
-    line = (f"not pushed: {version.ref} (stage {version.stage}) already has exactly these "
-            f"files; nothing was registered")
+    line = (
+        f"not pushed: {version.ref} (stage {version.stage}) already has exactly these "
+        f"files; nothing was registered"
+    )
     if version.differences:
-        line += (f". Your metadata differs in {', '.join(version.differences)}; "
-                 f"{version.ref} keeps its own. To register these files as a new version "
-                 f"with your metadata, push again with --new-version")
+        line += (
+            f". Your metadata differs in {', '.join(version.differences)}; "
+            f"{version.ref} keeps its own. To register these files as a new version "
+            f"with your metadata, push again with --new-version"
+        )
     return line
 
 
-@app.command(epilog="Examples:\n\n  ferry pull vision/resnet@champion --dest ./models/resnet\n\n"
-                    "  ferry pull vision/resnet@3 --dest out --root-key-id 9f1c…")
+@app.command(
+    epilog="Examples:\n\n  ferry pull vision/resnet@champion --dest ./models/resnet\n\n"
+    "  ferry pull vision/resnet@3 --dest out --root-key-id 9f1c…"
+)
 @handle_errors
 def pull(
     name: Annotated[str, typer.Argument(help="NS/MODEL@REF (version or alias); no @REF = latest.")],
-    dest: Annotated[Path, typer.Option(help="Directory to write the bundle into.", file_okay=False)],
-    root_key_id: Annotated[str | None, typer.Option(
-        help="Trust only this root key id (else the root pinned on first use).")] = None,
-    hardware: Annotated[str | None, typer.Option(help="Refuse bundles not built for this hardware.")] = None,
+    dest: Annotated[
+        Path, typer.Option(help="Directory to write the bundle into.", file_okay=False)
+    ],
+    root_key_id: Annotated[
+        str | None,
+        typer.Option(help="Trust only this root key id (else the root pinned on first use)."),
+    ] = None,
+    hardware: Annotated[
+        str | None, typer.Option(help="Refuse bundles not built for this hardware.")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -185,10 +233,19 @@ def pull(
                 raise InputError(f"{ns}/{model} has no versions yet")
             ref = str(latest)
         with transfer_bar("download", enabled=not quiet) as progress:
-            result = ferry.download_version(ns, model, as_ref(ref), dest, progress=progress,
-                                            root_keyid=root_key_id, hardware=hardware)
+            result = ferry.download_version(
+                ns,
+                model,
+                as_ref(ref),
+                dest,
+                progress=progress,
+                root_keyid=root_key_id,
+                hardware=hardware,
+            )
     if as_json:
         print_json(result.to_json())
         return
-    out.print(f"verified {result.namespace}/{result.model}@{result.version} into {result.dest_dir} "
-              f"({len(result.files)} file(s), {result.bytes_downloaded} bytes downloaded)")
+    out.print(
+        f"verified {result.namespace}/{result.model}@{result.version} into {result.dest_dir} "
+        f"({len(result.files)} file(s), {result.bytes_downloaded} bytes downloaded)"
+    )

@@ -1,9 +1,9 @@
 """ferry.client: the Python SDK for the Ferry registry (typed, synchronous, over httpx).
 
-    from ferry.client import FerryClient
-    with FerryClient.from_config() as ferry:
-        version = ferry.push_version("vision", "resnet", [Path("model.onnx")], ...)
-        ferry.download_version("vision", "resnet", "champion", Path("out/"))
+from ferry.client import FerryClient
+with FerryClient.from_config() as ferry:
+    version = ferry.push_version("vision", "resnet", [Path("model.onnx")], ...)
+    ferry.download_version("vision", "resnet", "champion", Path("out/"))
 """
 
 from ferry.client._client import FerryClient, ProgressCallback

@@ -45,19 +45,27 @@ _IDEMPOTENT = frozenset({"GET", "HEAD"})
 class FerryClient(FleetMixin):
     """One authenticated session with a Ferry registry server. Example::
 
-        with FerryClient("http://localhost:8080", "fry_...") as ferry:
-            v = ferry.push_version("vision", "resnet", [Path("model.onnx")], format="onnx", ...)
+    with FerryClient("http://localhost:8080", "fry_...") as ferry:
+        v = ferry.push_version("vision", "resnet", [Path("model.onnx")], format="onnx", ...)
     """
 
-    def __init__(self, base_url: str, token: str | None, *, timeout: float = 30.0,
-                 transport: httpx.BaseTransport | None = None, trust: TrustStore | None = None,
-                 retries: int = 3) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+        trust: TrustStore | None = None,
+        retries: int = 3,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.trust = trust if trust is not None else TrustStore()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = timeout
-        self._http = httpx.Client(base_url=self.base_url, headers=headers,
-                                  timeout=timeout, transport=transport)
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
+        )
         self._retrying = Retrying(
             retry=retry_if_exception_type(httpx.TransportError),
             stop=stop_after_attempt(max(1, retries)),
@@ -76,8 +84,12 @@ class FerryClient(FleetMixin):
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -85,7 +97,9 @@ class FerryClient(FleetMixin):
 
     # --- the one boundary where httpx meets our error hierarchy ----------------------
 
-    def _send(self, method: str, path: str, *, stream: bool = False, **kwargs: Any) -> httpx.Response:
+    def _send(
+        self, method: str, path: str, *, stream: bool = False, **kwargs: Any
+    ) -> httpx.Response:
         """Send one request; translate transport failures and error statuses."""
         request = self._http.build_request(method, path, **kwargs)
         try:
@@ -96,12 +110,14 @@ class FerryClient(FleetMixin):
         except httpx.TimeoutException as exc:
             raise TransportError(
                 f"no answer from {self.base_url} within {self._timeout:g}s ({method} {path}); "
-                f"check the server is up: curl {self.base_url}/healthz") from exc
+                f"check the server is up: curl {self.base_url}/healthz"
+            ) from exc
         except httpx.TransportError as exc:
             raise TransportError(
                 f"cannot reach the server at {self.base_url} ({type(exc).__name__}: {exc}); "
                 f"check it is running (curl {self.base_url}/healthz) and the server URL "
-                f"(`ferry configure --server URL` or FERRY_SERVER)") from exc
+                f"(`ferry configure --server URL` or FERRY_SERVER)"
+            ) from exc
         if response.status_code >= 400:
             if stream:
                 response.read()
@@ -113,8 +129,11 @@ class FerryClient(FleetMixin):
         response = self._send(method, API + path, **kwargs)
         body = _json_or_none(response)
         if body is None:
-            raise ApiError(f"the server answered {method} {path} with non-JSON content",
-                           code="bad_response", status=response.status_code)
+            raise ApiError(
+                f"the server answered {method} {path} with non-JSON content",
+                code="bad_response",
+                status=response.status_code,
+            )
         return body
 
     # --- identity and tokens ---------------------------------------------------------
@@ -127,11 +146,21 @@ class FerryClient(FleetMixin):
     def whoami(self) -> Identity:
         return Identity.from_json(self._json("GET", "/whoami"))
 
-    def create_token(self, name: str, role: str, namespaces: Sequence[str] = ("*",), *,
-                     expires_at: str | None = None) -> Token:
+    def create_token(
+        self,
+        name: str,
+        role: str,
+        namespaces: Sequence[str] = ("*",),
+        *,
+        expires_at: str | None = None,
+    ) -> Token:
         """Create an API token (admin); the returned ``token`` secret is shown only now."""
-        body = {"name": name, "role": role, "namespaces": list(namespaces),
-                "expires_at": expires_at}
+        body = {
+            "name": name,
+            "role": role,
+            "namespaces": list(namespaces),
+            "expires_at": expires_at,
+        }
         return Token.from_json(self._json("POST", "/tokens", json=_drop_none(body)))
 
     def list_tokens(self) -> list[Token]:
@@ -142,10 +171,14 @@ class FerryClient(FleetMixin):
 
     # --- namespaces and models -------------------------------------------------------
 
-    def create_namespace(self, name: str, *, description: str | None = None,
-                         require_distinct_approver: bool = False) -> Namespace:
-        body = {"name": name, "description": description,
-                "require_distinct_approver": require_distinct_approver}
+    def create_namespace(
+        self, name: str, *, description: str | None = None, require_distinct_approver: bool = False
+    ) -> Namespace:
+        body = {
+            "name": name,
+            "description": description,
+            "require_distinct_approver": require_distinct_approver,
+        }
         return Namespace.from_json(self._json("POST", "/namespaces", json=_drop_none(body)))
 
     def list_namespaces(self) -> list[Namespace]:
@@ -154,14 +187,20 @@ class FerryClient(FleetMixin):
     def get_namespace(self, name: str) -> Namespace:
         return Namespace.from_json(self._json("GET", f"/namespaces/{_seg(name)}"))
 
-    def create_model(self, namespace: str, name: str, *, description: str | None = None,
-                     tags: Sequence[str] = ()) -> Model:
-        body = {"namespace": namespace, "name": name, "description": description,
-                "tags": list(tags)}
+    def create_model(
+        self, namespace: str, name: str, *, description: str | None = None, tags: Sequence[str] = ()
+    ) -> Model:
+        body = {
+            "namespace": namespace,
+            "name": name,
+            "description": description,
+            "tags": list(tags),
+        }
         return Model.from_json(self._json("POST", "/models", json=_drop_none(body)))
 
-    def list_models(self, namespace: str | None = None, *, q: str | None = None,
-                    tag: str | None = None) -> list[Model]:
+    def list_models(
+        self, namespace: str | None = None, *, q: str | None = None, tag: str | None = None
+    ) -> list[Model]:
         params = _drop_none({"namespace": namespace, "q": q, "tag": tag})
         return [Model.from_json(m) for m in _items(self._json("GET", "/models", params=params))]
 
@@ -180,8 +219,9 @@ class FerryClient(FleetMixin):
             raise
         return int(response.headers.get("Content-Length", "-1"))
 
-    def upload_blob(self, path: Path | str, *, progress: ProgressCallback | None = None,
-                    name: str | None = None) -> FileEntry:
+    def upload_blob(
+        self, path: Path | str, *, progress: ProgressCallback | None = None, name: str | None = None
+    ) -> FileEntry:
         """Hash ``path``, skip it if the server already has it, else stream it up.
 
         Returns the bundle entry (``name`` defaults to the file's base name).
@@ -192,24 +232,43 @@ class FerryClient(FleetMixin):
         if self.blob_size(sha256) == size:
             tick(progress, TransferProgress(entry.path, size, size, skipped=True))
             return entry
-        chunks = iter_file(path, CHUNK, on_chunk=lambda done: tick(
-            progress, TransferProgress(entry.path, done, size)))
-        self._send("PUT", f"{API}/blobs/{sha256}", content=chunks,
-                   headers={"Content-Type": "application/octet-stream",
-                            "Content-Length": str(size)})
+        chunks = iter_file(
+            path,
+            CHUNK,
+            on_chunk=lambda done: tick(progress, TransferProgress(entry.path, done, size)),
+        )
+        self._send(
+            "PUT",
+            f"{API}/blobs/{sha256}",
+            content=chunks,
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+        )
         return entry
 
     # --- versions --------------------------------------------------------------------
 
-    def push_version(self, namespace: str, model: str, files: Sequence[Path | str], *,
-                     format: str, flavor: str, signature: Mapping[str, Any], created_by: str,
-                     run_id: str, git_commit: str, hardware: Sequence[str] = (),
-                     metrics: Mapping[str, float] | None = None,
-                     hyperparameters: Mapping[str, Any] | None = None,
-                     training_data: Mapping[str, Any] | None = None,
-                     environment_hash: str | None = None, model_card: str | None = None,
-                     tags: Sequence[str] = (), new_version: bool = False,
-                     progress: ProgressCallback | None = None) -> Version:
+    def push_version(
+        self,
+        namespace: str,
+        model: str,
+        files: Sequence[Path | str],
+        *,
+        format: str,
+        flavor: str,
+        signature: Mapping[str, Any],
+        created_by: str,
+        run_id: str,
+        git_commit: str,
+        hardware: Sequence[str] = (),
+        metrics: Mapping[str, float] | None = None,
+        hyperparameters: Mapping[str, Any] | None = None,
+        training_data: Mapping[str, Any] | None = None,
+        environment_hash: str | None = None,
+        model_card: str | None = None,
+        tags: Sequence[str] = (),
+        new_version: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> Version:
         """Upload every file (skipping stored ones), then register the version.
 
         Files keep their base names inside the bundle. Registering the same files
@@ -219,18 +278,31 @@ class FerryClient(FleetMixin):
         """
         paths = _bundle_paths(files)
         entries = [self.upload_blob(p, progress=progress) for p in paths]
-        metadata = _drop_none({
-            "created_by": created_by, "run_id": run_id, "git_commit": git_commit,
-            "metrics": dict(metrics) if metrics else None,
-            "hyperparameters": dict(hyperparameters) if hyperparameters else None,
-            "training_data": dict(training_data) if training_data else None,
-            "environment_hash": environment_hash, "model_card": model_card,
-        })
-        body = {"files": [e.to_json() for e in entries], "format": format, "flavor": flavor,
-                "signature": dict(signature), "hardware": list(hardware),
-                "metadata": metadata, "tags": list(tags), "new_version": new_version}
+        metadata = _drop_none(
+            {
+                "created_by": created_by,
+                "run_id": run_id,
+                "git_commit": git_commit,
+                "metrics": dict(metrics) if metrics else None,
+                "hyperparameters": dict(hyperparameters) if hyperparameters else None,
+                "training_data": dict(training_data) if training_data else None,
+                "environment_hash": environment_hash,
+                "model_card": model_card,
+            }
+        )
+        body = {
+            "files": [e.to_json() for e in entries],
+            "format": format,
+            "flavor": flavor,
+            "signature": dict(signature),
+            "hardware": list(hardware),
+            "metadata": metadata,
+            "tags": list(tags),
+            "new_version": new_version,
+        }
         return Version.from_json(
-            self._json("POST", f"{_model_path(namespace, model)}/versions", json=body))
+            self._json("POST", f"{_model_path(namespace, model)}/versions", json=body)
+        )
 
     def list_versions(self, namespace: str, model: str) -> list[Version]:
         body = self._json("GET", f"{_model_path(namespace, model)}/versions")
@@ -248,18 +320,28 @@ class FerryClient(FleetMixin):
         """The manifest envelope exactly as served, for verification."""
         return self._send("GET", f"{API}{_version_path(namespace, model, ref)}/manifest").content
 
-    def update_tags(self, namespace: str, model: str, ref: int | str, *,
-                    add: Sequence[str] = (), remove: Sequence[str] = ()) -> Version:
+    def update_tags(
+        self,
+        namespace: str,
+        model: str,
+        ref: int | str,
+        *,
+        add: Sequence[str] = (),
+        remove: Sequence[str] = (),
+    ) -> Version:
         body = {"add": list(add), "remove": list(remove)}
         return Version.from_json(
-            self._json("POST", f"{_version_path(namespace, model, ref)}/tags", json=body))
+            self._json("POST", f"{_version_path(namespace, model, ref)}/tags", json=body)
+        )
 
-    def set_stage(self, namespace: str, model: str, ref: int | str, stage: str, *,
-                  comment: str | None = None) -> Version:
+    def set_stage(
+        self, namespace: str, model: str, ref: int | str, stage: str, *, comment: str | None = None
+    ) -> Version:
         """Move a version to ``Staging``, ``Production``, ``Archived`` (or ``None``)."""
         body = _drop_none({"stage": stage, "comment": comment})
         return Version.from_json(
-            self._json("POST", f"{_version_path(namespace, model, ref)}/stage", json=body))
+            self._json("POST", f"{_version_path(namespace, model, ref)}/stage", json=body)
+        )
 
     def set_alias(self, namespace: str, model: str, alias: str, version: int) -> AliasBinding:
         path = f"{_model_path(namespace, model)}/aliases/{_seg(alias)}"
@@ -268,21 +350,37 @@ class FerryClient(FleetMixin):
     def delete_alias(self, namespace: str, model: str, alias: str) -> None:
         self._send("DELETE", f"{API}{_model_path(namespace, model)}/aliases/{_seg(alias)}")
 
-    def search(self, *, namespace: str | None = None, name: str | None = None,
-               tag: str | None = None, stage: str | None = None, alias: str | None = None,
-               metrics: MetricFilters | None = None) -> list[Version]:
+    def search(
+        self,
+        *,
+        namespace: str | None = None,
+        name: str | None = None,
+        tag: str | None = None,
+        stage: str | None = None,
+        alias: str | None = None,
+        metrics: MetricFilters | None = None,
+    ) -> list[Version]:
         """Versions matching every given filter; ``metrics`` as ``{"accuracy": (">=", 0.9)}``
         or ``["accuracy>=0.9"]``."""
         params: list[tuple[str, str]] = [
-            (k, v) for k, v in (("namespace", namespace), ("name", name), ("tag", tag),
-                                ("stage", stage), ("alias", alias)) if v is not None]
+            (k, v)
+            for k, v in (
+                ("namespace", namespace),
+                ("name", name),
+                ("tag", tag),
+                ("stage", stage),
+                ("alias", alias),
+            )
+            if v is not None
+        ]
         params += [("metric", m) for m in metric_params(metrics)]
-        return [Version.from_json(v) for v in _items(self._json("GET", "/versions",
-                                                                 params=params))]
+        return [Version.from_json(v) for v in _items(self._json("GET", "/versions", params=params))]
 
     # --- audit -----------------------------------------------------------------------
 
-    def list_audit(self, *, after_id: int | None = None, limit: int | None = None) -> list[AuditEntry]:
+    def list_audit(
+        self, *, after_id: int | None = None, limit: int | None = None
+    ) -> list[AuditEntry]:
         params = _drop_none({"after_id": after_id, "limit": limit})
         return [AuditEntry.from_json(e) for e in _items(self._json("GET", "/audit", params=params))]
 
@@ -302,10 +400,17 @@ class FerryClient(FleetMixin):
         path = f"{API}/keyring" if version is None else f"{API}/keyring/{int(version)}"
         return self._send("GET", path).content
 
-    def download_version(self, namespace: str, model: str, ref: int | str,
-                         dest_dir: Path | str, *, progress: ProgressCallback | None = None,
-                         root_keyid: str | None = None,
-                         hardware: str | None = None) -> DownloadResult:
+    def download_version(
+        self,
+        namespace: str,
+        model: str,
+        ref: int | str,
+        dest_dir: Path | str,
+        *,
+        progress: ProgressCallback | None = None,
+        root_keyid: str | None = None,
+        hardware: str | None = None,
+    ) -> DownloadResult:
         """Fetch, verify and atomically write every file of a version into ``dest_dir``.
 
         The manifest must be signed by a ``bundles`` key of a keyring that chains to
@@ -315,8 +420,14 @@ class FerryClient(FleetMixin):
         size and sha256 while it arrives, and only then renamed into place.
         """
         version = self.get_version(namespace, model, ref)
-        return download_bundle(self, version, Path(dest_dir), progress=progress,
-                               root_keyid=root_keyid, hardware=hardware)
+        return download_bundle(
+            self,
+            version,
+            Path(dest_dir),
+            progress=progress,
+            root_keyid=root_keyid,
+            hardware=hardware,
+        )
 
     @contextmanager
     def stream_bytes(self, path: str) -> Iterator[Iterator[bytes]]:
@@ -331,8 +442,10 @@ class FerryClient(FleetMixin):
         try:
             yield from response.iter_bytes(CHUNK)
         except httpx.TransportError as exc:
-            raise TransportError(f"the connection to {self.base_url} broke during a transfer "
-                                 f"({type(exc).__name__}: {exc}); retry the command") from exc
+            raise TransportError(
+                f"the connection to {self.base_url} broke during a transfer "
+                f"({type(exc).__name__}: {exc}); retry the command"
+            ) from exc
 
 
 # --- small helpers -------------------------------------------------------------------
@@ -350,7 +463,9 @@ def _items(body: Any) -> list[dict[str, Any]]:
     if isinstance(body, dict) and isinstance(body.get("items"), list):
         body = body["items"]
     if not isinstance(body, list):
-        raise ApiError("the server answered a list request with something else", code="bad_response")
+        raise ApiError(
+            "the server answered a list request with something else", code="bad_response"
+        )
     return body
 
 

@@ -54,11 +54,14 @@ class ClientConfig:
     def require(self) -> tuple[str, str]:
         """The server URL and token, or a ConfigError saying how to set them."""
         if not self.server:
-            raise ConfigError("no server URL configured; run `ferry configure --server URL "
-                              "--token TOKEN` or set FERRY_SERVER")
+            raise ConfigError(
+                "no server URL configured; run `ferry configure --server URL "
+                "--token TOKEN` or set FERRY_SERVER"
+            )
         if not self.token:
-            raise ConfigError("no API token configured; run `ferry configure --token TOKEN` "
-                              "or set FERRY_TOKEN")
+            raise ConfigError(
+                "no API token configured; run `ferry configure --token TOKEN` or set FERRY_TOKEN"
+            )
         return self.server, self.token
 
 
@@ -77,8 +80,10 @@ def load_config(path: Path | None = None, *, use_env: bool = True) -> ClientConf
     path = path or config_path()
     data = _read_file(path)
     config = ClientConfig(
-        server=_str_or_none(data.get("server")), token=_str_or_none(data.get("token")),
-        pins=_read_pins(data.get("pins"), path), path=path,
+        server=_str_or_none(data.get("server")),
+        token=_str_or_none(data.get("token")),
+        pins=_read_pins(data.get("pins"), path),
+        path=path,
     )
     if use_env:
         config.server = os.environ.get("FERRY_SERVER") or config.server
@@ -92,12 +97,17 @@ def _read_pins(raw: object, path: Path) -> dict[str, Pin]:
     try:
         if not isinstance(raw, dict):
             raise TypeError("pins must be a table")
-        return {str(server): Pin(tuple(str(k) for k in entry["root_keyids"]),
-                                 int(entry.get("keyring_version", 1)))
-                for server, entry in raw.items()}
+        return {
+            str(server): Pin(
+                tuple(str(k) for k in entry["root_keyids"]), int(entry.get("keyring_version", 1))
+            )
+            for server, entry in raw.items()
+        }
     except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"config file {path}: the [pins] section is malformed; delete it to "
-                          f"re-pin the server's root key on next download") from exc
+        raise ConfigError(
+            f"config file {path}: the [pins] section is malformed; delete it to "
+            f"re-pin the server's root key on next download"
+        ) from exc
 
 
 def _str_or_none(value: object) -> str | None:
@@ -116,9 +126,12 @@ def render_config(config: ClientConfig) -> str:
     if config.token:
         lines.append(f"token = {_toml_str(config.token)}")
     for server, pin in sorted(config.pins.items()):
-        lines += ["", f"[pins.{_toml_str(server)}]",
-                  f"root_keyids = {json.dumps(list(pin.root_keyids))}",
-                  f"keyring_version = {pin.keyring_version}"]
+        lines += [
+            "",
+            f"[pins.{_toml_str(server)}]",
+            f"root_keyids = {json.dumps(list(pin.root_keyids))}",
+            f"keyring_version = {pin.keyring_version}",
+        ]
     return "\n".join(lines) + "\n"
 
 

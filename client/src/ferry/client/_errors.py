@@ -31,8 +31,14 @@ class ClientError(Exception):
 
     code = "client_error"
 
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None,
-                 details: Any = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        details: Any = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
@@ -137,14 +143,29 @@ class RateLimitedError(ApiError):
 
 _BY_CODE: dict[str, type[ApiError]] = {
     cls.code: cls
-    for cls in (BadRequestError, DigestMismatchError, UnauthenticatedError, ForbiddenError,
-                NotFoundError, ConflictError, PayloadTooLargeError, RangeNotSatisfiableError,
-                ValidationError, RateLimitedError)
+    for cls in (
+        BadRequestError,
+        DigestMismatchError,
+        UnauthenticatedError,
+        ForbiddenError,
+        NotFoundError,
+        ConflictError,
+        PayloadTooLargeError,
+        RangeNotSatisfiableError,
+        ValidationError,
+        RateLimitedError,
+    )
 }
 _BY_STATUS: dict[int, type[ApiError]] = {
-    400: BadRequestError, 401: UnauthenticatedError, 403: ForbiddenError, 404: NotFoundError,
-    409: ConflictError, 413: PayloadTooLargeError, 416: RangeNotSatisfiableError,
-    422: ValidationError, 429: RateLimitedError,
+    400: BadRequestError,
+    401: UnauthenticatedError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    416: RangeNotSatisfiableError,
+    422: ValidationError,
+    429: RateLimitedError,
 }
 
 

@@ -114,9 +114,13 @@ class RolloutMembersPage(_Record):
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> RolloutMembersPage:
-        return cls(rollout_id=data["rollout_id"], total=data["total"], at=data.get("at", ""),
-                   next_cursor=data.get("next_cursor"),
-                   devices=[RolloutMember.from_json(d) for d in data["devices"]])
+        return cls(
+            rollout_id=data["rollout_id"],
+            total=data["total"],
+            at=data.get("at", ""),
+            next_cursor=data.get("next_cursor"),
+            devices=[RolloutMember.from_json(d) for d in data["devices"]],
+        )
 
 
 @dataclass(frozen=True)
@@ -157,12 +161,27 @@ def exponential_waves(start: int, factor: float, cap: int | None = None) -> list
     return waves
 
 
-def _rollout_body(namespace: str, model: str, version: int | str, *, selector: str,
-                  waves: Sequence[int], slot: str, gates: GatePolicy | None = None,
-                  **options: Any) -> dict[str, Any]:
-    body = {"namespace": namespace, "model": model, "version": str(version),
-            "selector": selector, "waves": list(waves), "slot": slot, **options,
-            **(gates or GatePolicy()).to_dict()}
+def _rollout_body(
+    namespace: str,
+    model: str,
+    version: int | str,
+    *,
+    selector: str,
+    waves: Sequence[int],
+    slot: str,
+    gates: GatePolicy | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    body = {
+        "namespace": namespace,
+        "model": model,
+        "version": str(version),
+        "selector": selector,
+        "waves": list(waves),
+        "slot": slot,
+        **options,
+        **(gates or GatePolicy()).to_dict(),
+    }
     return {k: v for k, v in body.items() if v is not None or k.startswith("max_failure")}
 
 
@@ -174,39 +193,68 @@ class FleetMixin:
 
     # --- enrolment tokens -------------------------------------------------------------
 
-    def create_enrollment_token(self, namespace: str, name: str, *, max_uses: int | None = 1,
-                                expires_in_s: int | None = None, expires_at: str | None = None,
-                                tags: Mapping[str, str] | None = None) -> EnrollmentToken:
+    def create_enrollment_token(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        max_uses: int | None = 1,
+        expires_in_s: int | None = None,
+        expires_at: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> EnrollmentToken:
         """One-time by default; ``max_uses=None`` allows any number until it expires."""
-        body = {"namespace": namespace, "name": name, "max_uses": max_uses,
-                "expires_in_s": expires_in_s, "expires_at": expires_at, "tags": dict(tags or {})}
+        body = {
+            "namespace": namespace,
+            "name": name,
+            "max_uses": max_uses,
+            "expires_in_s": expires_in_s,
+            "expires_at": expires_at,
+            "tags": dict(tags or {}),
+        }
         body = {k: v for k, v in body.items() if v is not None or k == "max_uses"}
         return EnrollmentToken.from_json(self._json("POST", "/enrollment-tokens", json=body))
 
     def list_enrollment_tokens(self, namespace: str | None = None) -> list[EnrollmentToken]:
         params = _drop_none({"namespace": namespace})
-        return [EnrollmentToken.from_json(t)
-                for t in self._json("GET", "/enrollment-tokens", params=params)]
+        return [
+            EnrollmentToken.from_json(t)
+            for t in self._json("GET", "/enrollment-tokens", params=params)
+        ]
 
     def revoke_enrollment_token(self, token_id: int) -> None:
         self._send("DELETE", f"/api/v1/enrollment-tokens/{_seg(token_id)}")
 
     # --- devices ----------------------------------------------------------------------
 
-    def list_devices(self, namespace: str | None = None, *, selector: str = "",
-                     include_revoked: bool = False, limit: int = 1000,
-                     offset: int = 0) -> list[Device]:
-        params = _drop_none({"namespace": namespace, "selector": selector or None,
-                             "include_revoked": include_revoked, "limit": limit,
-                             "offset": offset})
+    def list_devices(
+        self,
+        namespace: str | None = None,
+        *,
+        selector: str = "",
+        include_revoked: bool = False,
+        limit: int = 1000,
+        offset: int = 0,
+    ) -> list[Device]:
+        params = _drop_none(
+            {
+                "namespace": namespace,
+                "selector": selector or None,
+                "include_revoked": include_revoked,
+                "limit": limit,
+                "offset": offset,
+            }
+        )
         return [Device.from_json(d) for d in self._json("GET", "/devices", params=params)]
 
     def get_device(self, device_id: str, *, history: int = 50) -> Device:
-        return Device.from_json(self._json("GET", f"/devices/{_seg(device_id)}",
-                                           params={"history": history}))
+        return Device.from_json(
+            self._json("GET", f"/devices/{_seg(device_id)}", params={"history": history})
+        )
 
-    def tag_device(self, device_id: str, add: Mapping[str, str] | None = None,
-                   remove: Sequence[str] = ()) -> Device:
+    def tag_device(
+        self, device_id: str, add: Mapping[str, str] | None = None, remove: Sequence[str] = ()
+    ) -> Device:
         body = {"add": dict(add or {}), "remove": list(remove)}
         return Device.from_json(self._json("POST", f"/devices/{_seg(device_id)}/tags", json=body))
 
@@ -216,38 +264,74 @@ class FleetMixin:
 
     # --- rollouts ---------------------------------------------------------------------
 
-    def create_rollout(self, namespace: str, model: str, version: int | str, *,
-                       selector: str = "", waves: Sequence[int] = (1, 10, 50, 100),
-                       slot: str = "main", gates: GatePolicy | None = None,
-                       auto_rollback: bool = False, start_at: str | None = None,
-                       start_paused: bool = False, skip_incompatible: bool = False,
-                       allow_empty: bool = False) -> Rollout:
+    def create_rollout(
+        self,
+        namespace: str,
+        model: str,
+        version: int | str,
+        *,
+        selector: str = "",
+        waves: Sequence[int] = (1, 10, 50, 100),
+        slot: str = "main",
+        gates: GatePolicy | None = None,
+        auto_rollback: bool = False,
+        start_at: str | None = None,
+        start_paused: bool = False,
+        skip_incompatible: bool = False,
+        allow_empty: bool = False,
+    ) -> Rollout:
         """Roll ``version`` (a number or an alias) out to the devices ``selector`` matches.
 
         ``selector``: ``key=value`` and ``key in (v1,v2)`` terms joined by commas. 409
         when the plan has a refusal: a device that cannot run it (unless
         ``skip_incompatible``), no device at all (unless ``allow_empty``), policy, overlap.
         """
-        body = _rollout_body(namespace, model, version, selector=selector, waves=waves,
-                             slot=slot, gates=gates, auto_rollback=auto_rollback,
-                             start_at=start_at, start_paused=start_paused,
-                             skip_incompatible=skip_incompatible, allow_empty=allow_empty)
+        body = _rollout_body(
+            namespace,
+            model,
+            version,
+            selector=selector,
+            waves=waves,
+            slot=slot,
+            gates=gates,
+            auto_rollback=auto_rollback,
+            start_at=start_at,
+            start_paused=start_paused,
+            skip_incompatible=skip_incompatible,
+            allow_empty=allow_empty,
+        )
         return Rollout.from_json(self._json("POST", "/rollouts", json=body))
 
-    def plan_rollout(self, namespace: str, model: str, version: int | str, *,
-                     selector: str = "", waves: Sequence[int] = (1, 10, 50, 100),
-                     slot: str = "main", skip_incompatible: bool = False,
-                     allow_empty: bool = False) -> dict[str, Any]:
+    def plan_rollout(
+        self,
+        namespace: str,
+        model: str,
+        version: int | str,
+        *,
+        selector: str = "",
+        waves: Sequence[int] = (1, 10, 50, 100),
+        slot: str = "main",
+        skip_incompatible: bool = False,
+        allow_empty: bool = False,
+    ) -> dict[str, Any]:
         """What `create_rollout` with these arguments would do, without doing it: matching
         devices, members per wave, skipped/incompatible devices and why, downloads, total
         bytes and ``refusals`` (empty when creating would succeed). docs/rollouts.md."""
-        body = _rollout_body(namespace, model, version, selector=selector, waves=waves,
-                             slot=slot, skip_incompatible=skip_incompatible,
-                             allow_empty=allow_empty)
+        body = _rollout_body(
+            namespace,
+            model,
+            version,
+            selector=selector,
+            waves=waves,
+            slot=slot,
+            skip_incompatible=skip_incompatible,
+            allow_empty=allow_empty,
+        )
         return dict(self._json("POST", "/rollouts/plan", json=body))
 
-    def list_rollouts(self, namespace: str | None = None, *, state: str | None = None,
-                      limit: int = 100) -> list[Rollout]:
+    def list_rollouts(
+        self, namespace: str | None = None, *, state: str | None = None, limit: int = 100
+    ) -> list[Rollout]:
         params = _drop_none({"namespace": namespace, "state": state, "limit": limit})
         return [Rollout.from_json(r) for r in self._json("GET", "/rollouts", params=params)]
 
@@ -258,15 +342,15 @@ class FleetMixin:
         """``pause``, ``resume``, ``advance``, ``cancel`` or ``rollback`` (409 when illegal)."""
         if action not in ROLLOUT_ACTIONS:
             raise ValueError(f"unknown rollout action {action!r}; one of {ROLLOUT_ACTIONS}")
-        return Rollout.from_json(self._json("POST",
-                                            f"/rollouts/{_seg(rollout_id)}/{action}"))
+        return Rollout.from_json(self._json("POST", f"/rollouts/{_seg(rollout_id)}/{action}"))
 
     def rollback_rollout(self, rollout_id: str, *, baseline: int | None = None) -> Rollout:
         """Roll back; devices whose first install this was go to ``baseline`` when given.
         ``Rollout.rollback`` says who goes back and who stays."""
         body = {"baseline": baseline} if baseline is not None else None
-        return Rollout.from_json(self._json("POST", f"/rollouts/{_seg(rollout_id)}/rollback",
-                                            json=body))
+        return Rollout.from_json(
+            self._json("POST", f"/rollouts/{_seg(rollout_id)}/rollback", json=body)
+        )
 
     def edit_rollout_gates(self, rollout_id: str, **changes: int | None) -> dict[str, Any]:
         """Change gate settings (`GatePolicy` names) of a rollout that has not ended; the
@@ -280,28 +364,42 @@ class FleetMixin:
         """Counts per wave and state, success rate, gate status, time in wave."""
         return dict(self._json("GET", f"/rollouts/{_seg(rollout_id)}/status"))
 
-    def rollout_devices(self, rollout_id: str, *, state: str | Sequence[str] | None = None,
-                        wave: int | None = None, limit: int = 100,
-                        cursor: str | None = None) -> RolloutMembersPage:
+    def rollout_devices(
+        self,
+        rollout_id: str,
+        *,
+        state: str | Sequence[str] | None = None,
+        wave: int | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> RolloutMembersPage:
         """One page of the rollout's devices, by device id.
 
         ``state``: device states (``failed`` covers failed, rolled_back and timed_out);
         ``wave``: 1-based; ``limit`` up to 1000.
         """
         states = state if isinstance(state, str) or state is None else ",".join(state)
-        params = _drop_none({"state": states or None, "wave": wave, "limit": limit,
-                             "cursor": cursor})
+        params = _drop_none(
+            {"state": states or None, "wave": wave, "limit": limit, "cursor": cursor}
+        )
         return RolloutMembersPage.parse(
-            self._json("GET", f"/rollouts/{_seg(rollout_id)}/devices", params=params))
+            self._json("GET", f"/rollouts/{_seg(rollout_id)}/devices", params=params)
+        )
 
-    def iter_rollout_devices(self, rollout_id: str, *, state: str | Sequence[str] | None = None,
-                             wave: int | None = None, page_size: int = 500
-                             ) -> Iterator[RolloutMember]:
+    def iter_rollout_devices(
+        self,
+        rollout_id: str,
+        *,
+        state: str | Sequence[str] | None = None,
+        wave: int | None = None,
+        page_size: int = 500,
+    ) -> Iterator[RolloutMember]:
         """Every matching device of the rollout, fetching pages as they are consumed."""
         cursor: str | None = None
         while True:
-            page = self.rollout_devices(rollout_id, state=state, wave=wave, limit=page_size,
-                                        cursor=cursor)
+            page = self.rollout_devices(
+                rollout_id, state=state, wave=wave, limit=page_size, cursor=cursor
+            )
             yield from page.devices
             if page.next_cursor is None:
                 return
@@ -309,26 +407,42 @@ class FleetMixin:
 
     def fleet_status(self, namespace: str | None = None) -> dict[str, Any]:
         """Device counts and the installed versions per model."""
-        return dict(self._json("GET", "/fleet/status",
-                               params=_drop_none({"namespace": namespace})))
+        return dict(self._json("GET", "/fleet/status", params=_drop_none({"namespace": namespace})))
 
     # --- alias bindings ---------------------------------------------------------------
 
-    def bind_alias(self, namespace: str, model: str, alias: str, *, selector: str = "",
-                   waves: Sequence[int] = (1, 10, 50, 100), slot: str = "main",
-                   gates: GatePolicy | None = None, auto_rollback: bool = False,
-                   auto_start: bool = False) -> RolloutBinding:
+    def bind_alias(
+        self,
+        namespace: str,
+        model: str,
+        alias: str,
+        *,
+        selector: str = "",
+        waves: Sequence[int] = (1, 10, 50, 100),
+        slot: str = "main",
+        gates: GatePolicy | None = None,
+        auto_rollback: bool = False,
+        auto_start: bool = False,
+    ) -> RolloutBinding:
         """From now on, moving ``alias`` plans a rollout of the new version."""
-        body = {"selector": selector, "waves": list(waves), "slot": slot,
-                "gates": (gates or GatePolicy()).to_dict(), "auto_rollback": auto_rollback,
-                "auto_start": auto_start}
+        body = {
+            "selector": selector,
+            "waves": list(waves),
+            "slot": slot,
+            "gates": (gates or GatePolicy()).to_dict(),
+            "auto_rollback": auto_rollback,
+            "auto_start": auto_start,
+        }
         path = f"/alias-bindings/{_seg(namespace)}/{_seg(model)}/{_seg(alias)}"
         return RolloutBinding.from_json(self._json("PUT", path, json=body))
 
     def list_alias_bindings(self, namespace: str | None = None) -> list[RolloutBinding]:
         params = _drop_none({"namespace": namespace})
-        return [RolloutBinding.from_json(b)
-                for b in self._json("GET", "/alias-bindings", params=params)]
+        return [
+            RolloutBinding.from_json(b) for b in self._json("GET", "/alias-bindings", params=params)
+        ]
 
     def unbind_alias(self, namespace: str, model: str, alias: str) -> None:
-        self._send("DELETE", f"/api/v1/alias-bindings/{_seg(namespace)}/{_seg(model)}/{_seg(alias)}")
+        self._send(
+            "DELETE", f"/api/v1/alias-bindings/{_seg(namespace)}/{_seg(model)}/{_seg(alias)}"
+        )

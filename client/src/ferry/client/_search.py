@@ -18,8 +18,10 @@ def parse_threshold(text: str) -> tuple[str, str, float]:
     """Split ``accuracy>=0.9`` into (name, operator, value); InputError names what is wrong."""
     match = _THRESHOLD.match(text)
     if not match:
-        raise InputError(f"malformed metric filter {text!r}: expected NAME OP NUMBER with OP one "
-                         f"of {', '.join(OPERATORS)}, e.g. 'accuracy>=0.9'")
+        raise InputError(
+            f"malformed metric filter {text!r}: expected NAME OP NUMBER with OP one "
+            f"of {', '.join(OPERATORS)}, e.g. 'accuracy>=0.9'"
+        )
     name, op, raw = match.groups()
     return name, op, _number(raw, text)
 
@@ -42,8 +44,10 @@ def metric_params(filters: MetricFilters | None) -> list[str]:
         out = []
         for name, spec in filters.items():
             if not (isinstance(spec, tuple) and len(spec) == 2):
-                raise InputError(f"metric filter for {name!r} must be (operator, value), "
-                                 f"e.g. ('>=', 0.9); got {spec!r}")
+                raise InputError(
+                    f"metric filter for {name!r} must be (operator, value), "
+                    f"e.g. ('>=', 0.9); got {spec!r}"
+                )
             op, value = spec
             out.append(_format(*parse_threshold(f"{name}{op}{value}")))
         return out

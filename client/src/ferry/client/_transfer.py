@@ -51,13 +51,23 @@ def iter_file(path: Path, chunk_size: int, on_chunk: Callable[[int], None]) -> I
             on_chunk(done)
 
 
-def download_bundle(client: FerryClient, version: Version, dest: Path, *,
-                    progress: ProgressCallback | None, root_keyid: str | None,
-                    hardware: str | None) -> DownloadResult:
+def download_bundle(
+    client: FerryClient,
+    version: Version,
+    dest: Path,
+    *,
+    progress: ProgressCallback | None,
+    root_keyid: str | None,
+    hardware: str | None,
+) -> DownloadResult:
     """Verify the version's manifest, then fetch every file into ``dest`` (see module doc)."""
     try:
-        trust = trusted_state(client.keyring_bytes, client.base_url, client.trust,
-                              {root_keyid} if root_keyid else None)
+        trust = trusted_state(
+            client.keyring_bytes,
+            client.base_url,
+            client.trust,
+            {root_keyid} if root_keyid else None,
+        )
         raw = client.manifest_bytes(version.namespace, version.model, version.version)
         manifest = _verified_manifest(raw, trust, version, hardware)
         dest.mkdir(parents=True, exist_ok=True)
@@ -68,29 +78,42 @@ def download_bundle(client: FerryClient, version: Version, dest: Path, *,
     except ProtocolError as exc:
         raise VerificationError(f"refused {version.ref}: {exc}", code=exc.code) from exc
     return DownloadResult(
-        namespace=manifest.namespace, model=manifest.model, version=manifest.version,
-        manifest_sha256=version.manifest_sha256, dest_dir=dest,
-        files=[dest / e.path for e in manifest.files], bytes_downloaded=written)
+        namespace=manifest.namespace,
+        model=manifest.model,
+        version=manifest.version,
+        manifest_sha256=version.manifest_sha256,
+        dest_dir=dest,
+        files=[dest / e.path for e in manifest.files],
+        bytes_downloaded=written,
+    )
 
 
-def _verified_manifest(raw: bytes, trust: TrustedState, version: Version,
-                       hardware: str | None) -> BundleManifest:
+def _verified_manifest(
+    raw: bytes, trust: TrustedState, version: Version, hardware: str | None
+) -> BundleManifest:
     """Signature, digest and hardware by the protocol checklist, then the binding to
     the version asked for (a validly signed manifest of another model is refused).
     No hardware given: an operator's pull, not a device install; any hardware goes."""
     manifest = trust.verify_manifest(
-        raw, expected_sha256=version.manifest_sha256, hardware=hardware,
-        installed_version=None, allow_downgrade=True).document
+        raw,
+        expected_sha256=version.manifest_sha256,
+        hardware=hardware,
+        installed_version=None,
+        allow_downgrade=True,
+    ).document
     asked = (version.namespace, version.model, version.version)
     got = (manifest.namespace, manifest.model, manifest.version)
     if got != asked:
-        raise VerificationError(f"the server sent the manifest of {got[0]}/{got[1]}@{got[2]} "
-                                f"for {version.ref}", code="manifest_mismatch")
+        raise VerificationError(
+            f"the server sent the manifest of {got[0]}/{got[1]}@{got[2]} for {version.ref}",
+            code="manifest_mismatch",
+        )
     return manifest
 
 
-def _fetch_file(client: FerryClient, entry: FileEntry, dest: Path,
-                progress: ProgressCallback | None) -> int:
+def _fetch_file(
+    client: FerryClient, entry: FileEntry, dest: Path, progress: ProgressCallback | None
+) -> int:
     """Stream one blob into place; returns bytes downloaded (0 when already present)."""
     target = dest / entry.path
     if _already_there(target, entry):

@@ -23,8 +23,9 @@ from ferry.protocol.trust import TrustedState
 FetchKeyring = Callable[[int | None], bytes]
 
 
-def trusted_state(fetch: FetchKeyring, server: str, store: TrustStore,
-                  root_keyids: set[str] | None = None) -> TrustedState:
+def trusted_state(
+    fetch: FetchKeyring, server: str, store: TrustStore, root_keyids: set[str] | None = None
+) -> TrustedState:
     """The server's current keyring, verified against the pinned (or given) root."""
     now = datetime.now(UTC)
     pin = Pin(tuple(sorted(root_keyids))) if root_keyids else store.get(server)
@@ -54,5 +55,7 @@ def _pinned(raw: bytes, pin: Pin) -> TrustedState:
     try:
         return TrustedState.pinned(raw, pin.root_keyids)
     except UntrustedKeyError as exc:
-        raise UntrustedKeyError(f"{exc}; if the server's root was legitimately replaced, "
-                                f"remove its pin from the config file") from exc
+        raise UntrustedKeyError(
+            f"{exc}; if the server's root was legitimately replaced, "
+            f"remove its pin from the config file"
+        ) from exc

@@ -164,7 +164,9 @@ class Keyring:
             "spec_version": SPEC_VERSION,
             "version": self.version,
             "expires": self.expires,
-            "keys": {kid: {"keytype": KEY_TYPE, "public": key.hex} for kid, key in self.keys.items()},
+            "keys": {
+                kid: {"keytype": KEY_TYPE, "public": key.hex} for kid, key in self.keys.items()
+            },
             "roles": {role.value: rk.to_dict() for role, rk in self.roles.items()},
         }
 
@@ -466,7 +468,9 @@ class StatusReport:
             detail=detail,
             sequence=_opt_int(data, "sequence", where),
             rollout_id=_opt_str(data, "rollout_id", where),
-            bytes_downloaded=_int(data, "bytes_downloaded", where) if "bytes_downloaded" in data else 0,
+            bytes_downloaded=_int(data, "bytes_downloaded", where)
+            if "bytes_downloaded" in data
+            else 0,
             timings=dict(timings),
             report_seq=_opt_int(data, "report_seq", where),
         )
@@ -528,7 +532,9 @@ class DeltaDescriptor:
     def from_dict(cls, data: Any) -> Self:
         where = cls.TYPE
         if not isinstance(data, dict) or set(data) != set(_DESCRIPTOR_FIELDS):
-            raise MalformedError(f"{where}: expected exactly the fields {sorted(_DESCRIPTOR_FIELDS)}")
+            raise MalformedError(
+                f"{where}: expected exactly the fields {sorted(_DESCRIPTOR_FIELDS)}"
+            )
         if data["_type"] != cls.TYPE or data["spec_version"] != SPEC_VERSION:
             raise MalformedError(f"{where}: wrong _type or spec_version")
         for key in ("from_manifest", "to_manifest", "from_sha256", "to_sha256", "delta_sha256"):
@@ -542,7 +548,9 @@ class DeltaDescriptor:
             raise MalformedError(f"{where}: unsafe path {data['path']!r}")
         if data["format"] not in DELTA_FORMATS:
             raise MalformedError(f"{where}: format must be one of {DELTA_FORMATS}")
-        return cls(**{key: data[key] for key in _DESCRIPTOR_FIELDS if not key.startswith(("_", "spec"))})
+        return cls(
+            **{key: data[key] for key in _DESCRIPTOR_FIELDS if not key.startswith(("_", "spec"))}
+        )
 
 
 _DESCRIPTOR_FIELDS = (

@@ -55,8 +55,7 @@ class GatePolicy:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise MalformedError(f"gate {name} must be a whole number, not {value!r}")
             if not low <= value <= high:
-                raise MalformedError(f"gate {name} must be between {low} and {high}, "
-                                     f"not {value}")
+                raise MalformedError(f"gate {name} must be between {low} and {high}, not {value}")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

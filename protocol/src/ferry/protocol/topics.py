@@ -55,12 +55,20 @@ NOTICE_EPOCH_HEADER = "X-Ferry-Epoch"
 older fleet epoch then answers from the database (a notice can outrun a replica's cache)."""
 
 
-def notice_payload(reason: str, rollout_id: str | None, epoch: int | None,
-                   issued_at: str) -> bytes:
+def notice_payload(reason: str, rollout_id: str | None, epoch: int | None, issued_at: str) -> bytes:
     """A notice: "fetch your signed desired state"; ``epoch`` is the server's fleet epoch."""
-    return json.dumps({"_type": NOTICE_TYPE, "spec_version": 1, "reason": reason,
-                       "rollout_id": rollout_id, "epoch": epoch, "issued_at": issued_at},
-                      sort_keys=True, separators=(",", ":")).encode()
+    return json.dumps(
+        {
+            "_type": NOTICE_TYPE,
+            "spec_version": 1,
+            "reason": reason,
+            "rollout_id": rollout_id,
+            "epoch": epoch,
+            "issued_at": issued_at,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
 
 
 def notice_epoch(payload: bytes) -> int | None:
@@ -69,5 +77,4 @@ def notice_epoch(payload: bytes) -> int | None:
         value = json.loads(payload).get("epoch")
     except (ValueError, AttributeError, UnicodeDecodeError):
         return None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 \
-        else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None

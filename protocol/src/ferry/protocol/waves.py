@@ -18,14 +18,23 @@ import hashlib
 BUCKETS = 10_000
 
 
-def rollout_seed(model: str, manifest_sha256: str, slot: str, selector: str,
-                 cumulative_percents: list[int]) -> str:
+def rollout_seed(
+    model: str, manifest_sha256: str, slot: str, selector: str, cumulative_percents: list[int]
+) -> str:
     """The wave seed of a rollout: 16 hex digits of sha256 over what it asks for.
 
     ``selector`` is its canonical text (sorted terms, as the server prints it).
     """
-    text = "\x00".join(["ferry-waves-v1", model, manifest_sha256, slot, selector,
-                        ",".join(map(str, cumulative_percents))])
+    text = "\x00".join(
+        [
+            "ferry-waves-v1",
+            model,
+            manifest_sha256,
+            slot,
+            selector,
+            ",".join(map(str, cumulative_percents)),
+        ]
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -75,16 +75,25 @@ API_ROUTERS: list[APIRouter] = [
     trust_routes.router,
     audit_routes.router,
     webhook_routes.router,
-    enrollment_routes.router, checkin_routes.router, device_routes.router,
-    rollout_routes.router, status_routes.router,
+    enrollment_routes.router,
+    checkin_routes.router,
+    device_routes.router,
+    rollout_routes.router,
+    status_routes.router,
     delta_routes.router,
 ]
 ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorBody, "description": description}
-    for status, description in {400: "bad request", 401: "no or unknown token",
-                                403: "role or namespace not allowed", 404: "not found",
-                                409: "conflict", 413: "too large",
-                                416: "range not satisfiable", 422: "validation error"}.items()
+    for status, description in {
+        400: "bad request",
+        401: "no or unknown token",
+        403: "role or namespace not allowed",
+        404: "not found",
+        409: "conflict",
+        413: "too large",
+        416: "range not satisfiable",
+        422: "validation error",
+    }.items()
 }
 BOOTSTRAP_TOKEN_NAME = "bootstrap-admin"
 
@@ -109,17 +118,26 @@ def _bootstrap_admin(engine: Engine, settings: Settings) -> None:
     with session_scope(engine) as session:
         if has_any_token(session):
             return
-        row, secret = create_token(session, name=BOOTSTRAP_TOKEN_NAME, role=ServerRole.ADMIN,
-                                   namespaces=["*"])
-        audit.append(session, actor="server", action="token.create", target=f"token:{row.id}",
-                     details={"name": row.name, "role": row.role, "bootstrap": True})
+        row, secret = create_token(
+            session, name=BOOTSTRAP_TOKEN_NAME, role=ServerRole.ADMIN, namespaces=["*"]
+        )
+        audit.append(
+            session,
+            actor="server",
+            action="token.create",
+            target=f"token:{row.id}",
+            details={"name": row.name, "role": row.role, "bootstrap": True},
+        )
     path = settings.admin_token_path
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(secret + "\n")
     if settings.print_admin_token:
-        print(f"ferry: created admin token (shown once, also saved to {path}):\n{secret}",
-              file=sys.stderr, flush=True)
+        print(
+            f"ferry: created admin token (shown once, also saved to {path}):\n{secret}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _start_deltas(app: FastAPI, ctx: AppContext) -> DeltaJobs | None:
@@ -127,8 +145,11 @@ def _start_deltas(app: FastAPI, ctx: AppContext) -> DeltaJobs | None:
     settings = ctx.settings
     if not settings.deltas_enabled:
         return None
-    service = DeltaService(settings.delta_dir, max_fraction=settings.delta_max_fraction,
-                           max_concurrent_builds=settings.delta_build_workers)
+    service = DeltaService(
+        settings.delta_dir,
+        max_fraction=settings.delta_max_fraction,
+        max_concurrent_builds=settings.delta_build_workers,
+    )
     jobs = DeltaJobs(service, ctx.blobs, ctx.engine, ctx.metrics, settings.delta_build_workers)
     app.state.deltas = jobs
     runtime_of(app).start_hook = jobs
@@ -140,11 +161,13 @@ def _renew_keyring(ctx: AppContext) -> None:
     """One renewal check; a concurrent renewal by another replica is not an error."""
     try:
         with session_scope(ctx.engine) as session:
-            version = renew_if_expiring(session, ctx.settings.key_dir,
-                                        ctx.settings.keyring_expiry_days, utcnow())
+            version = renew_if_expiring(
+                session, ctx.settings.key_dir, ctx.settings.keyring_expiry_days, utcnow()
+            )
             if version is not None:
-                audit.append(session, actor="server", action="keys.renew",
-                             target=f"keyring:{version}")
+                audit.append(
+                    session, actor="server", action="keys.renew", target=f"keyring:{version}"
+                )
     except IntegrityError:
         return
     if version is not None:
@@ -166,17 +189,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = prepare(settings)
     metrics = Metrics()
     read_engine = make_read_engine(settings.database_url, engine)
-    ctx = AppContext(settings=settings, engine=engine, read_engine=read_engine,
-                     blobs=LocalBlobStore(settings.blob_dir),
-                     keys=KeySource(engine, settings.key_dir), metrics=metrics)
+    ctx = AppContext(
+        settings=settings,
+        engine=engine,
+        read_engine=read_engine,
+        blobs=LocalBlobStore(settings.blob_dir),
+        keys=KeySource(engine, settings.key_dir),
+        metrics=metrics,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        worker = WebhookWorker(engine, RetryPolicy(settings.webhook_max_attempts,
-                                                   settings.webhook_backoff_seconds,
-                                                   settings.webhook_timeout_seconds),
-                               settings.webhook_poll_seconds, read_engine=read_engine,
-                               on_outcome=lambda o: metrics.webhook_deliveries.labels(o).inc())
+        worker = WebhookWorker(
+            engine,
+            RetryPolicy(
+                settings.webhook_max_attempts,
+                settings.webhook_backoff_seconds,
+                settings.webhook_timeout_seconds,
+            ),
+            settings.webhook_poll_seconds,
+            read_engine=read_engine,
+            on_outcome=lambda o: metrics.webhook_deliveries.labels(o).inc(),
+        )
         task = asyncio.create_task(worker.run()) if settings.start_webhook_worker else None
         mqtt = await start_mqtt(app, ctx)
         app.state.mqtt = mqtt
@@ -203,7 +237,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ctx = ctx
     app.state.mqtt = None
     metrics.snapshots.sources.append(
-        lambda: fleet_gauges(read_engine, runtime_of(app).now(), ONLINE_WINDOW_S))
+        lambda: fleet_gauges(read_engine, runtime_of(app).now(), ONLINE_WINDOW_S)
+    )
     fleet_wiring.install(app, ctx)
     install_error_handlers(app)
     app.add_exception_handler(405, method_not_allowed)

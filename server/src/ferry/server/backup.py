@@ -51,9 +51,19 @@ def backup(settings: Settings, folder: Path) -> BackupSummary:
     kind = _dump_database(settings.database_url, folder)
     blobs = _copy_tree(settings.blob_dir, folder / "blobs")
     keys = _copy_tree(settings.key_dir, folder / "keys")
-    (folder / MANIFEST).write_text(json.dumps({
-        "format": FORMAT, "database": kind, "created_at": format_time(utcnow()),
-        "blobs": blobs, "keys": keys}, indent=1) + "\n")
+    (folder / MANIFEST).write_text(
+        json.dumps(
+            {
+                "format": FORMAT,
+                "database": kind,
+                "created_at": format_time(utcnow()),
+                "blobs": blobs,
+                "keys": keys,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     return BackupSummary(folder, kind, blobs, keys)
 
 
@@ -62,14 +72,15 @@ def restore(settings: Settings, folder: Path) -> BackupSummary:
     try:
         meta = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError) as exc:
-        raise BackupError(f"{folder} holds no readable {MANIFEST}: is it a ferry backup?") \
-            from exc
+        raise BackupError(f"{folder} holds no readable {MANIFEST}: is it a ferry backup?") from exc
     if meta.get("format") != FORMAT:
         raise BackupError(f"backup format {meta.get('format')!r} is not {FORMAT}")
     kind = _kind(settings.database_url)
     if meta["database"] != kind:
-        raise BackupError(f"the backup holds a {meta['database']} database but the server "
-                          f"uses {kind}: restore onto the same kind")
+        raise BackupError(
+            f"the backup holds a {meta['database']} database but the server "
+            f"uses {kind}: restore onto the same kind"
+        )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     _load_database(settings.database_url, folder)
     for name, target in (("blobs", settings.blob_dir), ("keys", settings.key_dir)):
@@ -92,8 +103,7 @@ def _sqlite_path(database_url: str) -> Path:
 
 def _libpq_url(database_url: str) -> str:
     """The URL pg_dump understands (no SQLAlchemy driver suffix)."""
-    return make_url(database_url).set(drivername="postgresql").render_as_string(
-        hide_password=False)
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def _dump_database(database_url: str, folder: Path) -> str:
@@ -106,8 +116,16 @@ def _dump_database(database_url: str, folder: Path) -> str:
         source.close()
         target.close()
     else:
-        _run(["pg_dump", "--format=custom", "--no-owner", f"--file={folder / 'ferry.pgdump'}",
-              _libpq_url(database_url)], "pg_dump")
+        _run(
+            [
+                "pg_dump",
+                "--format=custom",
+                "--no-owner",
+                f"--file={folder / 'ferry.pgdump'}",
+                _libpq_url(database_url),
+            ],
+            "pg_dump",
+        )
     return kind
 
 
@@ -118,8 +136,17 @@ def _load_database(database_url: str, folder: Path) -> None:
             stale.unlink(missing_ok=True)
         shutil.copy2(folder / "ferry.db", path)
     else:
-        _run(["pg_restore", "--clean", "--if-exists", "--no-owner",
-              f"--dbname={_libpq_url(database_url)}", str(folder / "ferry.pgdump")], "pg_restore")
+        _run(
+            [
+                "pg_restore",
+                "--clean",
+                "--if-exists",
+                "--no-owner",
+                f"--dbname={_libpq_url(database_url)}",
+                str(folder / "ferry.pgdump"),
+            ],
+            "pg_restore",
+        )
 
 
 def _copy_tree(source: Path, target: Path) -> int:

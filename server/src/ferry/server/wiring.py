@@ -51,16 +51,32 @@ def start_tasks(app: FastAPI) -> Started:
     the gate-evaluation loop unless ``FERRY_START_ROLLOUT_ENGINE`` is off."""
     runtime, ctx, cache = runtime_of(app), app.state.ctx, app.state.checkin_cache
     settings = runtime.settings
-    loops = [Periodic(lambda: runtime.last_seen.flush(ctx.engine), settings.last_seen_flush_s,
-                      "writing last_seen_at", final_step=True)]
+    loops = [
+        Periodic(
+            lambda: runtime.last_seen.flush(ctx.engine),
+            settings.last_seen_flush_s,
+            "writing last_seen_at",
+            final_step=True,
+        )
+    ]
     if settings.checkin_cache_poll_s > 0:
-        loops.append(Periodic(EpochPoller(cache, ctx.read_engine).check,
-                              settings.checkin_cache_poll_s, "reading fleet_epoch",
-                              on_error=cache.invalidate))
+        loops.append(
+            Periodic(
+                EpochPoller(cache, ctx.read_engine).check,
+                settings.checkin_cache_poll_s,
+                "reading fleet_epoch",
+                on_error=cache.invalidate,
+            )
+        )
     if settings.start_rollout_engine:
         decided = ctx.metrics.gate_decisions
-        loops.append(Periodic(lambda: tick(ctx.engine, runtime, lambda d: decided.labels(d).inc()),
-                              settings.rollout_tick_s, "rollout tick"))
+        loops.append(
+            Periodic(
+                lambda: tick(ctx.engine, runtime, lambda d: decided.labels(d).inc()),
+                settings.rollout_tick_s,
+                "rollout tick",
+            )
+        )
     return [(loop, asyncio.create_task(loop.run())) for loop in loops]
 
 

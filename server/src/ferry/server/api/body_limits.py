@@ -39,9 +39,13 @@ def _declared_length(scope: Scope) -> int | None:
 
 
 def _too_large(limit: int) -> JSONResponse:
-    return error_response(PayloadTooLargeError(
-        f"request body larger than {limit} bytes", {"limit_bytes": limit},
-        headers={"Connection": "close"}))
+    return error_response(
+        PayloadTooLargeError(
+            f"request body larger than {limit} bytes",
+            {"limit_bytes": limit},
+            headers={"Connection": "close"},
+        )
+    )
 
 
 class BodyLimitMiddleware:

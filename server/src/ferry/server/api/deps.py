@@ -61,12 +61,15 @@ def _api_token(session: Session, secret: str) -> Principal | None:
     return principal_of(row) if row is not None else None
 
 
-def get_principal(request: Request, ctx: CtxDep,
-                  creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-                  ) -> Principal:
+def get_principal(
+    request: Request,
+    ctx: CtxDep,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
     if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
-        raise UnauthenticatedError("send 'Authorization: Bearer <token>'",
-                                   headers={"WWW-Authenticate": "Bearer"})
+        raise UnauthenticatedError(
+            "send 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"}
+        )
     secret = creds.credentials
     authenticators: dict[str, Authenticator] = {"fry_": _api_token, **ctx.authenticators}
     check = next((fn for prefix, fn in authenticators.items() if secret.startswith(prefix)), None)
@@ -74,8 +77,9 @@ def get_principal(request: Request, ctx: CtxDep,
         principal = check(session, secret) if check is not None else None
         session.rollback()
     if principal is None:
-        raise UnauthenticatedError("unknown, revoked or expired token",
-                                   headers={"WWW-Authenticate": "Bearer"})
+        raise UnauthenticatedError(
+            "unknown, revoked or expired token", headers={"WWW-Authenticate": "Bearer"}
+        )
     request.scope.setdefault("state", {})["actor"] = principal.name
     return principal
 
@@ -89,8 +93,9 @@ PUBLISHERS = (ServerRole.PUBLISHER,)
 ADMINS = (ServerRole.ADMIN,)
 
 
-def require(*roles: ServerRole, namespace_param: str | None = "ns"
-            ) -> Callable[[Request, Principal], Awaitable[Principal]]:
+def require(
+    *roles: ServerRole, namespace_param: str | None = "ns"
+) -> Callable[[Request, Principal], Awaitable[Principal]]:
     """A dependency: the principal must hold one of ``roles`` (in the path's namespace)."""
 
     async def check(request: Request, principal: CurrentPrincipal) -> Principal:

@@ -99,9 +99,13 @@ async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
     """405 in the one error shape, with ``Allow`` listing every method of the path."""
     assert isinstance(exc, HTTPException)
     allowed = ", ".join(sorted(_methods_at(request.app, request.url.path)))
-    return error_response(MethodNotAllowedError(
-        f"{request.method} is not served here; allowed: {allowed}", {"allow": allowed},
-        headers={"Allow": allowed}))
+    return error_response(
+        MethodNotAllowedError(
+            f"{request.method} is not served here; allowed: {allowed}",
+            {"allow": allowed},
+            headers={"Allow": allowed},
+        )
+    )
 
 
 def _tags(header: str) -> list[str]:
@@ -118,8 +122,9 @@ def _matches(header: str, etag: str, *, weak: bool) -> bool:
     return etag in tags and not etag.startswith("W/")
 
 
-def check_conditions(request: Request, etag: str,
-                     headers: Mapping[str, str] | None = None) -> Response | None:
+def check_conditions(
+    request: Request, etag: str, headers: Mapping[str, str] | None = None
+) -> Response | None:
     """None when the request should be served; a 304 to send instead; or raise 412.
 
     ``headers`` go on the 304 as well (``Cache-Control``, …), with the ``ETag``.
@@ -127,12 +132,14 @@ def check_conditions(request: Request, etag: str,
     conditions = Headers(scope=request.scope)
     if_match = conditions.get("if-match")
     if if_match is not None and not _matches(if_match, etag, weak=False):
-        raise PreconditionFailedError(f"If-Match {if_match} does not match the current "
-                                      f"ETag {etag}", {"etag": etag})
+        raise PreconditionFailedError(
+            f"If-Match {if_match} does not match the current ETag {etag}", {"etag": etag}
+        )
     if_none_match = conditions.get("if-none-match")
     if if_none_match is None or not _matches(if_none_match, etag, weak=True):
         return None
     if request.method not in ("GET", "HEAD"):
-        raise PreconditionFailedError(f"If-None-Match {if_none_match} matches ETag {etag}",
-                                      {"etag": etag})
+        raise PreconditionFailedError(
+            f"If-None-Match {if_none_match} matches ETag {etag}", {"etag": etag}
+        )
     return Response(status_code=304, headers={**(headers or {}), "ETag": etag})

@@ -41,8 +41,9 @@ def readiness(ctx: AppContext, mqtt: Any) -> dict[str, str]:
     if mqtt is None:
         checks["mqtt"] = "disabled"
     else:
-        checks["mqtt"] = "ok" if mqtt.ready() else "broker not connected or status " \
-                                                  "subscription not acknowledged"
+        checks["mqtt"] = (
+            "ok" if mqtt.ready() else "broker not connected or status subscription not acknowledged"
+        )
     return checks
 
 
@@ -50,11 +51,16 @@ def readiness(ctx: AppContext, mqtt: Any) -> dict[str, str]:
 def readyz(request: Request, ctx: CtxDep) -> JSONResponse:
     checks = readiness(ctx, getattr(request.app.state, "mqtt", None))
     ready = all(v in ("ok", "disabled") for v in checks.values())
-    return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
-                        status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": "ready" if ready else "not_ready", "checks": checks},
+        status_code=200 if ready else 503,
+    )
 
 
-@router.get("/metrics", response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+)
 def metrics(ctx: CtxDep) -> Response:
     return Response(ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)

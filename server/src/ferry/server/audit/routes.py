@@ -23,16 +23,26 @@ def _public(row: AuditEntry) -> AuditEntryPublic:
 
 
 @router.get("/audit")
-def list_entries(session: ReadSessionDep, _: Admin,
-                 after_id: Annotated[int, Query(ge=0, le=2**53 - 1)] = 0,
-                 limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[AuditEntryPublic]:
-    rows = session.exec(select(AuditEntry).where(col(AuditEntry.id) > after_id)
-                        .order_by(col(AuditEntry.id)).limit(limit)).all()
+def list_entries(
+    session: ReadSessionDep,
+    _: Admin,
+    after_id: Annotated[int, Query(ge=0, le=2**53 - 1)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[AuditEntryPublic]:
+    rows = session.exec(
+        select(AuditEntry)
+        .where(col(AuditEntry.id) > after_id)
+        .order_by(col(AuditEntry.id))
+        .limit(limit)
+    ).all()
     return [_public(row) for row in rows]
 
 
-@router.get("/audit/export", response_class=StreamingResponse, responses={
-    200: {"content": {"application/x-ndjson": {"schema": {"type": "string"}}}}})
+@router.get(
+    "/audit/export",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-ndjson": {"schema": {"type": "string"}}}}},
+)
 def export(ctx: CtxDep, _: Admin) -> StreamingResponse:
     """Every entry as one JSON object per line, streamed in batches."""
 
@@ -48,5 +58,6 @@ def export(ctx: CtxDep, _: Admin) -> StreamingResponse:
 @router.get("/audit/verify")
 def verify(session: ReadSessionDep, _: Admin) -> AuditVerify:
     report = audit.verify_chain(session)
-    return AuditVerify(ok=report.ok, entries=report.entries, first_bad_id=report.first_bad_id,
-                       reason=report.reason)
+    return AuditVerify(
+        ok=report.ok, entries=report.entries, first_bad_id=report.first_bad_id, reason=report.reason
+    )

@@ -17,6 +17,7 @@ class AuditEntryPublic(BaseModel):
     prev_hash: str
     hash: str
 
+
 class AuditVerify(BaseModel):
     ok: bool
     entries: int

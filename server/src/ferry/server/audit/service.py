@@ -44,20 +44,36 @@ def entry_hash(prev_hash: str, entry: dict[str, Any]) -> str:
 
 
 def _hashed_fields(row: AuditEntry) -> dict[str, Any]:
-    return {"id": row.id, "at": row.at, "actor": row.actor, "action": row.action,
-            "target": row.target, "details": row.details, "prev_hash": row.prev_hash}
+    return {
+        "id": row.id,
+        "at": row.at,
+        "actor": row.actor,
+        "action": row.action,
+        "target": row.target,
+        "details": row.details,
+        "prev_hash": row.prev_hash,
+    }
 
 
-def append(session: Session, *, actor: str, action: str, target: str,
-           details: dict[str, Any] | None = None) -> AuditEntry:
+def append(
+    session: Session, *, actor: str, action: str, target: str, details: dict[str, Any] | None = None
+) -> AuditEntry:
     """Record one write; call it inside the transaction that makes the change."""
-    session.exec(update(AuditHead).where(col(AuditHead.id) == 1)
-                 .values(last_id=col(AuditHead.last_id) + 1))
+    session.exec(
+        update(AuditHead).where(col(AuditHead.id) == 1).values(last_id=col(AuditHead.last_id) + 1)
+    )
     head = session.exec(select(AuditHead).where(AuditHead.id == 1)).one()
     session.refresh(head)
-    row = AuditEntry(id=head.last_id, at=utc_now(), actor=actor, action=action, target=target,
-                     details=_json_safe(details or {}), prev_hash=head.last_hash or GENESIS_HASH,
-                     hash="")
+    row = AuditEntry(
+        id=head.last_id,
+        at=utc_now(),
+        actor=actor,
+        action=action,
+        target=target,
+        details=_json_safe(details or {}),
+        prev_hash=head.last_hash or GENESIS_HASH,
+        hash="",
+    )
     row.hash = entry_hash(row.prev_hash, _hashed_fields(row))
     head.last_hash = row.hash
     session.add(row)
@@ -85,8 +101,12 @@ def iter_entries(session: Session, after_id: int = 0) -> Iterator[AuditEntry]:
     """Every entry in id order, read in batches so memory stays bounded."""
     last = after_id
     while True:
-        rows = session.exec(select(AuditEntry).where(col(AuditEntry.id) > last)
-                            .order_by(col(AuditEntry.id)).limit(VERIFY_BATCH)).all()
+        rows = session.exec(
+            select(AuditEntry)
+            .where(col(AuditEntry.id) > last)
+            .order_by(col(AuditEntry.id))
+            .limit(VERIFY_BATCH)
+        ).all()
         if not rows:
             return
         yield from rows
@@ -107,6 +127,10 @@ def verify_chain(session: Session) -> ChainReport:
         prev_hash, expected_id = row.hash, expected_id + 1
     head = session.get(AuditHead, 1)
     if head is not None and head.last_id != expected_id - 1:
-        return ChainReport(False, count, expected_id,
-                           f"the chain ends at {expected_id - 1} but the head says {head.last_id}")
+        return ChainReport(
+            False,
+            count,
+            expected_id,
+            f"the chain ends at {expected_id - 1} but the head says {head.last_id}",
+        )
     return ChainReport(True, count, None)

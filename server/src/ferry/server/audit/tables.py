@@ -12,7 +12,9 @@ from ferry.server.core.columns import json_field
 class AuditEntry(SQLModel, table=True):
     __tablename__ = "audit_entry"
 
-    id: int | None = Field(default=None, primary_key=True, sa_column_kwargs={"autoincrement": False})
+    id: int | None = Field(
+        default=None, primary_key=True, sa_column_kwargs={"autoincrement": False}
+    )
     at: str
     actor: str
     action: str = Field(index=True)

@@ -28,10 +28,20 @@ def create(body: TokenCreate, session: SessionDep, admin: Admin) -> TokenCreated
             parse_time(body.expires_at, "expires_at")
         except MalformedError as exc:
             raise ValidationFailedError(str(exc)) from exc
-    row, secret = create_token(session, name=body.name, role=ServerRole(body.role.value),
-                               namespaces=body.namespaces, expires_at=body.expires_at)
-    audit.append(session, actor=admin.name, action="token.create", target=f"token:{row.id}",
-                 details={"name": row.name, "role": row.role, "namespaces": row.namespaces})
+    row, secret = create_token(
+        session,
+        name=body.name,
+        role=ServerRole(body.role.value),
+        namespaces=body.namespaces,
+        expires_at=body.expires_at,
+    )
+    audit.append(
+        session,
+        actor=admin.name,
+        action="token.create",
+        target=f"token:{row.id}",
+        details={"name": row.name, "role": row.role, "namespaces": row.namespaces},
+    )
     session.commit()
     return TokenCreated(**_public(row).model_dump(), token=secret)
 
@@ -48,8 +58,13 @@ def revoke(token_id: RowId, session: SessionDep, admin: Admin) -> Response:
     if row is None:
         raise NotFoundError(f"token {token_id} does not exist")
     if revoke_token(session, row):
-        audit.append(session, actor=admin.name, action="token.revoke", target=f"token:{row.id}",
-                     details={"name": row.name})
+        audit.append(
+            session,
+            actor=admin.name,
+            action="token.revoke",
+            target=f"token:{row.id}",
+            details={"name": row.name},
+        )
         session.commit()
     return Response(status_code=204)
 

@@ -20,11 +20,15 @@ class TokenRole(StrEnum):
     OPERATOR = "operator"
     VIEWER = "viewer"
 
+
 class TokenCreate(Strict):
     name: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     role: TokenRole
-    namespaces: list[Annotated[str, StringConstraints(pattern=r"^(\*|[a-z0-9][a-z0-9._-]{0,62})$")]] = Field(default_factory=lambda: ["*"])
+    namespaces: list[
+        Annotated[str, StringConstraints(pattern=r"^(\*|[a-z0-9][a-z0-9._-]{0,62})$")]
+    ] = Field(default_factory=lambda: ["*"])
     expires_at: Timestamp | None = None
+
 
 class TokenPublic(BaseModel):
     id: int
@@ -35,8 +39,10 @@ class TokenPublic(BaseModel):
     expires_at: str | None
     revoked_at: str | None = None
 
+
 class TokenCreated(TokenPublic):
     token: str
+
 
 class WhoAmI(BaseModel):
     name: str

@@ -60,19 +60,32 @@ class Principal:
         """Raise 403 unless this principal holds one of ``roles`` in ``namespace``."""
         if not self.has_role(*roles):
             wanted = ", ".join(r.value for r in roles)
-            raise ForbiddenError(f"this needs the role {wanted}; the token '{self.name}' "
-                                 f"has '{self.role.value}'")
+            raise ForbiddenError(
+                f"this needs the role {wanted}; the token '{self.name}' has '{self.role.value}'"
+            )
         if namespace is not None and not self.in_namespace(namespace):
-            raise ForbiddenError(f"the token '{self.name}' is not scoped to namespace "
-                                 f"'{namespace}'")
+            raise ForbiddenError(
+                f"the token '{self.name}' is not scoped to namespace '{namespace}'"
+            )
 
 
-def create_token(session: Session, *, name: str, role: ServerRole, namespaces: list[str],
-                 expires_at: str | None = None) -> tuple[ApiToken, str]:
+def create_token(
+    session: Session,
+    *,
+    name: str,
+    role: ServerRole,
+    namespaces: list[str],
+    expires_at: str | None = None,
+) -> tuple[ApiToken, str]:
     """Create a token row; return it with the secret, which is never stored."""
     secret = new_token_secret()
-    row = ApiToken(name=name, role=role.value, namespaces=list(namespaces) or [ALL_NAMESPACES],
-                   token_hash=hash_token(secret), expires_at=expires_at)
+    row = ApiToken(
+        name=name,
+        role=role.value,
+        namespaces=list(namespaces) or [ALL_NAMESPACES],
+        token_hash=hash_token(secret),
+        expires_at=expires_at,
+    )
     session.add(row)
     session.flush()
     return row, secret
@@ -99,13 +112,17 @@ def revoke_token(session: Session, row: ApiToken) -> bool:
     if row.revoked_at is not None:
         return False
     if row.role == ServerRole.ADMIN.value and _is_live(row, now):
-        admins = session.exec(select(ApiToken).where(ApiToken.role == ServerRole.ADMIN.value,
-                                                     col(ApiToken.revoked_at).is_(None))
-                              .with_for_update()).all()
+        admins = session.exec(
+            select(ApiToken)
+            .where(ApiToken.role == ServerRole.ADMIN.value, col(ApiToken.revoked_at).is_(None))
+            .with_for_update()
+        ).all()
         if not any(_is_live(other, now) and other.id != row.id for other in admins):
-            raise ConflictError(f"token {row.id} ('{row.name}') is the last admin token; "
-                                "create another admin token before revoking it",
-                                {"token_id": row.id})
+            raise ConflictError(
+                f"token {row.id} ('{row.name}') is the last admin token; "
+                "create another admin token before revoking it",
+                {"token_id": row.id},
+            )
     row.revoked_at = now
     session.add(row)
     return True

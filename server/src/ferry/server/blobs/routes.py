@@ -44,8 +44,15 @@ class BlobResponse(FileResponse):
 
     chunk_size = DOWNLOAD_CHUNK
 
-    def __init__(self, path: PathLike[str], *, honour_range: bool, media_type: str,
-                 headers: Mapping[str, str], sent: CounterChild | None = None) -> None:
+    def __init__(
+        self,
+        path: PathLike[str],
+        *,
+        honour_range: bool,
+        media_type: str,
+        headers: Mapping[str, str],
+        sent: CounterChild | None = None,
+    ) -> None:
         super().__init__(path, media_type=media_type, headers=headers)
         self.honour_range = honour_range
         self.sent = sent  # counts the body bytes actually sent (ranges, aborted downloads)
@@ -78,8 +85,11 @@ def check_range(header: str | None, size: int) -> bool:
         return False
     unsatisfiable = (int(first) >= size) if first else (int(last) == 0 or size == 0)
     if unsatisfiable:
-        raise RangeNotSatisfiableError(f"range {header} is outside the blob of {size} bytes",
-                                       {"size": size}, headers={"Content-Range": f"bytes */{size}"})
+        raise RangeNotSatisfiableError(
+            f"range {header} is outside the blob of {size} bytes",
+            {"size": size},
+            headers={"Content-Range": f"bytes */{size}"},
+        )
     return True
 
 
@@ -90,21 +100,33 @@ def _stored_size(ctx: CtxDep, sha256: str) -> int:
     return size
 
 
-@router.head("/blobs/{sha256}", response_class=Response,
-             responses={200: {"description": "stored; Content-Length is its size"}})
+@router.head(
+    "/blobs/{sha256}",
+    response_class=Response,
+    responses={200: {"description": "stored; Content-Length is its size"}},
+)
 def head_blob(sha256: Digest, request: Request, ctx: CtxDep, _: DeviceReader) -> Response:
     size = _stored_size(ctx, sha256)
     etag = f'"{sha256}"'
     if (answer := check_conditions(request, etag, IMMUTABLE)) is not None:
         return answer
-    return Response(headers={"Content-Length": str(size), "ETag": etag,
-                             "Accept-Ranges": "bytes", **IMMUTABLE})
+    return Response(
+        headers={"Content-Length": str(size), "ETag": etag, "Accept-Ranges": "bytes", **IMMUTABLE}
+    )
 
 
-@router.get("/blobs/{sha256}", response_class=Response, responses={
-    200: {"content": {"application/octet-stream": {"schema": {"type": "string",
-                                                              "format": "binary"}}}},
-    206: {"description": "the requested byte range"}})
+@router.get(
+    "/blobs/{sha256}",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            }
+        },
+        206: {"description": "the requested byte range"},
+    },
+)
 def get_blob(sha256: Digest, request: Request, ctx: CtxDep, _: DeviceReader) -> Response:
     size = _stored_size(ctx, sha256)
     etag = f'"{sha256}"'
@@ -112,30 +134,45 @@ def get_blob(sha256: Digest, request: Request, ctx: CtxDep, _: DeviceReader) -> 
         return answer
     honour = check_range(request.headers.get("range"), size)
     ctx.metrics.download_requests.inc()
-    return BlobResponse(ctx.blobs.path(sha256), media_type="application/octet-stream",
-                        honour_range=honour, sent=ctx.metrics.served_bytes.labels("full"),
-                        headers={"ETag": etag, **IMMUTABLE})
+    return BlobResponse(
+        ctx.blobs.path(sha256),
+        media_type="application/octet-stream",
+        honour_range=honour,
+        sent=ctx.metrics.served_bytes.labels("full"),
+        headers={"ETag": etag, **IMMUTABLE},
+    )
 
 
-@router.put("/blobs/{sha256}", status_code=201, openapi_extra={"requestBody": {
-    "required": True,
-    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
-    responses={200: {"model": BlobStored, "description": "already stored"}})
-async def put_blob(sha256: Digest, request: Request, ctx: CtxDep, publisher: Publisher,
-                   response: Response) -> BlobStored:
+@router.put(
+    "/blobs/{sha256}",
+    status_code=201,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+    responses={200: {"model": BlobStored, "description": "already stored"}},
+)
+async def put_blob(
+    sha256: Digest, request: Request, ctx: CtxDep, publisher: Publisher, response: Response
+) -> BlobStored:
     limit = ctx.settings.max_blob_bytes
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isascii() and declared.isdigit() \
-            and int(declared) > limit:
-        raise PayloadTooLargeError(f"upload of {declared} bytes exceeds the limit of {limit}",
-                                   {"max_bytes": limit})
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(
+            f"upload of {declared} bytes exceeds the limit of {limit}", {"max_bytes": limit}
+        )
     try:
         result = await ctx.blobs.put_stream(sha256, _counted(request, ctx), limit)
     except ClientDisconnect as exc:
         raise BadRequestError("upload interrupted; nothing was stored") from exc
     if result.created:
-        await anyio.to_thread.run_sync(_audit_upload, ctx, publisher.name, result.sha256,
-                                       result.size)
+        await anyio.to_thread.run_sync(
+            _audit_upload, ctx, publisher.name, result.sha256, result.size
+        )
     else:
         response.status_code = 200
     return BlobStored(sha256=result.sha256, size=result.size, created=result.created)
@@ -143,8 +180,7 @@ async def put_blob(sha256: Digest, request: Request, ctx: CtxDep, publisher: Pub
 
 def _audit_upload(ctx: AppContext, actor: str, sha256: str, size: int) -> None:
     with session_scope(ctx.engine) as session:
-        audit.append(session, actor=actor, action="blob.put", target=sha256,
-                     details={"size": size})
+        audit.append(session, actor=actor, action="blob.put", target=sha256, details={"size": size})
 
 
 async def _counted(request: Request, ctx: AppContext) -> AsyncIterator[bytes]:

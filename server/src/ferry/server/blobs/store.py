@@ -48,8 +48,9 @@ class LocalBlobStore(BlobStore):
         except FileNotFoundError:
             return None
 
-    async def put_stream(self, sha256: str, chunks: AsyncIterator[bytes],
-                         max_bytes: int) -> PutResult:
+    async def put_stream(
+        self, sha256: str, chunks: AsyncIterator[bytes], max_bytes: int
+    ) -> PutResult:
         final = self.path(sha256)
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=".upload-", dir=final.parent)
@@ -71,8 +72,9 @@ class LocalBlobStore(BlobStore):
             tmp.unlink(missing_ok=True)
 
 
-async def _copy_hashing(chunks: AsyncIterator[bytes], out: BinaryIO,
-                        max_bytes: int) -> tuple[str, int]:
+async def _copy_hashing(
+    chunks: AsyncIterator[bytes], out: BinaryIO, max_bytes: int
+) -> tuple[str, int]:
     hasher = hashlib.sha256()
     size = 0
     batch: list[bytes] = []
@@ -82,8 +84,9 @@ async def _copy_hashing(chunks: AsyncIterator[bytes], out: BinaryIO,
             continue
         size += len(chunk)
         if size > max_bytes:
-            raise PayloadTooLargeError(f"upload exceeds the limit of {max_bytes} bytes",
-                                       {"max_bytes": max_bytes})
+            raise PayloadTooLargeError(
+                f"upload exceeds the limit of {max_bytes} bytes", {"max_bytes": max_bytes}
+            )
         batch.append(chunk)
         pending += len(chunk)
         if pending >= WRITE_BATCH_BYTES:

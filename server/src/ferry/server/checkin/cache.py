@@ -60,8 +60,9 @@ class CheckinCache:
         self._entries: dict[str, Entry] = {}
         self._lock = threading.Lock()
 
-    def lookup(self, key: str, now: datetime, ttl_s: int,
-               min_epoch: int | None = None) -> Entry | None:
+    def lookup(
+        self, key: str, now: datetime, ttl_s: int, min_epoch: int | None = None
+    ) -> Entry | None:
         """The entry when its generation is current and its document is far from expiry.
 
         ``min_epoch`` comes from a notice the device received: while this replica has

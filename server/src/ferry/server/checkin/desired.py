@@ -75,8 +75,13 @@ def _claim(rollout: Rollout, member: RolloutDevice) -> Claim | None:
     rid, state = public_id(rollout.id or 0), RolloutState(rollout.state)
     # Rolling out a version older than the one a device runs is a deliberate, signed downgrade.
     older = member.from_version is not None and rollout.version < member.from_version
-    new = SlotTarget(rollout.model, rollout.version, rollout.manifest_sha256,
-                     allow_downgrade=older, rollout_id=rid)
+    new = SlotTarget(
+        rollout.model,
+        rollout.version,
+        rollout.manifest_sha256,
+        allow_downgrade=older,
+        rollout_id=rid,
+    )
     if state in (S.RUNNING, S.PAUSED):
         return Claim(rid, new, member.attempts) if 0 <= member.wave <= rollout.wave else None
     if state is S.COMPLETED:
@@ -85,8 +90,13 @@ def _claim(rollout: Rollout, member: RolloutDevice) -> Claim | None:
         return Claim(rid, new, member.attempts) if member.state in _TOOK else None
     took = member.state in (*_TOOK, DeviceState.ROLLED_BACK)
     if took and member.from_version and member.from_manifest:
-        back = SlotTarget(rollout.model, member.from_version, member.from_manifest,
-                          allow_downgrade=True, rollout_id=rid)
+        back = SlotTarget(
+            rollout.model,
+            member.from_version,
+            member.from_manifest,
+            allow_downgrade=True,
+            rollout_id=rid,
+        )
         return Claim(rid, back, member.attempts)
     return None
 
@@ -94,26 +104,42 @@ def _claim(rollout: Rollout, member: RolloutDevice) -> Claim | None:
 def _join(session: Session, rollout: Rollout, device: Device, stamp: str) -> RolloutDevice:
     """A device enrolled (or retagged) after the rollout was created joins it now."""
     slot = session.get(DeviceSlot, (device.id, rollout.slot))
-    from_version = slot.installed_version if slot is not None and slot.model == rollout.model \
+    from_version = (
+        slot.installed_version if slot is not None and slot.model == rollout.model else None
+    )
+    manifest = (
+        session.exec(
+            select(ModelVersion.manifest_sha256).where(
+                ModelVersion.model_id == rollout.model_id, ModelVersion.version == from_version
+            )
+        ).first()
+        if from_version
         else None
-    manifest = session.exec(select(ModelVersion.manifest_sha256).where(
-        ModelVersion.model_id == rollout.model_id, ModelVersion.version == from_version)).first() \
-        if from_version else None
-    member = RolloutDevice(rollout_id=rollout.id or 0, device_id=device.id,
-                           wave=wave_index(rollout.wave_seed(), device.id, rollout.waves),
-                           from_version=from_version, from_manifest=manifest, updated_at=stamp)
+    )
+    member = RolloutDevice(
+        rollout_id=rollout.id or 0,
+        device_id=device.id,
+        wave=wave_index(rollout.wave_seed(), device.id, rollout.waves),
+        from_version=from_version,
+        from_manifest=manifest,
+        updated_at=stamp,
+    )
     session.add(member)
     session.flush()
     return member
 
 
 def _may_join(rollout: Rollout, device: Device) -> bool:
-    return (rollout.state in _JOINING and matches(rollout.selector, device.tags)
-            and (not rollout.hardware or device.hardware in rollout.hardware))
+    return (
+        rollout.state in _JOINING
+        and matches(rollout.selector, device.tags)
+        and (not rollout.hardware or device.hardware in rollout.hardware)
+    )
 
 
-def compute_claims(session: Session, device: Device, now: datetime, *,
-                   join: bool = True) -> dict[str, Claim] | None:
+def compute_claims(
+    session: Session, device: Device, now: datetime, *, join: bool = True
+) -> dict[str, Claim] | None:
     """Per slot, the claim of the newest rollout that claims this device.
 
     A device that should join a rollout (enrolled or retagged after it began)
@@ -122,10 +148,16 @@ def compute_claims(session: Session, device: Device, now: datetime, *,
     """
     rows = session.exec(
         select(Rollout, RolloutDevice)
-        .outerjoin(RolloutDevice, and_(col(RolloutDevice.rollout_id) == col(Rollout.id),
-                                       col(RolloutDevice.device_id) == device.id))
+        .outerjoin(
+            RolloutDevice,
+            and_(
+                col(RolloutDevice.rollout_id) == col(Rollout.id),
+                col(RolloutDevice.device_id) == device.id,
+            ),
+        )
         .where(Rollout.namespace == device.namespace, col(Rollout.state).in_(_TARGETING))
-        .order_by(col(Rollout.id).desc())).all()
+        .order_by(col(Rollout.id).desc())
+    ).all()
     claims: dict[str, Claim] = {}
     for rollout, member in rows:
         if rollout.slot in claims:
@@ -144,8 +176,10 @@ def compute_claims(session: Session, device: Device, now: datetime, *,
 
 def _content_digest(claims: dict[str, Claim]) -> str:
     """Identity of what is targeted; a retry attempt counts, so a retry gets a new sequence."""
-    content = {slot: {**c.target.to_dict(), "rollout_id": c.rollout_id, "attempt": c.attempt}
-               for slot, c in claims.items()}
+    content = {
+        slot: {**c.target.to_dict(), "rollout_id": c.rollout_id, "attempt": c.attempt}
+        for slot, c in claims.items()
+    }
     return hashlib.sha256(canonical_json(content)).hexdigest()
 
 
@@ -158,26 +192,40 @@ def _signer(envelope: str) -> str:
 def _reusable(device: Device, digest: str, now: datetime, ttl_s: int, keyid: str) -> bool:
     """The stored document has this content, is far from expiry and has a current signer."""
     margin = timedelta(seconds=ttl_s // 4)
-    return (bool(device.ds_envelope) and digest == device.ds_content_digest
-            and device.ds_expires_at > format_time(now + margin)
-            and _signer(device.ds_envelope) == keyid)
+    return (
+        bool(device.ds_envelope)
+        and digest == device.ds_content_digest
+        and device.ds_expires_at > format_time(now + margin)
+        and _signer(device.ds_envelope) == keyid
+    )
 
 
-def stored_envelope(session: Session, device_id: str, now: datetime, ttl_s: int,
-                    director_key: Callable[[], SigningKey]) -> Served | None:
+def stored_envelope(
+    session: Session,
+    device_id: str,
+    now: datetime,
+    ttl_s: int,
+    director_key: Callable[[], SigningKey],
+) -> Served | None:
     """The stored envelope when it is still the one to serve, found without writing."""
     device = session.get(Device, device_id)
     if device is None or device.revoked_at is not None:
         raise UnauthenticatedError("unknown or revoked device")
     claims = compute_claims(session, device, now, join=False)
-    if claims is None or not _reusable(device, _content_digest(claims), now, ttl_s,
-                                       director_key().public.keyid):
+    if claims is None or not _reusable(
+        device, _content_digest(claims), now, ttl_s, director_key().public.keyid
+    ):
         return None
     return Served(device.ds_envelope.encode("utf-8"), device.ds_expires_at)
 
 
-def desired_state_envelope(session: Session, device_id: str, now: datetime, ttl_s: int,
-                           director_key: Callable[[], SigningKey]) -> Served:
+def desired_state_envelope(
+    session: Session,
+    device_id: str,
+    now: datetime,
+    ttl_s: int,
+    director_key: Callable[[], SigningKey],
+) -> Served:
     """The canonical signed envelope to serve; persists a new one when needed."""
     device = lock_device(session, device_id)
     device.last_seen_at = format_time(now)
@@ -190,10 +238,13 @@ def desired_state_envelope(session: Session, device_id: str, now: datetime, ttl_
         return Served(device.ds_envelope.encode("utf-8"), device.ds_expires_at)
     newest = next(iter(claims.values()), None)
     document = DesiredState(
-        device_id=device.id, sequence=device.ds_sequence + 1, issued_at=format_time(now),
+        device_id=device.id,
+        sequence=device.ds_sequence + 1,
+        issued_at=format_time(now),
         expires_at=format_time(now + timedelta(seconds=ttl_s)),
         rollout_id=newest.rollout_id if newest else None,
-        slots={slot: claim.target for slot, claim in sorted(claims.items())})
+        slots={slot: claim.target for slot, claim in sorted(claims.items())},
+    )
     envelope = envelope_bytes(sign_document(document.to_dict(), [key]))
     device.ds_sequence, device.ds_content_digest = document.sequence, digest
     device.ds_envelope, device.ds_expires_at = envelope.decode("utf-8"), document.expires_at

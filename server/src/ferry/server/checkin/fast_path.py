@@ -40,9 +40,16 @@ async def answer_cached_checkin(state: Any, scope: Scope, send: Send) -> bool:
     if found is None:
         return False
     device_id, body = found
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
     _record(state.ctx.metrics, device_id, time.perf_counter() - started)
     return True
@@ -51,13 +58,18 @@ async def answer_cached_checkin(state: Any, scope: Scope, send: Send) -> bool:
 def _cached(state: Any, scope: Scope) -> tuple[str, bytes] | None:
     secret = bearer_secret(scope)
     runtime: FleetRuntime | None = getattr(state, "fleet", None)
-    if secret is None or not secret.startswith(DEVICE_TOKEN_PREFIX) or runtime is None \
-            or runtime.settings.checkin_cache_poll_s <= 0:
+    if (
+        secret is None
+        or not secret.startswith(DEVICE_TOKEN_PREFIX)
+        or runtime is None
+        or runtime.settings.checkin_cache_poll_s <= 0
+    ):
         return None
     cache: CheckinCache = state.checkin_cache
     now = runtime.now()
-    entry = cache.lookup(credential_key(secret), now, runtime.settings.desired_state_ttl_s,
-                         notice_epoch_of(scope))
+    entry = cache.lookup(
+        credential_key(secret), now, runtime.settings.desired_state_ttl_s, notice_epoch_of(scope)
+    )
     if entry is None:
         return None
     runtime.last_seen.touch(entry.device_id, now)
@@ -79,9 +91,9 @@ def bearer_secret(scope: Scope) -> str | None:
     """The secret of an ``Authorization: Bearer`` header, or None."""
     for name, value in scope["headers"]:
         if name == b"authorization":
-            if value[:len(_BEARER)].lower() != _BEARER:
+            if value[: len(_BEARER)].lower() != _BEARER:
                 return None
-            return str(value[len(_BEARER):].strip().decode("latin-1"))
+            return str(value[len(_BEARER) :].strip().decode("latin-1"))
     return None
 
 
@@ -91,7 +103,17 @@ def _record(metrics: Metrics, device_id: str, elapsed: float) -> None:
     metrics.cached_checkin_duration.observe(elapsed)
     metrics.checkin_cache_hits.inc()
     if access_log.isEnabledFor(logging.DEBUG):
-        access_log.debug("request", extra={"fields": {
-            "method": "GET", "path": DESIRED_STATE, "route": _ROUTE, "status": 200,
-            "duration_ms": round(elapsed * 1000, 2), "actor": f"device:{device_id}",
-            "cached": True}})
+        access_log.debug(
+            "request",
+            extra={
+                "fields": {
+                    "method": "GET",
+                    "path": DESIRED_STATE,
+                    "route": _ROUTE,
+                    "status": 200,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "actor": f"device:{device_id}",
+                    "cached": True,
+                }
+            },
+        )

@@ -51,21 +51,24 @@ class IngestResult:
     lags_s: list[float] = field(default_factory=list)  # ingest time minus the report's own
 
 
-def ingest_reports(session: Session, device_id: str, reports: Sequence[StatusReport],
-                   now: datetime | None = None) -> IngestResult:
+def ingest_reports(
+    session: Session, device_id: str, reports: Sequence[StatusReport], now: datetime | None = None
+) -> IngestResult:
     """``POST /device/status``: one device's reports, in the caller's transaction."""
     device = session.get(Device, device_id)
     if device is None or device.revoked_at is not None:
         raise UnauthenticatedError("unknown or revoked device")
     strangers = sorted({r.device_id for r in reports if r.device_id != device_id})
     if strangers:
-        raise ForbiddenError(f"device '{device_id}' may only report for itself",
-                             {"device_ids": strangers})
+        raise ForbiddenError(
+            f"device '{device_id}' may only report for itself", {"device_ids": strangers}
+        )
     return ingest_batch(session, reports, now)
 
 
-def ingest_batch(session: Session, reports: Sequence[StatusReport],
-                 now: datetime | None = None) -> IngestResult:
+def ingest_batch(
+    session: Session, reports: Sequence[StatusReport], now: datetime | None = None
+) -> IngestResult:
     """Store and apply reports of any number of devices (an MQTT batch) in one transaction.
 
     The caller has checked that each report came from its own device (the topic or
@@ -94,8 +97,9 @@ def ingest_batch(session: Session, reports: Sequence[StatusReport],
     return result
 
 
-def _live_devices(session: Session, ids: set[str], result: IngestResult,
-                  reports: Sequence[StatusReport]) -> dict[str, Device]:
+def _live_devices(
+    session: Session, ids: set[str], result: IngestResult, reports: Sequence[StatusReport]
+) -> dict[str, Device]:
     rows = session.exec(select(Device).where(col(Device.id).in_(ids))).all()
     known = {d.id: d for d in rows}
     for report in reports:
@@ -128,11 +132,25 @@ def _store(session: Session, reports: Sequence[StatusReport], now: datetime) -> 
     if not reports:
         return set()
     received = format_time(now)
-    rows = [{"report_id": r.report_id, "device_id": r.device_id, "slot": r.slot,
-             "state": r.state.value, "at": r.at, "from_version": r.from_version,
-             "to_version": r.to_version, "error_code": r.error_code, "detail": r.detail,
-             "rollout_id": r.rollout_id, "sequence": r.sequence, "report_seq": r.report_seq,
-             "timings": dict(r.timings), "received_at": received} for r in reports]
+    rows = [
+        {
+            "report_id": r.report_id,
+            "device_id": r.device_id,
+            "slot": r.slot,
+            "state": r.state.value,
+            "at": r.at,
+            "from_version": r.from_version,
+            "to_version": r.to_version,
+            "error_code": r.error_code,
+            "detail": r.detail,
+            "rollout_id": r.rollout_id,
+            "sequence": r.sequence,
+            "report_seq": r.report_seq,
+            "timings": dict(r.timings),
+            "received_at": received,
+        }
+        for r in reports
+    ]
     # executemany with RETURNING: one cached statement, batched into multi-row VALUES.
     returned = session.connection().execute(_insert_ignoring_duplicates(session), rows)
     return set(returned.scalars())
@@ -144,9 +162,12 @@ def _insert(session: Session) -> Any:
 
 
 def _insert_ignoring_duplicates(session: Session) -> Insert:
-    return (_insert(session)(DeviceReport)  # type: ignore[no-any-return]
-            .on_conflict_do_nothing(index_elements=["report_id"])
-            .returning(col(DeviceReport.report_id)))
+    statement: Insert = (
+        _insert(session)(DeviceReport)
+        .on_conflict_do_nothing(index_elements=["report_id"])
+        .returning(col(DeviceReport.report_id))
+    )
+    return statement
 
 
 def _apply_all(session: Session, reports: list[StatusReport], now: datetime) -> None:
@@ -171,36 +192,46 @@ def _device_order(report: StatusReport) -> tuple[int, str]:
     return (report.report_seq if report.report_seq is not None else -1, report.at)
 
 
-def _locked_slots(session: Session, keys: set[tuple[str, str]]
-                  ) -> dict[tuple[str, str], DeviceSlot]:
+def _locked_slots(
+    session: Session, keys: set[tuple[str, str]]
+) -> dict[tuple[str, str], DeviceSlot]:
     """The slot rows, created first where missing (two first reports at once must not both
     INSERT), then locked."""
     rows_wanted = [{"device_id": d, "slot": s, "updated_at": ""} for d, s in sorted(keys)]
-    session.exec(_insert(session)(DeviceSlot).values(rows_wanted)
-                 .on_conflict_do_nothing(index_elements=["device_id", "slot"]))
-    rows = session.exec(select(DeviceSlot)
-                        .where(tuple_(col(DeviceSlot.device_id), col(DeviceSlot.slot)).in_(keys))
-                        .order_by(col(DeviceSlot.device_id), col(DeviceSlot.slot))
-                        .with_for_update()).all()
+    session.exec(
+        _insert(session)(DeviceSlot)
+        .values(rows_wanted)
+        .on_conflict_do_nothing(index_elements=["device_id", "slot"])
+    )
+    rows = session.exec(
+        select(DeviceSlot)
+        .where(tuple_(col(DeviceSlot.device_id), col(DeviceSlot.slot)).in_(keys))
+        .order_by(col(DeviceSlot.device_id), col(DeviceSlot.slot))
+        .with_for_update()
+    ).all()
     return {(s.device_id, s.slot): s for s in rows}
 
 
-def _locked_memberships(session: Session, device_ids: set[str]
-                        ) -> dict[str, list[tuple[Rollout, RolloutDevice]]]:
+def _locked_memberships(
+    session: Session, device_ids: set[str]
+) -> dict[str, list[tuple[Rollout, RolloutDevice]]]:
     """Each device's memberships, newest rollout first, locked (in one order: no deadlock)."""
-    rows = session.exec(select(Rollout, RolloutDevice)
-                        .join(RolloutDevice, col(RolloutDevice.rollout_id) == col(Rollout.id))
-                        .where(col(RolloutDevice.device_id).in_(device_ids))
-                        .order_by(col(RolloutDevice.device_id), col(Rollout.id).desc())
-                        .with_for_update(of=RolloutDevice)).all()
+    rows = session.exec(
+        select(Rollout, RolloutDevice)
+        .join(RolloutDevice, col(RolloutDevice.rollout_id) == col(Rollout.id))
+        .where(col(RolloutDevice.device_id).in_(device_ids))
+        .order_by(col(RolloutDevice.device_id), col(Rollout.id).desc())
+        .with_for_update(of=RolloutDevice)
+    ).all()
     found: dict[str, list[tuple[Rollout, RolloutDevice]]] = defaultdict(list)
     for rollout, member in rows:
         found[member.device_id].append((rollout, member))
     return found
 
 
-def _membership(members: dict[str, list[tuple[Rollout, RolloutDevice]]], report: StatusReport
-                ) -> tuple[Rollout | None, RolloutDevice | None]:
+def _membership(
+    members: dict[str, list[tuple[Rollout, RolloutDevice]]], report: StatusReport
+) -> tuple[Rollout | None, RolloutDevice | None]:
     """The rollout the report belongs to: named by the report, else the newest on its slot."""
     pk = parse_id(report.rollout_id) if report.rollout_id else None
     for rollout, member in members.get(report.device_id, []):
@@ -212,10 +243,19 @@ def _membership(members: dict[str, list[tuple[Rollout, RolloutDevice]]], report:
 # How far through one update a state is. Reports without ``report_seq`` carry
 # second-precision times and may arrive out of order (a batch over MQTT, the
 # terminal one over HTTP), so within one second the state further on wins.
-_AGENT_PROGRESS = {AgentState.IDLE: 0, AgentState.DOWNLOADING: 1, AgentState.VERIFYING: 2,
-                   AgentState.STAGED: 3, AgentState.SWITCHING: 4, AgentState.PROBING: 5}
-_MEMBER_PROGRESS = {DeviceState.PENDING.value: 0, DeviceState.DOWNLOADING.value: 1,
-                    DeviceState.INSTALLING.value: 2}
+_AGENT_PROGRESS = {
+    AgentState.IDLE: 0,
+    AgentState.DOWNLOADING: 1,
+    AgentState.VERIFYING: 2,
+    AgentState.STAGED: 3,
+    AgentState.SWITCHING: 4,
+    AgentState.PROBING: 5,
+}
+_MEMBER_PROGRESS = {
+    DeviceState.PENDING.value: 0,
+    DeviceState.DOWNLOADING.value: 1,
+    DeviceState.INSTALLING.value: 2,
+}
 _DONE = 9
 
 
@@ -233,8 +273,9 @@ def _slot_stale(slot: DeviceSlot, report: StatusReport) -> bool:
     if order != 0:
         return order < 0
     last = next((s for s in AgentState if s.value == slot.state), None)
-    return (last is not None
-            and _AGENT_PROGRESS.get(report.state, _DONE) < _AGENT_PROGRESS.get(last, _DONE))
+    return last is not None and _AGENT_PROGRESS.get(report.state, _DONE) < _AGENT_PROGRESS.get(
+        last, _DONE
+    )
 
 
 def _member_stale(member: RolloutDevice, new: DeviceState, report: StatusReport) -> bool:
@@ -248,8 +289,9 @@ def _highest(last: int | None, new: int | None) -> int | None:
     return new if last is None else last if new is None else max(last, new)
 
 
-def _update_slot(session: Session, slot: DeviceSlot, report: StatusReport,
-                 rollout: Rollout | None, now: datetime) -> None:
+def _update_slot(
+    session: Session, slot: DeviceSlot, report: StatusReport, rollout: Rollout | None, now: datetime
+) -> None:
     """What the slot runs and holds; a stale report (see ``_slot_stale``) changes nothing."""
     if _slot_stale(slot, report):
         return
@@ -269,8 +311,9 @@ def _update_slot(session: Session, slot: DeviceSlot, report: StatusReport,
     session.add(slot)
 
 
-def _update_member(rollout: Rollout, member: RolloutDevice, report: StatusReport,
-                   now: datetime) -> None:
+def _update_member(
+    rollout: Rollout, member: RolloutDevice, report: StatusReport, now: datetime
+) -> None:
     """Move the device's rollout state; stale reports (see ``_member_stale``) are ignored."""
     new = AGENT_TO_DEVICE.get(report.state)
     if new is None or _member_stale(member, new, report):

@@ -27,8 +27,9 @@ router = APIRouter(tags=["device"])
 RuntimeDep = Annotated[FleetRuntime, Depends(get_runtime)]
 
 
-async def _device(principal: Annotated[Principal, Depends(require(ServerRole.DEVICE,
-                                                                  namespace_param=None))]) -> str:
+async def _device(
+    principal: Annotated[Principal, Depends(require(ServerRole.DEVICE, namespace_param=None))],
+) -> str:
     """The calling device's id; admin tokens pass `require` but are not devices."""
     if principal.role is not ServerRole.DEVICE:
         raise ForbiddenError("this endpoint is for devices (an frd_ credential from enrolment)")
@@ -37,13 +38,17 @@ async def _device(principal: Annotated[Principal, Depends(require(ServerRole.DEV
 
 DeviceId = Annotated[str, Depends(_device)]
 ENVELOPE: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/json": {"schema": {"type": "object"}}},
-          "description": "signed desired-state envelope {signed, signatures}"}}
+    200: {
+        "content": {"application/json": {"schema": {"type": "object"}}},
+        "description": "signed desired-state envelope {signed, signatures}",
+    }
+}
 
 
 @router.get("/device/desired-state", response_class=Response, responses=ENVELOPE)
-def desired_state(request: Request, device_id: DeviceId, ctx: CtxDep,
-                  runtime: RuntimeDep) -> Response:
+def desired_state(
+    request: Request, device_id: DeviceId, ctx: CtxDep, runtime: RuntimeDep
+) -> Response:
     """Compute (or re-sign) the document and remember it for the check-in cache.
 
     Unchanged documents are read without the write lock; a change is signed under
@@ -55,27 +60,32 @@ def desired_state(request: Request, device_id: DeviceId, ctx: CtxDep,
     generation = cache.generation  # before reading: a change committed meanwhile voids the entry
     now, ttl_s = runtime.now(), runtime.settings.desired_state_ttl_s
     with Session(ctx.read_engine) as reader:
-        served = stored_envelope(reader, device_id, now, ttl_s,
-                                 lambda: ctx.keys.key(reader, Role.DIRECTOR))
+        served = stored_envelope(
+            reader, device_id, now, ttl_s, lambda: ctx.keys.key(reader, Role.DIRECTOR)
+        )
         reader.rollback()
     if served is None:
         with session_scope(ctx.engine) as writer:
-            served = desired_state_envelope(writer, device_id, now, ttl_s,
-                                            lambda: ctx.keys.key(writer, Role.DIRECTOR))
+            served = desired_state_envelope(
+                writer, device_id, now, ttl_s, lambda: ctx.keys.key(writer, Role.DIRECTOR)
+            )
     else:
         runtime.last_seen.touch(device_id, now)
     if runtime.settings.checkin_cache_poll_s > 0:
         secret = bearer_secret(request.scope)
         assert secret is not None  # the route's authentication read the same header
-        cache.store(credential_key(secret),
-                    Entry(device_id, served.body, parse_time(served.expires_at), generation))
+        cache.store(
+            credential_key(secret),
+            Entry(device_id, served.body, parse_time(served.expires_at), generation),
+        )
     ctx.metrics.checkin_latency.labels("computed").observe(time.perf_counter() - started)
     return Response(served.body, media_type="application/json")
 
 
 @router.post("/device/status")
-def post_status(body: StatusBatch, device_id: DeviceId, session: SessionDep, ctx: CtxDep,
-                runtime: RuntimeDep) -> StatusAccepted:
+def post_status(
+    body: StatusBatch, device_id: DeviceId, session: SessionDep, ctx: CtxDep, runtime: RuntimeDep
+) -> StatusAccepted:
     reports = []
     for index, raw in enumerate(body.reports):
         try:
@@ -84,6 +94,5 @@ def post_status(body: StatusBatch, device_id: DeviceId, session: SessionDep, ctx
             raise ValidationFailedError(f"reports[{index}]: {exc}", {"index": index}) from exc
     result = ingest_reports(session, device_id, reports, runtime.now())
     session.commit()
-    ctx.metrics.record_reports("http", len(result.accepted), len(result.duplicates),
-                               result.lags_s)
+    ctx.metrics.record_reports("http", len(result.accepted), len(result.duplicates), result.lags_s)
     return StatusAccepted(accepted=result.accepted, duplicates=result.duplicates)

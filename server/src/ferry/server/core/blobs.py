@@ -4,7 +4,6 @@ Concepts code against `BlobStore`; `ferry.server.blobs` holds the implementation
 (a local folder today) and is chosen by the composition root (`ferry.server.app`).
 """
 
-
 from __future__ import annotations
 
 import re
@@ -47,8 +46,9 @@ class BlobStore(ABC):
         """Local file for serving; only meaningful when `size` is not None."""
 
     @abstractmethod
-    async def put_stream(self, sha256: str, chunks: AsyncIterator[bytes],
-                         max_bytes: int) -> PutResult:
+    async def put_stream(
+        self, sha256: str, chunks: AsyncIterator[bytes], max_bytes: int
+    ) -> PutResult:
         """Store the streamed bytes if they hash to ``sha256``; nothing is kept otherwise."""
 
     def exists(self, sha256: str) -> bool:
@@ -57,4 +57,3 @@ class BlobStore(ABC):
     def unavailable(self) -> str | None:
         """Why the store cannot take or serve blobs right now, or None when it can (/readyz)."""
         return None
-

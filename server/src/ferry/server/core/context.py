@@ -33,7 +33,6 @@ class SigningKeys(Protocol):
 Authenticator = Callable[[Session, str], "Principal | None"]
 
 
-
 @dataclass
 class AppContext:
     """Everything routes share; stored on ``app.state.ctx``."""
@@ -45,5 +44,3 @@ class AppContext:
     keys: SigningKeys
     metrics: Metrics
     authenticators: dict[str, Authenticator] = field(default_factory=dict)
-
-

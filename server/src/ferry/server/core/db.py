@@ -54,11 +54,15 @@ def make_engine(database_url: str, *, immediate: bool = True) -> Engine:
     """Create an engine; on SQLite: WAL, foreign keys, and (for writers) immediate begins."""
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE,
-                             max_overflow=POOL_OVERFLOW)
+        return create_engine(
+            url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW
+        )
     engine = create_engine(
-        url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},
-        pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
+        url,
+        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},
+        pool_size=POOL_SIZE,
+        max_overflow=POOL_OVERFLOW,
+    )
     event.listen(engine, "connect", _sqlite_on_connect)
     if immediate:
         gate = writer_gate(url.database or ":memory:")
@@ -122,16 +126,32 @@ class WriterGate:
         if self._lock.acquire(timeout=SLOW_WRITER_WAIT_S):
             self._holder = (threading.get_ident(), time.monotonic())
             return
-        log.warning("waiting for the SQLite write lock", extra={"fields": {
-            "database": self.database, "waited_s": SLOW_WRITER_WAIT_S,
-            "holder": self.describe_holder()}})
+        log.warning(
+            "waiting for the SQLite write lock",
+            extra={
+                "fields": {
+                    "database": self.database,
+                    "waited_s": SLOW_WRITER_WAIT_S,
+                    "holder": self.describe_holder(),
+                }
+            },
+        )
         if not self._lock.acquire(timeout=max(0.0, self.timeout_s - SLOW_WRITER_WAIT_S)):
             raise DatabaseBusyError(
                 f"the database stayed busy for {self.timeout_s:g}s; retry shortly",
-                {"holder": self.describe_holder()}, headers={"Retry-After": "2"})
+                {"holder": self.describe_holder()},
+                headers={"Retry-After": "2"},
+            )
         self._holder = (threading.get_ident(), time.monotonic())
-        log.warning("got the SQLite write lock late", extra={"fields": {
-            "database": self.database, "waited_s": round(time.monotonic() - waited_from, 3)}})
+        log.warning(
+            "got the SQLite write lock late",
+            extra={
+                "fields": {
+                    "database": self.database,
+                    "waited_s": round(time.monotonic() - waited_from, 3),
+                }
+            },
+        )
 
     def _release(self) -> None:
         self._holder = None
@@ -148,10 +168,13 @@ class WriterGate:
         where = ""
         if frame is not None:
             ours = [f for f in traceback.extract_stack(frame) if _is_ours(f.filename)]
-            where = " <- ".join(f"{f.name} ({f.filename.rsplit('/', 1)[-1]}:{f.lineno})"
-                                for f in reversed(ours[-4:]))
-        return (f"thread {names.get(ident, ident)} for {time.monotonic() - since:.1f}s"
-                + (f" in {where}" if where else ""))
+            where = " <- ".join(
+                f"{f.name} ({f.filename.rsplit('/', 1)[-1]}:{f.lineno})"
+                for f in reversed(ours[-4:])
+            )
+        return f"thread {names.get(ident, ident)} for {time.monotonic() - since:.1f}s" + (
+            f" in {where}" if where else ""
+        )
 
 
 _LIBRARIES = (sysconfig.get_paths()["stdlib"], "site-packages", "<frozen")
@@ -218,8 +241,7 @@ def startup_lock(database_url: str, lock_dir: Path) -> Iterator[None]:
                 try:
                     yield
                 finally:
-                    conn.execute(text("SELECT pg_advisory_unlock(:key)"),
-                                 {"key": STARTUP_LOCK_KEY})
+                    conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": STARTUP_LOCK_KEY})
         finally:
             engine.dispose()
         return

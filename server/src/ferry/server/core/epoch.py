@@ -79,8 +79,9 @@ def _statement_columns(state: ORMExecuteState) -> set[str] | None:
 @event.listens_for(Session, "after_flush")
 def _after_flush(session: Session, _flush: UOWTransaction) -> None:
     added_or_removed = [*session.new, *session.deleted]
-    if any(type(obj) in _WATCHED for obj in added_or_removed) or \
-            any(_changed(obj) for obj in session.dirty):
+    if any(type(obj) in _WATCHED for obj in added_or_removed) or any(
+        _changed(obj) for obj in session.dirty
+    ):
         session.info[_MARK] = True
 
 

@@ -39,8 +39,12 @@ class ServerError(Exception):
     code = "internal_error"
     status = 500
 
-    def __init__(self, message: str, details: dict[str, Any] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
@@ -120,9 +124,16 @@ class DatabaseBusyError(ServerError):
 
 
 _STATUS_ERRORS: dict[int, type[ServerError]] = {
-    400: BadRequestError, 401: UnauthenticatedError, 403: ForbiddenError,
-    404: NotFoundError, 405: MethodNotAllowedError, 409: ConflictError,
-    412: PreconditionFailedError, 413: PayloadTooLargeError, 416: RangeNotSatisfiableError, 422: ValidationFailedError,
+    400: BadRequestError,
+    401: UnauthenticatedError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    405: MethodNotAllowedError,
+    409: ConflictError,
+    412: PreconditionFailedError,
+    413: PayloadTooLargeError,
+    416: RangeNotSatisfiableError,
+    422: ValidationFailedError,
 }
 
 
@@ -132,8 +143,9 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
 
 
 def error_response(exc: ServerError) -> JSONResponse:
-    return JSONResponse(error_body(exc.code, exc.message, exc.details),
-                        status_code=exc.status, headers=exc.headers)
+    return JSONResponse(
+        error_body(exc.code, exc.message, exc.details), status_code=exc.status, headers=exc.headers
+    )
 
 
 async def _on_server_error(_: Request, exc: Exception) -> JSONResponse:
@@ -144,12 +156,16 @@ async def _on_server_error(_: Request, exc: Exception) -> JSONResponse:
 async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     problems = [
-        {"loc": [str(p) for p in err.get("loc", ())], "msg": str(err.get("msg", "")),
-         "type": str(err.get("type", ""))}
+        {
+            "loc": [str(p) for p in err.get("loc", ())],
+            "msg": str(err.get("msg", "")),
+            "type": str(err.get("type", "")),
+        }
         for err in exc.errors()
     ]
-    return error_response(ValidationFailedError("request validation failed; see details",
-                                                {"errors": problems}))
+    return error_response(
+        ValidationFailedError("request validation failed; see details", {"errors": problems})
+    )
 
 
 async def _on_http_exception(_: Request, exc: Exception) -> JSONResponse:
@@ -164,8 +180,9 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, OperationalError) and "locked" in str(exc.orig):
         # Another process held SQLite's write lock past the busy timeout: contention, not a bug.
         log.warning("database busy on %s %s: %s", request.method, request.url.path, exc.orig)
-        return error_response(DatabaseBusyError("the database is busy; retry shortly",
-                                                headers={"Retry-After": "2"}))
+        return error_response(
+            DatabaseBusyError("the database is busy; retry shortly", headers={"Retry-After": "2"})
+        )
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(ServerError("internal server error; see the server log"))
 

@@ -57,52 +57,95 @@ class SnapshotCollector(Collector):
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("ferry_http_requests", "HTTP requests by route and status",
-                                ["method", "route", "status"], registry=self.registry)
-        self.latency = Histogram("ferry_http_request_duration_seconds",
-                                 "HTTP request latency by route", ["method", "route"],
-                                 registry=self.registry)
-        self.upload_bytes = Counter("ferry_blob_upload_bytes", "Bytes received in blob uploads",
-                                    registry=self.registry)
-        self.download_requests = Counter("ferry_blob_download_requests",
-                                         "Blob downloads started", registry=self.registry)
-        self.delta_requests = Counter("ferry_delta_requests", "Delta requests by outcome "
-                                      "(served, not_ready, not_worth_it, unknown_blob, disabled)",
-                                      ["outcome"], registry=self.registry)
-        self.delta_served_bytes = Counter("ferry_delta_served_bytes", "Bytes of deltas served "
-                                          "(whole responses)", registry=self.registry)
-        self.delta_builds = Counter("ferry_delta_builds", "Background delta builds by outcome "
-                                    "(offered, not_worth_it, failed, dropped)", ["outcome"],
-                                    registry=self.registry)
+        self.requests = Counter(
+            "ferry_http_requests",
+            "HTTP requests by route and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "ferry_http_request_duration_seconds",
+            "HTTP request latency by route",
+            ["method", "route"],
+            registry=self.registry,
+        )
+        self.upload_bytes = Counter(
+            "ferry_blob_upload_bytes", "Bytes received in blob uploads", registry=self.registry
+        )
+        self.download_requests = Counter(
+            "ferry_blob_download_requests", "Blob downloads started", registry=self.registry
+        )
+        self.delta_requests = Counter(
+            "ferry_delta_requests",
+            "Delta requests by outcome (served, not_ready, not_worth_it, unknown_blob, disabled)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.delta_served_bytes = Counter(
+            "ferry_delta_served_bytes",
+            "Bytes of deltas served (whole responses)",
+            registry=self.registry,
+        )
+        self.delta_builds = Counter(
+            "ferry_delta_builds",
+            "Background delta builds by outcome (offered, not_worth_it, failed, dropped)",
+            ["outcome"],
+            registry=self.registry,
+        )
 
         self.checkin_latency = Histogram(
-            "ferry_checkin_duration_seconds", "Device check-ins (GET desired state) by path: "
-            "cached (answered ahead of the app) or computed", ["path"],
-            buckets=CHECKIN_BUCKETS, registry=self.registry)
-        self.served_bytes = Counter("ferry_served_bytes", "Artifact bytes sent to clients by "
-                                    "kind (full blob or delta)", ["kind"], registry=self.registry)
-        self.status_reports = Counter("ferry_status_reports", "Device status reports received "
-                                      "by transport and outcome (accepted, duplicate)",
-                                      ["transport", "outcome"], registry=self.registry)
-        self.ingest_lag = Histogram("ferry_status_report_lag_seconds", "From a report's own "
-                                    "timestamp to its ingest, accepted reports only",
-                                    ["transport"], buckets=LAG_BUCKETS, registry=self.registry)
-        self.gate_decisions = Counter("ferry_rollout_gate_decisions", "Gate evaluations of "
-                                      "rollouts by decision", ["decision"],
-                                      registry=self.registry)
-        self.mqtt_publish_errors = Counter("ferry_mqtt_publish_errors", "MQTT publishes the "
-                                           "client could not queue or send",
-                                           registry=self.registry)
-        self.webhook_deliveries = Counter("ferry_webhook_deliveries", "Webhook delivery "
-                                          "attempts by outcome (delivered, failed = will retry, "
-                                          "gave_up)", ["outcome"], registry=self.registry)
+            "ferry_checkin_duration_seconds",
+            "Device check-ins (GET desired state) by path: "
+            "cached (answered ahead of the app) or computed",
+            ["path"],
+            buckets=CHECKIN_BUCKETS,
+            registry=self.registry,
+        )
+        self.served_bytes = Counter(
+            "ferry_served_bytes",
+            "Artifact bytes sent to clients by kind (full blob or delta)",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.status_reports = Counter(
+            "ferry_status_reports",
+            "Device status reports received by transport and outcome (accepted, duplicate)",
+            ["transport", "outcome"],
+            registry=self.registry,
+        )
+        self.ingest_lag = Histogram(
+            "ferry_status_report_lag_seconds",
+            "From a report's own timestamp to its ingest, accepted reports only",
+            ["transport"],
+            buckets=LAG_BUCKETS,
+            registry=self.registry,
+        )
+        self.gate_decisions = Counter(
+            "ferry_rollout_gate_decisions",
+            "Gate evaluations of rollouts by decision",
+            ["decision"],
+            registry=self.registry,
+        )
+        self.mqtt_publish_errors = Counter(
+            "ferry_mqtt_publish_errors",
+            "MQTT publishes the client could not queue or send",
+            registry=self.registry,
+        )
+        self.webhook_deliveries = Counter(
+            "ferry_webhook_deliveries",
+            "Webhook delivery attempts by outcome (delivered, failed = will retry, gave_up)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.snapshots = SnapshotCollector()
         self.registry.register(self.snapshots)
         self._zero_fill()
 
-        self.checkin_cache_hits = Counter("ferry_checkin_cache_hits", "Device check-ins "
-                                          "answered from the check-in cache",
-                                          registry=self.registry)
+        self.checkin_cache_hits = Counter(
+            "ferry_checkin_cache_hits",
+            "Device check-ins answered from the check-in cache",
+            registry=self.registry,
+        )
         # Bound once (cached check-ins are the hottest path); same labels as the routed ones.
         route = DESIRED_STATE.removeprefix(API)
         self.cached_checkin_requests = self.requests.labels("GET", route, "200")
@@ -123,8 +166,9 @@ class Metrics:
             self.webhook_deliveries.labels(outcome)
         self.checkin_latency.labels("computed")
 
-    def record_reports(self, transport: str, accepted: int, duplicates: int,
-                       lags_s: Iterable[float]) -> None:
+    def record_reports(
+        self, transport: str, accepted: int, duplicates: int, lags_s: Iterable[float]
+    ) -> None:
         """One ingested batch: counts by outcome and each accepted report's lag."""
         self.status_reports.labels(transport, "accepted").inc(accepted)
         self.status_reports.labels(transport, "duplicate").inc(duplicates)
@@ -164,12 +208,20 @@ class ObservabilityMiddleware:
         method = scope["method"]
         self.metrics.requests.labels(method, route, str(status)).inc()
         self.metrics.latency.labels(method, route).observe(elapsed)
-        access_log.info("request", extra={"fields": {
-            "method": method, "path": scope["path"], "route": route, "status": status,
-            "duration_ms": round(elapsed * 1000, 2),
-            "actor": scope.get("state", {}).get("actor"),
-            "client": (scope.get("client") or ("", 0))[0],
-        }})
+        access_log.info(
+            "request",
+            extra={
+                "fields": {
+                    "method": method,
+                    "path": scope["path"],
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "actor": scope.get("state", {}).get("actor"),
+                    "client": (scope.get("client") or ("", 0))[0],
+                }
+            },
+        )
 
 
 class JsonFormatter(logging.Formatter):
@@ -179,7 +231,9 @@ class JsonFormatter(logging.Formatter):
         data: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
         }
         data.update(getattr(record, "fields", {}))
         if record.exc_info:

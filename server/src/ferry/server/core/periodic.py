@@ -17,8 +17,15 @@ log = logging.getLogger("ferry.server")
 
 
 class Periodic:
-    def __init__(self, step: Callable[[], object], interval_s: float, what: str, *,
-                 on_error: Callable[[], object] | None = None, final_step: bool = False) -> None:
+    def __init__(
+        self,
+        step: Callable[[], object],
+        interval_s: float,
+        what: str,
+        *,
+        on_error: Callable[[], object] | None = None,
+        final_step: bool = False,
+    ) -> None:
         """``on_error`` runs after a failed step; ``final_step`` runs the step once more when
         stopped (to write out what is still buffered)."""
         self.step = step

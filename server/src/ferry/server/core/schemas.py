@@ -19,6 +19,7 @@ Tag = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 Timestamp = Annotated[str, Field(examples=["2026-11-25T03:00:00Z"])]
 
+
 def has_non_finite(value: Any) -> bool:
     """NaN/Infinity parse from JSON in Python but not in PostgreSQL: refuse them early."""
     if isinstance(value, float):
@@ -29,16 +30,20 @@ def has_non_finite(value: Any) -> bool:
         return any(has_non_finite(v) for v in value)
     return False
 
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
 
 class ErrorDetail(BaseModel):
     code: str
     message: str
     details: dict[str, Any] | None = None
 
+
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
 
 class Health(BaseModel):
     status: str

@@ -40,7 +40,6 @@ def _is_device_id(name: str) -> bool:
     return True
 
 
-
 @dataclass(frozen=True)
 class FleetSettings:
     """Knobs of enrolment, desired states and the rollout engine (all in seconds)."""
@@ -58,23 +57,23 @@ class MqttSettings:
     """Where the broker is, how the server logs in, and what devices are told."""
 
     enabled: bool = False
-    url: str = ""                  # external broker; empty = start the embedded one
-    host: str = "127.0.0.1"        # embedded broker bind address
-    port: int = DEFAULT_MQTT_PORT       # embedded broker port
-    public_url: str = ""           # what enrolment tells devices; defaults to the broker URL
+    url: str = ""  # external broker; empty = start the embedded one
+    host: str = "127.0.0.1"  # embedded broker bind address
+    port: int = DEFAULT_MQTT_PORT  # embedded broker port
+    public_url: str = ""  # what enrolment tells devices; defaults to the broker URL
     username: str = SERVER_USERNAME
-    password: str = ""             # external broker: the server user's password
+    password: str = ""  # external broker: the server user's password
     # "$share/<group>/…" splits status traffic between replicas, but Mosquitto 2.0 does not
     # restore a shared subscription after a crash: empty (default) = a plain subscription,
     # which the broker's persistence restores (docs/mqtt.md, "After a broker crash").
     shared_group: str = ""
-    password_file: str = ""        # Mosquitto password file the server keeps up to date
-    pid_file: str = ""             # Mosquitto pid file: SIGHUP after rewriting passwords
-    ingest_batch: int = 200        # status reports per database transaction
-    client_id: str = ""            # defaults to the username (brokers bind ids to logins)
+    password_file: str = ""  # Mosquitto password file the server keeps up to date
+    pid_file: str = ""  # Mosquitto pid file: SIGHUP after rewriting passwords
+    ingest_batch: int = 200  # status reports per database transaction
+    client_id: str = ""  # defaults to the username (brokers bind ids to logins)
     embedded_broker: str = "auto"  # auto: mosquitto when installed, else amqtt
-    mosquitto_binary: str = ""     # empty: /usr/sbin/mosquitto, /usr/local/sbin, PATH
-    state_dir: str = ""            # embedded Mosquitto's files; `ferry server`: <data>/mqtt
+    mosquitto_binary: str = ""  # empty: /usr/sbin/mosquitto, /usr/local/sbin, PATH
+    state_dir: str = ""  # embedded Mosquitto's files; `ferry server`: <data>/mqtt
     operator_password_file: str = ""  # logins the operator keeps; merged, never written
 
     @property
@@ -101,15 +100,20 @@ class MqttSettings:
         if self.url:
             parts = urlsplit(self.url)
             if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-                raise SettingsError(f"{MQTT_PREFIX}URL={self.url!r} must look like "
-                                    "mqtt://host:port")
+                raise SettingsError(
+                    f"{MQTT_PREFIX}URL={self.url!r} must look like mqtt://host:port"
+                )
         if _is_device_id(self.username):
-            raise SettingsError(f"{MQTT_PREFIX}USERNAME={self.username!r} could be a device's "
-                                f"id (and its client id): use a name with '@', e.g. "
-                                f"{SERVER_USERNAME!r}")
+            raise SettingsError(
+                f"{MQTT_PREFIX}USERNAME={self.username!r} could be a device's "
+                f"id (and its client id): use a name with '@', e.g. "
+                f"{SERVER_USERNAME!r}"
+            )
         if self.embedded_broker not in EMBEDDED_BROKERS:
-            raise SettingsError(f"{MQTT_PREFIX}EMBEDDED_BROKER={self.embedded_broker!r} must be "
-                                f"one of {', '.join(EMBEDDED_BROKERS)}")
+            raise SettingsError(
+                f"{MQTT_PREFIX}EMBEDDED_BROKER={self.embedded_broker!r} must be "
+                f"one of {', '.join(EMBEDDED_BROKERS)}"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> MqttSettings:
@@ -145,8 +149,10 @@ class Settings:
 
     def __post_init__(self) -> None:
         if not 0 < self.delta_max_fraction <= 1 or self.delta_build_workers < 1:
-            raise ValueError("FERRY_DELTA_MAX_FRACTION must be in (0, 1] and "
-                             "FERRY_DELTA_BUILD_WORKERS at least 1")
+            raise ValueError(
+                "FERRY_DELTA_MAX_FRACTION must be in (0, 1] and "
+                "FERRY_DELTA_BUILD_WORKERS at least 1"
+            )
         object.__setattr__(self, "data_dir", Path(self.data_dir).resolve())
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'ferry.db'}")
@@ -186,8 +192,11 @@ class Settings:
         sets ``fleet.rollout_tick_s``): one parser, one place to look.
         """
         env = os.environ if environ is None else environ
-        return cls(**_read(cls, env), fleet=FleetSettings(**_read(FleetSettings, env)),
-                   mqtt=MqttSettings.from_env(env))
+        return cls(
+            **_read(cls, env),
+            fleet=FleetSettings(**_read(FleetSettings, env)),
+            mqtt=MqttSettings.from_env(env),
+        )
 
 
 def _read(cls: type, env: Mapping[str, str], prefix: str = ENV_PREFIX) -> dict[str, Any]:
@@ -204,8 +213,10 @@ def _read(cls: type, env: Mapping[str, str], prefix: str = ENV_PREFIX) -> dict[s
         try:
             values[item.name] = _convert(raw, kind)
         except ValueError as exc:
-            raise SettingsError(f"{prefix}{item.name.upper()}={raw!r} is not a valid "
-                                f"{getattr(kind, '__name__', kind)}") from exc
+            raise SettingsError(
+                f"{prefix}{item.name.upper()}={raw!r} is not a valid "
+                f"{getattr(kind, '__name__', kind)}"
+            ) from exc
     return values
 
 

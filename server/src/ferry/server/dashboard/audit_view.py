@@ -26,14 +26,23 @@ def audit_view(session: Session, flt: AuditFilter) -> dict[str, Any]:
     stmt = select(AuditEntry)
     if flt.q:
         needle = flt.q.strip()
-        stmt = stmt.where(or_(col(AuditEntry.actor).contains(needle, autoescape=True),
-                              col(AuditEntry.action).contains(needle, autoescape=True),
-                              col(AuditEntry.target).contains(needle, autoescape=True)))
+        stmt = stmt.where(
+            or_(
+                col(AuditEntry.actor).contains(needle, autoescape=True),
+                col(AuditEntry.action).contains(needle, autoescape=True),
+                col(AuditEntry.target).contains(needle, autoescape=True),
+            )
+        )
     if flt.action:
         stmt = stmt.where(col(AuditEntry.action).startswith(flt.action, autoescape=True))
     if flt.before is not None:
         stmt = stmt.where(col(AuditEntry.id) < flt.before)
     rows = list(session.exec(stmt.order_by(col(AuditEntry.id).desc()).limit(PAGE + 1)).all())
     more, rows = len(rows) > PAGE, rows[:PAGE]
-    return {"entries": rows, "more": more, "filter": flt, "chain": verify_chain(session),
-            "next_before": rows[-1].id if more and rows else None}
+    return {
+        "entries": rows,
+        "more": more,
+        "filter": flt,
+        "chain": verify_chain(session),
+        "next_before": rows[-1].id if more and rows else None,
+    }

@@ -56,8 +56,9 @@ def version_bars(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for k, (version, n) in enumerate(ordered):
             w = round(CHART_WIDTH * n / total, 2) if total else 0.0
             fill = "none" if version == "none" else f"v{k % 6}"
-            parts.append({"version": version, "count": n, "x": round(x, 2), "width": w,
-                          "fill": fill})
+            parts.append(
+                {"version": version, "count": n, "x": round(x, 2), "width": w, "fill": fill}
+            )
             x += w
         bars.append({**entry, "total": total, "parts": parts})
     return bars
@@ -68,14 +69,18 @@ def slot_states(session: Session, scope: list[str] | None) -> dict[str, int]:
     where = [col(Device.revoked_at).is_(None)]
     if scope is not None:
         where.append(col(Device.namespace).in_(scope))
-    rows = session.exec(select(DeviceSlot.state, func.count())
-                        .join(Device, col(Device.id) == col(DeviceSlot.device_id))
-                        .where(*where).group_by(DeviceSlot.state)).all()
+    rows = session.exec(
+        select(DeviceSlot.state, func.count())
+        .join(Device, col(Device.id) == col(DeviceSlot.device_id))
+        .where(*where)
+        .group_by(DeviceSlot.state)
+    ).all()
     return dict(sorted(rows))
 
 
-def device_page(session: Session, scope: list[str] | None, flt: FleetFilter,
-                now: datetime) -> tuple[list[dict[str, Any]], bool]:
+def device_page(
+    session: Session, scope: list[str] | None, flt: FleetFilter, now: datetime
+) -> tuple[list[dict[str, Any]], bool]:
     """One page of devices matching the filters, and whether there are more."""
     stmt = select(Device).where(col(Device.revoked_at).is_(None)).order_by(col(Device.id))
     if scope is not None:
@@ -92,17 +97,28 @@ def device_page(session: Session, scope: list[str] | None, flt: FleetFilter,
     more, rows = len(rows) > PAGE, rows[:PAGE]
     slots = _slots_of(session, [d.id for d in rows])
     cutoff = format_time(now - timedelta(seconds=ONLINE_WINDOW_S))
-    return [{"id": d.id, "namespace": d.namespace, "hardware": d.hardware, "tags": d.tags,
-             "last_seen_at": d.last_seen_at,
-             "online": d.last_seen_at is not None and d.last_seen_at >= cutoff,
-             "slots": slots.get(d.id, [])} for d in rows], more
+    return [
+        {
+            "id": d.id,
+            "namespace": d.namespace,
+            "hardware": d.hardware,
+            "tags": d.tags,
+            "last_seen_at": d.last_seen_at,
+            "online": d.last_seen_at is not None and d.last_seen_at >= cutoff,
+            "slots": slots.get(d.id, []),
+        }
+        for d in rows
+    ], more
 
 
 def _slots_of(session: Session, ids: list[str]) -> dict[str, list[DeviceSlot]]:
     found: dict[str, list[DeviceSlot]] = {}
     if ids:
-        for slot in session.exec(select(DeviceSlot).where(col(DeviceSlot.device_id).in_(ids))
-                                 .order_by(col(DeviceSlot.slot))).all():
+        for slot in session.exec(
+            select(DeviceSlot)
+            .where(col(DeviceSlot.device_id).in_(ids))
+            .order_by(col(DeviceSlot.slot))
+        ).all():
             found.setdefault(slot.device_id, []).append(slot)
     return found
 
@@ -114,30 +130,45 @@ def hardware_kinds(session: Session, scope: list[str] | None) -> list[str]:
     return list(session.exec(stmt).all())
 
 
-def fleet_view(session: Session, user: Principal, flt: FleetFilter,
-               now: datetime) -> dict[str, Any]:
+def fleet_view(
+    session: Session, user: Principal, flt: FleetFilter, now: datetime
+) -> dict[str, Any]:
     scope = scope_of(user)
     if flt.namespace:
         user.require((user.role,), flt.namespace)
         scope = [flt.namespace]
     status = fleet_status(session, scope, now, ONLINE_WINDOW_S)
     devices, more = device_page(session, scope, flt, now)
-    return {"status": status, "bars": version_bars(status["models"]),
-            "offline": status["devices"] - status["online"],
-            "slot_states": slot_states(session, scope), "devices": devices, "more": more,
-            "filter": flt, "hardware_kinds": hardware_kinds(session, scope), "page": PAGE}
+    return {
+        "status": status,
+        "bars": version_bars(status["models"]),
+        "offline": status["devices"] - status["online"],
+        "slot_states": slot_states(session, scope),
+        "devices": devices,
+        "more": more,
+        "filter": flt,
+        "hardware_kinds": hardware_kinds(session, scope),
+        "page": PAGE,
+    }
 
 
 def last_error(session: Session, device_id: str) -> DeviceReport | None:
     """The newest report that carried an error code (its detail holds the probe output)."""
-    return session.exec(select(DeviceReport).where(DeviceReport.device_id == device_id,
-                                                   col(DeviceReport.error_code).is_not(None))
-                        .order_by(col(DeviceReport.id).desc()).limit(1)).first()
+    return session.exec(
+        select(DeviceReport)
+        .where(DeviceReport.device_id == device_id, col(DeviceReport.error_code).is_not(None))
+        .order_by(col(DeviceReport.id).desc())
+        .limit(1)
+    ).first()
 
 
 def device_view(session: Session, device: Device, now: datetime) -> dict[str, Any]:
     cutoff = format_time(now - timedelta(seconds=ONLINE_WINDOW_S))
     online = device.last_seen_at is not None and device.last_seen_at >= cutoff
-    return {"device": device, "online": online, "slots": device_slots(session, device.id),
-            "reports": history(session, device.id, 50),
-            "last_error": last_error(session, device.id)}
+    return {
+        "device": device,
+        "online": online,
+        "slots": device_slots(session, device.id),
+        "reports": history(session, device.id, 50),
+        "last_error": last_error(session, device.id),
+    }

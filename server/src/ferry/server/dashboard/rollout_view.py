@@ -27,12 +27,19 @@ from ferry.server.rollouts.tables import Rollout
 
 BAR_WIDTH = 600  # SVG user units; the bar scales with the page
 ACTION_TARGET: dict[str, RolloutState] = {
-    "pause": RolloutState.PAUSED, "resume": RolloutState.RUNNING,
-    "advance": RolloutState.RUNNING, "cancel": RolloutState.CANCELLED,
+    "pause": RolloutState.PAUSED,
+    "resume": RolloutState.RUNNING,
+    "advance": RolloutState.RUNNING,
+    "cancel": RolloutState.CANCELLED,
     "rollback": RolloutState.ROLLED_BACK,
 }
-ACTION_LABEL = {"pause": "Pause", "resume": "Resume", "advance": "Advance",
-                "cancel": "Halt (cancel)", "rollback": "Roll back"}
+ACTION_LABEL = {
+    "pause": "Pause",
+    "resume": "Resume",
+    "advance": "Advance",
+    "cancel": "Halt (cancel)",
+    "rollback": "Roll back",
+}
 
 
 @dataclass(frozen=True)
@@ -93,28 +100,45 @@ def plan(rollout: Rollout, status: dict[str, Any], action: str) -> Plan:
     failed = _sum(waves, wave, tuple(s.value for s in FAILURES))
     took = _sum(waves, len(waves) - 1, tuple(s.value for s in TOOK_VERSION))
     if action == "pause":
-        n, text = pending, (f"No device starts {target} until resumed: {pending} devices that "
-                            f"have not started stay on their current version.")
+        n, text = (
+            pending,
+            (
+                f"No device starts {target} until resumed: {pending} devices that "
+                f"have not started stay on their current version."
+            ),
+        )
     elif action == "resume":
         n = pending + (failed if rollout.state == RolloutState.HALTED else 0)
-        text = (f"Wave {wave + 1} continues with a fresh bake: {n} devices will be told to "
-                f"install {target}" + (f" ({failed} failed devices get one more try)."
-                                       if rollout.state == RolloutState.HALTED else "."))
+        text = (
+            f"Wave {wave + 1} continues with a fresh bake: {n} devices will be told to "
+            f"install {target}"
+            + (
+                f" ({failed} failed devices get one more try)."
+                if rollout.state == RolloutState.HALTED
+                else "."
+            )
+        )
     elif action == "advance":
         if wave + 1 >= len(waves):
             n, text = 0, f"Mark the rollout of {target} completed (it is in its last wave)."
         else:
             n = waves[wave + 1]["total"]
-            text = (f"Open wave {wave + 2} ({waves[wave + 1]['percent']}%) now without waiting "
-                    f"for the gate: {n} more devices will be told to install {target}.")
+            text = (
+                f"Open wave {wave + 2} ({waves[wave + 1]['percent']}%) now without waiting "
+                f"for the gate: {n} more devices will be told to install {target}."
+            )
     elif action == "cancel":
         n = pending
-        text = (f"Stop the rollout for good: {pending} devices that have not started stay on "
-                f"their current version; devices that already run {target} keep it.")
+        text = (
+            f"Stop the rollout for good: {pending} devices that have not started stay on "
+            f"their current version; devices that already run {target} keep it."
+        )
     else:
         n = took
-        text = (f"Roll back {target}: {took} devices that took it are told to return to their "
-                f"previous version (a signed downgrade). This cannot be undone.")
+        text = (
+            f"Roll back {target}: {took} devices that took it are told to return to their "
+            f"previous version (a signed downgrade). This cannot be undone."
+        )
     return Plan(action, ACTION_LABEL[action], n, text)
 
 
@@ -122,16 +146,26 @@ def can_operate(principal: Principal, rollout: Rollout) -> bool:
     return principal.has_role(ServerRole.OPERATOR) and principal.in_namespace(rollout.namespace)
 
 
-def rollout_view(session: Session, rollout: Rollout, principal: Principal,
-                 now: datetime) -> dict[str, Any]:
+def rollout_view(
+    session: Session, rollout: Rollout, principal: Principal, now: datetime
+) -> dict[str, Any]:
     """Everything the rollout page and its live fragment render."""
     status = rollout_status(session, rollout, now)
     for entry in status["waves"]:
         entry["number"] = entry["wave"] + 1
         entry["segments"] = segments(entry["counts"], entry["total"])
         entry["opened"] = entry["wave"] <= rollout.wave
-    actions = ([plan(rollout, status, a) for a in legal_actions(rollout)]
-               if can_operate(principal, rollout) else [])
+    actions = (
+        [plan(rollout, status, a) for a in legal_actions(rollout)]
+        if can_operate(principal, rollout)
+        else []
+    )
     failed = sum(status["totals"][s.value] for s in FAILURES)
-    return {"status": status, "rollout": status["rollout"], "gate": status["gate"],
-            "actions": actions, "failed": failed, "states": [s.value for s in DeviceState]}
+    return {
+        "status": status,
+        "rollout": status["rollout"],
+        "gate": status["gate"],
+        "actions": actions,
+        "failed": failed,
+        "states": [s.value for s in DeviceState],
+    }

@@ -46,11 +46,17 @@ DEVICE_PAGE = 100
 LIVE_POLL_S = 1.0  # how often an open rollout page re-counts its waves
 HEARTBEAT_S = 15.0  # an SSE comment keeps proxies from closing an idle stream
 STREAM_MAX_S = 600.0  # then the browser's EventSource reconnects (and re-authenticates)
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Frame-Options": "DENY",
-                    "Referrer-Policy": "same-origin", "Cache-Control": "no-store",
-                    "X-Content-Type-Options": "nosniff"}
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 class SignInRequiredError(Exception):
@@ -83,8 +89,9 @@ async def current_user(request: Request, ctx: CtxDep) -> Principal:
 User = Annotated[Principal, Depends(current_user)]
 
 
-async def checked_post(request: Request, user: User,
-                       csrf: Annotated[str, Form()] = "") -> Principal:
+async def checked_post(
+    request: Request, user: User, csrf: Annotated[str, Form()] = ""
+) -> Principal:
     """A cookie-authenticated POST: same origin, and the CSRF token of this session."""
     if not cookie.same_origin(request.headers.get("origin"), request.headers.get("host")):
         raise ForbiddenError("cross-origin form post refused")
@@ -96,11 +103,16 @@ async def checked_post(request: Request, user: User,
 PostUser = Annotated[Principal, Depends(checked_post)]
 
 
-def render(request: Request, name: str, user: Principal | None, status_code: int = 200,
-           **context: Any) -> HTMLResponse:
+def render(
+    request: Request, name: str, user: Principal | None, status_code: int = 200, **context: Any
+) -> HTMLResponse:
     secret = request.cookies.get(cookie.COOKIE, "")
-    page = {"user": user, "csrf": cookie.csrf_token(secret) if user else "",
-            "csrf_field": cookie.CSRF_FIELD, **context}
+    page = {
+        "user": user,
+        "csrf": cookie.csrf_token(secret) if user else "",
+        "csrf_field": cookie.CSRF_FIELD,
+        **context,
+    }
     response = templates.TemplateResponse(request, name, page, status_code=status_code)
     response.headers.update(SECURITY_HEADERS)
     return response
@@ -121,15 +133,25 @@ def login_page(request: Request, next: str = "") -> HTMLResponse:
 
 
 @router.post("/login")
-def login(request: Request, ctx: CtxDep, token: Annotated[str, Form()] = "",
-          next: Annotated[str, Form()] = "") -> Response:
+def login(
+    request: Request,
+    ctx: CtxDep,
+    token: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = "",
+) -> Response:
     """The token arrives in the form body and leaves only as the HttpOnly cookie."""
     if not cookie.same_origin(request.headers.get("origin"), request.headers.get("host")):
         raise ForbiddenError("cross-origin sign-in refused")
     secret = token.strip()
     if authenticate(ctx, secret) is None:
-        return render(request, "login.html", None, status_code=401, next=cookie.safe_next(next),
-                      error="Unknown, revoked or expired token.")
+        return render(
+            request,
+            "login.html",
+            None,
+            status_code=401,
+            next=cookie.safe_next(next),
+            error="Unknown, revoked or expired token.",
+        )
     response = _redirect(cookie.safe_next(next))
     spec = cookie.CookieSpec(secure=request.url.scheme == "https")
     response.set_cookie(value=secret, **spec.kwargs())  # type: ignore[arg-type]
@@ -153,23 +175,28 @@ def home() -> Response:
 
 
 @router.get("/rollouts")
-def rollouts_page(request: Request, session: ReadSessionDep, user: User, state: str = "") -> HTMLResponse:
+def rollouts_page(
+    request: Request, session: ReadSessionDep, user: User, state: str = ""
+) -> HTMLResponse:
     rows = service.list_rollouts(session, user, namespace=None, state=state or None, limit=200)
-    return render(request, "rollouts.html", user, rollouts=[rollout_public(r) for r in rows],
-                  state=state)
+    return render(
+        request, "rollouts.html", user, rollouts=[rollout_public(r) for r in rows], state=state
+    )
 
 
 @router.get("/rollouts/{rollout_id}")
-def rollout_page(request: Request, rollout_id: str, session: ReadSessionDep,
-                 user: User) -> HTMLResponse:
+def rollout_page(
+    request: Request, rollout_id: str, session: ReadSessionDep, user: User
+) -> HTMLResponse:
     rollout = service.get_rollout(session, user, rollout_id)
     view = rollout_view(session, rollout, user, runtime_of(request.app).now())
     return render(request, "rollout.html", user, **view)
 
 
 @router.get("/rollouts/{rollout_id}/confirm/{action}")
-def confirm_page(request: Request, rollout_id: str, action: str, session: ReadSessionDep,
-                 user: User) -> HTMLResponse:
+def confirm_page(
+    request: Request, rollout_id: str, action: str, session: ReadSessionDep, user: User
+) -> HTMLResponse:
     """The confirmation: what the action does and to how many devices, then the real POST."""
     rollout = service.get_rollout(session, user, rollout_id)
     if action not in ACTION_TARGET:
@@ -177,13 +204,19 @@ def confirm_page(request: Request, rollout_id: str, action: str, session: ReadSe
     if not can_operate(user, rollout):
         raise ForbiddenError(f"the token '{user.name}' may not act on this rollout")
     view = rollout_view(session, rollout, user, runtime_of(request.app).now())
-    return render(request, "confirm.html", user, rollout=view["rollout"],
-                  plan=plan(rollout, view["status"], action))
+    return render(
+        request,
+        "confirm.html",
+        user,
+        rollout=view["rollout"],
+        plan=plan(rollout, view["status"], action),
+    )
 
 
 @router.post("/rollouts/{rollout_id}/{action}")
-def act(request: Request, rollout_id: str, action: str, session: SessionDep, ctx: CtxDep,
-        user: PostUser) -> Response:
+def act(
+    request: Request, rollout_id: str, action: str, session: SessionDep, ctx: CtxDep, user: PostUser
+) -> Response:
     """The same checks and service call as the API's action route, then back to the page."""
     if action not in ACTIONS:
         raise ForbiddenError(f"unknown action '{action}'")
@@ -197,73 +230,110 @@ def act(request: Request, rollout_id: str, action: str, session: SessionDep, ctx
 
 
 @router.get("/rollouts/{rollout_id}/devices")
-def rollout_devices_page(request: Request, rollout_id: str, session: ReadSessionDep, user: User,
-                         state: str = "failed", wave: int | None = None,
-                         cursor: str | None = None) -> HTMLResponse:
+def rollout_devices_page(
+    request: Request,
+    rollout_id: str,
+    session: ReadSessionDep,
+    user: User,
+    state: str = "failed",
+    wave: int | None = None,
+    cursor: str | None = None,
+) -> HTMLResponse:
     """The rollout's devices in a state (failed by default) with their error codes and why."""
     rollout = service.get_rollout(session, user, rollout_id)
-    query = MemberQuery(states=parse_states(state), wave=wave, limit=DEVICE_PAGE,
-                        cursor=cursor)
+    query = MemberQuery(states=parse_states(state), wave=wave, limit=DEVICE_PAGE, cursor=cursor)
     page = list_members(session, rollout, query, runtime_of(request.app).now())
-    return render(request, "rollout_devices.html", user, section="rollouts",
-                  rollout=rollout_public(rollout), page=page, state=state, wave=wave)
+    return render(
+        request,
+        "rollout_devices.html",
+        user,
+        section="rollouts",
+        rollout=rollout_public(rollout),
+        page=page,
+        state=state,
+        wave=wave,
+    )
 
 
 # --- fleet, models, audit -----------------------------------------------------------
 
 
 @router.get("/fleet")
-def fleet_page(request: Request, session: ReadSessionDep, user: User, namespace: str = "",
-               tag: str = "", hardware: str = "", q: str = "",
-               offset: Annotated[int, Query(ge=0)] = 0) -> HTMLResponse:
+def fleet_page(
+    request: Request,
+    session: ReadSessionDep,
+    user: User,
+    namespace: str = "",
+    tag: str = "",
+    hardware: str = "",
+    q: str = "",
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> HTMLResponse:
     flt = FleetFilter(namespace=namespace, tag=tag, hardware=hardware, q=q, offset=offset)
     view = fleet_view(session, user, flt, runtime_of(request.app).now())
     return render(request, "fleet.html", user, **view)
 
 
 @router.get("/devices/{device_id}")
-def device_page(request: Request, device_id: str, session: ReadSessionDep,
-                user: User) -> HTMLResponse:
+def device_page(
+    request: Request, device_id: str, session: ReadSessionDep, user: User
+) -> HTMLResponse:
     device = get_device(session, user, device_id)
-    return render(request, "device.html", user,
-                  **device_view(session, device, runtime_of(request.app).now()))
+    return render(
+        request, "device.html", user, **device_view(session, device, runtime_of(request.app).now())
+    )
 
 
 @router.get("/models")
-def models_page(request: Request, session: ReadSessionDep, user: User, q: str = "",
-                namespace: str = "") -> HTMLResponse:
-    rows = registry.list_models(session, user, namespace=namespace or None, q=q or None,
-                                tag=None)
-    return render(request, "models.html", user, models=models_view(session, rows), q=q,
-                  namespace=namespace)
+def models_page(
+    request: Request, session: ReadSessionDep, user: User, q: str = "", namespace: str = ""
+) -> HTMLResponse:
+    rows = registry.list_models(session, user, namespace=namespace or None, q=q or None, tag=None)
+    return render(
+        request, "models.html", user, models=models_view(session, rows), q=q, namespace=namespace
+    )
 
 
-def _model(session: Session, user: Principal, ns: str, name: str
-           ) -> tuple[Namespace, RegisteredModel]:
+def _model(
+    session: Session, user: Principal, ns: str, name: str
+) -> tuple[Namespace, RegisteredModel]:
     if not user.in_namespace(ns):
         raise NotFoundError(f"model '{ns}/{name}' does not exist")
     return registry.get_model(session, ns, name)
 
 
 @router.get("/models/{ns}/{name}")
-def model_page(request: Request, ns: str, name: str, session: ReadSessionDep, user: User,
-               a: int | None = None, b: int | None = None) -> HTMLResponse:
+def model_page(
+    request: Request,
+    ns: str,
+    name: str,
+    session: ReadSessionDep,
+    user: User,
+    a: int | None = None,
+    b: int | None = None,
+) -> HTMLResponse:
     namespace, model = _model(session, user, ns, name)
     return render(request, "model.html", user, **model_view(session, namespace, model, a, b))
 
 
 @router.get("/models/{ns}/{name}/versions/{ref}")
-def version_page(request: Request, ns: str, name: str, ref: str, session: ReadSessionDep,
-                 user: User) -> HTMLResponse:
+def version_page(
+    request: Request, ns: str, name: str, ref: str, session: ReadSessionDep, user: User
+) -> HTMLResponse:
     namespace, model = _model(session, user, ns, name)
     version = registry.resolve_version(session, model, ref)
-    return render(request, "version.html", user,
-                  **version_view(session, namespace, model, version))
+    return render(request, "version.html", user, **version_view(session, namespace, model, version))
 
 
 @router.get("/audit")
-def audit_page(request: Request, session: ReadSessionDep, user: User, q: str = "",
-               action: str = "", before: int | None = None) -> HTMLResponse:
+def audit_page(
+    request: Request,
+    session: ReadSessionDep,
+    user: User,
+    q: str = "",
+    action: str = "",
+    before: int | None = None,
+) -> HTMLResponse:
     """Admins only, as ``GET /api/v1/audit``; others get a page that says so."""
     if user.role is not ServerRole.ADMIN:
         return render(request, "audit.html", user, status_code=403, forbidden=True)
@@ -280,8 +350,12 @@ def live_fragment(ctx: AppContext, app: FastAPI, secret: str, rollout_id: str) -
         rollout = service.get_rollout(session, user, rollout_id)
         view = rollout_view(session, rollout, user, runtime_of(app).now())
         session.rollback()
-    page = {"user": user, "csrf": cookie.csrf_token(secret), "csrf_field": cookie.CSRF_FIELD,
-            **view}
+    page = {
+        "user": user,
+        "csrf": cookie.csrf_token(secret),
+        "csrf_field": cookie.CSRF_FIELD,
+        **view,
+    }
     return templates.get_template("_rollout_live.html").render(page)
 
 
@@ -291,8 +365,9 @@ def sse(event: str, data: str) -> str:
     return f"event: {event}\n{lines}\n"
 
 
-async def live_events(request: Request, ctx: AppContext, secret: str,
-                      rollout_id: str) -> AsyncIterator[str]:
+async def live_events(
+    request: Request, ctx: AppContext, secret: str, rollout_id: str
+) -> AsyncIterator[str]:
     """Push the fragment whenever it changes; stop on disconnect, sign-out or after a while."""
     last, quiet_since, started = "", time.monotonic(), time.monotonic()
     yield "retry: 2000\n\n"
@@ -311,13 +386,17 @@ async def live_events(request: Request, ctx: AppContext, secret: str,
 
 
 @router.get("/rollouts/{rollout_id}/events")
-def rollout_events(request: Request, rollout_id: str, ctx: CtxDep, session: ReadSessionDep,
-                   user: User) -> StreamingResponse:
+def rollout_events(
+    request: Request, rollout_id: str, ctx: CtxDep, session: ReadSessionDep, user: User
+) -> StreamingResponse:
     service.get_rollout(session, user, rollout_id)  # 404 before the stream starts
     secret = request.cookies.get(cookie.COOKIE, "")
     headers = {**SECURITY_HEADERS, "X-Accel-Buffering": "no"}
-    return StreamingResponse(live_events(request, ctx, secret, rollout_id),
-                             media_type="text/event-stream", headers=headers)
+    return StreamingResponse(
+        live_events(request, ctx, secret, rollout_id),
+        media_type="text/event-stream",
+        headers=headers,
+    )
 
 
 def no_icon() -> Response:

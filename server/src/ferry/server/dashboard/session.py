@@ -55,5 +55,11 @@ class CookieSpec:
     secure: bool
 
     def kwargs(self) -> dict[str, object]:
-        return {"key": COOKIE, "httponly": True, "samesite": "strict", "secure": self.secure,
-                "path": COOKIE_PATH, "max_age": MAX_AGE_S}
+        return {
+            "key": COOKIE,
+            "httponly": True,
+            "samesite": "strict",
+            "secure": self.secure,
+            "path": COOKIE_PATH,
+            "max_age": MAX_AGE_S,
+        }

@@ -61,8 +61,14 @@ class Pair:
 class DeltaJobs:
     """The app's delta service plus the background builds queued on it."""
 
-    def __init__(self, service: DeltaService, blobs: BlobStore, engine: Engine, metrics: Metrics,
-                 workers: int) -> None:
+    def __init__(
+        self,
+        service: DeltaService,
+        blobs: BlobStore,
+        engine: Engine,
+        metrics: Metrics,
+        workers: int,
+    ) -> None:
         self.service = service
         self.blobs = blobs
         self.engine = engine
@@ -92,8 +98,9 @@ class DeltaJobs:
             if found.outcome is Lookup.NOT_READY:
                 self._loop.call_soon_threadsafe(self.request, from_sha256, to_sha256)
         except Exception:  # a plan must not fail for want of a delta
-            log.exception("delta size lookup failed", extra={"fields": {
-                "from": from_sha256, "to": to_sha256}})
+            log.exception(
+                "delta size lookup failed", extra={"fields": {"from": from_sha256, "to": to_sha256}}
+            )
             return None
         return found.offer.record.delta_size if found.offer is not None else None
 
@@ -104,8 +111,10 @@ class DeltaJobs:
             return
         if len(self._tasks) >= MAX_QUEUED_BUILDS:
             self.metrics.delta_builds.labels("dropped").inc()
-            log.warning("delta build queue full; dropped", extra={"fields": {
-                "from": from_sha256, "to": to_sha256}})
+            log.warning(
+                "delta build queue full; dropped",
+                extra={"fields": {"from": from_sha256, "to": to_sha256}},
+            )
             return
         task = asyncio.create_task(self._build(from_sha256, to_sha256))
         self._tasks[key] = task
@@ -115,9 +124,9 @@ class DeltaJobs:
         fields = {"from": from_sha256, "to": to_sha256}
         async with self._slots:
             try:
-                offer = await self.service.get(from_sha256, to_sha256,
-                                               self.blobs.path(from_sha256),
-                                               self.blobs.path(to_sha256))
+                offer = await self.service.get(
+                    from_sha256, to_sha256, self.blobs.path(from_sha256), self.blobs.path(to_sha256)
+                )
             except Exception:  # a bad pair must never take the server down
                 self.metrics.delta_builds.labels("failed").inc()
                 log.exception("delta build failed", extra={"fields": fields})
@@ -153,8 +162,10 @@ class DeltaJobs:
             return
         for pair in pairs:
             self.request(pair.from_sha256, pair.to_sha256)
-        log.info("delta precompute queued", extra={"fields": {
-            "rollout": rollout_pk, "pairs": len(pairs)}})
+        log.info(
+            "delta precompute queued",
+            extra={"fields": {"rollout": rollout_pk, "pairs": len(pairs)}},
+        )
 
     async def close(self) -> None:
         """Drop queued work, let running builds finish, stop the pool."""
@@ -175,16 +186,29 @@ def rollout_pairs(engine: Engine, rollout_pk: int) -> list[Pair]:
         installed = session.exec(
             select(DeviceSlot.installed_version)
             .join(RolloutDevice, col(RolloutDevice.device_id) == col(DeviceSlot.device_id))
-            .where(RolloutDevice.rollout_id == rollout_pk, DeviceSlot.slot == rollout.slot,
-                   DeviceSlot.model == rollout.model,
-                   col(DeviceSlot.installed_version).is_not(None),
-                   DeviceSlot.installed_version != target_version)
-            .group_by(col(DeviceSlot.installed_version))).all()
+            .where(
+                RolloutDevice.rollout_id == rollout_pk,
+                DeviceSlot.slot == rollout.slot,
+                DeviceSlot.model == rollout.model,
+                col(DeviceSlot.installed_version).is_not(None),
+                DeviceSlot.installed_version != target_version,
+            )
+            .group_by(col(DeviceSlot.installed_version))
+        ).all()
         wanted = sorted({v for v in installed if v is not None} | {target_version})
-        rows = session.exec(select(ModelVersion).where(
-            ModelVersion.model_id == rollout.model_id, col(ModelVersion.version).in_(wanted))).all()
+        rows = session.exec(
+            select(ModelVersion).where(
+                ModelVersion.model_id == rollout.model_id, col(ModelVersion.version).in_(wanted)
+            )
+        ).all()
         files = {row.version: {f["path"]: f["sha256"] for f in row.files} for row in rows}
     target = files.pop(target_version, {})
-    return sorted({Pair(path, old[path], sha) for old in files.values()
-                   for path, sha in target.items() if path in old and old[path] != sha},
-                  key=lambda p: (p.path, p.from_sha256))
+    return sorted(
+        {
+            Pair(path, old[path], sha)
+            for old in files.values()
+            for path, sha in target.items()
+            if path in old and old[path] != sha
+        },
+        key=lambda p: (p.path, p.from_sha256),
+    )

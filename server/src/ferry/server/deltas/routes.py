@@ -40,14 +40,23 @@ def deltas_of(request: Request) -> DeltaJobs | None:
     return jobs
 
 
-@router.head("/deltas/{from_sha256}/{to_sha256}", response_class=Response,
-             include_in_schema=False)  # headers only: the file is not read
-@router.get("/deltas/{from_sha256}/{to_sha256}", response_class=Response, responses={
-    200: {"content": {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
-          "description": "the delta; X-Ferry-Delta-Sha256 and X-Ferry-Delta-Size name it"},
-    206: {"description": "the requested byte range"}})
-async def get_delta(from_sha256: Digest, to_sha256: Digest, request: Request, ctx: CtxDep,
-                    _: DeviceReader) -> Response:
+@router.head(
+    "/deltas/{from_sha256}/{to_sha256}", response_class=Response, include_in_schema=False
+)  # headers only: the file is not read
+@router.get(
+    "/deltas/{from_sha256}/{to_sha256}",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+            "description": "the delta; X-Ferry-Delta-Sha256 and X-Ferry-Delta-Size name it",
+        },
+        206: {"description": "the requested byte range"},
+    },
+)
+async def get_delta(
+    from_sha256: Digest, to_sha256: Digest, request: Request, ctx: CtxDep, _: DeviceReader
+) -> Response:
     """The delta that rebuilds ``to_sha256`` from ``from_sha256``; 404 means "use the full file"."""
     jobs = deltas_of(request)
     if jobs is None:
@@ -55,15 +64,18 @@ async def get_delta(from_sha256: Digest, to_sha256: Digest, request: Request, ct
         raise NotFoundError("deltas are disabled on this server")
     found = await anyio.to_thread.run_sync(jobs.lookup, from_sha256, to_sha256)
     ctx.metrics.delta_requests.labels(
-        "served" if found.outcome is Lookup.READY else found.outcome.value).inc()
+        "served" if found.outcome is Lookup.READY else found.outcome.value
+    ).inc()
     if found.outcome is Lookup.UNKNOWN_BLOB:
         raise NotFoundError("one of the two blobs is not stored")
     if found.outcome is Lookup.NOT_READY:
         jobs.request(from_sha256, to_sha256)
         raise DeltaNotReadyError("the delta is being built; download the full file")
     if found.offer is None:
-        raise NotFoundError("no delta worth sending: download the full file",
-                            {"max_fraction": jobs.service.max_fraction})
+        raise NotFoundError(
+            "no delta worth sending: download the full file",
+            {"max_fraction": jobs.service.max_fraction},
+        )
     record = found.offer.record
     etag = f'"{record.delta_sha256}"'
     if (answer := check_conditions(request, etag)) is not None:
@@ -71,23 +83,43 @@ async def get_delta(from_sha256: Digest, to_sha256: Digest, request: Request, ct
     honour = check_range(request.headers.get("range"), record.delta_size)
     if not honour:
         ctx.metrics.delta_served_bytes.inc(record.delta_size)
-    return BlobResponse(found.offer.path, media_type=MEDIA_TYPE, honour_range=honour,
-                        sent=ctx.metrics.served_bytes.labels("delta"),
-                        headers={"ETag": etag,
-                                 "X-Ferry-Delta-Sha256": record.delta_sha256,
-                                 "X-Ferry-Delta-Size": str(record.delta_size)})
+    return BlobResponse(
+        found.offer.path,
+        media_type=MEDIA_TYPE,
+        honour_range=honour,
+        sent=ctx.metrics.served_bytes.labels("delta"),
+        headers={
+            "ETag": etag,
+            "X-Ferry-Delta-Sha256": record.delta_sha256,
+            "X-Ferry-Delta-Size": str(record.delta_size),
+        },
+    )
 
 
 Sha256Param = Annotated[str, Query(pattern=r"^[0-9a-f]{64}$")]
 FilePath = Annotated[str, Query(min_length=1, max_length=255)]
 
 
-@router.get("/deltas/{from_sha256}/{to_sha256}/descriptor", response_class=Response,
-            responses={200: {"content": {"application/json": {"schema": {"type": "object"}}},
-                             "description": "the delta's descriptor, signed by a bundles key"}})
-async def get_delta_descriptor(from_sha256: Digest, to_sha256: Digest, from_manifest: Sha256Param,
-                               to_manifest: Sha256Param, path: FilePath, request: Request,
-                               ctx: CtxDep, _: DeviceReader) -> Response:
+@router.get(
+    "/deltas/{from_sha256}/{to_sha256}/descriptor",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"application/json": {"schema": {"type": "object"}}},
+            "description": "the delta's descriptor, signed by a bundles key",
+        }
+    },
+)
+async def get_delta_descriptor(
+    from_sha256: Digest,
+    to_sha256: Digest,
+    from_manifest: Sha256Param,
+    to_manifest: Sha256Param,
+    path: FilePath,
+    request: Request,
+    ctx: CtxDep,
+    _: DeviceReader,
+) -> Response:
     """What the delta is (sha256 and size), signed, so a device checks the delta's bytes before
     any decoder runs on them; 404 means "download the whole file", as for the delta itself."""
     jobs = deltas_of(request)

@@ -35,14 +35,20 @@ def mosquitto_hash(password: str, salt: bytes | None = None) -> str:
     """``$7$<iterations>$<b64 salt>$<b64 pbkdf2-sha512>``, as ``mosquitto_passwd`` writes."""
     salt = salt if salt is not None else secrets.token_bytes(_SALT_BYTES)
     digest = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), salt, MOSQUITTO_ITERATIONS)
-    return (f"$7${MOSQUITTO_ITERATIONS}${base64.b64encode(salt).decode()}"
-            f"${base64.b64encode(digest).decode()}")
+    return (
+        f"$7${MOSQUITTO_ITERATIONS}${base64.b64encode(salt).decode()}"
+        f"${base64.b64encode(digest).decode()}"
+    )
 
 
 def device_principal(device: Device) -> Principal:
     """Devices act with the ``device`` role in their own namespace only."""
-    return Principal(token_id=0, name=f"device:{device.id}", role=ServerRole.DEVICE,
-                     namespaces=(device.namespace,))
+    return Principal(
+        token_id=0,
+        name=f"device:{device.id}",
+        role=ServerRole.DEVICE,
+        namespaces=(device.namespace,),
+    )
 
 
 def device_id_of(principal: Principal) -> str:
@@ -53,7 +59,9 @@ def authenticate_device(session: Session, secret: str) -> Principal | None:
     """The ``frd_`` authenticator: unknown or revoked credentials get nobody (401)."""
     if not secret.startswith(DEVICE_TOKEN_PREFIX):
         return None
-    device = session.exec(select(Device).where(Device.credential_hash == sha256_hex(secret))).first()
+    device = session.exec(
+        select(Device).where(Device.credential_hash == sha256_hex(secret))
+    ).first()
     if device is None or device.revoked_at is not None:
         return None
     return device_principal(device)
@@ -70,7 +78,9 @@ class BrokerCredential:
 
 def broker_credentials(session: Session) -> list[BrokerCredential]:
     """Every live device's MQTT login; revoked devices are absent, so a resync locks them out."""
-    rows = session.exec(select(Device.id, Device.mqtt_password_hash)
-                        .where(col(Device.revoked_at).is_(None), Device.mqtt_password_hash != "")
-                        .order_by(Device.id)).all()
+    rows = session.exec(
+        select(Device.id, Device.mqtt_password_hash)
+        .where(col(Device.revoked_at).is_(None), Device.mqtt_password_hash != "")
+        .order_by(Device.id)
+    ).all()
     return [BrokerCredential(device_id, pw_hash, device_id) for device_id, pw_hash in rows]

@@ -25,33 +25,49 @@ def get_device(session: Session, viewer: Principal, device_id: str) -> Device:
     return device
 
 
-def list_devices(session: Session, viewer: Principal, *, namespace: str | None,
-                 selector: Selector, include_revoked: bool, limit: int,
-                 offset: int) -> list[Device]:
+def list_devices(
+    session: Session,
+    viewer: Principal,
+    *,
+    namespace: str | None,
+    selector: Selector,
+    include_revoked: bool,
+    limit: int,
+    offset: int,
+) -> list[Device]:
     stmt = select(Device).order_by(col(Device.id))
     if namespace:
         stmt = stmt.where(Device.namespace == namespace)
     if not include_revoked:
         stmt = stmt.where(col(Device.revoked_at).is_(None))
     stmt = stmt.where(*hardware_filter(selector))
-    rows = [d for d in session.exec(stmt).all()
-            if viewer.in_namespace(d.namespace) and matches(selector, d.tags)]
-    return rows[offset:offset + limit]
+    rows = [
+        d
+        for d in session.exec(stmt).all()
+        if viewer.in_namespace(d.namespace) and matches(selector, d.tags)
+    ]
+    return rows[offset : offset + limit]
 
 
 def device_slots(session: Session, device_id: str) -> Sequence[DeviceSlot]:
-    return session.exec(select(DeviceSlot).where(DeviceSlot.device_id == device_id)
-                        .order_by(col(DeviceSlot.slot))).all()
+    return session.exec(
+        select(DeviceSlot).where(DeviceSlot.device_id == device_id).order_by(col(DeviceSlot.slot))
+    ).all()
 
 
 def history(session: Session, device_id: str, limit: int) -> Sequence[DeviceReport]:
     """Newest first: the device's status reports as received."""
-    return session.exec(select(DeviceReport).where(DeviceReport.device_id == device_id)
-                        .order_by(col(DeviceReport.id).desc()).limit(limit)).all()
+    return session.exec(
+        select(DeviceReport)
+        .where(DeviceReport.device_id == device_id)
+        .order_by(col(DeviceReport.id).desc())
+        .limit(limit)
+    ).all()
 
 
-def change_tags(session: Session, actor: Principal, device: Device, *, add: dict[str, str],
-                remove: list[str]) -> Device:
+def change_tags(
+    session: Session, actor: Principal, device: Device, *, add: dict[str, str], remove: list[str]
+) -> Device:
     """Selectors see new tags at once; MQTT groups follow at the device's next enrolment."""
     if "hw" in add or "hw" in remove:
         raise ValidationFailedError("the 'hw' tag is the device's hardware type; it cannot change")
@@ -60,8 +76,13 @@ def change_tags(session: Session, actor: Principal, device: Device, *, add: dict
     device.tags, device.groups = tags, groups_for(tags)
     session.add(device)
     session.flush()
-    audit.append(session, actor=actor.name, action="device.tags", target=f"device:{device.id}",
-                 details={"add": add, "remove": sorted(remove)})
+    audit.append(
+        session,
+        actor=actor.name,
+        action="device.tags",
+        target=f"device:{device.id}",
+        details={"add": add, "remove": sorted(remove)},
+    )
     return device
 
 

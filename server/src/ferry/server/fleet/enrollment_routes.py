@@ -36,8 +36,9 @@ def _public(row: EnrollmentToken) -> EnrollmentTokenPublic:
 
 
 @router.post("/enrollment-tokens", status_code=201)
-def create_token(body: EnrollmentTokenCreate, session: SessionDep, operator: Operator,
-                 runtime: RuntimeDep) -> EnrollmentTokenCreated:
+def create_token(
+    body: EnrollmentTokenCreate, session: SessionDep, operator: Operator, runtime: RuntimeDep
+) -> EnrollmentTokenCreated:
     operator.require((ServerRole.OPERATOR,), body.namespace)
     if body.expires_at is not None and body.expires_in_s is not None:
         raise ValidationFailedError("give expires_at or expires_in_s, not both")
@@ -49,22 +50,30 @@ def create_token(body: EnrollmentTokenCreate, session: SessionDep, operator: Ope
             parse_time(expires_at, "expires_at")
         except MalformedError as exc:
             raise ValidationFailedError(str(exc)) from exc
-    row, secret = enrollment.create_token(session, operator, namespace=body.namespace,
-                                          name=body.name, max_uses=body.max_uses,
-                                          expires_at=expires_at, tags=body.tags)
+    row, secret = enrollment.create_token(
+        session,
+        operator,
+        namespace=body.namespace,
+        name=body.name,
+        max_uses=body.max_uses,
+        expires_at=expires_at,
+        tags=body.tags,
+    )
     session.commit()
     return EnrollmentTokenCreated(**_public(row).model_dump(), token=secret)
 
 
 @router.get("/enrollment-tokens")
-def list_tokens(session: SessionDep, operator: Operator,
-                namespace: str | None = None) -> list[EnrollmentTokenPublic]:
+def list_tokens(
+    session: SessionDep, operator: Operator, namespace: str | None = None
+) -> list[EnrollmentTokenPublic]:
     return [_public(row) for row in enrollment.list_tokens(session, operator, namespace)]
 
 
 @router.delete("/enrollment-tokens/{token_id}", status_code=204, response_class=Response)
-def revoke_token(token_id: RowId, session: SessionDep, operator: Operator,
-                 runtime: RuntimeDep) -> Response:
+def revoke_token(
+    token_id: RowId, session: SessionDep, operator: Operator, runtime: RuntimeDep
+) -> Response:
     enrollment.revoke_token(session, operator, token_id, runtime.now())
     session.commit()
     return Response(status_code=204)
@@ -73,15 +82,27 @@ def revoke_token(token_id: RowId, session: SessionDep, operator: Operator,
 @router.post("/device/enroll", status_code=201)
 def enroll(body: EnrollRequest, session: SessionDep, runtime: RuntimeDep) -> Enrolled:
     """No bearer token: the enrolment token in the body is the credential."""
-    done = enrollment.enroll(session, token=body.enrollment_token, device_id=body.device_id,
-                             hardware=body.hardware, agent_version=body.agent_version,
-                             tags=body.tags, now=runtime.now(), credential=body.credential)
+    done = enrollment.enroll(
+        session,
+        token=body.enrollment_token,
+        device_id=body.device_id,
+        hardware=body.hardware,
+        agent_version=body.agent_version,
+        tags=body.tags,
+        now=runtime.now(),
+        credential=body.credential,
+    )
     keyring = json.loads(trust.get_envelope(session))
     session.commit()
     runtime.broker_sync.credentials_changed()
     url = runtime.broker_url
-    return Enrolled(device_id=done.device.id, credential=done.credential, keyring=keyring,
-                    groups=done.device.groups,
-                    mqtt=MqttLogin(url=url, username=done.device.id, password=done.mqtt_password)
-                    if url else None,
-                    poll_interval_s=runtime.settings.poll_interval_s)
+    return Enrolled(
+        device_id=done.device.id,
+        credential=done.credential,
+        keyring=keyring,
+        groups=done.device.groups,
+        mqtt=MqttLogin(url=url, username=done.device.id, password=done.mqtt_password)
+        if url
+        else None,
+        poll_interval_s=runtime.settings.poll_interval_s,
+    )

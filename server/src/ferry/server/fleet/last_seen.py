@@ -46,13 +46,20 @@ class LastSeen:
             pending, self._pending = self._pending, {}
         if not pending:
             return 0
-        statement = (update(_DEVICES)
-                     .where(_DEVICES.c.id == bindparam("device"),
-                            or_(_DEVICES.c.last_seen_at.is_(None),
-                                _DEVICES.c.last_seen_at < bindparam("stamp")))
-                     .values(last_seen_at=bindparam("stamp")))
-        rows = [{"device": device, "stamp": format_time(moment)}
-                for device, moment in sorted(pending.items())]
+        statement = (
+            update(_DEVICES)
+            .where(
+                _DEVICES.c.id == bindparam("device"),
+                or_(
+                    _DEVICES.c.last_seen_at.is_(None), _DEVICES.c.last_seen_at < bindparam("stamp")
+                ),
+            )
+            .values(last_seen_at=bindparam("stamp"))
+        )
+        rows = [
+            {"device": device, "stamp": format_time(moment)}
+            for device, moment in sorted(pending.items())
+        ]
         try:
             with session_scope(engine) as session:
                 session.connection().execute(statement, rows)

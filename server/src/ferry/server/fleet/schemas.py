@@ -9,8 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from ferry.server.core.schemas import NAME_PATTERN, Strict, Timestamp
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-TagMap = dict[Annotated[str, StringConstraints(max_length=63)],
-              Annotated[str, StringConstraints(max_length=64)]]
+TagMap = dict[
+    Annotated[str, StringConstraints(max_length=63)],
+    Annotated[str, StringConstraints(max_length=64)],
+]
 
 
 class EnrollmentTokenCreate(Strict):

@@ -30,11 +30,15 @@ Selector = dict[str, SelectorValue]
 
 def check_tags(tags: Mapping[str, str], what: str = "tags") -> dict[str, str]:
     """Refuse keys or values that could not become a selector or a topic segment."""
-    bad = [f"{k}={v}" for k, v in tags.items()
-           if not isinstance(v, str) or not TAG_KEY.match(k) or not TAG_VALUE.match(v)]
+    bad = [
+        f"{k}={v}"
+        for k, v in tags.items()
+        if not isinstance(v, str) or not TAG_KEY.match(k) or not TAG_VALUE.match(v)
+    ]
     if bad:
         raise ValidationFailedError(
-            f"{what}: keys are lower-case names, values [A-Za-z0-9._-]{{1,64}}", {"bad": bad})
+            f"{what}: keys are lower-case names, values [A-Za-z0-9._-]{{1,64}}", {"bad": bad}
+        )
     return dict(tags)
 
 
@@ -54,10 +58,10 @@ def parse_selector(text: str) -> Selector:
         if term is None or term.group(1) in selector:
             raise ValidationFailedError(
                 f"selector {text!r}: expected key=value or key in (v1,v2) terms, each key "
-                "once, joined by commas, e.g. hw in (x86_64,aarch64),region=eu")
+                "once, joined by commas, e.g. hw in (x86_64,aarch64),region=eu"
+            )
         key, value, options = term.groups()
-        values = sorted({v.strip() for v in options.split(",")}) if options is not None \
-            else [value]
+        values = sorted({v.strip() for v in options.split(",")}) if options is not None else [value]
         selector[key] = values[0] if len(values) == 1 else values
         pos = term.end()
     for key, vs in selector.items():
@@ -82,8 +86,10 @@ def hardware_filter(selector: Mapping[str, SelectorValue]) -> list[ColumnElement
 
 
 def format_selector(selector: Mapping[str, SelectorValue]) -> str:
-    return ",".join(f"{k}={v}" if isinstance(v, str) else f"{k} in ({','.join(v)})"
-                    for k, v in sorted(selector.items()))
+    return ",".join(
+        f"{k}={v}" if isinstance(v, str) else f"{k} in ({','.join(v)})"
+        for k, v in sorted(selector.items())
+    )
 
 
 def matches(selector: Mapping[str, SelectorValue], tags: Mapping[str, str]) -> bool:

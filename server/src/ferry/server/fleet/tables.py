@@ -108,5 +108,6 @@ class FleetEpoch(SQLModel, table=True):
     id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
     value: int = 0
 
+
 # What a desired state and a device's authentication depend on (`ferry.server.core.epoch`).
 epoch.watch(Device, ["revoked_at", "tags", "groups", "hardware", "namespace", "credential_hash"])

@@ -17,8 +17,9 @@ from ferry.server.mqtt._settings import MqttSettings
 log = logging.getLogger("ferry.server.mqtt")
 
 
-async def start_mqtt(app: FastAPI, ctx: AppContext,
-                     settings: MqttSettings | None = None) -> MqttService | None:
+async def start_mqtt(
+    app: FastAPI, ctx: AppContext, settings: MqttSettings | None = None
+) -> MqttService | None:
     """Start the transport and make it the fleet's notifier and broker sync.
 
     Returns None when MQTT is off (``FERRY_MQTT_ENABLED=false``, or the embedded
@@ -31,16 +32,21 @@ async def start_mqtt(app: FastAPI, ctx: AppContext,
     runtime = runtime_of(app)
     if not settings.state_dir:
         settings = settings.with_overrides(state_dir=str(ctx.settings.data_dir / "mqtt"))
-    service = MqttService(settings, directory=FleetDirectory(ctx.read_engine),
-                          sink=FleetStatusSink(ctx.engine, runtime.now, ctx.metrics),
-                          metrics=MqttMetrics(ctx.metrics.registry))
+    service = MqttService(
+        settings,
+        directory=FleetDirectory(ctx.read_engine),
+        sink=FleetStatusSink(ctx.engine, runtime.now, ctx.metrics),
+        metrics=MqttMetrics(ctx.metrics.registry),
+    )
     try:
         await service.start()
     except BrokerStartError as exc:
         # A second server on one machine (or a test) must not die for want of port 1885.
-        log.error("continuing without MQTT: devices converge by HTTP polling; set "
-                  "FERRY_MQTT_PORT to a free port or FERRY_MQTT_ENABLED=false",
-                  extra={"fields": {"error": str(exc), "code": exc.code}})
+        log.error(
+            "continuing without MQTT: devices converge by HTTP polling; set "
+            "FERRY_MQTT_PORT to a free port or FERRY_MQTT_ENABLED=false",
+            extra={"fields": {"error": str(exc), "code": exc.code}},
+        )
         return None
     service.link.on_publish_error = ctx.metrics.mqtt_publish_errors.inc
     runtime.notifier = service.notifier

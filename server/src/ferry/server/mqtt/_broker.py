@@ -35,11 +35,12 @@ from ferry.server.mqtt._errors import BrokerStartError
 
 log = logging.getLogger("ferry.server.mqtt")
 PasswordCheck = Callable[[str, str], bool]
-_CHECKS: dict[str, PasswordCheck] = {}   # plugin config can only carry plain data
+_CHECKS: dict[str, PasswordCheck] = {}  # plugin config can only carry plain data
 
 
-def topic_allowed(username: str | None, topic: str | None, action: Action | str,
-                  server_username: str) -> bool:
+def topic_allowed(
+    username: str | None, topic: str | None, action: Action | str, server_username: str
+) -> bool:
     """The ACL of ``firmware_examples/mosquitto/acl``, for one user and one topic (filter)."""
     if not username or not topic:
         return False
@@ -56,8 +57,12 @@ def topic_allowed(username: str | None, topic: str | None, action: Action | str,
 
 def _is_group_notice(topic: str) -> bool:
     parts = topic.split("/")
-    return (len(parts) == 5 and "/".join(parts[:3]) == f"{topics.PREFIX}/groups"
-            and parts[3] not in ("", "#") and parts[4] == "notice")
+    return (
+        len(parts) == 5
+        and "/".join(parts[:3]) == f"{topics.PREFIX}/groups"
+        and parts[3] not in ("", "#")
+        and parts[4] == "notice"
+    )
 
 
 class FerryAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no type hints
@@ -76,8 +81,11 @@ class FerryAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no t
         try:
             return await asyncio.to_thread(check, session.username, str(session.password))
         except Exception:  # a database hiccup refuses this login; it must not kill the broker
-            log.warning("broker login check failed", exc_info=True,
-                        extra={"fields": {"username": session.username}})
+            log.warning(
+                "broker login check failed",
+                exc_info=True,
+                extra={"fields": {"username": session.username}},
+            )
             return False
 
 
@@ -88,11 +96,17 @@ class FerryTopicPlugin(BaseTopicPlugin):  # type: ignore[misc]  # amqtt ships no
     class Config:
         server_username: str = ""
 
-    async def topic_filtering(self, *, session: Session | None = None, topic: str | None = None,
-                              action: Action | None = None) -> bool:
+    async def topic_filtering(
+        self,
+        *,
+        session: Session | None = None,
+        topic: str | None = None,
+        action: Action | None = None,
+    ) -> bool:
         username = session.username if session is not None else None
-        return topic_allowed(username, topic, action or Action.SUBSCRIBE,
-                             self.config.server_username)
+        return topic_allowed(
+            username, topic, action or Action.SUBSCRIBE, self.config.server_username
+        )
 
 
 class _Replay(ReaderAdapter):  # type: ignore[misc]
@@ -127,9 +141,13 @@ class _GuardedBroker(Broker):  # type: ignore[misc]
         super().__init__(config)
         self._check = check
 
-    async def _initialize_client_session(self, reader: ReaderAdapter, writer: WriterAdapter,
-                                         remote_address: str, remote_port: int,
-                                         ) -> tuple[BrokerProtocolHandler, Session]:
+    async def _initialize_client_session(
+        self,
+        reader: ReaderAdapter,
+        writer: WriterAdapter,
+        remote_address: str,
+        remote_port: int,
+    ) -> tuple[BrokerProtocolHandler, Session]:
         try:
             connect = await ConnectPacket.from_stream(reader)
         except NoDataError as exc:
@@ -141,7 +159,8 @@ class _GuardedBroker(Broker):  # type: ignore[misc]
             raise AMQTTError(f"login refused from {remote_address}:{remote_port}")
         replay = _Replay(bytes(connect.to_bytes()), reader)
         started: tuple[BrokerProtocolHandler, Session] = await super()._initialize_client_session(
-            replay, writer, remote_address, remote_port)
+            replay, writer, remote_address, remote_port
+        )
         return started
 
     async def _allowed(self, connect: ConnectPacket) -> bool:
@@ -152,22 +171,32 @@ class _GuardedBroker(Broker):  # type: ignore[misc]
         if not username or password is None:
             return False
         if client_id != username:
-            log.warning("broker login refused: client id is not the login", extra={"fields": {
-                "username": username, "client_id": client_id}})
+            log.warning(
+                "broker login refused: client id is not the login",
+                extra={"fields": {"username": username, "client_id": client_id}},
+            )
             return False
         try:
             return await asyncio.to_thread(self._check, username, str(password))
         except Exception:  # a database hiccup refuses this login; it must not kill the broker
-            log.warning("broker login check failed", exc_info=True,
-                        extra={"fields": {"username": username}})
+            log.warning(
+                "broker login check failed", exc_info=True, extra={"fields": {"username": username}}
+            )
             return False
 
 
 class EmbeddedBroker:
     """amqtt on ``host:port``; the server user logs in with a per-process random password."""
 
-    def __init__(self, host: str, port: int, *, server_username: str, server_password: str,
-                 device_check: PasswordCheck) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        server_username: str,
+        server_password: str,
+        device_check: PasswordCheck,
+    ) -> None:
         self.host, self.port = host, port
         self.server_username = server_username
         self._server_password = server_password
@@ -195,8 +224,9 @@ class EmbeddedBroker:
             await self._broker.start()
         except BrokerError as exc:
             _CHECKS.pop(self._key, None)
-            raise BrokerStartError(f"embedded MQTT broker cannot listen on "
-                                   f"{self.host}:{self.port}: {exc}") from exc
+            raise BrokerStartError(
+                f"embedded MQTT broker cannot listen on {self.host}:{self.port}: {exc}"
+            ) from exc
 
     async def stop(self) -> None:
         if self._broker is not None:

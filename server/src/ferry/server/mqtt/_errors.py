@@ -1,8 +1,8 @@
 """Errors of the MQTT transport.
 
-    MqttError                 mqtt_error
-    ├── MqttConfigError       mqtt_config_invalid
-    └── BrokerStartError      broker_start_failed
+MqttError                 mqtt_error
+├── MqttConfigError       mqtt_config_invalid
+└── BrokerStartError      broker_start_failed
 """
 
 from __future__ import annotations

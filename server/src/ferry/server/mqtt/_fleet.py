@@ -45,8 +45,9 @@ class FleetStatusSink:
     connection opened before its revocation).
     """
 
-    def __init__(self, engine: Engine, clock: Callable[[], datetime],
-                 metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, engine: Engine, clock: Callable[[], datetime], metrics: Metrics | None = None
+    ) -> None:
         self.engine = engine
         self.clock = clock
         self.metrics = metrics
@@ -55,10 +56,14 @@ class FleetStatusSink:
         now = self.clock().replace(microsecond=0)
         with session_scope(self.engine) as session:
             result = ingest_batch(session, [report for _, report in batch], now)
-        outcome = {"accepted": len(result.accepted), "duplicate": len(result.duplicates),
-                   "unknown_device": len(result.unknown_device),
-                   "revoked_device": len(result.revoked_device)}
+        outcome = {
+            "accepted": len(result.accepted),
+            "duplicate": len(result.duplicates),
+            "unknown_device": len(result.unknown_device),
+            "revoked_device": len(result.revoked_device),
+        }
         if self.metrics is not None:  # after the commit: counted once it is durable
-            self.metrics.record_reports("mqtt", outcome["accepted"], outcome["duplicate"],
-                                        result.lags_s)
+            self.metrics.record_reports(
+                "mqtt", outcome["accepted"], outcome["duplicate"], result.lags_s
+            )
         return outcome

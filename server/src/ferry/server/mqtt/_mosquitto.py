@@ -56,15 +56,22 @@ def render_acl(server_usernames: Iterable[str]) -> str:
     (a test keeps the two equal).
     """
     prefix = topics.PREFIX
-    lines = ["# Ferry topic ACL (Mosquitto acl_file). %u is the login name = the device id.", "",
-             "# The Ferry server (one `user` block per replica login): publishes notices,",
-             "# reads every device's status."]
+    lines = [
+        "# Ferry topic ACL (Mosquitto acl_file). %u is the login name = the device id.",
+        "",
+        "# The Ferry server (one `user` block per replica login): publishes notices,",
+        "# reads every device's status.",
+    ]
     for username in sorted(set(server_usernames)):
         lines += [f"user {username}", f"topic readwrite {prefix}/#"]
-    lines += ["", "# Every device: its own notice topic, the notices of any group, its own status.",
-              f"pattern read {prefix}/devices/%u/notice",
-              f"pattern read {prefix}/groups/+/notice",
-              f"pattern write {prefix}/devices/%u/status", ""]
+    lines += [
+        "",
+        "# Every device: its own notice topic, the notices of any group, its own status.",
+        f"pattern read {prefix}/devices/%u/notice",
+        f"pattern read {prefix}/groups/+/notice",
+        f"pattern write {prefix}/devices/%u/status",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -88,7 +95,9 @@ def render_config(state_dir: Path, host: str, port: int) -> str:
         "max_queued_messages 100000",
         "max_inflight_messages 1000",
         f"log_dest file {state_dir / 'mosquitto.log'}",
-        "log_type error", "log_type warning", "log_type notice",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
     ]
     if os.geteuid() == 0:  # as root Mosquitto would switch to `mosquitto`, who cannot read these
         lines.append(f"user {pwd.getpwuid(os.geteuid()).pw_name}")
@@ -136,9 +145,17 @@ class MosquittoBroker:
     thread, which lives until `stop`.
     """
 
-    def __init__(self, binary: str, state_dir: Path, host: str, port: int, *,
-                 server_usernames: Iterable[str], operator_acl: Path | None = None,
-                 write_passwords: Callable[[], object] = lambda: None) -> None:
+    def __init__(
+        self,
+        binary: str,
+        state_dir: Path,
+        host: str,
+        port: int,
+        *,
+        server_usernames: Iterable[str],
+        operator_acl: Path | None = None,
+        write_passwords: Callable[[], object] = lambda: None,
+    ) -> None:
         self.binary = binary
         self.state_dir = state_dir
         self.host, self.port = host, port
@@ -184,8 +201,9 @@ class MosquittoBroker:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
-            raise BrokerStartError(f"another server's embedded broker uses {self.state_dir}"
-                                   ) from exc
+            raise BrokerStartError(
+                f"another server's embedded broker uses {self.state_dir}"
+            ) from exc
         self._lock_fd = fd
 
     def _unlock_state_dir(self) -> None:
@@ -195,8 +213,10 @@ class MosquittoBroker:
 
     async def start(self) -> None:
         if not _port_is_free(self.host, self.port):
-            raise BrokerStartError(f"embedded MQTT broker cannot listen on {self.host}:"
-                                   f"{self.port}: the address is in use")
+            raise BrokerStartError(
+                f"embedded MQTT broker cannot listen on {self.host}:"
+                f"{self.port}: the address is in use"
+            )
         self._lock_state_dir()
         try:
             await self._start_child()
@@ -207,16 +227,22 @@ class MosquittoBroker:
     async def _start_child(self) -> None:
         self.write_files()
         self._write_passwords()
-        self._thread = threading.Thread(target=self._supervise, name="ferry-mosquitto",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._supervise, name="ferry-mosquitto", daemon=True)
         self._thread.start()
         self._started.wait(START_TIMEOUT_S + 5)
         if self._start_error is not None or self.process is None:
             self._stopping.set()
             raise self._start_error or BrokerStartError("mosquitto did not start in time")
-        log.info("embedded broker: mosquitto started", extra={"fields": {
-            "pid": self.process.pid, "listener": f"{self.host}:{self.port}",
-            "config": str(self.conf_path)}})
+        log.info(
+            "embedded broker: mosquitto started",
+            extra={
+                "fields": {
+                    "pid": self.process.pid,
+                    "listener": f"{self.host}:{self.port}",
+                    "config": str(self.conf_path),
+                }
+            },
+        )
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -229,10 +255,14 @@ class MosquittoBroker:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         with self.log_path.open("ab") as out:
-            process = subprocess.Popen([self.binary, "-c", str(self.conf_path)], stdout=out,
-                                       stderr=out, stdin=subprocess.DEVNULL,
-                                       preexec_fn=_die_with_parent,  # noqa: PLW1509 (above)
-                                       start_new_session=True)
+            process = subprocess.Popen(
+                [self.binary, "-c", str(self.conf_path)],
+                stdout=out,
+                stderr=out,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 (above)
+                start_new_session=True,
+            )
         self.process = process
         try:
             _wait_listening(self.host, self.port, process)
@@ -255,8 +285,10 @@ class MosquittoBroker:
             if self._stopping.is_set():
                 self._reap(process)
                 return
-            log.error("embedded broker: mosquitto exited; restarting it", extra={"fields": {
-                "exit_code": code, "log": str(self.log_path)}})
+            log.error(
+                "embedded broker: mosquitto exited; restarting it",
+                extra={"fields": {"exit_code": code, "log": str(self.log_path)}},
+            )
             self._stopping.wait(RESTART_DELAY_S)
             try:
                 process = self._spawn() if not self._stopping.is_set() else process

@@ -33,8 +33,7 @@ class MqttNotifier:
         self._link = link
         self._metrics = metrics
 
-    def announce(self, groups: list[str], rollout_id: str | None,
-                 epoch: int | None = None) -> None:
+    def announce(self, groups: list[str], rollout_id: str | None, epoch: int | None = None) -> None:
         """A wave opened or a rollout changed: every device of these groups re-fetches."""
         payload = notice_payload(REASON_DESIRED_STATE, rollout_id, epoch)
         for group in sorted(set(groups)):

@@ -68,8 +68,10 @@ def embedded_mosquitto(settings: MqttSettings) -> str | None:
         return None
     binary = find_mosquitto(settings.mosquitto_binary)
     if binary is None and settings.embedded_broker == "mosquitto":
-        raise MqttConfigError("FERRY_MQTT_EMBEDDED_BROKER=mosquitto but no mosquitto executable "
-                              f"was found ({settings.mosquitto_binary or 'PATH, /usr/sbin'})")
+        raise MqttConfigError(
+            "FERRY_MQTT_EMBEDDED_BROKER=mosquitto but no mosquitto executable "
+            f"was found ({settings.mosquitto_binary or 'PATH, /usr/sbin'})"
+        )
     return binary
 
 
@@ -90,8 +92,15 @@ def read_operator_logins(path: Path) -> list[tuple[str, str]]:
 class MqttService:
     """Implements the fleet's ``Notifier`` (via `notifier`) and ``BrokerSync``."""
 
-    def __init__(self, settings: MqttSettings, *, directory: DeviceDirectory, sink: StatusSink,
-                 metrics: MqttMetrics, client_id: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        directory: DeviceDirectory,
+        sink: StatusSink,
+        metrics: MqttMetrics,
+        client_id: str | None = None,
+    ) -> None:
         self.directory = directory
         self.metrics = metrics
         self.broker: Broker | None = None
@@ -99,11 +108,15 @@ class MqttService:
             settings = self._embedded_broker(settings)
         self.settings = settings
         self.subscriber = StatusSubscriber(sink, metrics, batch_size=settings.ingest_batch)
-        self.link = MqttLink(settings.broker_url, client_id=client_id or settings.session_id,
-                             username=settings.username, password=settings.password,
-                             subscription=status_subscription(settings),
-                             on_message=lambda m: self.subscriber.handle(m.topic, bytes(m.payload), m.mid),
-                             on_state=self._link_state)
+        self.link = MqttLink(
+            settings.broker_url,
+            client_id=client_id or settings.session_id,
+            username=settings.username,
+            password=settings.password,
+            subscription=status_subscription(settings),
+            on_message=lambda m: self.subscriber.handle(m.topic, bytes(m.payload), m.mid),
+            on_state=self._link_state,
+        )
         self.subscriber.ack = self.link.ack
         self.notifier = MqttNotifier(self.link, metrics)
         self._dirty = threading.Event()
@@ -116,26 +129,42 @@ class MqttService:
         password = secrets.token_urlsafe(24)
         binary = embedded_mosquitto(settings)
         if binary is None:
-            why = ("FERRY_MQTT_EMBEDDED_BROKER=amqtt" if settings.embedded_broker == "amqtt"
-                   else "mosquitto is not installed")
-            log.warning(f"embedded broker: amqtt fallback ({why}): development only, no "
-                        "persistence across restarts; install mosquitto for the default broker "
-                        "(docs/mqtt.md)")
-            self.broker = EmbeddedBroker(settings.host, settings.port,
-                                         server_username=settings.username,
-                                         server_password=password,
-                                         device_check=self.check_device_password)
+            why = (
+                "FERRY_MQTT_EMBEDDED_BROKER=amqtt"
+                if settings.embedded_broker == "amqtt"
+                else "mosquitto is not installed"
+            )
+            log.warning(
+                f"embedded broker: amqtt fallback ({why}): development only, no "
+                "persistence across restarts; install mosquitto for the default broker "
+                "(docs/mqtt.md)"
+            )
+            self.broker = EmbeddedBroker(
+                settings.host,
+                settings.port,
+                server_username=settings.username,
+                server_password=password,
+                device_check=self.check_device_password,
+            )
             return dataclasses.replace(settings, password=password)
         state = Path(settings.state_dir or tempfile.mkdtemp(prefix="ferry-mqtt-"))
-        self.broker = MosquittoBroker(binary, state, settings.host, settings.port,
-                                      server_usernames=[settings.username],
-                                      operator_acl=state / "operator.acl",
-                                      write_passwords=lambda: self.sync_passwords(reload=False))
+        self.broker = MosquittoBroker(
+            binary,
+            state,
+            settings.host,
+            settings.port,
+            server_usernames=[settings.username],
+            operator_acl=state / "operator.acl",
+            write_passwords=lambda: self.sync_passwords(reload=False),
+        )
         return dataclasses.replace(
-            settings, password=password, password_file=str(state / "passwd"),
+            settings,
+            password=password,
+            password_file=str(state / "passwd"),
             pid_file=str(state / "mosquitto.pid"),
             operator_password_file=settings.operator_password_file
-            or str(state / "operator.passwd"))
+            or str(state / "operator.passwd"),
+        )
 
     @property
     def device_url(self) -> str:
@@ -153,14 +182,22 @@ class MqttService:
         if self.broker is not None:  # our Mosquitto writes it once its state dir is ours
             await self.broker.start()
         if self.settings.password_file:
-            self._syncer = threading.Thread(target=self._sync_loop, name="ferry-mqtt-passwords",
-                                            daemon=True)
+            self._syncer = threading.Thread(
+                target=self._sync_loop, name="ferry-mqtt-passwords", daemon=True
+            )
             self._syncer.start()
         self.subscriber.start()
         self.link.start()
-        log.info("mqtt started", extra={"fields": {
-            "broker": self.settings.broker_url, "embedded": self.settings.embedded,
-            "subscription": self.link.subscription}})
+        log.info(
+            "mqtt started",
+            extra={
+                "fields": {
+                    "broker": self.settings.broker_url,
+                    "embedded": self.settings.embedded,
+                    "subscription": self.link.subscription,
+                }
+            },
+        )
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -203,10 +240,19 @@ class MqttService:
         """Rewrite the password file from the fleet, then SIGHUP Mosquitto; True if signalled."""
         logins = self._merged_logins()
         write_password_file(Path(self.settings.password_file), logins)
-        reloaded = (reload and bool(self.settings.pid_file)
-                    and signal_reload(Path(self.settings.pid_file)))
-        log.info("broker password file rewritten", extra={"fields": {
-            "path": self.settings.password_file, "logins": len(logins), "reloaded": reloaded}})
+        reloaded = (
+            reload and bool(self.settings.pid_file) and signal_reload(Path(self.settings.pid_file))
+        )
+        log.info(
+            "broker password file rewritten",
+            extra={
+                "fields": {
+                    "path": self.settings.password_file,
+                    "logins": len(logins),
+                    "reloaded": reloaded,
+                }
+            },
+        )
         return reloaded
 
     def _merged_logins(self) -> list[tuple[str, str]]:
@@ -221,12 +267,15 @@ class MqttService:
             if user == self.settings.username:  # replicas share one file listing all of them
                 continue
             if user in merged:
-                log.warning("operator password file: a login shadows a device's",
-                            extra={"fields": {"path": operator_file, "username": user}})
+                log.warning(
+                    "operator password file: a login shadows a device's",
+                    extra={"fields": {"path": operator_file, "username": user}},
+                )
             merged[user] = pw_hash
         if self.settings.password:
-            merged[self.settings.username] = mosquitto_hash(self.settings.password,
-                                                            secrets.token_bytes(12))
+            merged[self.settings.username] = mosquitto_hash(
+                self.settings.password, secrets.token_bytes(12)
+            )
         return list(merged.items())
 
     def _link_state(self, live: bool, reason: str) -> None:
@@ -234,14 +283,23 @@ class MqttService:
         self.metrics.connected.set(1 if live else 0)
         if live:
             if not self._was_live:
-                log.info("status subscription live", extra={"fields": {
-                    "subscription": self.link.subscription}})
+                log.info(
+                    "status subscription live",
+                    extra={"fields": {"subscription": self.link.subscription}},
+                )
         elif self._was_live and not self._stopping.is_set():
             self.metrics.subscription_lost.inc()
-            log.error("status subscription lost: reports are not ingested until it is back "
-                      "(broker restart, network, or another client took this session)",
-                      extra={"fields": {"broker": self.settings.broker_url, "reason": reason,
-                                        "client_id": self.link.client_id}})
+            log.error(
+                "status subscription lost: reports are not ingested until it is back "
+                "(broker restart, network, or another client took this session)",
+                extra={
+                    "fields": {
+                        "broker": self.settings.broker_url,
+                        "reason": reason,
+                        "client_id": self.link.client_id,
+                    }
+                },
+            )
         self._was_live = live
 
     def _sync_loop(self) -> None:

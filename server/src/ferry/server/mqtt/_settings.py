@@ -21,8 +21,14 @@ from ferry.server.core.settings import (
 from ferry.server.mqtt._errors import MqttConfigError
 
 DEFAULT_PORT = DEFAULT_MQTT_PORT
-__all__ = ["DEFAULT_PORT", "EMBEDDED_BROKERS", "SERVER_USERNAME", "MqttSettings",
-           "SettingsError", "parse_url"]
+__all__ = [
+    "DEFAULT_PORT",
+    "EMBEDDED_BROKERS",
+    "SERVER_USERNAME",
+    "MqttSettings",
+    "SettingsError",
+    "parse_url",
+]
 
 
 def parse_url(url: str) -> tuple[str, int]:

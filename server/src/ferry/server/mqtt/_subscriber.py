@@ -62,8 +62,9 @@ def parse_status_message(topic: str, payload: bytes) -> tuple[str, StatusReport]
     except ProtocolError as exc:
         raise StatusMessageError("malformed", str(exc)) from exc
     if report.device_id != device_id:
-        raise StatusMessageError("topic_mismatch",
-                                 f"report for {report.device_id!r} on {device_id!r}'s topic")
+        raise StatusMessageError(
+            "topic_mismatch", f"report for {report.device_id!r} on {device_id!r}'s topic"
+        )
     return device_id, report
 
 
@@ -94,8 +95,10 @@ class StatusSubscriber:
             device_id, report = parse_status_message(topic, payload)
         except StatusMessageError as exc:
             self.metrics.status_messages.labels(exc.code).inc()
-            log.warning("dropped a status message", extra={"fields": {
-                "topic": topic, "outcome": exc.code, "reason": str(exc)[:300]}})
+            log.warning(
+                "dropped a status message",
+                extra={"fields": {"topic": topic, "outcome": exc.code, "reason": str(exc)[:300]}},
+            )
             self.ack(mid)
             return
         self._queue.put(Received(device_id, report, mid))

@@ -18,8 +18,13 @@ def _public(row: Namespace) -> NamespacePublic:
 
 @router.post("/namespaces", status_code=201)
 def create(body: NamespaceCreate, session: SessionDep, admin: Admin) -> NamespacePublic:
-    row = registry.create_namespace(session, admin, name=body.name, description=body.description,
-                                    require_distinct_approver=body.require_distinct_approver)
+    row = registry.create_namespace(
+        session,
+        admin,
+        name=body.name,
+        description=body.description,
+        require_distinct_approver=body.require_distinct_approver,
+    )
     session.commit()
     return _public(row)
 

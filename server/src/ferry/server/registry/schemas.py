@@ -16,10 +16,12 @@ class Stage(StrEnum):
     PRODUCTION = "Production"
     ARCHIVED = "Archived"
 
+
 class NamespaceCreate(Strict):
     name: Name
     require_distinct_approver: bool = False
     description: Annotated[str, StringConstraints(max_length=4096)] = ""
+
 
 class NamespacePublic(BaseModel):
     name: str
@@ -27,11 +29,13 @@ class NamespacePublic(BaseModel):
     description: str
     created_at: str
 
+
 class ModelCreate(Strict):
     namespace: Name
     name: Name
     description: Annotated[str, StringConstraints(max_length=4096)] = ""
     tags: list[Tag] = Field(default_factory=list)
+
 
 class ModelPublic(BaseModel):
     namespace: str
@@ -42,14 +46,17 @@ class ModelPublic(BaseModel):
     aliases: dict[str, int]
     created_at: str
 
+
 class FileSpec(Strict):
     path: Annotated[str, StringConstraints(min_length=1, max_length=255)]
     sha256: Sha256
     size: Annotated[int, Field(ge=0, le=2**53 - 1)]
 
+
 class TrainingData(BaseModel):
     digest: str | None = None
     version: str | None = None
+
 
 class VersionMetadata(BaseModel):
     """Required: created_by, run_id, git_commit. Recommended: the rest. Extra keys are kept."""
@@ -64,12 +71,15 @@ class VersionMetadata(BaseModel):
     environment_hash: str | None = None
     model_card: str | None = None
 
+
 class VersionCreate(Strict):
     files: Annotated[list[FileSpec], Field(min_length=1, max_length=10_000)]
     format: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     flavor: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     signature: dict[str, Any]
-    hardware: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] = Field(default_factory=list)
+    hardware: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] = Field(
+        default_factory=list
+    )
     metadata: VersionMetadata
     tags: list[Tag] = Field(default_factory=list)
     # Files identical to an existing version's (same paths and digests) return that
@@ -81,6 +91,7 @@ class VersionCreate(Strict):
         if has_non_finite(self.metadata.model_dump()) or has_non_finite(self.signature):
             raise ValueError("NaN and Infinity are not allowed")
         return self
+
 
 class VersionPublic(BaseModel):
     namespace: str
@@ -100,6 +111,7 @@ class VersionPublic(BaseModel):
     created_by_actor: str
     stage_changed_at: str | None
 
+
 class VersionRegistered(VersionPublic):
     """The answer to registering a version: ``existing`` when the files were already
     registered as this version (nothing new was created), and which fields of the
@@ -113,12 +125,15 @@ class TagsChange(Strict):
     add: list[Tag] = Field(default_factory=list)
     remove: list[Tag] = Field(default_factory=list)
 
+
 class StageChange(Strict):
     stage: Stage
     comment: Annotated[str, StringConstraints(max_length=4096)] = ""
 
+
 class AliasSet(Strict):
     version: Annotated[int, Field(ge=1, le=2**53 - 1)]
+
 
 class AliasPublic(BaseModel):
     alias: str

@@ -57,15 +57,17 @@ class WaveCounts:
 
 def cohort_counts(session: Session, rollout: Rollout) -> WaveCounts:
     exhausted = col(RolloutDevice.attempts) >= rollout.max_retries
-    rows = session.exec(select(RolloutDevice.state, exhausted, func.count())
-                        .where(RolloutDevice.rollout_id == rollout.id,
-                               col(RolloutDevice.wave) <= rollout.wave)
-                        .group_by(RolloutDevice.state, exhausted)).all()
+    rows = session.exec(
+        select(RolloutDevice.state, exhausted, func.count())
+        .where(RolloutDevice.rollout_id == rollout.id, col(RolloutDevice.wave) <= rollout.wave)
+        .group_by(RolloutDevice.state, exhausted)
+    ).all()
     failures = {s.value for s in FAILURES}
     return WaveCounts(
         total=sum(n for _, _, n in rows),
         committed=sum(n for state, _, n in rows if state == DeviceState.COMMITTED),
-        final_failures=sum(n for state, done, n in rows if state in failures and done))
+        final_failures=sum(n for state, done, n in rows if state in failures and done),
+    )
 
 
 def failure_limit_crossed(rollout: Rollout, counts: WaveCounts) -> bool:
@@ -91,36 +93,56 @@ def time_out_silent(session: Session, rollout: Rollout, now: datetime) -> None:
     would otherwise hold its wave's gate open for ever.
     """
     cutoff = format_time(now - timedelta(seconds=rollout.in_progress_timeout_s))
-    session.exec(update(RolloutDevice)
-                 .where(col(RolloutDevice.rollout_id) == rollout.id,
-                        col(RolloutDevice.state).in_([s.value for s in IN_PROGRESS]),
-                        col(RolloutDevice.updated_at) < cutoff)
-                 .values(state=DeviceState.TIMED_OUT.value, error_code="timed_out",
-                         updated_at=format_time(now)))
+    session.exec(
+        update(RolloutDevice)
+        .where(
+            col(RolloutDevice.rollout_id) == rollout.id,
+            col(RolloutDevice.state).in_([s.value for s in IN_PROGRESS]),
+            col(RolloutDevice.updated_at) < cutoff,
+        )
+        .values(
+            state=DeviceState.TIMED_OUT.value, error_code="timed_out", updated_at=format_time(now)
+        )
+    )
     if rollout.wave_started_at is None or rollout.wave_started_at >= cutoff:
         return  # the newest wave opened less than a timeout ago: its pending may still start
-    session.exec(update(RolloutDevice)
-                 .where(col(RolloutDevice.rollout_id) == rollout.id,
-                        col(RolloutDevice.state) == DeviceState.PENDING.value,
-                        col(RolloutDevice.wave) <= rollout.wave,
-                        col(RolloutDevice.updated_at) < cutoff)
-                 .values(state=DeviceState.TIMED_OUT.value, error_code="never_started",
-                         updated_at=format_time(now)))
+    session.exec(
+        update(RolloutDevice)
+        .where(
+            col(RolloutDevice.rollout_id) == rollout.id,
+            col(RolloutDevice.state) == DeviceState.PENDING.value,
+            col(RolloutDevice.wave) <= rollout.wave,
+            col(RolloutDevice.updated_at) < cutoff,
+        )
+        .values(
+            state=DeviceState.TIMED_OUT.value,
+            error_code="never_started",
+            updated_at=format_time(now),
+        )
+    )
 
 
 def schedule_retries(session: Session, rollout: Rollout, now: datetime) -> int:
     """Failed devices with attempts left go back to pending after an exponential backoff."""
     if rollout.max_retries == 0:
         return 0
-    rows = session.exec(select(RolloutDevice).where(
-        RolloutDevice.rollout_id == rollout.id, col(RolloutDevice.wave) <= rollout.wave,
-        col(RolloutDevice.state).in_([s.value for s in FAILURES]),
-        col(RolloutDevice.attempts) < rollout.max_retries)).all()
+    rows = session.exec(
+        select(RolloutDevice).where(
+            RolloutDevice.rollout_id == rollout.id,
+            col(RolloutDevice.wave) <= rollout.wave,
+            col(RolloutDevice.state).in_([s.value for s in FAILURES]),
+            col(RolloutDevice.attempts) < rollout.max_retries,
+        )
+    ).all()
     stamp, retried = format_time(now), 0
     for row in rows:
-        wait = timedelta(seconds=rollout.retry_backoff_s * 2 ** row.attempts)
+        wait = timedelta(seconds=rollout.retry_backoff_s * 2**row.attempts)
         if parse_time(row.updated_at) + wait <= now:
-            row.state, row.attempts, row.updated_at = DeviceState.PENDING.value, row.attempts + 1, stamp
+            row.state, row.attempts, row.updated_at = (
+                DeviceState.PENDING.value,
+                row.attempts + 1,
+                stamp,
+            )
             row.last_report_at = stamp
             session.add(row)
             retried += 1
@@ -135,47 +157,71 @@ def evaluate(session: Session, rollout: Rollout, now: datetime) -> str:
     ``start``, ``wait``, ``advance``, ``complete`` or ``halt``."""
     if rollout.state == RolloutState.SCHEDULED:
         if rollout.start_at is None or rollout.start_at <= format_time(now):
-            service.transition(session, rollout, RolloutState.RUNNING, actor=ACTOR, now=now,
-                               wave=0, reason="start time reached")
+            service.transition(
+                session,
+                rollout,
+                RolloutState.RUNNING,
+                actor=ACTOR,
+                now=now,
+                wave=0,
+                reason="start time reached",
+            )
             return "start"
         return "wait"
     time_out_silent(session, rollout, now)
     schedule_retries(session, rollout, now)
     counts = cohort_counts(session, rollout)
     if failure_limit_crossed(rollout, counts):
-        reason = (f"failure limit crossed in wave {public_wave(rollout.wave)}: "
-                  f"{counts.final_failures} of "
-                  f"{counts.total} devices failed")
-        service.transition(session, rollout, RolloutState.HALTED, actor=ACTOR, now=now,
-                           reason=reason)
+        reason = (
+            f"failure limit crossed in wave {public_wave(rollout.wave)}: "
+            f"{counts.final_failures} of "
+            f"{counts.total} devices failed"
+        )
+        service.transition(
+            session, rollout, RolloutState.HALTED, actor=ACTOR, now=now, reason=reason
+        )
         if rollout.auto_rollback:
             service.rollback(session, ACTOR, rollout, now, reason="automatic rollback on halt")
         return "halt"
     if rollout.gates().unreachable(counts.committed, counts.final_failures, counts.total):
-        service.transition(session, rollout, RolloutState.HALTED, actor=ACTOR, now=now,
-                           reason=f"the gate can no longer pass in wave {rollout.wave}: "
-                                  f"{counts.final_failures} of {counts.total} devices failed "
-                                  f"for good and {rollout.min_success_pct} % must commit")
+        service.transition(
+            session,
+            rollout,
+            RolloutState.HALTED,
+            actor=ACTOR,
+            now=now,
+            reason=f"the gate can no longer pass in wave {rollout.wave}: "
+            f"{counts.final_failures} of {counts.total} devices failed "
+            f"for good and {rollout.min_success_pct} % must commit",
+        )
         if rollout.auto_rollback:
             service.rollback(session, ACTOR, rollout, now, reason="automatic rollback on halt")
         return "halt"
     if gate_passes(rollout, counts, now):
         last = rollout.wave + 1 >= len(rollout.waves)
-        service.advance(session, ACTOR, rollout, now,
-                        reason=f"gate passed: {counts.committed}/{counts.total} committed")
+        service.advance(
+            session,
+            ACTOR,
+            rollout,
+            now,
+            reason=f"gate passed: {counts.committed}/{counts.total} committed",
+        )
         return "complete" if last else "advance"
     return "wait"
 
 
 def lock_for_evaluation(session: Session, rollout_pk: int) -> Rollout | None:
     """The rollout row, or None when another replica holds it right now."""
-    return session.exec(select(Rollout).where(Rollout.id == rollout_pk,
-                                              col(Rollout.state).in_(_EVALUATED))
-                        .with_for_update(skip_locked=True)).first()
+    return session.exec(
+        select(Rollout)
+        .where(Rollout.id == rollout_pk, col(Rollout.state).in_(_EVALUATED))
+        .with_for_update(skip_locked=True)
+    ).first()
 
 
-def tick(engine: Engine, runtime: FleetRuntime,
-         record: Callable[[str], None] | None = None) -> None:
+def tick(
+    engine: Engine, runtime: FleetRuntime, record: Callable[[str], None] | None = None
+) -> None:
     """Evaluate every due rollout once, then announce whatever changed; ``record`` gets
     each gate decision once its transaction committed."""
     now = runtime.now()
@@ -199,8 +245,13 @@ def marker(rollout: Rollout) -> str:
 
 def _marker_sql() -> ColumnElement[str]:
     """`marker` as SQL, so finding unannounced rollouts is an indexed-size query."""
-    return (col(Rollout.state) + ":" + cast(col(Rollout.wave), String) + ":"
-            + cast(col(Rollout.retry_generation), String))
+    return (
+        col(Rollout.state)
+        + ":"
+        + cast(col(Rollout.wave), String)
+        + ":"
+        + cast(col(Rollout.retry_generation), String)
+    )
 
 
 def announce_changes(engine: Engine, runtime: FleetRuntime) -> None:
@@ -230,7 +281,9 @@ def announce_changes(engine: Engine, runtime: FleetRuntime) -> None:
 
 def _set_mark(engine: Engine, pk: int, old: str, new: str) -> bool:
     with session_scope(engine) as session:
-        result = session.exec(update(Rollout)
-                              .where(col(Rollout.id) == pk, col(Rollout.announced) == old)
-                              .values(announced=new))
+        result = session.exec(
+            update(Rollout)
+            .where(col(Rollout.id) == pk, col(Rollout.announced) == old)
+            .values(announced=new)
+        )
         return bool(result.rowcount == 1)

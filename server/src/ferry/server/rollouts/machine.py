@@ -43,8 +43,7 @@ class DeviceState(StrEnum):
 S = RolloutState
 TRANSITIONS: dict[RolloutState, frozenset[RolloutState]] = {
     S.SCHEDULED: frozenset({S.RUNNING, S.PAUSED, S.CANCELLED}),
-    S.RUNNING: frozenset({S.RUNNING, S.PAUSED, S.HALTED, S.COMPLETED, S.CANCELLED,
-                          S.ROLLED_BACK}),
+    S.RUNNING: frozenset({S.RUNNING, S.PAUSED, S.HALTED, S.COMPLETED, S.CANCELLED, S.ROLLED_BACK}),
     S.PAUSED: frozenset({S.RUNNING, S.CANCELLED, S.ROLLED_BACK}),
     S.HALTED: frozenset({S.RUNNING, S.CANCELLED, S.ROLLED_BACK}),
     S.COMPLETED: frozenset({S.ROLLED_BACK}),
@@ -76,8 +75,9 @@ class IllegalTransitionError(ConflictError):
 def check_transition(current: str, target: RolloutState) -> None:
     if target not in TRANSITIONS[RolloutState(current)]:
         legal = sorted(s.value for s in TRANSITIONS[RolloutState(current)])
-        raise IllegalTransitionError(f"a {current} rollout cannot become {target.value}",
-                                     {"state": current, "legal": legal})
+        raise IllegalTransitionError(
+            f"a {current} rollout cannot become {target.value}", {"state": current, "legal": legal}
+        )
 
 
 def public_wave(index: int) -> int:

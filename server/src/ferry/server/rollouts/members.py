@@ -63,7 +63,9 @@ def parse_states(text: str | None) -> tuple[str, ...]:
         else:
             raise ValidationFailedError(
                 f"unknown device state {word!r}; one of {', '.join(known)}, or in_progress "
-                f"(failed includes rolled_back and timed_out)", {"state": word})
+                f"(failed includes rolled_back and timed_out)",
+                {"state": word},
+            )
     return tuple(dict.fromkeys(states))
 
 
@@ -72,11 +74,14 @@ def check_wave(rollout: Rollout, wave: int | None) -> None:
     if wave is not None and not 1 <= wave <= len(rollout.waves):
         raise ValidationFailedError(
             f"{public_id(rollout.id or 0)} has waves 1..{len(rollout.waves)}; there is no "
-            f"wave {wave}", {"wave": wave, "waves": len(rollout.waves)})
+            f"wave {wave}",
+            {"wave": wave, "waves": len(rollout.waves)},
+        )
 
 
-def list_members(session: Session, rollout: Rollout, query: MemberQuery,
-                 now: datetime) -> dict[str, Any]:
+def list_members(
+    session: Session, rollout: Rollout, query: MemberQuery, now: datetime
+) -> dict[str, Any]:
     """One page of the rollout's devices, ordered by device id, and the cursor to the next."""
     check_wave(rollout, query.wave)
     where: list[ColumnElement[bool]] = [col(RolloutDevice.rollout_id) == rollout.id]
@@ -86,41 +91,59 @@ def list_members(session: Session, rollout: Rollout, query: MemberQuery,
         where.append(col(RolloutDevice.wave) == query.wave - 1)  # public → index
     total = session.exec(select(func.count()).select_from(RolloutDevice).where(*where)).one()
     page_where = [*where, col(RolloutDevice.device_id) > query.cursor] if query.cursor else where
-    rows = session.exec(select(RolloutDevice, Device.hardware)
-                        .join(Device, col(Device.id) == col(RolloutDevice.device_id))
-                        .where(*page_where).order_by(col(RolloutDevice.device_id))
-                        .limit(query.limit + 1)).all()
+    rows = session.exec(
+        select(RolloutDevice, Device.hardware)
+        .join(Device, col(Device.id) == col(RolloutDevice.device_id))
+        .where(*page_where)
+        .order_by(col(RolloutDevice.device_id))
+        .limit(query.limit + 1)
+    ).all()
     more = len(rows) > query.limit
-    rows = rows[:query.limit]
+    rows = rows[: query.limit]
     details = failure_details(session, rollout, [m for m, _ in rows])
-    devices = [member_public(rollout, member, hardware, details.get(member.device_id), now)
-               for member, hardware in rows]
-    return {"rollout_id": public_id(rollout.id or 0), "at": format_time(now), "total": total,
-            "devices": devices,
-            "next_cursor": devices[-1]["device_id"] if more and devices else None}
+    devices = [
+        member_public(rollout, member, hardware, details.get(member.device_id), now)
+        for member, hardware in rows
+    ]
+    return {
+        "rollout_id": public_id(rollout.id or 0),
+        "at": format_time(now),
+        "total": total,
+        "devices": devices,
+        "next_cursor": devices[-1]["device_id"] if more and devices else None,
+    }
 
 
-def failure_details(session: Session, rollout: Rollout,
-                    members: Sequence[RolloutDevice]) -> dict[str, str]:
+def failure_details(
+    session: Session, rollout: Rollout, members: Sequence[RolloutDevice]
+) -> dict[str, str]:
     """The stored ``detail`` of the newest report that gave each failed member its error code.
 
     For a probe failure the agent puts the probe's output there; reports without a
     rollout id (sent before the device knew it) count when they name the version.
     """
-    failed = {m.device_id: m.error_code for m in members
-              if m.error_code and m.state in STATE_GROUPS[DeviceState.FAILED.value]}
+    failed = {
+        m.device_id: m.error_code
+        for m in members
+        if m.error_code and m.state in STATE_GROUPS[DeviceState.FAILED.value]
+    }
     if not failed:
         return {}
     rid = public_id(rollout.id or 0)
-    reports = session.exec(select(DeviceReport.device_id, DeviceReport.error_code,
-                                  DeviceReport.detail)
-                           .where(col(DeviceReport.device_id).in_(list(failed)),
-                                  col(DeviceReport.error_code).is_not(None),
-                                  DeviceReport.slot == rollout.slot,
-                                  or_(col(DeviceReport.rollout_id) == rid,
-                                      (col(DeviceReport.rollout_id).is_(None))
-                                      & (col(DeviceReport.to_version) == rollout.version)))
-                           .order_by(col(DeviceReport.at), col(DeviceReport.id))).all()
+    reports = session.exec(
+        select(DeviceReport.device_id, DeviceReport.error_code, DeviceReport.detail)
+        .where(
+            col(DeviceReport.device_id).in_(list(failed)),
+            col(DeviceReport.error_code).is_not(None),
+            DeviceReport.slot == rollout.slot,
+            or_(
+                col(DeviceReport.rollout_id) == rid,
+                (col(DeviceReport.rollout_id).is_(None))
+                & (col(DeviceReport.to_version) == rollout.version),
+            ),
+        )
+        .order_by(col(DeviceReport.at), col(DeviceReport.id))
+    ).all()
     details: dict[str, str] = {}
     for device_id, code, detail in reports:  # oldest first: the newest match wins
         if failed.get(device_id) == code:
@@ -128,26 +151,38 @@ def failure_details(session: Session, rollout: Rollout,
     return details
 
 
-def member_public(rollout: Rollout, member: RolloutDevice, hardware: str,
-                  detail: str | None, now: datetime) -> dict[str, Any]:
+def member_public(
+    rollout: Rollout, member: RolloutDevice, hardware: str, detail: str | None, now: datetime
+) -> dict[str, Any]:
     """One device of the rollout as the API shows it."""
     since = parse_time(member.updated_at)
-    return {"device_id": member.device_id, "hardware": hardware, "wave": public_wave(member.wave),
-            "state": member.state, "since": member.updated_at,
-            "time_in_state_s": max(0, int((now - since).total_seconds())),
-            "last_report_at": member.last_report_at or None, "attempts": member.attempts,
-            "from_version": member.from_version, "error_code": member.error_code,
-            "error_message": error_message(rollout, member, detail)}
+    return {
+        "device_id": member.device_id,
+        "hardware": hardware,
+        "wave": public_wave(member.wave),
+        "state": member.state,
+        "since": member.updated_at,
+        "time_in_state_s": max(0, int((now - since).total_seconds())),
+        "last_report_at": member.last_report_at or None,
+        "attempts": member.attempts,
+        "from_version": member.from_version,
+        "error_code": member.error_code,
+        "error_message": error_message(rollout, member, detail),
+    }
 
 
 def error_message(rollout: Rollout, member: RolloutDevice, detail: str | None) -> str | None:
     """What went wrong, in words: the device's own account, or the server's for a timeout."""
     if member.state == DeviceState.TIMED_OUT and member.error_code == "never_started":
-        return (f"never started the update within {rollout.in_progress_timeout_s} s of its "
-                f"wave opening (in_progress_timeout_s); the device may be offline")
+        return (
+            f"never started the update within {rollout.in_progress_timeout_s} s of its "
+            f"wave opening (in_progress_timeout_s); the device may be offline"
+        )
     if member.state == DeviceState.TIMED_OUT and not detail:
-        return (f"no report for {rollout.in_progress_timeout_s} s while the update was in "
-                f"progress (in_progress_timeout_s); the device may be offline or stuck")
+        return (
+            f"no report for {rollout.in_progress_timeout_s} s while the update was in "
+            f"progress (in_progress_timeout_s); the device may be offline or stuck"
+        )
     if member.state in STATE_GROUPS[DeviceState.FAILED.value]:
         return detail or None
     return None
@@ -157,11 +192,16 @@ def rollback_summary(session: Session, rollout: Rollout, most: int = 50) -> dict
     """Who a rollback sends back, and who stays: a device that took the version with no
     version before it (its first install) has nothing to go back to and keeps it."""
     took = [s.value for s in TOOK_VERSION]
-    rows = session.exec(select(RolloutDevice.device_id, RolloutDevice.from_version)
-                        .where(RolloutDevice.rollout_id == rollout.id,
-                               col(RolloutDevice.state).in_(took))
-                        .order_by(col(RolloutDevice.device_id))).all()
+    rows = session.exec(
+        select(RolloutDevice.device_id, RolloutDevice.from_version)
+        .where(RolloutDevice.rollout_id == rollout.id, col(RolloutDevice.state).in_(took))
+        .order_by(col(RolloutDevice.device_id))
+    ).all()
     staying = [device_id for device_id, previous in rows if previous is None]
-    return {"returning": len(rows) - len(staying), "without_previous": len(staying),
-            "without_previous_devices": staying[:most], "stays_on": rollout.version,
-            "reason": rollout.reason}
+    return {
+        "returning": len(rows) - len(staying),
+        "without_previous": len(staying),
+        "without_previous_devices": staying[:most],
+        "stays_on": rollout.version,
+        "reason": rollout.reason,
+    }

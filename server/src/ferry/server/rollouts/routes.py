@@ -34,9 +34,13 @@ NsOperator = Annotated[Principal, Depends(require(ServerRole.OPERATOR))]
 RuntimeDep = Annotated[FleetRuntime, Depends(get_runtime)]
 AliasName = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
 Action = Callable[[Session, str, Rollout, datetime], None]
-ACTIONS: dict[str, Action] = {"pause": service.pause, "resume": service.resume,
-                              "advance": service.advance, "cancel": service.cancel,
-                              "rollback": service.rollback}
+ACTIONS: dict[str, Action] = {
+    "pause": service.pause,
+    "resume": service.resume,
+    "advance": service.advance,
+    "cancel": service.cancel,
+    "rollback": service.rollback,
+}
 
 
 def _spec(body: RolloutCreate) -> service.RolloutSpec:
@@ -46,8 +50,9 @@ def _spec(body: RolloutCreate) -> service.RolloutSpec:
 
 
 @router.post("/rollouts", status_code=201)
-def create_rollout(body: RolloutCreate, session: SessionDep, ctx: CtxDep, operator: Operator,
-                   runtime: RuntimeDep) -> dict[str, Any]:
+def create_rollout(
+    body: RolloutCreate, session: SessionDep, ctx: CtxDep, operator: Operator, runtime: RuntimeDep
+) -> dict[str, Any]:
     """Create and (unless scheduled or paused) start a rollout; 409 with the reason when the
     plan for the same body has refusals (`POST /rollouts/plan` lists them all)."""
     operator.require((ServerRole.OPERATOR,), body.namespace)
@@ -58,8 +63,9 @@ def create_rollout(body: RolloutCreate, session: SessionDep, ctx: CtxDep, operat
 
 
 @router.post("/rollouts/plan")
-def plan_rollout(body: RolloutCreate, session: ReadSessionDep, operator: Operator,
-                 runtime: RuntimeDep) -> dict[str, Any]:
+def plan_rollout(
+    body: RolloutCreate, session: ReadSessionDep, operator: Operator, runtime: RuntimeDep
+) -> dict[str, Any]:
     """What `POST /rollouts` with this body would do — devices per wave, skipped and
     incompatible devices, downloads, total bytes, refusals — without doing it."""
     operator.require((ServerRole.OPERATOR,), body.namespace)
@@ -68,11 +74,16 @@ def plan_rollout(body: RolloutCreate, session: ReadSessionDep, operator: Operato
 
 
 @router.get("/rollouts")
-def list_rollouts(session: ReadSessionDep, reader: Reader, namespace: str | None = None,
-                  state: RolloutState | None = None,
-                  limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
-    rows = service.list_rollouts(session, reader, namespace=namespace,
-                                 state=state.value if state else None, limit=limit)
+def list_rollouts(
+    session: ReadSessionDep,
+    reader: Reader,
+    namespace: str | None = None,
+    state: RolloutState | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    rows = service.list_rollouts(
+        session, reader, namespace=namespace, state=state.value if state else None, limit=limit
+    )
     return [rollout_public(r) for r in rows]
 
 
@@ -84,8 +95,9 @@ def show_rollout(rollout_id: str, session: ReadSessionDep, reader: Reader) -> di
 def _act(name: str) -> Callable[..., dict[str, Any]]:
     action = ACTIONS[name]
 
-    def handler(rollout_id: str, session: SessionDep, ctx: CtxDep, operator: Operator,
-                runtime: RuntimeDep) -> dict[str, Any]:
+    def handler(
+        rollout_id: str, session: SessionDep, ctx: CtxDep, operator: Operator, runtime: RuntimeDep
+    ) -> dict[str, Any]:
         rollout = service.get_rollout(session, operator, rollout_id, lock=True)
         operator.require((ServerRole.OPERATOR,), rollout.namespace)
         action(session, operator.name, rollout, runtime.now())
@@ -99,27 +111,36 @@ def _act(name: str) -> Callable[..., dict[str, Any]]:
 
 
 @router.post("/rollouts/{rollout_id}/rollback")
-def rollback_rollout(rollout_id: str, session: SessionDep, ctx: CtxDep, operator: Operator,
-                     runtime: RuntimeDep, body: RollbackBody | None = None) -> dict[str, Any]:
+def rollback_rollout(
+    rollout_id: str,
+    session: SessionDep,
+    ctx: CtxDep,
+    operator: Operator,
+    runtime: RuntimeDep,
+    body: RollbackBody | None = None,
+) -> dict[str, Any]:
     """Send the devices that took the version their previous one — or, for those whose first
     install this was, ``baseline`` when given; the answer says who goes back and who stays."""
     rollout = service.get_rollout(session, operator, rollout_id, lock=True)
     operator.require((ServerRole.OPERATOR,), rollout.namespace)
-    service.rollback(session, operator.name, rollout, runtime.now(),
-                     baseline=body.baseline if body else None)
+    service.rollback(
+        session, operator.name, rollout, runtime.now(), baseline=body.baseline if body else None
+    )
     session.commit()
     announce_changes(ctx.engine, runtime)
     return {**rollout_public(rollout), "rollback": rollback_summary(session, rollout)}
 
 
 for _name in (n for n in ACTIONS if n != "rollback"):
-    router.add_api_route(f"/rollouts/{{rollout_id}}/{_name}", _act(_name), methods=["POST"],
-                         name=f"{_name}_rollout")
+    router.add_api_route(
+        f"/rollouts/{{rollout_id}}/{_name}", _act(_name), methods=["POST"], name=f"{_name}_rollout"
+    )
 
 
 @router.patch("/rollouts/{rollout_id}/gates")
-def edit_gates(rollout_id: str, body: GatesChange, session: SessionDep, operator: Operator,
-               runtime: RuntimeDep) -> dict[str, Any]:
+def edit_gates(
+    rollout_id: str, body: GatesChange, session: SessionDep, operator: Operator, runtime: RuntimeDep
+) -> dict[str, Any]:
     """Change gate settings of a rollout that has not ended (operator); audited with the
     before and after of each changed setting, answered with ``changed``."""
     rollout = service.get_rollout(session, operator, rollout_id, lock=True)
@@ -131,33 +152,62 @@ def edit_gates(rollout_id: str, body: GatesChange, session: SessionDep, operator
 
 
 def _binding_public(row: AliasBinding) -> BindingPublic:
-    return BindingPublic(namespace=row.namespace, model=row.model, alias=row.alias,
-                         selector=format_selector(row.selector), template=row.template,
-                         created_by=row.created_by, created_at=row.created_at)
+    return BindingPublic(
+        namespace=row.namespace,
+        model=row.model,
+        alias=row.alias,
+        selector=format_selector(row.selector),
+        template=row.template,
+        created_by=row.created_by,
+        created_at=row.created_at,
+    )
 
 
 @router.put("/alias-bindings/{ns}/{name}/{alias}")
-def set_binding(ns: str, name: str, alias: AliasName, body: BindingSet, session: SessionDep,
-                operator: NsOperator) -> BindingPublic:
+def set_binding(
+    ns: str,
+    name: str,
+    alias: AliasName,
+    body: BindingSet,
+    session: SessionDep,
+    operator: NsOperator,
+) -> BindingPublic:
     """Moving this alias from now on plans a rollout with this selector and template."""
-    template = {"waves": body.waves, "slot": body.slot, "auto_rollback": body.auto_rollback,
-                "auto_start": body.auto_start, **body.gates.model_dump()}
-    row = bindings.set_binding(session, operator.name, namespace=ns, model=name, alias=alias,
-                               selector=parse_selector(body.selector), template=template)
+    template = {
+        "waves": body.waves,
+        "slot": body.slot,
+        "auto_rollback": body.auto_rollback,
+        "auto_start": body.auto_start,
+        **body.gates.model_dump(),
+    }
+    row = bindings.set_binding(
+        session,
+        operator.name,
+        namespace=ns,
+        model=name,
+        alias=alias,
+        selector=parse_selector(body.selector),
+        template=template,
+    )
     session.commit()
     return _binding_public(row)
 
 
 @router.get("/alias-bindings")
-def list_bindings(session: ReadSessionDep, reader: Reader,
-                  namespace: str | None = None) -> list[BindingPublic]:
-    return [_binding_public(r) for r in bindings.list_bindings(session, namespace)
-            if reader.in_namespace(r.namespace)]
+def list_bindings(
+    session: ReadSessionDep, reader: Reader, namespace: str | None = None
+) -> list[BindingPublic]:
+    return [
+        _binding_public(r)
+        for r in bindings.list_bindings(session, namespace)
+        if reader.in_namespace(r.namespace)
+    ]
 
 
 @router.delete("/alias-bindings/{ns}/{name}/{alias}", status_code=204, response_class=Response)
-def delete_binding(ns: str, name: str, alias: AliasName, session: SessionDep,
-                   operator: NsOperator) -> Response:
+def delete_binding(
+    ns: str, name: str, alias: AliasName, session: SessionDep, operator: NsOperator
+) -> Response:
     bindings.delete_binding(session, operator.name, namespace=ns, model=name, alias=alias)
     session.commit()
     return Response(status_code=204)

@@ -24,7 +24,8 @@ def _gate_field(name: str) -> Any:
 
 
 _GatesBase = create_model(
-    "_GatesBase", __base__=Strict, **{name: _gate_field(name) for name in GatePolicy.names()})
+    "_GatesBase", __base__=Strict, **{name: _gate_field(name) for name in GatePolicy.names()}
+)
 
 
 class Gates(_GatesBase):
@@ -40,7 +41,8 @@ class RolloutCreate(Gates):
     version: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
     selector: Selector = ""
     waves: Annotated[list[int], Field(min_length=1, max_length=20)] = Field(
-        default_factory=lambda: list(DEFAULT_WAVES))
+        default_factory=lambda: list(DEFAULT_WAVES)
+    )
     slot: Name = "main"
     auto_rollback: bool = False
     start_at: Timestamp | None = None
@@ -50,8 +52,10 @@ class RolloutCreate(Gates):
 
 
 _GatesChangeBase = create_model(  # type: ignore[call-overload]
-    "_GatesChangeBase", __base__=Strict,
-    **{name: (_gate_field(name)[0] | None, Field(default=None)) for name in GatePolicy.names()})
+    "_GatesChangeBase",
+    __base__=Strict,
+    **{name: (_gate_field(name)[0] | None, Field(default=None)) for name in GatePolicy.names()},
+)
 
 
 class GatesChange(_GatesChangeBase):
@@ -68,7 +72,8 @@ class RollbackBody(Strict):
 class BindingSet(Strict):
     selector: Selector = ""
     waves: Annotated[list[int], Field(min_length=1, max_length=20)] = Field(
-        default_factory=lambda: list(DEFAULT_WAVES))
+        default_factory=lambda: list(DEFAULT_WAVES)
+    )
     slot: Name = "main"
     gates: Gates = Gates()
     auto_rollback: bool = False
@@ -83,5 +88,3 @@ class BindingPublic(BaseModel):
     template: dict[str, Any]
     created_by: str
     created_at: str
-
-

@@ -77,9 +77,11 @@ class RolloutSpec:
 
 
 def resolve_model(session: Session, namespace: str, name: str) -> RegisteredModel:
-    model = session.exec(select(RegisteredModel).join(
-        Namespace, col(Namespace.id) == col(RegisteredModel.namespace_id))
-        .where(Namespace.name == namespace, RegisteredModel.name == name)).first()
+    model = session.exec(
+        select(RegisteredModel)
+        .join(Namespace, col(Namespace.id) == col(RegisteredModel.namespace_id))
+        .where(Namespace.name == namespace, RegisteredModel.name == name)
+    ).first()
     if model is None:
         raise NotFoundError(f"model '{namespace}/{name}' does not exist")
     return model
@@ -92,15 +94,17 @@ def resolve_version(session: Session, model: RegisteredModel, ref: str) -> Model
         stmt = stmt.where(ModelVersion.version == number)
     else:
         stmt = stmt.join(ModelAlias, col(ModelAlias.version_id) == col(ModelVersion.id)).where(
-            ModelAlias.alias == ref)
+            ModelAlias.alias == ref
+        )
     row = session.exec(stmt).first()
     if row is None:
         raise NotFoundError(f"model '{model.name}' has no version or alias '{ref}'")
     return row
 
 
-def get_rollout(session: Session, viewer: Principal, rollout_id: str, *,
-                lock: bool = False) -> Rollout:
+def get_rollout(
+    session: Session, viewer: Principal, rollout_id: str, *, lock: bool = False
+) -> Rollout:
     """The rollout, read FOR UPDATE when ``lock``; 404 outside the viewer's namespaces."""
     pk = parse_id(rollout_id)
     row = None
@@ -112,8 +116,9 @@ def get_rollout(session: Session, viewer: Principal, rollout_id: str, *,
     return row
 
 
-def list_rollouts(session: Session, viewer: Principal, *, namespace: str | None,
-                  state: str | None, limit: int) -> list[Rollout]:
+def list_rollouts(
+    session: Session, viewer: Principal, *, namespace: str | None, state: str | None, limit: int
+) -> list[Rollout]:
     stmt = select(Rollout).order_by(col(Rollout.id).desc())
     if namespace:
         stmt = stmt.where(Rollout.namespace == namespace)
@@ -126,20 +131,27 @@ def list_rollouts(session: Session, viewer: Principal, *, namespace: str | None,
 
 def selected_devices(session: Session, namespace: str, selector: Selector) -> list[Device]:
     """Live devices of ``namespace`` that ``selector`` matches."""
-    stmt = select(Device).where(Device.namespace == namespace, col(Device.revoked_at).is_(None),
-                                *hardware_filter(selector))
-    return [d for d in session.exec(stmt.order_by(col(Device.id))).all()
-            if matches(selector, d.tags)]
+    stmt = select(Device).where(
+        Device.namespace == namespace, col(Device.revoked_at).is_(None), *hardware_filter(selector)
+    )
+    return [
+        d for d in session.exec(stmt.order_by(col(Device.id))).all() if matches(selector, d.tags)
+    ]
 
 
 # --- checks before a rollout exists -------------------------------------------------
 
 
 def check_waves(waves: list[int]) -> None:
-    if not waves or any(not 1 <= p <= 100 for p in waves) or any(
-            b <= a for a, b in pairwise(waves)):
-        raise ValidationFailedError("waves are strictly increasing cumulative percentages in "
-                                    "1..100, e.g. 1,10,50,100", {"waves": waves})
+    if (
+        not waves
+        or any(not 1 <= p <= 100 for p in waves)
+        or any(b <= a for a, b in pairwise(waves))
+    ):
+        raise ValidationFailedError(
+            "waves are strictly increasing cumulative percentages in 1..100, e.g. 1,10,50,100",
+            {"waves": waves},
+        )
 
 
 def check_spec(spec: RolloutSpec) -> None:
@@ -157,47 +169,72 @@ def check_policy(version: ModelVersion, selector: Selector, model: str) -> None:
         return
     if version.stage == "Staging" and canary_only(selector):
         return
-    hint = ("add channel=canary to the selector or promote it to Production"
-            if version.stage == "Staging" else "promote it to Production first")
-    raise ConflictError(f"{model}@{version.version} is in stage {version.stage}; a rollout may "
-                        f"target only a Production version, or a Staging version on "
-                        f"channel=canary devices — {hint}",
-                        {"stage": version.stage, "selector": format_selector(selector)})
+    hint = (
+        "add channel=canary to the selector or promote it to Production"
+        if version.stage == "Staging"
+        else "promote it to Production first"
+    )
+    raise ConflictError(
+        f"{model}@{version.version} is in stage {version.stage}; a rollout may "
+        f"target only a Production version, or a Staging version on "
+        f"channel=canary devices — {hint}",
+        {"stage": version.stage, "selector": format_selector(selector)},
+    )
 
 
 def check_no_overlap(session: Session, model: RegisteredModel, selector: Selector) -> None:
     """Two active rollouts of one model may not reach the same devices."""
-    active = session.exec(select(Rollout).where(Rollout.model_id == model.id,
-                                                col(Rollout.state).in_(list(ACTIVE)))).all()
+    active = session.exec(
+        select(Rollout).where(Rollout.model_id == model.id, col(Rollout.state).in_(list(ACTIVE)))
+    ).all()
     clash = [r for r in active if selectors_overlap(r.selector, selector)]
     if clash:
         ids = [public_id(r.id or 0) for r in clash]
-        raise ConflictError(f"rollout {', '.join(ids)} of this model is still active on "
-                            f"overlapping devices ({format_selector(clash[0].selector) or 'all'})"
-                            "; cancel or finish it first, or choose a disjoint selector",
-                            {"rollouts": ids})
+        raise ConflictError(
+            f"rollout {', '.join(ids)} of this model is still active on "
+            f"overlapping devices ({format_selector(clash[0].selector) or 'all'})"
+            "; cancel or finish it first, or choose a disjoint selector",
+            {"rollouts": ids},
+        )
 
 
-def signature_differences(session: Session, model: RegisteredModel, slot: str,
-                          version: ModelVersion, devices: Sequence[Device]) -> list[dict[str, Any]]:
+def signature_differences(
+    session: Session,
+    model: RegisteredModel,
+    slot: str,
+    version: ModelVersion,
+    devices: Sequence[Device],
+) -> list[dict[str, Any]]:
     """How the new version's inputs/outputs differ from the versions the devices run."""
     ids, ref = [d.id for d in devices], model_ref(session, model)
     installed: set[int] = set()
     for start in range(0, len(ids), INSERT_BATCH):
-        installed.update(v for v in session.exec(
-            select(DeviceSlot.installed_version).distinct()
-            .where(col(DeviceSlot.device_id).in_(ids[start:start + INSERT_BATCH]),
-                   DeviceSlot.slot == slot, DeviceSlot.model == ref))
-            if v is not None)
-    rows = session.exec(select(ModelVersion).where(
-        ModelVersion.model_id == model.id, col(ModelVersion.version).in_(sorted(installed)))).all()
+        installed.update(
+            v
+            for v in session.exec(
+                select(DeviceSlot.installed_version)
+                .distinct()
+                .where(
+                    col(DeviceSlot.device_id).in_(ids[start : start + INSERT_BATCH]),
+                    DeviceSlot.slot == slot,
+                    DeviceSlot.model == ref,
+                )
+            )
+            if v is not None
+        )
+    rows = session.exec(
+        select(ModelVersion).where(
+            ModelVersion.model_id == model.id, col(ModelVersion.version).in_(sorted(installed))
+        )
+    ).all()
     diffs = []
     for row in rows:
         for part in ("inputs", "outputs"):
             old, new = row.signature.get(part), version.signature.get(part)
             if old != new:
-                diffs.append({"installed_version": row.version, "part": part,
-                              "installed": old, "new": new})
+                diffs.append(
+                    {"installed_version": row.version, "part": part, "installed": old, "new": new}
+                )
     return diffs
 
 
@@ -210,8 +247,16 @@ def model_ref(session: Session, model: RegisteredModel) -> str:
 # --- transitions --------------------------------------------------------------------
 
 
-def transition(session: Session, rollout: Rollout, target: RolloutState, *, actor: str,
-               now: datetime, reason: str = "", wave: int | None = None) -> None:
+def transition(
+    session: Session,
+    rollout: Rollout,
+    target: RolloutState,
+    *,
+    actor: str,
+    now: datetime,
+    reason: str = "",
+    wave: int | None = None,
+) -> None:
     """The one place a rollout changes state: check, apply, audit, emit."""
     check_transition(rollout.state, target)
     previous = rollout.state
@@ -222,20 +267,33 @@ def transition(session: Session, rollout: Rollout, target: RolloutState, *, acto
     rollout.reason, rollout.updated_at = reason, stamp
     session.add(rollout)
     session.flush()
-    audit.append(session, actor=actor, action=f"rollout.{target.value}",
-                 target=public_id(rollout.id or 0),
-                 details={"from": previous, "wave": public_wave(rollout.wave),
-                          "reason": reason})
+    audit.append(
+        session,
+        actor=actor,
+        action=f"rollout.{target.value}",
+        target=public_id(rollout.id or 0),
+        details={"from": previous, "wave": public_wave(rollout.wave), "reason": reason},
+    )
     emit_state(session, rollout, actor, previous=previous)
 
 
 def emit_state(session: Session, rollout: Rollout, actor: str, previous: str | None) -> None:
     """The ``rollout.state_changed`` event (webhooks), in the caller's transaction."""
-    emit_event(session, ROLLOUT_STATE_CHANGED, {
-        "rollout_id": public_id(rollout.id or 0), "namespace": rollout.namespace,
-        "model": rollout.model, "version": rollout.version, "from": previous,
-        "state": rollout.state, "wave": public_wave(rollout.wave), "reason": rollout.reason,
-        "actor": actor})
+    emit_event(
+        session,
+        ROLLOUT_STATE_CHANGED,
+        {
+            "rollout_id": public_id(rollout.id or 0),
+            "namespace": rollout.namespace,
+            "model": rollout.model,
+            "version": rollout.version,
+            "from": previous,
+            "state": rollout.state,
+            "wave": public_wave(rollout.wave),
+            "reason": rollout.reason,
+            "actor": actor,
+        },
+    )
 
 
 def pause(session: Session, actor: str, rollout: Rollout, now: datetime) -> None:
@@ -250,32 +308,56 @@ def resume(session: Session, actor: str, rollout: Rollout, now: datetime) -> Non
     """
     if rollout.state == RolloutState.HALTED:
         _retry_failures(session, rollout, now)
-    transition(session, rollout, RolloutState.RUNNING, actor=actor, now=now,
-               wave=max(rollout.wave, 0), reason="resumed")
+    transition(
+        session,
+        rollout,
+        RolloutState.RUNNING,
+        actor=actor,
+        now=now,
+        wave=max(rollout.wave, 0),
+        reason="resumed",
+    )
 
 
-def advance(session: Session, actor: str, rollout: Rollout, now: datetime,
-            reason: str = "advanced by hand") -> None:
+def advance(
+    session: Session, actor: str, rollout: Rollout, now: datetime, reason: str = "advanced by hand"
+) -> None:
     """Open the next wave (or complete after the last one) without waiting for the gate."""
     if rollout.state not in (RolloutState.RUNNING, RolloutState.PAUSED):
-        raise IllegalTransitionError(f"a {rollout.state} rollout cannot advance",
-                                     {"state": rollout.state, "legal": ["running", "paused"]})
+        raise IllegalTransitionError(
+            f"a {rollout.state} rollout cannot advance",
+            {"state": rollout.state, "legal": ["running", "paused"]},
+        )
     if rollout.wave + 1 >= len(rollout.waves):
         transition(session, rollout, RolloutState.COMPLETED, actor=actor, now=now, reason=reason)
     else:
-        transition(session, rollout, RolloutState.RUNNING, actor=actor, now=now,
-                   wave=rollout.wave + 1, reason=reason)
+        transition(
+            session,
+            rollout,
+            RolloutState.RUNNING,
+            actor=actor,
+            now=now,
+            wave=rollout.wave + 1,
+            reason=reason,
+        )
 
 
 def _retry_failures(session: Session, rollout: Rollout, now: datetime) -> None:
     stamp = format_time(now)
-    session.exec(update(RolloutDevice)
-                 .where(col(RolloutDevice.rollout_id) == rollout.id,
-                        col(RolloutDevice.wave) <= rollout.wave,
-                        col(RolloutDevice.state).in_([s.value for s in FAILURES]))
-                 .values(state=DeviceState.PENDING.value,
-                         attempts=col(RolloutDevice.attempts) + 1,
-                         updated_at=stamp, last_report_at=stamp))
+    session.exec(
+        update(RolloutDevice)
+        .where(
+            col(RolloutDevice.rollout_id) == rollout.id,
+            col(RolloutDevice.wave) <= rollout.wave,
+            col(RolloutDevice.state).in_([s.value for s in FAILURES]),
+        )
+        .values(
+            state=DeviceState.PENDING.value,
+            attempts=col(RolloutDevice.attempts) + 1,
+            updated_at=stamp,
+            last_report_at=stamp,
+        )
+    )
     rollout.retry_generation += 1
 
 
@@ -283,8 +365,14 @@ def cancel(session: Session, actor: str, rollout: Rollout, now: datetime) -> Non
     transition(session, rollout, RolloutState.CANCELLED, actor=actor, now=now, reason="cancelled")
 
 
-def rollback(session: Session, actor: str, rollout: Rollout, now: datetime,
-             reason: str = "rolled back", baseline: int | None = None) -> None:
+def rollback(
+    session: Session,
+    actor: str,
+    rollout: Rollout,
+    now: datetime,
+    reason: str = "rolled back",
+    baseline: int | None = None,
+) -> None:
     """Every device that took the new version is sent its previous one (signed downgrade).
 
     A device whose first install this was has no previous version; with ``baseline``
@@ -295,32 +383,42 @@ def rollback(session: Session, actor: str, rollout: Rollout, now: datetime,
         reason = f"{reason}; devices without a previous version go to v{target.version}"
     transition(session, rollout, RolloutState.ROLLED_BACK, actor=actor, now=now, reason=reason)
     if target is not None:
-        session.exec(update(RolloutDevice)
-                     .where(col(RolloutDevice.rollout_id) == rollout.id,
-                            col(RolloutDevice.from_version).is_(None),
-                            col(RolloutDevice.state).in_([s.value for s in TOOK_VERSION]))
-                     .values(from_version=target.version,
-                             from_manifest=target.manifest_sha256))
+        session.exec(
+            update(RolloutDevice)
+            .where(
+                col(RolloutDevice.rollout_id) == rollout.id,
+                col(RolloutDevice.from_version).is_(None),
+                col(RolloutDevice.state).in_([s.value for s in TOOK_VERSION]),
+            )
+            .values(from_version=target.version, from_manifest=target.manifest_sha256)
+        )
 
 
 def _baseline(session: Session, rollout: Rollout, version: int) -> ModelVersion:
-    row = session.exec(select(ModelVersion).where(ModelVersion.model_id == rollout.model_id,
-                                                  ModelVersion.version == version)).first()
+    row = session.exec(
+        select(ModelVersion).where(
+            ModelVersion.model_id == rollout.model_id, ModelVersion.version == version
+        )
+    ).first()
     if row is None or version == rollout.version:
         raise ValidationFailedError(
             f"baseline v{version} is not another version of {rollout.model}; name the version "
-            "the devices without a previous version should run", {"baseline": version})
+            "the devices without a previous version should run",
+            {"baseline": version},
+        )
     return row
 
 
-def edit_gates(session: Session, actor: str, rollout: Rollout, changes: dict[str, Any],
-               now: datetime) -> dict[str, Any]:
+def edit_gates(
+    session: Session, actor: str, rollout: Rollout, changes: dict[str, Any], now: datetime
+) -> dict[str, Any]:
     """Change some gate settings of a rollout that has not ended; audited with before and
     after. The engine reads the new gates at its next tick (the current wave included)."""
     if rollout.state not in ACTIVE:
-        raise IllegalTransitionError(f"a {rollout.state} rollout's gates cannot change",
-                                     {"state": rollout.state,
-                                      "legal": sorted(s.value for s in ACTIVE)})
+        raise IllegalTransitionError(
+            f"a {rollout.state} rollout's gates cannot change",
+            {"state": rollout.state, "legal": sorted(s.value for s in ACTIVE)},
+        )
     before = rollout.gates().to_dict()
     try:
         after = GatePolicy.from_dict({**before, **changes}).to_dict()
@@ -332,16 +430,22 @@ def edit_gates(session: Session, actor: str, rollout: Rollout, changes: dict[str
     rollout.updated_at = format_time(now)
     session.add(rollout)
     session.flush()
-    audit.append(session, actor=actor, action="rollout.gates_changed",
-                 target=public_id(rollout.id or 0),
-                 details={"changed": changed, "state": rollout.state,
-                          "wave": public_wave(rollout.wave)})
+    audit.append(
+        session,
+        actor=actor,
+        action="rollout.gates_changed",
+        target=public_id(rollout.id or 0),
+        details={"changed": changed, "state": rollout.state, "wave": public_wave(rollout.wave)},
+    )
     return changed
 
 
 def on_device_revoked(session: Session, event: DeviceRevoked) -> None:
     """Subscribed to the fleet's `DeviceRevoked`: drop it from the cohorts still waiting for it."""
-    session.exec(delete(RolloutDevice).where(
-        col(RolloutDevice.device_id) == event.device_id,
-        col(RolloutDevice.state) == DeviceState.PENDING.value))
+    session.exec(
+        delete(RolloutDevice).where(
+            col(RolloutDevice.device_id) == event.device_id,
+            col(RolloutDevice.state) == DeviceState.PENDING.value,
+        )
+    )
     session.flush()

@@ -51,7 +51,6 @@ class Rollout(SQLModel, table=True):
     created_at: str = Field(default_factory=utc_now)
     updated_at: str = Field(default_factory=utc_now)
 
-
     def gates(self) -> GatePolicy:
         """The rollout's gate policy, as stored."""
         return GatePolicy(**{name: getattr(self, name) for name in GatePolicy.names()})
@@ -59,8 +58,13 @@ class Rollout(SQLModel, table=True):
     def wave_seed(self) -> str:
         """What `ferry.protocol.waves.wave_index` hashes with each device id: derived from
         what the rollout asks for, so a plan made before it existed holds the same waves."""
-        return rollout_seed(self.model, self.manifest_sha256, self.slot,
-                            format_selector(self.selector), list(self.waves))
+        return rollout_seed(
+            self.model,
+            self.manifest_sha256,
+            self.slot,
+            format_selector(self.selector),
+            list(self.waves),
+        )
 
 
 class RolloutDevice(SQLModel, table=True):
@@ -97,7 +101,22 @@ class AliasBinding(SQLModel, table=True):
     created_by: str
     created_at: str = Field(default_factory=utc_now)
 
+
 # What the desired states of a rollout's devices depend on (`ferry.server.core.epoch`).
-epoch.watch(Rollout, ["namespace", "model", "slot", "version", "manifest_sha256", "hardware",
-                      "selector", "waves", "state", "wave", "retry_generation"])
+epoch.watch(
+    Rollout,
+    [
+        "namespace",
+        "model",
+        "slot",
+        "version",
+        "manifest_sha256",
+        "hardware",
+        "selector",
+        "waves",
+        "state",
+        "wave",
+        "retry_generation",
+    ],
+)
 epoch.watch(RolloutDevice, ["wave", "state", "attempts", "from_version", "from_manifest"])

@@ -17,8 +17,11 @@ from ferry.server.trust.tables import SignedManifest
 router = APIRouter(tags=["trust"])
 
 ENVELOPE: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/json": {"schema": {"type": "object"}}},
-          "description": "signed envelope {signed, signatures}"}}
+    200: {
+        "content": {"application/json": {"schema": {"type": "object"}}},
+        "description": "signed envelope {signed, signatures}",
+    }
+}
 
 
 def _json(text: str) -> Response:
@@ -31,22 +34,26 @@ def latest_keyring(session: ReadSessionDep) -> Response:
 
 
 @router.get("/keyring/{version}", response_class=Response, responses=ENVELOPE)
-def keyring_version(version: Annotated[int, Path(ge=1, le=2**31 - 1)],
-                    session: ReadSessionDep) -> Response:
+def keyring_version(
+    version: Annotated[int, Path(ge=1, le=2**31 - 1)], session: ReadSessionDep
+) -> Response:
     return _json(trust.get_envelope(session, version))
 
 
 @router.get("/manifests/{sha256}", response_class=Response, responses=ENVELOPE)
-def manifest(sha256: Annotated[str, Path(pattern=SHA256_PATTERN)], request: Request,
-             session: ReadSessionDep, reader: DeviceReader) -> Response:
+def manifest(
+    sha256: Annotated[str, Path(pattern=SHA256_PATTERN)],
+    request: Request,
+    session: ReadSessionDep,
+    reader: DeviceReader,
+) -> Response:
     """Immutable once signed: the ETag is the digest it is stored under."""
     row = session.get(SignedManifest, sha256)
     if row is None:
         raise NotFoundError(f"manifest {sha256} does not exist")
     namespace = parse_json(row.envelope)["signed"]["namespace"]
     if not reader.in_namespace(namespace):
-        raise ForbiddenError(f"the token '{reader.name}' is not scoped to namespace "
-                             f"'{namespace}'")
+        raise ForbiddenError(f"the token '{reader.name}' is not scoped to namespace '{namespace}'")
     etag = f'"{sha256}"'
     if (answer := check_conditions(request, etag, IMMUTABLE)) is not None:
         return answer

@@ -41,16 +41,18 @@ def _load_or_create(key_dir: Path, role: Role) -> SigningKey:
     return key
 
 
-def _keyring_document(version: int, expiry_days: int,
-                      keys: dict[Role, SigningKey]) -> Keyring:
+def _keyring_document(version: int, expiry_days: int, keys: dict[Role, SigningKey]) -> Keyring:
     expires = format_time(utcnow() + timedelta(days=expiry_days))
     return make_keyring(version, expires, {role: [key.public] for role, key in keys.items()})
 
 
 def _store(session: Session, keyring: Keyring, signers: list[SigningKey]) -> KeyringVersion:
     envelope = sign_document(keyring.to_dict(), signers)
-    row = KeyringVersion(version=keyring.version, expires_at=keyring.expires,
-                         envelope=envelope_bytes(envelope).decode("utf-8"))
+    row = KeyringVersion(
+        version=keyring.version,
+        expires_at=keyring.expires,
+        envelope=envelope_bytes(envelope).decode("utf-8"),
+    )
     session.add(row)
     session.flush()
     return row
@@ -94,8 +96,9 @@ def rotate(session: Session, key_dir: Path, role: Role, expiry_days: int) -> int
     return version
 
 
-def renew_if_expiring(session: Session, key_dir: Path, expiry_days: int,
-                      now: datetime) -> int | None:
+def renew_if_expiring(
+    session: Session, key_dir: Path, expiry_days: int, now: datetime
+) -> int | None:
     """Re-sign the current keys as keyring n+1 when n has less than a quarter of its lifetime
     left; return n+1, or None when nothing was due.
 

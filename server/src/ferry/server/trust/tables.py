@@ -26,5 +26,6 @@ class SignedManifest(SQLModel, table=True):
     envelope: str
     created_at: str = Field(default_factory=utc_now)
 
+
 # A new keyring (a rotated or renewed key) re-signs every desired state.
 epoch.watch(KeyringVersion, ["version", "envelope", "expires_at"])

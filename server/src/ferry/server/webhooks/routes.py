@@ -23,21 +23,28 @@ def _public(row: WebhookSubscription) -> WebhookPublic:
 def create(body: WebhookCreate, session: SessionDep, admin: Admin) -> WebhookPublic:
     unknown = sorted(set(body.events) - EVENT_TYPES)
     if unknown:
-        raise ValidationFailedError(f"unknown events {unknown}",
-                                    {"known": sorted(EVENT_TYPES)})
+        raise ValidationFailedError(f"unknown events {unknown}", {"known": sorted(EVENT_TYPES)})
     row = WebhookSubscription(url=body.url, events=sorted(set(body.events)), secret=body.secret)
     session.add(row)
     session.flush()
-    audit.append(session, actor=admin.name, action="webhook.create", target=f"webhook:{row.id}",
-                 details={"url": row.url, "events": row.events})
+    audit.append(
+        session,
+        actor=admin.name,
+        action="webhook.create",
+        target=f"webhook:{row.id}",
+        details={"url": row.url, "events": row.events},
+    )
     session.commit()
     return _public(row)
 
 
 @router.get("/webhooks")
 def list_all(session: ReadSessionDep, _: Admin) -> list[WebhookPublic]:
-    rows = session.exec(select(WebhookSubscription).where(WebhookSubscription.active == True)
-                        .order_by(col(WebhookSubscription.id))).all()
+    rows = session.exec(
+        select(WebhookSubscription)
+        .where(WebhookSubscription.active == True)
+        .order_by(col(WebhookSubscription.id))
+    ).all()
     return [_public(row) for row in rows]
 
 
@@ -59,10 +66,22 @@ def deliveries(webhook_id: RowId, session: ReadSessionDep, _: Admin) -> list[Del
     """Delivery attempts for one subscription, newest first (status, attempts, last error)."""
     if session.get(WebhookSubscription, webhook_id) is None:
         raise NotFoundError(f"webhook {webhook_id} does not exist")
-    rows = session.exec(select(WebhookDelivery, EventOutbox.event_type)
-                        .join(EventOutbox, col(EventOutbox.id) == col(WebhookDelivery.event_id))
-                        .where(WebhookDelivery.subscription_id == webhook_id)
-                        .order_by(col(WebhookDelivery.id).desc()).limit(1000)).all()
-    return [DeliveryPublic(id=d.id, event_id=d.event_id, event_type=event_type, status=d.status,
-                           attempts=d.attempts, last_error=d.last_error,
-                           delivered_at=d.delivered_at) for d, event_type in rows]
+    rows = session.exec(
+        select(WebhookDelivery, EventOutbox.event_type)
+        .join(EventOutbox, col(EventOutbox.id) == col(WebhookDelivery.event_id))
+        .where(WebhookDelivery.subscription_id == webhook_id)
+        .order_by(col(WebhookDelivery.id).desc())
+        .limit(1000)
+    ).all()
+    return [
+        DeliveryPublic(
+            id=d.id,
+            event_id=d.event_id,
+            event_type=event_type,
+            status=d.status,
+            attempts=d.attempts,
+            last_error=d.last_error,
+            delivered_at=d.delivered_at,
+        )
+        for d, event_type in rows
+    ]

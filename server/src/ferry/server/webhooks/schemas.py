@@ -14,12 +14,14 @@ class WebhookCreate(Strict):
     events: Annotated[list[str], Field(min_length=1)]
     secret: Annotated[str, StringConstraints(min_length=8, max_length=512)]
 
+
 class WebhookPublic(BaseModel):
     id: int
     url: str
     events: list[str]
     created_at: str
     active: bool
+
 
 class DeliveryPublic(BaseModel):
     id: int

@@ -52,13 +52,15 @@ def emit_event(session: Session, event_type: str, payload: dict[str, Any]) -> Ev
     event = EventOutbox(event_type=event_type, payload=payload)
     session.add(event)
     session.flush()
-    subs = session.exec(select(WebhookSubscription)
-                        .where(WebhookSubscription.active == True)).all()
+    subs = session.exec(select(WebhookSubscription).where(WebhookSubscription.active == True)).all()
     for sub in subs:
         if event_type in sub.events:
             assert event.id is not None and sub.id is not None
-            session.add(WebhookDelivery(event_id=event.id, subscription_id=sub.id,
-                                        next_attempt_at=time.time()))
+            session.add(
+                WebhookDelivery(
+                    event_id=event.id, subscription_id=sub.id, next_attempt_at=time.time()
+                )
+            )
     return event
 
 
@@ -68,8 +70,16 @@ def sign_body(secret: str, body: bytes) -> str:
 
 
 def event_body(event: EventOutbox) -> bytes:
-    return json.dumps({"id": event.id, "type": event.event_type, "created_at": event.created_at,
-                       "data": event.payload}, sort_keys=True, separators=(",", ":")).encode()
+    return json.dumps(
+        {
+            "id": event.id,
+            "type": event.event_type,
+            "created_at": event.created_at,
+            "data": event.payload,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
 
 
 @dataclass(frozen=True)
@@ -96,9 +106,14 @@ class RetryPolicy:
 class WebhookWorker:
     """Delivers due webhook rows until stopped."""
 
-    def __init__(self, engine: Engine, policy: RetryPolicy, poll_seconds: float = 1.0,
-                 read_engine: Engine | None = None,
-                 on_outcome: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        policy: RetryPolicy,
+        poll_seconds: float = 1.0,
+        read_engine: Engine | None = None,
+        on_outcome: Callable[[str], None] | None = None,
+    ) -> None:
         self.engine = engine
         self.on_outcome = on_outcome  # delivered, failed (will retry) or gave_up; for metrics
         self.read_engine = read_engine or engine
@@ -131,37 +146,55 @@ class WebhookWorker:
         if not self._any_due(now):  # polled every second: no write lock while idle
             return jobs
         with session_scope(self.engine) as session:
-            due = session.exec(select(WebhookDelivery)
-                               .where(WebhookDelivery.status == "pending",
-                                      WebhookDelivery.next_attempt_at <= now)
-                               .order_by(col(WebhookDelivery.next_attempt_at)).limit(BATCH)).all()
+            due = session.exec(
+                select(WebhookDelivery)
+                .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
+                .order_by(col(WebhookDelivery.next_attempt_at))
+                .limit(BATCH)
+            ).all()
             for row in due:
                 claimed = session.exec(
                     update(WebhookDelivery)
-                    .where(col(WebhookDelivery.id) == row.id,
-                           col(WebhookDelivery.next_attempt_at) == row.next_attempt_at)
-                    .values(next_attempt_at=now + CLAIM_LEASE_SECONDS))
+                    .where(
+                        col(WebhookDelivery.id) == row.id,
+                        col(WebhookDelivery.next_attempt_at) == row.next_attempt_at,
+                    )
+                    .values(next_attempt_at=now + CLAIM_LEASE_SECONDS)
+                )
                 if claimed.rowcount != 1:
                     continue
                 sub = session.get(WebhookSubscription, row.subscription_id)
                 event = session.get(EventOutbox, row.event_id)
                 assert sub is not None and event is not None and row.id is not None
-                jobs.append(_Job(row.id, row.attempts, sub.url, sub.secret,
-                                 event.event_type, event_body(event)))
+                jobs.append(
+                    _Job(
+                        row.id,
+                        row.attempts,
+                        sub.url,
+                        sub.secret,
+                        event.event_type,
+                        event_body(event),
+                    )
+                )
         return jobs
 
     def _any_due(self, now: float) -> bool:
         with Session(self.read_engine) as session:
-            found = session.exec(select(WebhookDelivery.id).where(
-                WebhookDelivery.status == "pending",
-                WebhookDelivery.next_attempt_at <= now).limit(1)).first()
+            found = session.exec(
+                select(WebhookDelivery.id)
+                .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
+                .limit(1)
+            ).first()
             session.rollback()
         return found is not None
 
     async def _deliver(self, client: httpx.AsyncClient, job: _Job) -> None:
-        headers = {"Content-Type": "application/json", EVENT_HEADER: job.event_type,
-                   DELIVERY_HEADER: str(job.delivery_id),
-                   SIGNATURE_HEADER: sign_body(job.secret, job.body)}
+        headers = {
+            "Content-Type": "application/json",
+            EVENT_HEADER: job.event_type,
+            DELIVERY_HEADER: str(job.delivery_id),
+            SIGNATURE_HEADER: sign_body(job.secret, job.body),
+        }
         error: str | None = None
         try:
             response = await client.post(job.url, content=job.body, headers=headers)
@@ -181,15 +214,24 @@ class WebhookWorker:
                 row.status, row.delivered_at, row.last_error = "delivered", utc_now(), None
             elif attempts >= self.policy.max_attempts:
                 row.status, row.last_error = "failed", error
-                log.warning("webhook delivery %s gave up after %d attempts: %s",
-                            job.delivery_id, attempts, error)
+                log.warning(
+                    "webhook delivery %s gave up after %d attempts: %s",
+                    job.delivery_id,
+                    attempts,
+                    error,
+                )
             else:
                 row.last_error = error
                 row.next_attempt_at = time.time() + self.policy.delay(attempts)
             session.add(row)
         if self.on_outcome is not None:
-            self.on_outcome("delivered" if error is None else
-                            "gave_up" if attempts >= self.policy.max_attempts else "failed")
+            self.on_outcome(
+                "delivered"
+                if error is None
+                else "gave_up"
+                if attempts >= self.policy.max_attempts
+                else "failed"
+            )
 
 
 def jobs_pending_soon(jobs: list[_Job]) -> bool:
