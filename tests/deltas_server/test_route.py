@@ -166,7 +166,7 @@ def test_rollout_start_precomputes_the_deltas_its_devices_will_ask_for(
     commit(fleet, agents, v1, base["id"])
     fleet.tick()
     _wait_builds(fleet)
-    assert _jobs(fleet).service.cached(_sha(pair[0]), _sha(pair[1])) is None  # nothing ran v1
+    assert _jobs(fleet).builder.cached(_sha(pair[0]), _sha(pair[1])) is None  # nothing ran v1
 
     rollout = fleet.rollout(version=str(v2), waves=[100])
     engine = fleet.app.state.ctx.engine

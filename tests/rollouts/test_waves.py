@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from sqlmodel import select
 
-from ferry.protocol.waves import wave_index
 from ferry.server.audit.tables import AuditEntry
 from ferry.server.core.db import session_scope
 from ferry.server.webhooks.tables import EventOutbox
@@ -23,7 +22,6 @@ def test_membership_is_the_shared_deterministic_hash(fleet: Fleet) -> None:
     for agent in agents:
         expected = (version, False) if agent.device_id in first else None
         assert target(fleet, agent) == expected
-    assert wave_index(rollout["wave_seed"], "dev-0000", [100]) == 0
 
 
 def test_a_wave_is_announced_with_one_publish_whatever_its_size(fleet: Fleet) -> None:

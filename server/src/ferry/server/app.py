@@ -51,7 +51,7 @@ from ferry.server.core.settings import Settings
 from ferry.server.dashboard import routes as dashboard
 from ferry.server.dashboard.fleet_view import ONLINE_WINDOW_S
 from ferry.server.dashboard.gauges import fleet_gauges
-from ferry.server.deltas import DeltaService
+from ferry.server.deltas import DeltaBuilder
 from ferry.server.deltas import routes as delta_routes
 from ferry.server.deltas.jobs import DeltaJobs
 from ferry.server.fleet import device_routes, enrollment_routes
@@ -145,12 +145,12 @@ def _start_deltas(app: FastAPI, ctx: AppContext) -> DeltaJobs | None:
     settings = ctx.settings
     if not settings.deltas_enabled:
         return None
-    service = DeltaService(
+    builder = DeltaBuilder(
         settings.delta_dir,
         max_fraction=settings.delta_max_fraction,
         max_concurrent_builds=settings.delta_build_workers,
     )
-    jobs = DeltaJobs(service, ctx.blobs, ctx.engine, ctx.metrics, settings.delta_build_workers)
+    jobs = DeltaJobs(builder, ctx.blobs, ctx.engine, ctx.metrics, settings.delta_build_workers)
     app.state.deltas = jobs
     runtime_of(app).start_hook = jobs
     runtime_of(app).delta_sizes = jobs

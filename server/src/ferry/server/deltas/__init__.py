@@ -1,4 +1,4 @@
-"""Delta building on the server: an on-demand, cached delta service around the encoder.
+"""Delta building on the server: an on-demand, cached delta builder around the encoder.
 
 The encoder itself is :mod:`ferry.protocol.delta.encode` (no server dependencies, so
 the `ferry delta` command runs it without a server); it is re-exported here.
@@ -11,19 +11,19 @@ from ferry.protocol.delta.encode import (
     build_compressed,
     build_delta,
 )
-from ferry.server.deltas._service import (
+from ferry.server.deltas._builder import (
     DEFAULT_MAX_FRACTION,
+    DeltaBuilder,
     DeltaOffer,
-    DeltaService,
     PairRecord,
     build_pair,
 )
 
 __all__ = [
     "DEFAULT_MAX_FRACTION",
+    "DeltaBuilder",
     "DeltaOffer",
     "DeltaResult",
-    "DeltaService",
     "EncodeOptions",
     "PairRecord",
     "build_bsdiff40",

@@ -6,7 +6,7 @@ falls back to the full file at once and the next device gets the delta. When a
 rollout starts, `rollout_started` plans the pairs its devices will ask for (one
 GROUP BY over what they run, not one query per device) and queues them too.
 
-Builds go through ``DeltaService.get`` (a spawn-context process pool); a
+Builds go through ``DeltaBuilder.get`` (a spawn-context process pool); a
 semaphore of ``workers`` slots keeps at most that many in the pool, so the
 pool's queue never grows and shutdown only waits for the builds already running.
 A build that fails is logged and counted; nothing here can fail a request or a rollout.
@@ -25,7 +25,7 @@ from sqlmodel import Session, col, select
 
 from ferry.server.core.blobs import BlobStore
 from ferry.server.core.observability import Metrics
-from ferry.server.deltas import DeltaOffer, DeltaService
+from ferry.server.deltas import DeltaBuilder, DeltaOffer
 from ferry.server.fleet.tables import DeviceSlot
 from ferry.server.registry.tables import ModelVersion
 from ferry.server.rollouts.tables import Rollout, RolloutDevice
@@ -59,17 +59,17 @@ class Pair:
 
 
 class DeltaJobs:
-    """The app's delta service plus the background builds queued on it."""
+    """The app's delta builder plus the background builds queued on it."""
 
     def __init__(
         self,
-        service: DeltaService,
+        builder: DeltaBuilder,
         blobs: BlobStore,
         engine: Engine,
         metrics: Metrics,
         workers: int,
     ) -> None:
-        self.service = service
+        self.builder = builder
         self.blobs = blobs
         self.engine = engine
         self.metrics = metrics
@@ -84,10 +84,10 @@ class DeltaJobs:
         """Cache state of a pair (a stat and a small JSON read: run it off the event loop)."""
         if not (self.blobs.exists(from_sha256) and self.blobs.exists(to_sha256)):
             return Found(Lookup.UNKNOWN_BLOB)
-        record = self.service.cached(from_sha256, to_sha256)
+        record = self.builder.cached(from_sha256, to_sha256)
         if record is None:
             return Found(Lookup.NOT_READY)
-        offer = self.service.offer(record)
+        offer = self.builder.offer(record)
         return Found(Lookup.READY, offer) if offer else Found(Lookup.NOT_WORTH_IT)
 
     def delta_size(self, from_sha256: str, to_sha256: str) -> int | None:
@@ -124,7 +124,7 @@ class DeltaJobs:
         fields = {"from": from_sha256, "to": to_sha256}
         async with self._slots:
             try:
-                offer = await self.service.get(
+                offer = await self.builder.get(
                     from_sha256, to_sha256, self.blobs.path(from_sha256), self.blobs.path(to_sha256)
                 )
             except Exception:  # a bad pair must never take the server down
@@ -173,7 +173,7 @@ class DeltaJobs:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        await anyio.to_thread.run_sync(self.service.close)
+        await anyio.to_thread.run_sync(self.builder.close)
 
 
 def rollout_pairs(engine: Engine, rollout_pk: int) -> list[Pair]:

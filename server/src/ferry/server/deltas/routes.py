@@ -74,7 +74,7 @@ async def get_delta(
     if found.offer is None:
         raise NotFoundError(
             "no delta worth sending: download the full file",
-            {"max_fraction": jobs.service.max_fraction},
+            {"max_fraction": jobs.builder.max_fraction},
         )
     record = found.offer.record
     etag = f'"{record.delta_sha256}"'

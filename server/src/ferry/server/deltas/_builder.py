@@ -60,7 +60,7 @@ class DeltaOffer:
         )  # fmt: skip
 
 
-class DeltaService:
+class DeltaBuilder:
     """Builds, caches and offers deltas between artifacts named by their sha256."""
 
     def __init__(

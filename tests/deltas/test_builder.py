@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ferry.protocol.delta import apply_delta_file
-from ferry.server.deltas import DeltaService, EncodeOptions
+from ferry.server.deltas import DeltaBuilder, EncodeOptions
 
 Pair = Callable[..., tuple[Path, Path]]
 OPTIONS = EncodeOptions(chunk_size=64 << 10, workers=1)
@@ -23,7 +23,7 @@ def _sha(path: Path) -> str:
 
 def test_async_build_runs_in_the_pool_and_is_cached(model_pair: Pair, tmp_path: Path) -> None:
     old, new = model_pair()
-    service = DeltaService(tmp_path / "cache", options=OPTIONS)
+    service = DeltaBuilder(tmp_path / "cache", options=OPTIONS)
 
     async def scenario() -> tuple[object, object, int]:
         ticks = 0
@@ -56,7 +56,7 @@ def test_async_build_runs_in_the_pool_and_is_cached(model_pair: Pair, tmp_path: 
 
 def test_cached_pair_is_not_rebuilt(model_pair: Pair, tmp_path: Path) -> None:
     old, new = model_pair()
-    service = DeltaService(tmp_path / "cache", options=OPTIONS)
+    service = DeltaBuilder(tmp_path / "cache", options=OPTIONS)
     offer = service.build(_sha(old), _sha(new), old, new)
     assert offer is not None
     stamp = offer.path.stat().st_mtime_ns
@@ -71,17 +71,17 @@ def test_delta_not_worth_it_is_not_offered(tmp_path: Path) -> None:
     old, new = tmp_path / "old.bin", tmp_path / "new.bin"
     old.write_bytes(rng.randbytes(200_000))
     new.write_bytes(rng.randbytes(200_000))  # retrained from scratch: nothing in common
-    service = DeltaService(tmp_path / "cache", options=OPTIONS, max_fraction=0.6)
+    service = DeltaBuilder(tmp_path / "cache", options=OPTIONS, max_fraction=0.6)
     assert service.build(_sha(old), _sha(new), old, new) is None
     record = service.cached(_sha(old), _sha(new))
     assert record is not None and record.fraction() > 0.6  # remembered, so not rebuilt
-    generous = DeltaService(tmp_path / "cache", options=OPTIONS, max_fraction=1.5)
+    generous = DeltaBuilder(tmp_path / "cache", options=OPTIONS, max_fraction=1.5)
     assert generous.offer(record) is not None
 
 
 def test_mislabelled_artifacts_are_refused(model_pair: Pair, tmp_path: Path) -> None:
     old, new = model_pair()
-    service = DeltaService(tmp_path / "cache", options=OPTIONS)
+    service = DeltaBuilder(tmp_path / "cache", options=OPTIONS)
     with pytest.raises(ValueError, match="do not hash"):
         service.build("0" * 64, _sha(new), old, new)
     assert service.cached("0" * 64, _sha(new)) is None
@@ -89,7 +89,7 @@ def test_mislabelled_artifacts_are_refused(model_pair: Pair, tmp_path: Path) -> 
 
 def test_offer_describes_itself_as_a_descriptor(model_pair: Pair, tmp_path: Path) -> None:
     old, new = model_pair()
-    offer = DeltaService(tmp_path / "cache", options=OPTIONS).build(_sha(old), _sha(new), old, new)
+    offer = DeltaBuilder(tmp_path / "cache", options=OPTIONS).build(_sha(old), _sha(new), old, new)
     assert offer is not None
     descriptor = offer.descriptor("a" * 64, "b" * 64, "model.safetensors")
     assert descriptor.delta_size == offer.path.stat().st_size
