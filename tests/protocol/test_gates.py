@@ -83,3 +83,11 @@ def test_a_gate_that_cannot_pass_any_more_is_told_apart_from_one_still_waiting()
     assert not policy.unreachable(committed=2, failures=0, cohort=3)  # one still under way
     assert policy.unreachable(committed=2, failures=1, cohort=3)
     assert not GatePolicy(min_success_pct=60).unreachable(committed=2, failures=1, cohort=3)
+
+
+def test_each_failure_type_has_its_own_abort_limit() -> None:
+    policy = GatePolicy(max_timed_out_pct=10)
+    assert policy.abort_reason({"timed_out": 1, "failed": 5}, 10) is None  # 10 % is allowed
+    reason = policy.abort_reason({"timed_out": 2}, 10)
+    assert reason is not None and "2 of 10 devices timed out" in reason
+    assert GatePolicy().abort_reason({"failed": 10}, 10) is None  # no criteria by default

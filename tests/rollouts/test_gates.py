@@ -230,3 +230,27 @@ def test_gates_of_an_ended_rollout_or_out_of_range_values_are_refused(fleet: Fle
     fleet.act(rollout["id"], "cancel")
     ended = _edit(fleet, rollout["id"], expect=409, bake_s=10)
     assert "cancelled rollout's gates cannot change" in ended["error"]["message"]
+
+
+def test_an_abort_criterion_per_failure_type_halts_on_its_own_type_only(fleet: Fleet) -> None:
+    """AWS IoT Jobs-style abort criteria: rolled-back devices have their own limit."""
+    rollout, waves, version = _start(
+        fleet, max_failure_pct=None, min_success_pct=50, max_rolled_back_pct=10, bake_s=3600
+    )
+    cohort = waves[0]
+    fail(fleet, cohort[:1], version, rollout["id"], state="failed")  # another type: ignored
+    fleet.tick()
+    assert fleet.show(rollout["id"])["state"] == "running"
+    over = len(cohort) // 10 + 1  # just past 10 % of the first wave
+    fail(fleet, cohort[1 : 1 + over], version, rollout["id"], state="rolled_back")
+    fleet.tick()
+    shown = fleet.show(rollout["id"])
+    assert shown["state"] == "halted"
+    assert "abort criterion" in shown["reason"] and "rolled back" in shown["reason"]
+
+
+def test_abort_criteria_are_validated_like_every_gate(fleet: Fleet) -> None:
+    fleet.devices(2)
+    version = fleet.version()
+    refused = fleet.rollout(expect=422, version=str(version), max_timed_out_pct=101)
+    assert "max_timed_out_pct" in str(refused)

@@ -42,6 +42,7 @@ from ferry.cli.fleet_cmds import (
 )
 from ferry.client import FerryClient, InputError
 from ferry.client._fleet import RolloutMember, RolloutMembersPage
+from ferry.protocol.gates import FAILURE_TYPES
 
 WIDE = 120  # from this width on, the last-report column is shown too
 MESSAGE_LINES = 3  # of a long probe output, the text view shows the last lines (JSON: all)
@@ -362,6 +363,21 @@ def _members(plan: dict[str, Any], most: int) -> None:
         )
 
 
+def parse_abort_on(terms: list[str]) -> dict[str, int]:
+    """``timed_out=10`` → ``{"max_timed_out_pct": 10}``; a typo is a usage error."""
+    found: dict[str, int] = {}
+    for term in terms:
+        kind, _, pct = term.partition("=")
+        name = FAILURE_TYPES.get(kind.strip())
+        if name is None or not pct.strip().isdigit():
+            raise InputError(
+                f"--abort-on {term!r}: use TYPE=PCT with TYPE one of "
+                f"{', '.join(FAILURE_TYPES)} (e.g. timed_out=10)"
+            )
+        found[name] = int(pct)
+    return found
+
+
 @rollout_app.command(
     "create",
     epilog="Example: ferry rollout create vision/detector@7 "
@@ -411,6 +427,13 @@ def rollout_create(
         int, typer.Option(help="Seconds in progress before timed_out.")
     ] = GATES.in_progress_timeout_s,
     auto_rollback: Annotated[bool, typer.Option(help="Roll back automatically on halt.")] = False,
+    abort_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Halt when one failure type passes its own %: TYPE=PCT with TYPE failed, "
+            "rolled_back or timed_out (repeatable)."
+        ),
+    ] = None,
     start_at: Annotated[
         str | None, typer.Option(help="Start time, e.g. 2026-11-26T02:00:00Z.")
     ] = None,
@@ -435,6 +458,7 @@ def rollout_create(
         max_retries=retries,
         retry_backoff_s=retry_backoff,
         in_progress_timeout_s=timeout,
+        **parse_abort_on(abort_on or []),
     )
     where: dict[str, Any] = {
         "selector": selector,

@@ -9,6 +9,7 @@ devices committed; the failure limit halts the rollout.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -24,8 +25,18 @@ LIMITS: dict[str, tuple[int, int]] = {
     "max_retries": (0, 20),
     "retry_backoff_s": (0, 365 * _DAY_S),
     "in_progress_timeout_s": (1, 30 * _DAY_S),
+    "max_failed_pct": (0, 100),
+    "max_rolled_back_pct": (0, 100),
+    "max_timed_out_pct": (0, 100),
 }
-OPTIONAL = frozenset({"max_failures", "max_failure_pct"})
+# Abort criteria per failure type (as AWS IoT Jobs' abortConfig): the device state each
+# counts, and its field. A failure counts once it is final (no retry left).
+FAILURE_TYPES = {
+    "failed": "max_failed_pct",
+    "rolled_back": "max_rolled_back_pct",
+    "timed_out": "max_timed_out_pct",
+}
+OPTIONAL = frozenset({"max_failures", "max_failure_pct", *FAILURE_TYPES.values()})
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,12 @@ class GatePolicy:
     """Seconds between a failure and the retry offer."""
     in_progress_timeout_s: int = 1800
     """A device silent this long mid-update counts as timed out (a failure)."""
+    max_failed_pct: int | None = None
+    """Halt when more than this % of the cohort failed (refused or broken install)."""
+    max_rolled_back_pct: int | None = None
+    """Halt when more than this % of the cohort rolled back (health probe failed)."""
+    max_timed_out_pct: int | None = None
+    """Halt when more than this % of the cohort timed out (silent, or never started)."""
 
     def __post_init__(self) -> None:
         for name, (low, high) in LIMITS.items():
@@ -77,6 +94,17 @@ class GatePolicy:
         if self.max_failures is not None and failures > self.max_failures:
             return True
         return self.max_failure_pct is not None and failures * 100 > self.max_failure_pct * cohort
+
+    def abort_reason(self, final_by_type: Mapping[str, int], cohort: int) -> str | None:
+        """The first failure type past its own limit, in words; None when none is."""
+        for kind, name in FAILURE_TYPES.items():
+            limit, count = getattr(self, name), final_by_type.get(kind, 0)
+            if limit is not None and count * 100 > limit * cohort:
+                share = round(100 * count / cohort) if cohort else 0
+                return (
+                    f"{count} of {cohort} devices {kind.replace('_', ' ')} ({share} % > {limit} %)"
+                )
+        return None
 
     def unreachable(self, committed: int, failures: int, cohort: int) -> bool:
         """Even if every device still under way commits, the success rate stays too low."""

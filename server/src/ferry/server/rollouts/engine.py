@@ -50,6 +50,7 @@ class WaveCounts:
     total: int
     committed: int
     final_failures: int  # failed, rolled back or timed out with no retry left
+    final_by_type: dict[str, int]  # the same, per device state
 
     def success_pct(self) -> float:
         return 100.0 if self.total == 0 else 100.0 * self.committed / self.total
@@ -63,10 +64,12 @@ def cohort_counts(session: Session, rollout: Rollout) -> WaveCounts:
         .group_by(RolloutDevice.state, exhausted)
     ).all()
     failures = {s.value for s in FAILURES}
+    by_type = {s: sum(n for state, done, n in rows if state == s and done) for s in failures}
     return WaveCounts(
         total=sum(n for _, _, n in rows),
         committed=sum(n for state, _, n in rows if state == DeviceState.COMMITTED),
-        final_failures=sum(n for state, done, n in rows if state in failures and done),
+        final_failures=sum(by_type.values()),
+        final_by_type=by_type,
     )
 
 
@@ -171,11 +174,13 @@ def evaluate(session: Session, rollout: Rollout, now: datetime) -> str:
     time_out_silent(session, rollout, now)
     schedule_retries(session, rollout, now)
     counts = cohort_counts(session, rollout)
-    if failure_limit_crossed(rollout, counts):
+    abort = rollout.gates().abort_reason(counts.final_by_type, counts.total)
+    if failure_limit_crossed(rollout, counts) or abort is not None:
         reason = (
-            f"failure limit crossed in wave {public_wave(rollout.wave)}: "
-            f"{counts.final_failures} of "
-            f"{counts.total} devices failed"
+            f"abort criterion crossed in wave {public_wave(rollout.wave)}: {abort}"
+            if abort is not None and not failure_limit_crossed(rollout, counts)
+            else f"failure limit crossed in wave {public_wave(rollout.wave)}: "
+            f"{counts.final_failures} of {counts.total} devices failed"
         )
         service.transition(
             session, rollout, RolloutState.HALTED, actor=ACTOR, now=now, reason=reason

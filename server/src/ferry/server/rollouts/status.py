@@ -57,7 +57,8 @@ def gate_status(session: Session, rollout: Rollout, now: datetime) -> dict[str, 
     if rollout.state != RolloutState.RUNNING:
         return {"status": rollout.state, "reason": rollout.reason}
     counts = cohort_counts(session, rollout)
-    if failure_limit_crossed(rollout, counts):
+    aborting = rollout.gates().abort_reason(counts.final_by_type, counts.total)
+    if failure_limit_crossed(rollout, counts) or aborting is not None:
         status = "failing"
     elif gate_passes(rollout, counts, now):
         status = "passing"

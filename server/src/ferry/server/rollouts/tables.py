@@ -39,6 +39,9 @@ class Rollout(SQLModel, table=True):
     max_retries: int = _GATES.max_retries
     retry_backoff_s: int = _GATES.retry_backoff_s
     in_progress_timeout_s: int = _GATES.in_progress_timeout_s
+    max_failed_pct: int | None = _GATES.max_failed_pct
+    max_rolled_back_pct: int | None = _GATES.max_rolled_back_pct
+    max_timed_out_pct: int | None = _GATES.max_timed_out_pct
     auto_rollback: bool = False
     start_at: str | None = None
     state: str = Field(default="scheduled", index=True)
