@@ -28,6 +28,7 @@ def test_the_api_schema_the_table_and_the_cli_take_their_defaults_from_the_polic
             created_by="t",
             created_at="t",
             updated_at="t",
+            **policy.to_dict(),
         ).gates()
         == policy
     )

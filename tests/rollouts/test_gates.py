@@ -240,7 +240,7 @@ def test_an_abort_criterion_per_failure_type_halts_on_its_own_type_only(fleet: F
     cohort = waves[0]
     fail(fleet, cohort[:1], version, rollout["id"], state="failed")  # another type: ignored
     fleet.tick()
-    assert fleet.show(rollout["id"])["state"] == "running"
+    assert fleet.show(rollout["id"])["state"] == "running", fleet.show(rollout["id"])["reason"]
     over = len(cohort) // 10 + 1  # just past 10 % of the first wave
     fail(fleet, cohort[1 : 1 + over], version, rollout["id"], state="rolled_back")
     fleet.tick()

@@ -31,17 +31,19 @@ class Rollout(SQLModel, table=True):
     hardware: list[str] = json_field(list)  # the version's; late joiners are checked against it
     selector: Selector = json_field(dict)
     waves: list[int] = json_field(list)
-    # The columns of `GatePolicy` (read them through `gates()`).
+    # The columns of `GatePolicy` (read them through `gates()`); rows are always written from
+    # a policy, so the optional limits default to None here: SQLAlchemy would turn an
+    # explicit None (no limit) into a non-None column default.
     bake_s: int = _GATES.bake_s
     min_success_pct: int = _GATES.min_success_pct
-    max_failures: int | None = _GATES.max_failures
-    max_failure_pct: int | None = _GATES.max_failure_pct
+    max_failures: int | None = None
+    max_failure_pct: int | None = None
     max_retries: int = _GATES.max_retries
     retry_backoff_s: int = _GATES.retry_backoff_s
     in_progress_timeout_s: int = _GATES.in_progress_timeout_s
-    max_failed_pct: int | None = _GATES.max_failed_pct
-    max_rolled_back_pct: int | None = _GATES.max_rolled_back_pct
-    max_timed_out_pct: int | None = _GATES.max_timed_out_pct
+    max_failed_pct: int | None = None
+    max_rolled_back_pct: int | None = None
+    max_timed_out_pct: int | None = None
     auto_rollback: bool = False
     start_at: str | None = None
     state: str = Field(default="scheduled", index=True)
