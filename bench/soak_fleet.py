@@ -27,32 +27,15 @@ import signal
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_rollout import scratch_postgres  # bench/ is the script folder
+
 from ferry.cli.demo import FINAL_STATES, _installed, wait_until
 from tests.e2e._replicas import Topology
-
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-@contextmanager
-def scratch_postgres() -> Iterator[str]:
-    import psycopg
-
-    name = f"ferry_soak_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _kill_during(stack: Topology, rng: random.Random, rollout_id: str) -> list[str]:
