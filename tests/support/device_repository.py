@@ -18,6 +18,7 @@ import hashlib
 import json
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -83,6 +84,14 @@ class Received:
         return out
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up mid-request (an agent cutting off an attack) is not an error."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class DeviceRepository:
     """Serves keyrings, desired states, manifests, blobs and deltas; ingests status reports."""
 
@@ -134,7 +143,7 @@ class DeviceRepository:
     def start(self) -> DeviceRepository:
         """Listen (again) on the same port: an outage ends."""
         handler = type("Handler", (_Handler,), {"repo": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        self._server = _QuietServer(("127.0.0.1", self.port), handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
         return self
