@@ -8,6 +8,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from tests.fleet.harness import Fleet
+from tests.rollouts.helpers import by_wave
 
 
 def secret_of(headers: dict[str, str]) -> str:
@@ -37,3 +38,9 @@ def live_rollout(fleet: Fleet, devices: int = 4, **body: Any) -> tuple[dict[str,
     rollout = fleet.rollout(**body)
     fleet.tick()
     return rollout, agents
+
+
+def first_agent(rollout: dict[str, Any], agents: list[Any]) -> Any:
+    """A device of the first wave that has any (waves hash a seed: wave 1 may be empty)."""
+    waves = by_wave(rollout, agents)
+    return waves[min(waves)][0]

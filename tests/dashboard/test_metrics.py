@@ -17,7 +17,7 @@ from ferry.server.api.system import readiness
 from ferry.server.mqtt._fleet import FleetStatusSink
 from ferry.server.mqtt._link import MqttLink
 from ferry.server.rollouts.engine import tick
-from tests.dashboard.helpers import live_rollout
+from tests.dashboard.helpers import first_agent, live_rollout
 from tests.fleet.harness import Fleet, report_doc
 from tests.rollouts.helpers import by_wave, commit, fail
 from tests.support.metrics import parse, value
@@ -99,7 +99,7 @@ def test_bytes_served_count_full_blobs_and_ranges(fleet: Fleet) -> None:
 
 def test_reports_are_counted_per_transport_with_their_lag(fleet: Fleet) -> None:
     rollout, agents = live_rollout(fleet, devices=2)
-    agent = by_wave(rollout, agents)[0][0]
+    agent = first_agent(rollout, agents)
     doc = report_doc(
         agent.device_id,
         "downloading",

@@ -11,9 +11,9 @@ from sqlmodel import Session, select
 from ferry.protocol.signing import parse_envelope
 from ferry.protocol.timefmt import format_time
 from ferry.server.audit.tables import AuditEntry
-from tests.dashboard.helpers import browser, live_rollout
+from tests.dashboard.helpers import browser, first_agent, live_rollout
 from tests.fleet.harness import Fleet, report_doc
-from tests.rollouts.helpers import by_wave, commit
+from tests.rollouts.helpers import commit
 
 
 def _report_with_detail(fleet: Fleet, agent: object, detail: str, **kw: object) -> None:
@@ -25,7 +25,7 @@ def _report_with_detail(fleet: Fleet, agent: object, detail: str, **kw: object) 
 
 def test_the_failed_devices_page_lists_error_codes_and_probe_output(fleet: Fleet) -> None:
     rollout, agents = live_rollout(fleet, devices=4, max_retries=0)
-    bad = by_wave(rollout, agents)[0][0]
+    bad = first_agent(rollout, agents)
     _report_with_detail(
         fleet,
         bad,
@@ -90,7 +90,7 @@ def test_the_device_page_shows_slots_history_and_the_last_error_with_probe_outpu
     fleet: Fleet,
 ) -> None:
     rollout, agents = live_rollout(fleet, devices=2)
-    agent = by_wave(rollout, agents)[0][0]
+    agent = first_agent(rollout, agents)
     fleet.report(agent, "downloading", to_version=1, rollout_id=rollout["id"])
     _report_with_detail(
         fleet,
@@ -200,7 +200,7 @@ def test_device_supplied_text_is_escaped_on_pages_and_in_the_live_fragment(fleet
     from ferry.server.dashboard import routes
 
     rollout, agents = live_rollout(fleet, devices=2, max_retries=0)
-    agent = by_wave(rollout, agents)[0][0]
+    agent = first_agent(rollout, agents)
     attack = '<script>alert(1)</script><img src=x onerror="alert(2)">'
     _report_with_detail(
         fleet,

@@ -8,7 +8,7 @@ import re
 
 from ferry.server.dashboard import routes
 from ferry.server.dashboard.rollout_view import segments
-from tests.dashboard.helpers import browser, csrf_of, live_rollout, secret_of
+from tests.dashboard.helpers import browser, csrf_of, first_agent, live_rollout, secret_of
 from tests.fleet.harness import Fleet
 from tests.rollouts.helpers import by_wave, commit, fail
 
@@ -41,7 +41,7 @@ def test_a_halted_rollout_shows_its_reason_and_failed_devices_one_click_away(fle
     fail(fleet, first[:1], 1, rollout["id"])
     fleet.tick()
     html = browser(fleet, fleet.token("viewer")).get(f"/ui/rollouts/{rollout['id']}").text
-    assert "Halted: failure limit crossed in wave 0" in html
+    assert "Halted: failure limit crossed in wave 1" in html
     assert f'href="/ui/rollouts/{rollout["id"]}/devices?state=failed">1</a>' in html
 
 
@@ -103,7 +103,7 @@ def test_the_live_fragment_changes_when_a_device_reports(fleet: Fleet) -> None:
     ctx, secret = fleet.app.state.ctx, secret_of(fleet.admin)
     before = routes.live_fragment(ctx, fleet.app, secret, rollout["id"])
     fleet.report(
-        by_wave(rollout, agents)[0][0], "downloading", to_version=1, rollout_id=rollout["id"]
+        first_agent(rollout, agents), "downloading", to_version=1, rollout_id=rollout["id"]
     )
     after = routes.live_fragment(ctx, fleet.app, secret, rollout["id"])
     assert before is not None and after is not None

@@ -85,6 +85,7 @@ class Fleet:
     clock: FrozenClock
     notifier: RecordingNotifier
     broker: RecordingBrokerSync
+    _versions_made: int = 0
 
     @property
     def runtime(self) -> FleetRuntime:
@@ -125,8 +126,13 @@ class Fleet:
         hardware: list[str] | None = None,
         inputs: list[Any] | None = None,
     ) -> int:
-        """Register a new version (fresh random bytes) and move it to ``stage``."""
-        data = secrets.token_bytes(32)
+        """Register a new version (fresh bytes) and move it to ``stage``.
+
+        The bytes are derived from a counter, not random: a manifest's digest seeds its
+        rollouts' wave membership, so a test's waves are the same on every run.
+        """
+        self._versions_made += 1
+        data = hashlib.sha256(f"{ns}/{name}/{self._versions_made}".encode()).digest()
         sha = hashlib.sha256(data).hexdigest()
         assert (
             self.client.put(f"{API}/blobs/{sha}", content=data, headers=self.admin).status_code

@@ -123,7 +123,9 @@ def test_405_names_every_allowed_method(fleet: Fleet) -> None:
         if "PATCH" in allowed:
             continue
         assert r.status_code == 405, path
-        assert set(r.headers["allow"].split(", ")) == allowed, path
+        # Every method of the template; a sibling template matching the same URL (GET
+        # /rollouts/{id} for /rollouts/plan) may add its own.
+        assert allowed <= set(r.headers["allow"].split(", ")), path
         assert r.json()["error"]["code"] == "method_not_allowed"
         checked += 1
     assert checked > 20

@@ -21,6 +21,7 @@ from ferry.server.rollouts.machine import (
     TRANSITIONS,
     DeviceState,
     RolloutState,
+    public_wave,
 )
 from ferry.server.rollouts.status import rollout_status
 from ferry.server.rollouts.tables import Rollout
@@ -151,10 +152,10 @@ def rollout_view(
 ) -> dict[str, Any]:
     """Everything the rollout page and its live fragment render."""
     status = rollout_status(session, rollout, now)
-    for entry in status["waves"]:
-        entry["number"] = entry["wave"] + 1
+    for entry in status["waves"]:  # ``wave`` is already the public number (1 = first)
+        entry["number"] = entry["wave"]
         entry["segments"] = segments(entry["counts"], entry["total"])
-        entry["opened"] = entry["wave"] <= rollout.wave
+        entry["opened"] = entry["wave"] <= public_wave(rollout.wave)
     actions = (
         [plan(rollout, status, a) for a in legal_actions(rollout)]
         if can_operate(principal, rollout)
