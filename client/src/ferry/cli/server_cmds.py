@@ -307,10 +307,6 @@ def audit_verify_command(data_dir: DataDir = None, database_url: DatabaseUrl = N
     raise typer.Exit(1)
 
 
-if __name__ == "__main__":
-    app()
-
-
 @admin_app.command(
     "backup", epilog="Example: ferry admin backup /backups/ferry-2026-12-03 --data-dir ./data"
 )
@@ -320,17 +316,9 @@ def backup_command(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Back up database, blobs and keys (safe while the server runs; docs/deploy.md)."""
-    from ferry.server.backup import BackupError, backup
+    from ferry.server.backup import backup
 
-    try:
-        done = backup(_settings(data_dir, database_url), folder)
-    except BackupError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(
-        f"backed up the {done.database} database, {done.blobs} blob files and "
-        f"{done.keys} key files to {done.folder}"
-    )
+    _backup_step(backup, "backed up", "to", folder, data_dir, database_url)
 
 
 @admin_app.command(
@@ -342,14 +330,32 @@ def restore_command(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Replace database, blobs and keys with a backup (stop the server first)."""
-    from ferry.server.backup import BackupError, restore
+    from ferry.server.backup import restore
+
+    _backup_step(restore, "restored", "from", folder, data_dir, database_url)
+
+
+def _backup_step(
+    step: Callable[[Settings, Path], Any],
+    did: str,
+    where: str,
+    folder: Path,
+    data_dir: Path | None,
+    database_url: str | None,
+) -> None:
+    """Run a backup or restore and say what it moved, or one line of what went wrong."""
+    from ferry.server.backup import BackupError
 
     try:
-        done = restore(_settings(data_dir, database_url), folder)
+        done = step(_settings(data_dir, database_url), folder)
     except BackupError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(
-        f"restored the {done.database} database, {done.blobs} blob files and "
-        f"{done.keys} key files from {done.folder}"
+        f"{did} the {done.database} database, {done.blobs} blob files and "
+        f"{done.keys} key files {where} {done.folder}"
     )
+
+
+if __name__ == "__main__":
+    app()
