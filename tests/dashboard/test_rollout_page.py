@@ -17,8 +17,7 @@ WRITE_BUTTONS = re.compile(r'data-action="|/confirm/|<form method="post" action=
 
 def test_each_wave_is_a_bar_of_its_states_with_the_gate_numbers(fleet: Fleet) -> None:
     rollout, agents = live_rollout(fleet, devices=6, bake_s=600)
-    first = by_wave(rollout, agents)[0]
-    commit(fleet, first[:1], 1, rollout["id"])
+    commit(fleet, [first_agent(rollout, agents)], 1, rollout["id"])
     html = browser(fleet, fleet.token("viewer")).get(f"/ui/rollouts/{rollout['id']}").text
     assert 'data-wave="1"' in html and 'data-wave="2"' in html
     assert 'class="f-committed"' in html
@@ -36,9 +35,8 @@ def test_bar_segments_are_proportional_and_skip_empty_states() -> None:
 
 
 def test_a_halted_rollout_shows_its_reason_and_failed_devices_one_click_away(fleet: Fleet) -> None:
-    rollout, agents = live_rollout(fleet, devices=4, max_failures=0, max_retries=0)
-    first = by_wave(rollout, agents)[0]
-    fail(fleet, first[:1], 1, rollout["id"])
+    rollout, agents = live_rollout(fleet, devices=4, waves=[100], max_failures=0, max_retries=0)
+    fail(fleet, agents[:1], 1, rollout["id"])
     fleet.tick()
     html = browser(fleet, fleet.token("viewer")).get(f"/ui/rollouts/{rollout['id']}").text
     assert "Halted: failure limit crossed in wave 1" in html
@@ -73,7 +71,8 @@ def test_an_operator_sees_only_the_legal_actions(fleet: Fleet) -> None:
 
 
 def test_the_confirmation_names_the_action_and_the_number_of_devices(fleet: Fleet) -> None:
-    rollout, agents = live_rollout(fleet, devices=8, waves=[50, 100])
+    # Waves hash a per-run manifest digest: 16 devices leave a wave empty once in 30,000 runs.
+    rollout, agents = live_rollout(fleet, devices=16, waves=[50, 100])
     waves = by_wave(rollout, agents)
     commit(fleet, waves[0][:1], 1, rollout["id"])
     client = browser(fleet, fleet.token("operator"))

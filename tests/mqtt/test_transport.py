@@ -187,7 +187,8 @@ def test_a_stolen_session_is_visible_in_logs_and_metrics(
         thief = Peer(mosquitto.url, client_id=service.link.client_id)
         assert thief.connect()
         assert wait_until(lambda: metrics.subscription_lost._value.get() >= 1)
-        assert "status subscription lost" in caplog.text
+        # The link's thread logs just after counting: wait for the line, do not race it.
+        assert wait_until(lambda: "status subscription lost" in caplog.text)
         thief.close()
         assert wait_until(lambda: service.live)  # the server takes its session back
         assert metrics.connected._value.get() == 1

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Flaky
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
@@ -105,8 +106,12 @@ def test_a_stateful_run_never_gets_a_server_error(h: Harness) -> None:
                 suppress_health_check=list(HealthCheck),
             )
         )
-    except _BudgetSpent:
-        pass
+    except (_BudgetSpent, Flaky):
+        # Hypothesis replays the run that raised _BudgetSpent; past the deadline the
+        # replay stops at its first step, which it reports as Flaky. Either way the
+        # budget ended the run, and every status it saw is checked below.
+        if time.monotonic() <= deadline:
+            raise
     assert len(statuses) >= 50 and all(code < 500 for code in statuses)
     assert sum(200 <= code < 300 for code in statuses) >= 10  # not just refusals
     me = h.client.get("/api/v1/whoami", headers=headers)
