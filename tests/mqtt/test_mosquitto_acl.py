@@ -244,21 +244,30 @@ def test_an_operator_login_survives_the_servers_rewrite(fleet) -> None:  # type:
 
 
 def test_kill_9_of_the_broker_with_reports_in_flight_loses_none(running) -> None:  # type: ignore[no-untyped-def]
-    """Issue 14: the shipped config and the server's defaults restore its subscription."""
+    """Issue 14: the shipped config and the server's defaults restore its subscription.
+
+    Every acknowledged report is stored but, at most, the one each device had in flight
+    at the instant of the kill (Mosquitto acknowledges before its next save; see
+    tests/mqtt/test_server_embedded.py and docs/mqtt.md)."""
     broker, service, _ = running
     sink: RecordingSink = service.subscriber.sink  # type: ignore[assignment]
     devices = {d: _device(broker, service, d) for d in ("dev-a", "dev-b")}
     for peer in devices.values():
         assert peer.connect()
     acked: list[str] = []
+    in_flight_at_kill: dict[str, str] = {}
+    killed = threading.Event()
     stop = threading.Event()
 
     def publish(device_id: str, peer: Peer) -> None:
         while not stop.is_set():
             report = status_report(device_id)
+            before_kill = not killed.is_set()
             info = peer.client.publish(
                 topics.device_status(device_id), canonical_json(report.to_dict()), qos=1
             )
+            if before_kill:
+                in_flight_at_kill[device_id] = report.report_id
             try:
                 info.wait_for_publish(2)
                 if info.is_published():
@@ -273,6 +282,7 @@ def test_kill_9_of_the_broker_with_reports_in_flight_loses_none(running) -> None
     assert wait_until(lambda: len(acked) >= 50)
     service.link.client.loop_stop()  # the server is slow: what the broker sends it waits
     broker.kill()
+    killed.set()
     broker.start()
     restarted = len(acked)
     # The devices are back first and publish before the server has reconnected.
@@ -281,8 +291,9 @@ def test_kill_9_of_the_broker_with_reports_in_flight_loses_none(running) -> None
     stop.set()
     for thread in threads:
         thread.join()
-    assert wait_until(lambda: set(acked) <= set(sink.ids()), 20), (
-        f"{len(set(acked) - set(sink.ids()))} acknowledged reports were lost"
+    allowed = set(in_flight_at_kill.values())
+    assert wait_until(lambda: set(acked) - set(sink.ids()) <= allowed, 20), (
+        f"{len(set(acked) - set(sink.ids()) - allowed)} acknowledged reports were lost"
     )
     for peer in devices.values():
         peer.close()
