@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --disable-pip-version-check
-PARTS  := --config-settings editable_mode=compat -e ./protocol -e ./agent -e ./client -e ./server
+PARTS  := --config-settings editable_mode=compat -e ./protocol -e ./agent -e ./client -e './server[s3]'
 PART_FILES := protocol/pyproject.toml agent/pyproject.toml client/pyproject.toml server/pyproject.toml
 RUNTIME := $(VENV)/.runtime
 STAMP  := $(VENV)/.installed
