@@ -79,6 +79,7 @@ class S3BlobStore(BlobStore):
                 read_timeout=60,
                 retries={"max_attempts": 3, "mode": "standard"},
                 max_pool_connections=32,
+                signature_version="s3v4",
                 s3={"addressing_style": "path"},
             ),
             **common,
@@ -87,7 +88,13 @@ class S3BlobStore(BlobStore):
         self._probe = session.client(
             "s3",
             endpoint_url=endpoint,
-            config=Config(connect_timeout=2, read_timeout=3, retries={"max_attempts": 1}),
+            config=Config(
+                connect_timeout=2,
+                read_timeout=3,
+                retries={"max_attempts": 1},
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+            ),
             **common,
         )
         presign_endpoint = settings.presign_endpoint_url or endpoint
