@@ -101,7 +101,9 @@ def test_rollout_downloads_full_files_and_deltas_from_the_bucket(
     assert world.installed_sha256() == world.manifest_sha256(v2)
     assert _kind(world, "full") == 0 and _kind(world, "delta") == 0  # every byte came from S3
     redirected = _redirects(world)
-    assert redirected["/blobs/{sha256}"] >= 1 and redirected["/deltas/{from_sha256}/{to_sha256}"] == 1
+    assert (
+        redirected["/blobs/{sha256}"] >= 1 and redirected["/deltas/{from_sha256}/{to_sha256}"] == 1
+    )
 
 
 def _redirects(world: World) -> dict[str, int]:
