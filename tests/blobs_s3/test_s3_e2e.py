@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from ferry.cli.demo import MODEL, NAMESPACE, AgentProcess, Operator, ServerProcess, wait_until
+from ferry.client import VerificationError
 from tests.deltas_server._proxy import RecordingProxy
 from tests.deltas_server.models import model_pair
 from tests.deltas_server.test_e2e import SIZE, WAIT_S, World
@@ -143,6 +144,12 @@ def test_an_object_changed_in_the_bucket_is_refused_and_the_device_keeps_its_mod
     report = world.proxy.report("failed", v2)
     assert report is not None and report["error_code"] == "hash_mismatch", report
     assert world.installed_sha256() == before  # still v1, untouched
+    # The SDK follows the same redirect and refuses the same bytes.
+    with pytest.raises(VerificationError) as info:
+        world.op.sdk.download_version(NAMESPACE, MODEL, v2, world.v2.parent / "pulled")
+    assert info.value.code == "hash_mismatch"
+    pulled = world.op.sdk.download_version(NAMESPACE, MODEL, v1, world.v1.parent / "pulled-v1")
+    assert pulled.bytes_downloaded == world.v1.stat().st_size
 
 
 def test_a_server_killed_mid_upload_leaves_nothing_at_the_content_address(
