@@ -13,16 +13,6 @@ from tests.server.conftest import harness_factory, prepared_data_dir  # noqa: F4
 from tests.support.s3 import CREDENTIALS, MotoServer
 
 
-@pytest.fixture(scope="session")
-def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
-    pytest.importorskip("moto.server", reason="moto[server] is in the dev group: make install")
-    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log").start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def s3_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in CREDENTIALS.items():

@@ -16,11 +16,13 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "ferry-test",
@@ -111,3 +113,14 @@ class MotoServer:
     def pending_uploads(self, bucket: str) -> list[str]:
         answer = self.client().list_multipart_uploads(Bucket=bucket)
         return [item["Key"] for item in answer.get("Uploads", [])]
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """One moto server per test session (import this fixture where it is needed)."""
+    pytest.importorskip("moto.server", reason="moto[server] is in the dev group: make install")
+    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log").start()
+    try:
+        yield server
+    finally:
+        server.stop()
