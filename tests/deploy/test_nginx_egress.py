@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
-import signal
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +21,9 @@ import pytest
 from ferry.cli.demo import ServerProcess, wait_until
 from tests.e2e._replicas import nginx_binary
 from tests.support.mosquitto import free_port
+from tests.support.nginx_egress import egress_conf, start_nginx, stop_nginx
 
 pytestmark = [pytest.mark.e2e]
-ROOT = Path(__file__).resolve().parents[2]
-CONF = ROOT / "deploy" / "nginx" / "egress.conf"
 API = "/api/v1"
 
 
@@ -45,28 +41,6 @@ class Egress:
         return float(line.rsplit(" ", 1)[1])
 
 
-def _nginx_conf(workdir: Path, port: int, upstream: int, blob_dir: Path) -> Path:
-    shipped = CONF.read_text()
-    site, count = re.subn(r"listen \d+;", f"listen 127.0.0.1:{port};", shipped)
-    site, ups = re.subn(r"server 127\.0\.0\.1:\d+;", f"server 127.0.0.1:{upstream};", site)
-    site, aliases = re.subn(r"alias [^;]+;", f"alias {blob_dir}/;", site)
-    assert count == ups == aliases == 1, "egress.conf changed shape: update this test"
-    temp = workdir / "tmp"
-    temp.mkdir(parents=True, exist_ok=True)
-    conf = workdir / "nginx.conf"
-    conf.write_text(
-        f"worker_processes 1;\npid {workdir / 'nginx.pid'};\n"
-        f"error_log {workdir / 'error.log'} warn;\n"
-        + ("user root;\n" if os.geteuid() == 0 else "")
-        + "events { worker_connections 256; }\nhttp {\n"
-        f"  access_log {workdir / 'access.log'};\n"
-        f"  client_body_temp_path {temp}/body;\n  proxy_temp_path {temp}/proxy;\n"
-        f"  fastcgi_temp_path {temp}/fcgi;\n  uwsgi_temp_path {temp}/uwsgi;\n"
-        f"  scgi_temp_path {temp}/scgi;\n{site}\n}}\n"
-    )
-    return conf
-
-
 @pytest.fixture
 def egress(tmp_path: Path) -> Iterator[Egress]:
     binary = nginx_binary()
@@ -77,8 +51,8 @@ def egress(tmp_path: Path) -> Iterator[Egress]:
         env={"FERRY_MQTT_ENABLED": "false", "FERRY_BLOB_ACCEL_REDIRECT": "/_ferry_blobs/"},
     ).start()
     port = free_port()
-    conf = _nginx_conf(tmp_path / "nginx", port, server.http_port, server.data_dir / "blobs")
-    nginx = subprocess.Popen([binary, "-c", str(conf), "-g", "daemon off;"])
+    conf = egress_conf(tmp_path / "nginx", port, server.http_port, server.data_dir / "blobs")
+    nginx = start_nginx(binary, conf)
     url = f"http://127.0.0.1:{port}"
 
     def answers() -> bool:
@@ -91,12 +65,7 @@ def egress(tmp_path: Path) -> Iterator[Egress]:
         wait_until(answers, 20, f"nginx on {port}")
         yield Egress(server, url, {"Authorization": f"Bearer {server.admin_token}"})
     finally:
-        nginx.send_signal(signal.SIGQUIT)
-        try:
-            nginx.wait(10)
-        except subprocess.TimeoutExpired:
-            nginx.kill()
-            nginx.wait()
+        stop_nginx(nginx)
         server.stop()
 
 
