@@ -94,7 +94,10 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--s3", action="store_true", help="also the S3 path (moto)")
+    parser.add_argument("--quick", action="store_true", help="64 MiB, one round (make bench)")
     args = parser.parse_args()
+    if args.quick:
+        args.size_mb, args.rounds = 64, 1
     size = args.size_mb << 20
     binary = nginx_binary()
     work = Path(tempfile.mkdtemp(prefix="ferry-bench-egress-"))
