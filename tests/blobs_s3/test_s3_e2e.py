@@ -198,3 +198,31 @@ def test_a_server_killed_mid_upload_leaves_nothing_at_the_content_address(
     assert r.status_code == 201, r.text
     assert key in moto.keys(bucket)
     server.stop()
+
+
+@pytest.mark.parametrize("problem", ["missing bucket", "unreachable endpoint"])
+def test_a_server_on_a_broken_store_says_why_in_one_line_and_on_readyz(
+    tmp_path: Path, moto: MotoServer, s3_env: None, problem: str
+) -> None:
+    from tests.support.s3 import free_port
+
+    env = moto.env("ferry-never-created")
+    if problem == "unreachable endpoint":
+        env = moto.env("any", FERRY_BLOB_S3_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}")
+    server = ServerProcess(tmp_path / "server", env={"FERRY_MQTT_ENABLED": "false", **env})
+    server.start()  # /healthz answers: the process is up, only not ready
+    try:
+        ready = httpx.get(f"{server.url}/readyz", timeout=30)
+        assert ready.status_code == 503
+        reason = ready.json()["checks"]["blobs"]
+        expected = (
+            "s3 bucket 'ferry-never-created' does not exist"
+            if problem == "missing bucket"
+            else "s3 store unreachable"
+        )
+        assert reason.startswith(expected), reason
+        log = server.log_path.read_text()
+        assert log.count("blob store not ready") == 1 and expected in log
+        assert "Traceback" not in log
+    finally:
+        server.stop()

@@ -97,3 +97,16 @@ def test_blob_settings_are_read_from_their_section() -> None:
     )
     assert blobs.presign_expiry_s == 60 and blobs.redirect is False
     assert Settings.from_env({}).blobs.backend == "local"
+
+
+def test_the_s3_backend_without_boto3_is_one_line_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "boto3" else real(name, *a)
+    )
+    with pytest.raises(SettingsError, match=r"ferry-server\[s3\]"):
+        Settings.from_env({"FERRY_BLOB_BACKEND": "s3", "FERRY_BLOB_S3_BUCKET": "models"})

@@ -7,6 +7,7 @@ bootstrap admin token are generated under the data directory on first start.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
@@ -152,6 +153,10 @@ class BlobSettings:
             )
         if self.backend == "s3" and not self.s3_bucket:
             raise SettingsError(f"{BLOB_PREFIX}BACKEND=s3 needs {BLOB_PREFIX}S3_BUCKET")
+        if self.backend == "s3" and importlib.util.find_spec("boto3") is None:
+            raise SettingsError(
+                f"{BLOB_PREFIX}BACKEND=s3 needs boto3: pip install 'ferry-server[s3]'"
+            )
         for name in ("s3_endpoint_url", "presign_endpoint_url"):
             url = getattr(self, name)
             if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc):
