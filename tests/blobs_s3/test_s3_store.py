@@ -211,3 +211,22 @@ def test_an_unreachable_endpoint_is_a_reason_and_a_503_not_a_crash(
 
 def test_the_store_is_ready_when_the_bucket_exists(store: S3BlobStore) -> None:
     assert store.unavailable() is None
+
+
+def test_credentials_the_store_refuses_are_named_by_the_readiness_check(
+    tmp_path: Path, s3_env: None
+) -> None:
+    """moto checks credentials only in its IAM mode: every request must then be signed by
+    a key IAM knows, and ours is unknown to it — as a revoked key is to S3."""
+    strict = MotoServer(tmp_path / "moto.log", extra_env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    strict.start()
+    try:
+        settings = BlobSettings(backend="s3", s3_endpoint_url=strict.url, s3_bucket="models")
+        store = S3BlobStore(settings)
+        reason = store.unavailable()
+        assert reason is not None and reason.startswith("s3 refused the credentials"), reason
+        with pytest.raises(StoreUnavailableError):
+            store.size("c" * 64)
+        store.close()
+    finally:
+        strict.stop()

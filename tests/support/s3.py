@@ -44,6 +44,7 @@ class MotoServer:
     log_path: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -55,7 +56,7 @@ class MotoServer:
                 [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                 stdout=log,
                 stderr=log,
-                env={**os.environ, **CREDENTIALS},
+                env={**os.environ, **CREDENTIALS, **self.extra_env},
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
