@@ -14,10 +14,12 @@ from typing import ClassVar
 
 import pytest
 
+from ferry.agent.errors import ServerUnreachableError
 from ferry.agent.transport import DeviceApi
 
 BLOB = bytes(range(256)) * 40
 SHA = "ab" * 32
+LOOP = "00" * 32
 
 
 class _Store(BaseHTTPRequestHandler):
@@ -49,7 +51,10 @@ def _registry(store_url: str) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
                 return
             self.send_response(307)
-            self.send_header("Location", f"{store_url}/bucket/object?X-Amz-Signature=abc")
+            if LOOP in self.path:  # a hostile or broken server: redirects to itself forever
+                self.send_header("Location", self.path)
+            else:
+                self.send_header("Location", f"{store_url}/bucket/object?X-Amz-Signature=abc")
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -104,3 +109,12 @@ def test_a_redirected_delta_is_followed_too(transport: DeviceApi) -> None:
     with transport.delta("cd" * 32, SHA, 4096) as chunks:
         assert b"".join(chunks) == BLOB
     assert "authorization" not in _Store.seen[0]
+
+
+def test_a_redirect_loop_is_a_transient_error_not_a_hang(transport: DeviceApi) -> None:
+    with (
+        pytest.raises(ServerUnreachableError, match="TooManyRedirects"),
+        transport.blob(LOOP, 0, 4096) as (_, chunks),
+    ):
+        b"".join(chunks)
+    assert _Store.seen == []
