@@ -69,45 +69,29 @@ class S3BlobStore(BlobStore):
         self.prefix = settings.s3_prefix
         self.part_bytes = settings.s3_part_mb * MIB
         endpoint = settings.s3_endpoint_url or None
+        # S3-compatible servers (MinIO, moto) expect path-style keys; AWS prefers virtual hosts.
+        style = {"addressing_style": "path" if endpoint else "virtual"}
         session = boto3.session.Session()
-        common: dict[str, Any] = {"region_name": settings.s3_region}
-        self.client = session.client(
-            "s3",
-            endpoint_url=endpoint,
-            config=Config(
-                connect_timeout=5,
-                read_timeout=60,
-                retries={"max_attempts": 3, "mode": "standard"},
-                max_pool_connections=32,
-                signature_version="s3v4",
-                s3={"addressing_style": "path"},
-            ),
-            **common,
+
+        def client(url: str | None, **options: Any) -> Any:
+            config = Config(signature_version="s3v4", s3=style, **options)
+            return session.client(
+                "s3", endpoint_url=url, region_name=settings.s3_region, config=config
+            )
+
+        self.client = client(
+            endpoint,
+            connect_timeout=5,
+            read_timeout=60,
+            retries={"max_attempts": 3, "mode": "standard"},
+            max_pool_connections=32,
         )
         # /readyz must answer fast: one attempt, short timeouts.
-        self._probe = session.client(
-            "s3",
-            endpoint_url=endpoint,
-            config=Config(
-                connect_timeout=2,
-                read_timeout=3,
-                retries={"max_attempts": 1},
-                signature_version="s3v4",
-                s3={"addressing_style": "path"},
-            ),
-            **common,
+        self._probe = client(
+            endpoint, connect_timeout=2, read_timeout=3, retries={"max_attempts": 1}
         )
         presign_endpoint = settings.presign_endpoint_url or endpoint
-        self._signer = (
-            self.client
-            if presign_endpoint == endpoint
-            else session.client(
-                "s3",
-                endpoint_url=presign_endpoint,
-                config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
-                **common,
-            )
-        )
+        self._signer = self.client if presign_endpoint == endpoint else client(presign_endpoint)
 
     # --- keys -----------------------------------------------------------------------
 
