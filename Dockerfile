@@ -6,7 +6,7 @@ COPY protocol protocol
 COPY agent agent
 COPY client client
 COPY server server
-RUN pip install --no-cache-dir ./protocol ./agent ./client ./server
+RUN pip install --no-cache-dir ./protocol ./agent ./client "./server[s3]"
 # The folders the stack mounts volumes on, owned by the user that writes them (a named
 # volume takes the ownership of the image's folder when it is first created).
 RUN useradd --system --create-home ferry \

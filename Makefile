@@ -7,6 +7,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --disable-pip-version-check
 PARTS  := --config-settings editable_mode=compat -e ./protocol -e ./agent -e ./client -e ./server
+# `make install` adds the server's optional S3 store (boto3) and the dev group; `make demo` does not.
+FULL_PARTS := --config-settings editable_mode=compat -e ./protocol -e ./agent -e ./client -e './server[s3]'
 PART_FILES := protocol/pyproject.toml agent/pyproject.toml client/pyproject.toml server/pyproject.toml
 RUNTIME := $(VENV)/.runtime
 STAMP  := $(VENV)/.installed
@@ -24,7 +26,7 @@ $(RUNTIME): $(VENV)/bin/python $(PART_FILES)
 	touch $(RUNTIME)
 
 $(STAMP): $(RUNTIME) pyproject.toml
-	$(PIP) $(PARTS) --group dev
+	$(PIP) $(FULL_PARTS) --group dev
 	touch $(STAMP)
 
 demo: $(RUNTIME)

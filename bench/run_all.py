@@ -15,6 +15,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 ORDER = [
     "bench_registry.py",
+    "bench_egress.py",
     "bench_agent.py",
     "bench_deltas.py",
     "bench_checkin.py",

@@ -10,6 +10,7 @@ shows how many bytes it downloaded.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,7 +146,10 @@ def test_agent_updates_through_the_precomputed_delta(world: World) -> None:
 
 def test_a_corrupt_cached_delta_falls_back_to_the_full_file(world: World) -> None:
     v2, rollout = _to_v2_with_v2_delta_ready(world)
-    (blob,) = (world.server.data_dir / "deltas" / "blobs").glob("*/*")
+    # The delta lives in the blob store beside the artifacts; its pair record names it.
+    (record,) = (world.server.data_dir / "blobs" / "records" / "deltas").glob("*/*.json")
+    delta_sha256 = json.loads(record.read_text())["delta_sha256"]
+    blob = world.server.data_dir / "blobs" / delta_sha256[:2] / delta_sha256[2:]
     raw = bytearray(blob.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     blob.write_bytes(bytes(raw))

@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
+from ferry.server.core.settings import Settings
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 
@@ -96,3 +98,20 @@ def test_docker_compose_config_accepts_the_file() -> None:
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_servers_use_the_s3_store_that_the_stack_creates(stack: dict[str, Any]) -> None:
+    env = stack["x-server"]["environment"]
+    assert env["FERRY_BLOB_BACKEND"] == "s3"
+    bucket = env["FERRY_BLOB_S3_BUCKET"]
+    assert env["FERRY_BLOB_S3_ENDPOINT_URL"] == "http://minio:9000"
+    minio = stack["services"]["minio"]["environment"]
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (
+        minio["MINIO_ROOT_USER"],
+        minio["MINIO_ROOT_PASSWORD"],
+    )
+    assert f"store/{bucket}" in stack["services"]["minio-bucket"]["entrypoint"]
+    for name in ("server-1", "server-2"):
+        needs = stack["services"][name]["depends_on"]
+        assert needs["minio-bucket"]["condition"] == "service_completed_successfully"
+    Settings.from_env({k: str(v) for k, v in env.items()})  # the settings parse

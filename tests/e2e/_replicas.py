@@ -99,6 +99,7 @@ class Topology:
     op: Operator | None = None
     agents: list[AgentProcess] = field(default_factory=list)
     sims: list[SimulatorProcess] = field(default_factory=list)
+    blob_env: dict[str, str] = field(default_factory=dict)  # e.g. the S3 store's settings
 
     def __post_init__(self) -> None:
         self.broker = example_broker(self.root / "mosquitto")
@@ -127,6 +128,7 @@ class Topology:
                     "FERRY_MQTT_PID_FILE": str(self.root / "mosquitto.pid"),
                     "FERRY_POLL_INTERVAL_S": "2",
                     "FERRY_ROLLOUT_TICK_S": "0.5",
+                    **self.blob_env,
                 },
             )
             for login in REPLICAS

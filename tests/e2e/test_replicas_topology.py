@@ -1,8 +1,10 @@
 """The compose topology, as real processes: a rollout through nginx, two replicas on one
-PostgreSQL, Mosquitto with per-replica logins, real agents and simulated devices."""
+PostgreSQL and one S3-compatible bucket (moto, as MinIO in compose), Mosquitto with
+per-replica logins, real agents and simulated devices downloading from the bucket."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,16 +14,17 @@ from ferry.cli.demo import FINAL_STATES, _installed, wait_until
 from tests.e2e._replicas import Topology, nginx_binary
 from tests.server.conftest import pg_url  # noqa: F401  (scratch PostgreSQL database fixture)
 from tests.support.mosquitto import require_mosquitto
+from tests.support.s3 import MotoServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.postgres]
 
 
 @pytest.fixture
-def topology(tmp_path: Path, pg_url: str) -> Iterator[Topology]:  # noqa: F811
+def topology(tmp_path: Path, pg_url: str, moto: MotoServer) -> Iterator[Topology]:  # noqa: F811
     require_mosquitto()
     if nginx_binary() is None:
         pytest.skip("nginx is not installed (apt-get install nginx)")
-    stack = Topology(tmp_path, pg_url).start()
+    stack = Topology(tmp_path, pg_url, blob_env=moto.env(moto.bucket())).start()
     try:
         yield stack
     finally:
@@ -49,3 +52,11 @@ def test_a_rollout_through_the_load_balancer_reaches_every_device_on_both_replic
     # Both replicas served devices: the load balancer spread the check-ins.
     for server in topology.servers:
         assert "/api/v1/device/desired-state" in server.log_path.read_text()
+    # The bytes came from the bucket: downloads were answered with redirects.
+    redirects = [
+        line
+        for server in topology.servers
+        for line in server.log_path.read_text().splitlines()
+        if '"status": 307' in line and json.loads(line).get("route") == "/blobs/{sha256}"
+    ]
+    assert len(redirects) >= 2, "each agent was redirected to the bucket at least once"

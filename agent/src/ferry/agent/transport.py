@@ -136,7 +136,7 @@ class DeviceApi:
         with (
             _translated(what),
             self._client.stream(
-                "GET", endpoints.BLOB.format(sha256=sha256), headers=headers
+                "GET", endpoints.BLOB.format(sha256=sha256), headers=headers, follow_redirects=True
             ) as response,
         ):
             if response.status_code == 416:
@@ -152,7 +152,10 @@ class DeviceApi:
         """Stream the delta between two file digests; NotFoundError when the server has none."""
         what = f"delta {from_sha256[:12]}→{to_sha256[:12]}"
         path = endpoints.DELTA.format(from_sha256=from_sha256, to_sha256=to_sha256)
-        with _translated(what), self._client.stream("GET", path) as response:
+        with (
+            _translated(what),
+            self._client.stream("GET", path, follow_redirects=True) as response,
+        ):
             _check_status(response, what)
             yield _guarded(_pieces(response, chunk_bytes), what)
 

@@ -474,7 +474,9 @@ class SimDevice:
             verifier = FileVerifier(entry.size, entry.sha256, entry.path)
             async with (
                 self.fleet.gate,
-                self.fleet.http.stream("GET", path, headers=self.headers) as response,
+                self.fleet.http.stream(
+                    "GET", path, headers=self.headers, follow_redirects=True
+                ) as response,
             ):
                 response.raise_for_status()
                 async for chunk in response.aiter_bytes():

@@ -63,8 +63,14 @@ class FerryClient(FleetMixin):
         self.trust = trust if trust is not None else TrustStore()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = timeout
+        # Downloads may answer 307 to a presigned store URL; httpx drops the
+        # Authorization header when a redirect leaves the server's origin.
         self._http = httpx.Client(
-            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
+            base_url=self.base_url,
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=True,
         )
         self._retrying = Retrying(
             retry=retry_if_exception_type(httpx.TransportError),

@@ -16,6 +16,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import APIRouter, FastAPI
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -32,7 +33,7 @@ from ferry.server.audit import service as audit
 from ferry.server.auth import routes as token_routes
 from ferry.server.auth.service import ServerRole, create_token, has_any_token
 from ferry.server.blobs import routes as blob_routes
-from ferry.server.blobs.store import LocalBlobStore
+from ferry.server.blobs.store import open_store
 from ferry.server.checkin import routes as checkin_routes
 from ferry.server.checkin.fast_path import answer_cached_checkin
 from ferry.server.core.context import AppContext
@@ -146,6 +147,7 @@ def _start_deltas(app: FastAPI, ctx: AppContext) -> DeltaJobs | None:
     if not settings.deltas_enabled:
         return None
     builder = DeltaBuilder(
+        ctx.blobs,
         settings.delta_dir,
         max_fraction=settings.delta_max_fraction,
         max_concurrent_builds=settings.delta_build_workers,
@@ -155,6 +157,16 @@ def _start_deltas(app: FastAPI, ctx: AppContext) -> DeltaJobs | None:
     runtime_of(app).start_hook = jobs
     runtime_of(app).delta_sizes = jobs
     return jobs
+
+
+def _check_store(ctx: AppContext) -> None:
+    """One line at start-up: which blob store, and why it cannot serve yet (also on /readyz)."""
+    problem = ctx.blobs.unavailable()
+    fields = {"store": ctx.blobs.describe()}
+    if problem is None:
+        log.info("blob store ready", extra={"fields": fields})
+    else:
+        log.error(f"blob store not ready: {problem}", extra={"fields": fields})
 
 
 def _renew_keyring(ctx: AppContext) -> None:
@@ -193,7 +205,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings=settings,
         engine=engine,
         read_engine=read_engine,
-        blobs=LocalBlobStore(settings.blob_dir),
+        blobs=open_store(settings.blobs, settings.blob_dir),
         keys=KeySource(engine, settings.key_dir),
         metrics=metrics,
     )
@@ -212,6 +224,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             on_outcome=lambda o: metrics.webhook_deliveries.labels(o).inc(),
         )
         task = asyncio.create_task(worker.run()) if settings.start_webhook_worker else None
+        await anyio.to_thread.run_sync(_check_store, ctx)
         mqtt = await start_mqtt(app, ctx)
         app.state.mqtt = mqtt
         jobs = _start_deltas(app, ctx)
@@ -232,6 +245,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await task
             engine.dispose()
             read_engine.dispose()
+            ctx.blobs.close()
 
     app = FerryApp(title="Ferry registry", version="1", lifespan=lifespan)
     app.state.ctx = ctx

@@ -1,9 +1,17 @@
-"""Content-addressed blobs: streaming upload, ranged download."""
+"""Content-addressed blobs: streaming upload, ranged download, and the egress choice.
+
+`serve_blob` decides how authorised bytes leave (blobs and deltas alike), in
+this order: a 307 redirect to a presigned URL when the store can make one and
+``FERRY_BLOB_REDIRECT`` is on; an empty answer with ``X-Accel-Redirect`` for
+nginx to serve the local file when ``FERRY_BLOB_ACCEL_REDIRECT`` names its
+internal location; the local file itself (sendfile-sized chunks); else the
+store's stream, read in threads.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from os import PathLike
 from typing import Annotated
 
@@ -11,13 +19,14 @@ import anyio
 from fastapi import APIRouter, Path, Request, Response
 from prometheus_client import Counter as CounterChild
 from starlette.requests import ClientDisconnect
-from starlette.responses import FileResponse
+from starlette.responses import FileResponse, RedirectResponse, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from ferry.server.api.deps import CtxDep, DeviceReader, Publisher
 from ferry.server.api.http_semantics import IMMUTABLE, check_conditions
 from ferry.server.audit import service as audit
 from ferry.server.blobs.schemas import BlobStored
+from ferry.server.core.blobs import BlobMissingError
 from ferry.server.core.context import AppContext
 from ferry.server.core.db import session_scope
 from ferry.server.core.errors import (
@@ -93,6 +102,85 @@ def check_range(header: str | None, size: int) -> bool:
     return True
 
 
+def _bounds(header: str, size: int) -> tuple[int, int]:
+    """[first, last] of a range `check_range` accepted."""
+    match = _SINGLE_RANGE.fullmatch(header.strip())
+    assert match is not None
+    first, last = match.group(1), match.group(2)
+    if not first:
+        return max(0, size - int(last)), size - 1
+    return int(first), min(int(last), size - 1) if last else size - 1
+
+
+def serve_blob(
+    request: Request,
+    ctx: AppContext,
+    sha256: str,
+    size: int,
+    *,
+    media_type: str,
+    headers: Mapping[str, str],
+    sent: CounterChild,
+    honour_range: bool,
+) -> Response:
+    """Send an authorised blob by the cheapest way the store and settings allow."""
+    store = ctx.settings.blobs
+    if store.redirect:
+        url = ctx.blobs.presigned_url(sha256, store.presign_expiry_s)
+        if url is not None:
+            # The URL expires: caches must not keep the redirect, only the bytes behind it.
+            return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+    local = ctx.blobs.local_file(sha256)
+    if local is not None and store.accel_redirect:
+        # nginx serves the file (and the Range) from its internal location; no body here.
+        location = f"{store.accel_redirect}{sha256[:2]}/{sha256[2:]}"
+        return Response(
+            headers={"X-Accel-Redirect": location, "Content-Type": media_type, **headers}
+        )
+    if local is not None:
+        return BlobResponse(
+            local, media_type=media_type, honour_range=honour_range, sent=sent, headers=headers
+        )
+    return _streamed(request, ctx, sha256, size, media_type, headers, sent, honour_range)
+
+
+def _streamed(
+    request: Request,
+    ctx: AppContext,
+    sha256: str,
+    size: int,
+    media_type: str,
+    headers: Mapping[str, str],
+    sent: CounterChild,
+    honour_range: bool,
+) -> Response:
+    first, last, status = 0, size - 1, 200
+    extra = {"Accept-Ranges": "bytes"}
+    if honour_range:
+        first, last = _bounds(request.headers["range"], size)
+        status = 206
+        extra["Content-Range"] = f"bytes {first}-{last}/{size}"
+    extra["Content-Length"] = str(last - first + 1)
+
+    async def body() -> AsyncIterator[bytes]:
+        chunks: Iterator[bytes] = ctx.blobs.read_range(sha256, first, last + 1)
+        try:
+            while True:
+                chunk = await anyio.to_thread.run_sync(next, chunks, None)
+                if chunk is None:
+                    return
+                sent.inc(len(chunk))
+                yield chunk
+        except BlobMissingError:
+            return  # deleted under us: the client sees a short body and retries
+        finally:
+            await anyio.to_thread.run_sync(getattr(chunks, "close", lambda: None))
+
+    return StreamingResponse(
+        body(), status_code=status, media_type=media_type, headers={**headers, **extra}
+    )
+
+
 def _stored_size(ctx: CtxDep, sha256: str) -> int:
     size = ctx.blobs.size(sha256)
     if size is None:
@@ -134,8 +222,11 @@ def get_blob(sha256: Digest, request: Request, ctx: CtxDep, _: DeviceReader) -> 
         return answer
     honour = check_range(request.headers.get("range"), size)
     ctx.metrics.download_requests.inc()
-    return BlobResponse(
-        ctx.blobs.path(sha256),
+    return serve_blob(
+        request,
+        ctx,
+        sha256,
+        size,
         media_type="application/octet-stream",
         honour_range=honour,
         sent=ctx.metrics.served_bytes.labels("full"),

@@ -12,7 +12,8 @@
     ├── PayloadTooLargeError         (413 payload_too_large)
     ├── RangeNotSatisfiableError     (416 range_not_satisfiable)
     ├── ValidationFailedError        (422 validation_error)
-    └── DatabaseBusyError            (503 database_busy)
+    ├── DatabaseBusyError            (503 database_busy)
+    └── StoreUnavailableError        (503 store_unavailable)
 
 Every response body for an error is ``{"error": {"code", "message", "details"}}``;
 `install_error_handlers` maps our errors, FastAPI's validation errors, Starlette's
@@ -121,6 +122,12 @@ class DatabaseBusyError(ServerError):
     """The database's write lock stayed taken too long; the client should retry shortly."""
 
     code, status = "database_busy", 503
+
+
+class StoreUnavailableError(ServerError):
+    """The blob store (e.g. an S3 endpoint) failed or is unreachable; retry shortly."""
+
+    code, status = "store_unavailable", 503
 
 
 _STATUS_ERRORS: dict[int, type[ServerError]] = {

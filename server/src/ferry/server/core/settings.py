@@ -7,6 +7,7 @@ bootstrap admin token are generated under the data directory on first start.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
@@ -24,6 +25,8 @@ DEFAULT_MQTT_PORT = 1885
 # or, with client ids bound to logins, this client id.
 SERVER_USERNAME = "ferry@server"
 EMBEDDED_BROKERS = ("auto", "mosquitto", "amqtt")
+BLOB_PREFIX = ENV_PREFIX + "BLOB_"
+BLOB_BACKENDS = ("local", "s3")
 
 
 class SettingsError(ValueError):
@@ -125,6 +128,59 @@ class MqttSettings:
 
 
 @dataclass(frozen=True)
+class BlobSettings:
+    """Where blob and delta bytes live and how devices fetch them (``FERRY_BLOB_<FIELD>``).
+
+    S3 credentials are never settings: boto3 reads them from its usual places
+    (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, a profile, an instance role).
+    """
+
+    backend: str = "local"  # local: <data_dir>/blobs; s3: an S3-compatible bucket
+    s3_endpoint_url: str = ""  # empty: AWS itself; e.g. http://127.0.0.1:9000 for a local store
+    s3_bucket: str = ""
+    s3_region: str = "us-east-1"
+    s3_prefix: str = ""  # key prefix inside the bucket, e.g. "ferry/"
+    s3_part_mb: int = 8  # multipart upload part size (S3's minimum is 5 MiB)
+    presign_endpoint_url: str = ""  # the store as devices reach it; empty: s3_endpoint_url
+    presign_expiry_s: int = 300  # lifetime of a presigned download URL
+    redirect: bool = True  # answer device downloads with 307 to a presigned URL (s3)
+    accel_redirect: str = ""  # local: nginx internal location, e.g. /_ferry_blobs/
+
+    def __post_init__(self) -> None:
+        if self.backend not in BLOB_BACKENDS:
+            raise SettingsError(
+                f"{BLOB_PREFIX}BACKEND={self.backend!r} must be one of {', '.join(BLOB_BACKENDS)}"
+            )
+        if self.backend == "s3" and not self.s3_bucket:
+            raise SettingsError(f"{BLOB_PREFIX}BACKEND=s3 needs {BLOB_PREFIX}S3_BUCKET")
+        if self.backend == "s3" and importlib.util.find_spec("boto3") is None:
+            raise SettingsError(
+                f"{BLOB_PREFIX}BACKEND=s3 needs boto3: pip install 'ferry-server[s3]'"
+            )
+        for name in ("s3_endpoint_url", "presign_endpoint_url"):
+            url = getattr(self, name)
+            if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc):
+                raise SettingsError(
+                    f"{BLOB_PREFIX}{name.upper()}={url!r} must look like http(s)://host:port"
+                )
+        if not 5 <= self.s3_part_mb <= 5 * 1024:
+            raise SettingsError(f"{BLOB_PREFIX}S3_PART_MB must be between 5 and 5120 (MiB)")
+        if not 1 <= self.presign_expiry_s <= 7 * 24 * 3600:
+            raise SettingsError(f"{BLOB_PREFIX}PRESIGN_EXPIRY_S must be between 1 and 604800")
+        if self.accel_redirect and not (
+            self.accel_redirect.startswith("/") and self.accel_redirect.endswith("/")
+        ):
+            raise SettingsError(
+                f"{BLOB_PREFIX}ACCEL_REDIRECT={self.accel_redirect!r} must be a location "
+                "that starts and ends with '/', e.g. /_ferry_blobs/"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> BlobSettings:
+        return cls(**_read(cls, os.environ if environ is None else environ, BLOB_PREFIX))
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything `create_app` needs to know about its environment."""
 
@@ -146,6 +202,7 @@ class Settings:
     delta_build_workers: int = 1
     fleet: FleetSettings = field(default_factory=FleetSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
+    blobs: BlobSettings = field(default_factory=BlobSettings)
 
     def __post_init__(self) -> None:
         if not 0 < self.delta_max_fraction <= 1 or self.delta_build_workers < 1:
@@ -196,6 +253,7 @@ class Settings:
             **_read(cls, env),
             fleet=FleetSettings(**_read(FleetSettings, env)),
             mqtt=MqttSettings.from_env(env),
+            blobs=BlobSettings.from_env(env),
         )
 
 

@@ -1,11 +1,14 @@
 """Deltas on demand: built in a process pool, cached content-addressed, offered when they pay.
 
-Layout of ``cache_dir`` (safe to share between server replicas: every write is a
-temp file renamed into place, and two replicas building the same pair write the
-same bytes):
+The cache lives in the blob store itself (local folder or S3, safe to share
+between server replicas: two replicas building the same pair write the same bytes):
 
-    blobs/<sha[:2]>/<sha256 of the delta>       the delta itself
-    pairs/<from_sha256>/<to_sha256>.json        what was built for the pair (also "not worth it")
+    the delta                                   a blob, addressed by its own sha256
+    record deltas/<from_sha256>/<to_sha256>.json   what was built for the pair (also
+                                                   "not worth it")
+
+``work_dir`` is local scratch: the pool writes the delta there, and a store that
+is not local copies the two inputs there for the length of a build.
 """
 
 from __future__ import annotations
@@ -16,13 +19,16 @@ import multiprocessing
 import os
 import uuid
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+
+import anyio
 
 from ferry.protocol.delta import DeltaDescriptor
 from ferry.protocol.delta.encode import EncodeOptions, build_delta
 from ferry.protocol.delta.encode._lifetime import exit_with_parent, lifetime_args
+from ferry.server.core.blobs import BlobStore
 
 DEFAULT_MAX_FRACTION = 0.6
 FORMAT = "ferry-delta/1"
@@ -45,10 +51,9 @@ class PairRecord:
 
 @dataclass(frozen=True)
 class DeltaOffer:
-    """A delta worth sending: where it is and what the descriptor must say."""
+    """A delta worth sending: what the descriptor must say (the bytes are the store's blob)."""
 
     record: PairRecord
-    path: Path
 
     def descriptor(self, from_manifest: str, to_manifest: str, file_path: str) -> DeltaDescriptor:
         """The unsigned descriptor; sign ``.to_dict()`` with a bundles key."""
@@ -65,60 +70,72 @@ class DeltaBuilder:
 
     def __init__(
         self,
-        cache_dir: str | os.PathLike[str],
+        store: BlobStore,
+        work_dir: str | os.PathLike[str],
         *,
         max_fraction: float = DEFAULT_MAX_FRACTION,
         options: EncodeOptions | None = None,
         max_concurrent_builds: int = 1,
     ) -> None:
-        self.cache_dir = Path(cache_dir)
+        self.store = store
+        self.work_dir = Path(work_dir)
         self.max_fraction = max_fraction
         self.options = options or EncodeOptions()
         self._max_builds = max_concurrent_builds
         self._pool: ProcessPoolExecutor | None = None
         self._inflight: dict[tuple[str, str], asyncio.Future[PairRecord]] = {}
 
-    # --- lookups (cheap, synchronous: a stat and a small JSON read) ---
+    # --- lookups (blocking: a small record read and a size check) ---
 
     def cached(self, from_sha256: str, to_sha256: str) -> PairRecord | None:
         """What an earlier build found for this pair, if any."""
-        path = self._pair_path(from_sha256, to_sha256)
-        try:
-            data = json.loads(path.read_bytes())
-        except FileNotFoundError:
+        data = self.store.get_record(pair_record_name(from_sha256, to_sha256))
+        if data is None:
             return None
-        record = PairRecord(**data)
-        return record if self.blob_path(record.delta_sha256).exists() else None
+        record = PairRecord(**json.loads(data))
+        return record if self.store.exists(record.delta_sha256) else None
 
     def offer(self, record: PairRecord) -> DeltaOffer | None:
         """The delta, if it is smaller than ``max_fraction`` of the full artifact."""
         if record.fraction() >= self.max_fraction:
             return None
-        return DeltaOffer(record, self.blob_path(record.delta_sha256))
-
-    def blob_path(self, delta_sha256: str) -> Path:
-        return self.cache_dir / "blobs" / delta_sha256[:2] / delta_sha256
+        return DeltaOffer(record)
 
     # --- building ---
 
     def build(
-        self, from_sha256: str, to_sha256: str, old_path: Path, new_path: Path
+        self,
+        from_sha256: str,
+        to_sha256: str,
+        old_path: Path | None = None,
+        new_path: Path | None = None,
     ) -> DeltaOffer | None:
-        """Build (or reuse) the delta in this process; blocking, for scripts and workers."""
-        record = self.cached(from_sha256, to_sha256) or build_pair(
-            str(self.cache_dir), from_sha256, to_sha256, str(old_path), str(new_path), self.options
-        )
+        """Build (or reuse) the delta in this process; blocking, for scripts and workers.
+
+        Without paths the two artifacts come from the store."""
+        record = self.cached(from_sha256, to_sha256)
+        if record is None:
+            with ExitStack() as stack:
+                old, new = self._inputs(stack, from_sha256, to_sha256, old_path, new_path)
+                built, tmp = build_pair(
+                    str(self.work_dir), from_sha256, to_sha256, str(old), str(new), self.options
+                )
+            record = self._publish(built, Path(tmp))
         return self.offer(record)
 
     async def get(
-        self, from_sha256: str, to_sha256: str, old_path: Path, new_path: Path
+        self,
+        from_sha256: str,
+        to_sha256: str,
+        old_path: Path | None = None,
+        new_path: Path | None = None,
     ) -> DeltaOffer | None:
         """The delta for a pair, built in the process pool at most once at a time per pair.
 
-        Never blocks the event loop: the build runs in a ``ProcessPoolExecutor`` via
-        ``loop.run_in_executor``; concurrent requests for the same pair await one build.
+        Never blocks the event loop: store reads run in threads, the build in a
+        ``ProcessPoolExecutor``; concurrent requests for the same pair await one build.
         """
-        record = self.cached(from_sha256, to_sha256)
+        record = await anyio.to_thread.run_sync(self.cached, from_sha256, to_sha256)
         if record is None:
             key = (from_sha256, to_sha256)
             future = self._inflight.get(key)
@@ -132,13 +149,43 @@ class DeltaBuilder:
         return self.offer(record)
 
     async def _build_in_pool(
-        self, from_sha256: str, to_sha256: str, old_path: Path, new_path: Path
+        self, from_sha256: str, to_sha256: str, old_path: Path | None, new_path: Path | None
     ) -> PairRecord:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor(), build_pair,
-            str(self.cache_dir), from_sha256, to_sha256, str(old_path), str(new_path), self.options,
-        )  # fmt: skip
+        with ExitStack() as stack:
+            old, new = await anyio.to_thread.run_sync(
+                self._inputs, stack, from_sha256, to_sha256, old_path, new_path
+            )
+            built, tmp = await loop.run_in_executor(
+                self._executor(), build_pair,
+                str(self.work_dir), from_sha256, to_sha256, str(old), str(new), self.options,
+            )  # fmt: skip
+            # closing the stack (below) removes downloaded inputs: a cheap unlink
+        return await anyio.to_thread.run_sync(self._publish, built, Path(tmp))
+
+    def _inputs(
+        self,
+        stack: ExitStack,
+        from_sha256: str,
+        to_sha256: str,
+        old_path: Path | None,
+        new_path: Path | None,
+    ) -> tuple[Path, Path]:
+        """Local files of both artifacts (downloaded into ``work_dir`` when the store is remote)."""
+        inputs = self.work_dir / "inputs"
+        old = old_path or stack.enter_context(self.store.local_copy(from_sha256, inputs))
+        new = new_path or stack.enter_context(self.store.local_copy(to_sha256, inputs))
+        return old, new
+
+    def _publish(self, record: PairRecord, tmp: Path) -> PairRecord:
+        """Put the built delta into the store, then its pair record (readers need both)."""
+        try:
+            self.store.put_file(record.delta_sha256, tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
+        data = json.dumps(asdict(record), sort_keys=True).encode()
+        self.store.put_record(pair_record_name(record.from_sha256, record.to_sha256), data)
+        return record
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -155,39 +202,31 @@ class DeltaBuilder:
             self._pool.shutdown(wait=True)
             self._pool = None
 
-    def _pair_path(self, from_sha256: str, to_sha256: str) -> Path:
-        return self.cache_dir / "pairs" / from_sha256 / f"{to_sha256}.json"
+
+def pair_record_name(from_sha256: str, to_sha256: str) -> str:
+    return f"deltas/{from_sha256}/{to_sha256}.json"
 
 
 def build_pair(
-    cache_dir: str,
+    work_dir: str,
     from_sha256: str,
     to_sha256: str,
     old_path: str,
     new_path: str,
     options: EncodeOptions,
-) -> PairRecord:
-    """Build one delta into the cache (runs in a pool worker); refuses mislabelled inputs."""
-    root = Path(cache_dir)
-    tmp_dir = root / "tmp"
+) -> tuple[PairRecord, str]:
+    """Build one delta into a temp file (runs in a pool worker); refuses mislabelled inputs.
+
+    Returns the pair's record and the temp file, which the caller stores and removes."""
+    tmp_dir = Path(work_dir) / "tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
     tmp = tmp_dir / f"{uuid.uuid4().hex}.delta"
     try:
         result = build_delta(old_path, new_path, tmp, options)
         if result.base_sha256 != from_sha256 or result.target_sha256 != to_sha256:
             raise ValueError("the artifacts given do not hash to the requested from/to sha256")
-        blob = root / "blobs" / result.sha256[:2] / result.sha256
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, blob)
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
     record = PairRecord(from_sha256, to_sha256, result.sha256, result.size, result.target_size)
-    _write_json(root / "pairs" / from_sha256 / f"{to_sha256}.json", asdict(record))
-    return record
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    tmp.write_text(json.dumps(data, sort_keys=True))
-    os.replace(tmp, path)
+    return record, str(tmp)

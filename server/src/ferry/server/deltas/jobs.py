@@ -81,7 +81,7 @@ class DeltaJobs:
     # --- the route's side -------------------------------------------------------------
 
     def lookup(self, from_sha256: str, to_sha256: str) -> Found:
-        """Cache state of a pair (a stat and a small JSON read: run it off the event loop)."""
+        """Cache state of a pair (size checks and a small record read: run it off the event loop)."""
         if not (self.blobs.exists(from_sha256) and self.blobs.exists(to_sha256)):
             return Found(Lookup.UNKNOWN_BLOB)
         record = self.builder.cached(from_sha256, to_sha256)
@@ -124,9 +124,7 @@ class DeltaJobs:
         fields = {"from": from_sha256, "to": to_sha256}
         async with self._slots:
             try:
-                offer = await self.builder.get(
-                    from_sha256, to_sha256, self.blobs.path(from_sha256), self.blobs.path(to_sha256)
-                )
+                offer = await self.builder.get(from_sha256, to_sha256)
             except Exception:  # a bad pair must never take the server down
                 self.metrics.delta_builds.labels("failed").inc()
                 log.exception("delta build failed", extra={"fields": fields})

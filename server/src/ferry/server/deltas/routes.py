@@ -19,7 +19,7 @@ from ferry.protocol.errors import MalformedError
 from ferry.protocol.signing import envelope_bytes, sign_document
 from ferry.server.api.deps import CtxDep, DeviceReader
 from ferry.server.api.http_semantics import check_conditions
-from ferry.server.blobs.routes import BlobResponse, Digest, check_range
+from ferry.server.blobs.routes import Digest, check_range, serve_blob
 from ferry.server.core.context import AppContext
 from ferry.server.core.errors import NotFoundError, ValidationFailedError
 from ferry.server.deltas.jobs import DeltaJobs, Lookup
@@ -83,8 +83,11 @@ async def get_delta(
     honour = check_range(request.headers.get("range"), record.delta_size)
     if not honour:
         ctx.metrics.delta_served_bytes.inc(record.delta_size)
-    return BlobResponse(
-        found.offer.path,
+    return serve_blob(
+        request,
+        ctx,
+        record.delta_sha256,
+        record.delta_size,
         media_type=MEDIA_TYPE,
         honour_range=honour,
         sent=ctx.metrics.served_bytes.labels("delta"),
