@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ferry.cli._common import (
+    WIDE,
     client,
     fields,
     handle_errors,
@@ -57,6 +58,14 @@ STATE_COLUMNS = (
     "rolled_back",
     "timed_out",
 )
+# Below `WIDE` columns the live view counts states as the progress line does, so that no
+# header or number is cut at 80 columns.
+NARROW_COLUMNS = {
+    "pending": ("pending",),
+    "updating": ("downloading", "installing"),
+    "committed": ("committed",),
+    "failed": ("failed", "rolled_back", "timed_out"),
+}
 
 
 def parse_waves(text: str) -> list[int]:
@@ -431,7 +440,8 @@ def gates_text(gates: dict[str, Any]) -> str:
 
 
 def status_view(status: dict[str, Any]) -> RenderableType:
-    """The rollout dashboard: header, one row per wave, the gate."""
+    """The rollout dashboard: header, one row per wave (every state from `WIDE` columns
+    on, `NARROW_COLUMNS` below), the gate."""
     r = status["rollout"]
     head = Text.assemble(
         (f"{r['id']} ", "bold"),
@@ -443,15 +453,14 @@ def status_view(status: dict[str, Any]) -> RenderableType:
         if status.get("time_in_wave_s") is not None
         else "",
     )
-    grid = Table(
-        "wave", "%", *STATE_COLUMNS, "total", "success", show_edge=False, header_style="bold"
-    )
+    columns = {s: (s,) for s in STATE_COLUMNS} if out.width >= WIDE else NARROW_COLUMNS
+    grid = Table("wave", "%", *columns, "total", "success", show_edge=False, header_style="bold")
     for wave in status["waves"]:
         marker = "▶ " if wave["wave"] == r["wave"] else "  "
         grid.add_row(
             f"{marker}{wave['wave']}",
             str(wave["percent"]),
-            *(str(wave["counts"][s]) for s in STATE_COLUMNS),
+            *(str(sum(wave["counts"][s] for s in states)) for states in columns.values()),
             str(wave["total"]),
             f"{wave['success_rate']}%",
         )
