@@ -32,7 +32,7 @@ from ferry.cli._common import (
 from ferry.client import InputError
 from ferry.client._fleet import Device, Rollout, exponential_waves
 from ferry.protocol.errors import MalformedError
-from ferry.protocol.gates import GatePolicy
+from ferry.protocol.gates import FAILURE_TYPES, GatePolicy
 
 devices_app = typer.Typer(help="List, show, tag and revoke enrolled devices.", no_args_is_help=True)
 token_app = typer.Typer(
@@ -426,16 +426,23 @@ def print_rollout(rollout: Rollout, as_json: bool) -> None:
 
 
 def gates_text(gates: dict[str, Any]) -> str:
-    """``bake 5s, success ≥100%, failures ≤0 or ≤5%, retries 0, timeout 1800s``."""
+    """``bake 5s, success ≥100%, failures ≤0 or ≤5%, retries 0, timeout 1800s`` and, when
+    set, ``, abort on rolled_back >5%`` (the abort criteria per failure type)."""
     limits = [
         f"≤{gates[k]}{unit}"
         for k, unit in (("max_failures", ""), ("max_failure_pct", "%"))
         if gates.get(k) is not None
     ]
+    aborts = [
+        f"{kind} >{gates[name]}%"
+        for kind, name in FAILURE_TYPES.items()
+        if gates.get(name) is not None
+    ]
     return (
         f"bake {gates.get('bake_s')}s, success ≥{gates.get('min_success_pct')}%, "
         f"failures {' or '.join(limits) or 'unlimited'}, retries {gates.get('max_retries')}, "
         f"timeout {gates.get('in_progress_timeout_s')}s"
+        + (f", abort on {', '.join(aborts)}" if aborts else "")
     )
 
 
