@@ -143,6 +143,10 @@ def test_inspect_a_version_lists_the_deltas_offered_to_and_from_it(
     before = ferry(server, tmp_path, "inspect", f"{ref}@{v2}", env={"COLUMNS": "80"})
     assert before.exit_code == 0, before.output
     assert all(len(line) <= 80 for line in before.output.splitlines()), before.output
+    digest = json.loads(ferry(server, tmp_path, "inspect", f"{ref}@{v2}", "--json").output)[
+        "manifest_sha256"
+    ]
+    assert f"      digest  {digest}" in before.output.splitlines(), "a digest is never cut"
     rows = table_rows(before.output)
     assert [r[0] for r in rows if "→" in r[0]] == [f"v{v1} → v{v2}", f"v{v2} → v{v1}"]
     assert all(r[-1] == "not built yet" for r in rows if "→" in r[0])
