@@ -7,6 +7,7 @@ from importlib.metadata import requires
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+PARTS = ("protocol", "agent", "client", "server")
 SERVER_ONLY = {"fastapi", "sqlmodel", "uvicorn", "alembic", "typer", "rich", "numpy", "psycopg"}
 
 
@@ -80,3 +81,33 @@ def test_readme_opens_with_the_two_commands() -> None:
     assert "make demo" in head and "make test" in head
     makefile = (ROOT / "Makefile").read_text("utf-8")
     assert "\ndemo:" in makefile and "\ntest:" in makefile
+
+
+def _groups() -> dict[str, set[str]]:
+    import tomllib
+
+    root = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))
+    return {name: {_name(r) for r in reqs} for name, reqs in root["dependency-groups"].items()}
+
+
+def test_make_demo_installs_the_four_parts_and_none_of_the_test_or_bench_packages() -> None:
+    """`make demo` needs only the runtime (issue 15: the dev venv was 431 MB)."""
+    makefile = (ROOT / "Makefile").read_text("utf-8")
+    demo = re.search(r"^demo: (.*)$", makefile, re.MULTILINE)
+    runtime = re.search(r"^\$\(RUNTIME\): .*\n((?:\t.*\n)+)", makefile, re.MULTILINE)
+    assert demo is not None and demo.group(1).split() == ["$(RUNTIME)"]
+    assert runtime is not None and "--group" not in runtime.group(1)
+    needed = {_name(r) for part in PARTS for r in requires(f"ferry-{part}") or []}
+    test_only = set().union(*_groups().values()) - needed
+    assert {"pytest", "playwright", "onnx", "torch", "hypothesis"} <= test_only
+
+
+def test_install_prints_no_setuptools_license_deprecation_box() -> None:
+    """An SPDX `license` string, no license classifiers, a setuptools that takes them."""
+    import tomllib
+
+    for part in PARTS:
+        config = tomllib.loads((ROOT / part / "pyproject.toml").read_text("utf-8"))
+        assert isinstance(config["project"]["license"], str), part
+        assert not any(c.startswith("License ::") for c in config["project"].get("classifiers", []))
+        assert "setuptools>=77" in config["build-system"]["requires"], part

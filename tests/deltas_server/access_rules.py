@@ -8,4 +8,5 @@ ACCESS: dict[tuple[str, str], str | set[str]] = {
     ("GET", "/api/v1/deltas/{from_sha256}/{to_sha256}"): READ,
     ("HEAD", "/api/v1/deltas/{from_sha256}/{to_sha256}"): READ,
     ("GET", "/api/v1/deltas/{from_sha256}/{to_sha256}/descriptor"): READ,
+    ("GET", "/api/v1/models/{ns}/{name}/versions/{ref}/deltas"): READ,  # API tokens only
 }

@@ -600,3 +600,32 @@ def test_rollback_with_a_baseline_says_where_first_installs_go(
         "2 device(s) go back to their previous version (devices without a previous "
         "version go to v1)"
     ) in " ".join(rolled.output.split())
+
+
+def test_abort_on_sets_a_limit_per_failure_type_and_the_rollout_shows_it(
+    server: tuple[str, str], http: httpx.Client, tmp_path: Path
+) -> None:
+    devices_of(http, "abort", 2)
+    created = ferry(
+        server, tmp_path, "rollout", "create", "vision/det@1", "--selector", "batch=abort",
+        "--waves", "100", "--bake", "3600", "--abort-on", "rolled_back=5",
+        "--abort-on", "timed_out=20", columns=80,
+    )  # fmt: skip
+    assert created.exit_code == 0, created.output
+    assert "abort on rolled_back >5%, timed_out >20%" in " ".join(created.output.split())
+    assert all(len(line) <= 80 for line in created.output.splitlines()), created.output
+    rollout_id = created.output.split()[1]
+    gates = http.get(f"/api/v1/rollouts/{rollout_id}").json()["gates"]
+    assert (gates["max_rolled_back_pct"], gates["max_timed_out_pct"]) == (5, 20)
+    assert gates["max_failed_pct"] is None
+    assert ferry(server, tmp_path, "rollout", "cancel", rollout_id).exit_code == 0
+
+    typo = ferry(
+        server, tmp_path, "rollout", "create", "vision/det@1", "--selector", "batch=abort",
+        "--abort-on", "probe=5",
+    )  # fmt: skip
+    assert typo.exit_code == 2
+    assert (
+        "--abort-on 'probe=5': use TYPE=PCT with TYPE one of failed, rolled_back, timed_out"
+        in " ".join(typo.output.split())
+    )

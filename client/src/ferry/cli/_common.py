@@ -12,6 +12,7 @@ import json
 import math
 import re
 import sys
+import textwrap
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
@@ -224,13 +225,24 @@ def table(
 
 
 def fields(pairs: Iterable[tuple[str, Any]]) -> None:
-    """Key/value lines for a `show` command."""
-    for key, value in pairs:
-        if value in (None, "", [], {}):
-            continue
-        if isinstance(value, (dict, list)):
-            value = json.dumps(value, sort_keys=True)
-        out.print(f"[bold]{key:>15}[/bold]  {escape(str(value))}")
+    """Key/value lines for a `show` command: keys right-aligned to the longest shown, and a
+    long value wraps under itself, never under the keys (a digest keeps its column)."""
+    shown = [
+        (key, json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value)
+        for key, value in pairs
+        if value not in (None, "", [], {})
+    ]
+    width = max((len(key) for key, _ in shown), default=0)
+    room = max(out.width - width - 2, 20)
+    for key, value in shown:
+        lines = [
+            piece
+            for line in str(value).splitlines() or [""]
+            for piece in textwrap.wrap(line, room, break_on_hyphens=False) or [""]
+        ]
+        out.print(f"[bold]{key:>{width}}[/bold]  {escape(lines[0])}", soft_wrap=True)
+        for line in lines[1:]:
+            out.print(" " * (width + 2) + escape(line), soft_wrap=True)
 
 
 @contextmanager

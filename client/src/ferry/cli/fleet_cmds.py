@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ferry.cli._common import (
+    WIDE,
     client,
     fields,
     handle_errors,
@@ -31,7 +32,7 @@ from ferry.cli._common import (
 from ferry.client import InputError
 from ferry.client._fleet import Device, Rollout, exponential_waves
 from ferry.protocol.errors import MalformedError
-from ferry.protocol.gates import GatePolicy
+from ferry.protocol.gates import FAILURE_TYPES, GatePolicy
 
 devices_app = typer.Typer(help="List, show, tag and revoke enrolled devices.", no_args_is_help=True)
 token_app = typer.Typer(
@@ -57,6 +58,14 @@ STATE_COLUMNS = (
     "rolled_back",
     "timed_out",
 )
+# Below `WIDE` columns the live view counts states as the progress line does, so that no
+# header or number is cut at 80 columns.
+NARROW_COLUMNS = {
+    "pending": ("pending",),
+    "updating": ("downloading", "installing"),
+    "committed": ("committed",),
+    "failed": ("failed", "rolled_back", "timed_out"),
+}
 
 
 def parse_waves(text: str) -> list[int]:
@@ -417,21 +426,29 @@ def print_rollout(rollout: Rollout, as_json: bool) -> None:
 
 
 def gates_text(gates: dict[str, Any]) -> str:
-    """``bake 5s, success ≥100%, failures ≤0 or ≤5%, retries 0, timeout 1800s``."""
+    """``bake 5s, success ≥100%, failures ≤0 or ≤5%, retries 0, timeout 1800s`` and, when
+    set, ``, abort on rolled_back >5%`` (the abort criteria per failure type)."""
     limits = [
         f"≤{gates[k]}{unit}"
         for k, unit in (("max_failures", ""), ("max_failure_pct", "%"))
         if gates.get(k) is not None
     ]
+    aborts = [
+        f"{kind} >{gates[name]}%"
+        for kind, name in FAILURE_TYPES.items()
+        if gates.get(name) is not None
+    ]
     return (
         f"bake {gates.get('bake_s')}s, success ≥{gates.get('min_success_pct')}%, "
         f"failures {' or '.join(limits) or 'unlimited'}, retries {gates.get('max_retries')}, "
         f"timeout {gates.get('in_progress_timeout_s')}s"
+        + (f", abort on {', '.join(aborts)}" if aborts else "")
     )
 
 
 def status_view(status: dict[str, Any]) -> RenderableType:
-    """The rollout dashboard: header, one row per wave, the gate."""
+    """The rollout dashboard: header, one row per wave (every state from `WIDE` columns
+    on, `NARROW_COLUMNS` below), the gate."""
     r = status["rollout"]
     head = Text.assemble(
         (f"{r['id']} ", "bold"),
@@ -443,15 +460,14 @@ def status_view(status: dict[str, Any]) -> RenderableType:
         if status.get("time_in_wave_s") is not None
         else "",
     )
-    grid = Table(
-        "wave", "%", *STATE_COLUMNS, "total", "success", show_edge=False, header_style="bold"
-    )
+    columns = {s: (s,) for s in STATE_COLUMNS} if out.width >= WIDE else NARROW_COLUMNS
+    grid = Table("wave", "%", *columns, "total", "success", show_edge=False, header_style="bold")
     for wave in status["waves"]:
         marker = "▶ " if wave["wave"] == r["wave"] else "  "
         grid.add_row(
             f"{marker}{wave['wave']}",
             str(wave["percent"]),
-            *(str(wave["counts"][s]) for s in STATE_COLUMNS),
+            *(str(sum(wave["counts"][s] for s in states)) for states in columns.values()),
             str(wave["total"]),
             f"{wave['success_rate']}%",
         )

@@ -1,6 +1,7 @@
-"""`ferry inspect` (what a bundle manifest says and who signed it) and `ferry verify`
-(check a downloaded bundle offline against the public keyring), plus `ferry keyring`
-to save that keyring for offline use.
+"""`ferry inspect` (what a bundle manifest says, who signed it and, for a version on the
+server, the deltas offered to and from it) and `ferry verify` (check a downloaded bundle
+offline against the public keyring), plus `ferry keyring` to save that keyring for
+offline use.
 
 Verification is the protocol's own checklist (`ferry.protocol.verify`), the same the
 agent and `ferry pull` run: the keyring chained to a root key, the manifest signed by
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.filesize import decimal
 from rich.markup import escape
 
 from ferry.cli._common import client, fields, handle_errors, out, parse_ref, print_json, table
@@ -99,7 +101,8 @@ def _online_keyring(target: str, root_key_ids: list[str] | None) -> Keyring | No
 @app.command(
     "inspect",
     epilog="Examples:\n\n  ferry inspect vision/resnet@3\n\n"
-    "  ferry inspect ./models/resnet --keyring keyring.json",
+    "  ferry inspect ./models/resnet --keyring keyring.json\n\n"
+    "Deltas are the server's: a manifest file or a pulled directory lists none.",
 )
 @handle_errors
 def inspect(
@@ -109,9 +112,16 @@ def inspect(
     ],
     keyring: KeyringOpt = None,
     root_key_id: RootOpt = None,
+    versions: Annotated[
+        int,
+        typer.Option(
+            "--versions", min=1, max=100, help="Deltas with this many nearest other versions."
+        ),
+    ] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show a bundle manifest: model, version, files and hashes, and who signed it."""
+    """Show a bundle manifest: model, version, files and hashes, who signed it, and the
+    deltas the server offers to and from that version."""
     raw, source = _manifest_source(target)
     trusted = (
         load_keyring(keyring, root_key_id) if keyring else _online_keyring(target, root_key_id)
@@ -124,6 +134,7 @@ def inspect(
             f"{source} is not a bundle manifest: {exc}", code=exc.code
         ) from None
     sigs = signers(envelope, trusted)
+    deltas = None if Path(target).exists() else _deltas(target, manifest.version, versions)
     if as_json:
         print_json(
             {
@@ -131,6 +142,7 @@ def inspect(
                 "manifest_sha256": envelope.digest,
                 "manifest": envelope.signed,
                 "signatures": sigs,
+                "deltas": deltas,
             }
         )
         return
@@ -162,6 +174,83 @@ def inspect(
         ["file", "size", "sha256"],
         [(f.path, f.size, f.sha256) for f in manifest.files],
         title="files",
+    )
+    if deltas is None:
+        out.print(
+            escape(
+                f"deltas: the server's to offer — `ferry inspect "
+                f"{manifest.full_name}@{manifest.version}` lists them"
+            )
+        )
+    else:
+        deltas_view(deltas)
+
+
+def _deltas(target: str, version: int, versions: int) -> dict[str, Any]:
+    """The server's offers around the manifest's own version (an alias may have moved)."""
+    ns, model, _ = parse_ref(target)
+    with client() as ferry:
+        return ferry.version_deltas(ns, model, version, versions=versions)
+
+
+STATES = {
+    "ready": "ready",
+    "building": "building",
+    "not_built": "not built yet",
+    "not_worth_it": "whole file",
+    "missing_blob": "blob missing",
+}
+
+
+def deltas_view(answer: dict[str, Any]) -> None:
+    """One row per file and pair of versions: what a device on the left version fetches."""
+    name = f"{answer['namespace']}/{answer['model']}"
+    others = answer["versions_total"]
+    if not answer["enabled"]:
+        out.print("deltas: off on this server — devices download whole files")
+        return
+    if not others:
+        out.print(escape(f"deltas: none — {name} has no other version"))
+        return
+    shown = f"v{answer['version']} and {others} other version(s)"
+    if answer["versions_shown"] < others:
+        shown = (
+            f"v{answer['version']} and the {answer['versions_shown']} nearest of {others} "
+            "other versions (--versions N for more)"
+        )
+    if not answer["deltas"]:
+        out.print(escape(f"deltas: none needed — the files of {shown} are the same"))
+        return
+    rows = [
+        (
+            f"v{d['from_version']} → v{d['to_version']}",
+            d["path"],
+            decimal(d["size"]),
+            _delta_cell(d),
+            STATES.get(d["state"], d["state"]),
+        )
+        for d in answer["deltas"]
+    ]
+    table(["versions", "file", "file size", "delta", "state"], rows, title="deltas")
+    limit = round(100 * answer["max_fraction"])
+    out.print(
+        escape(
+            f"between {shown}; a delta is sent when it is smaller than {limit}% of the "
+            "file, else the whole file"
+        )
+    )
+    if any(d["state"] == "not_built" for d in answer["deltas"]):
+        out.print(
+            "not built yet: built when a rollout starts, `ferry rollout plan` runs or a "
+            "device asks (meanwhile devices download the whole file)"
+        )
+
+
+def _delta_cell(offer: dict[str, Any]) -> str:
+    if offer["delta_size"] is None:
+        return "-"
+    return (
+        f"{decimal(offer['delta_size'])} ({100 * offer['delta_size'] / max(offer['size'], 1):.0f}%)"
     )
 
 

@@ -326,6 +326,15 @@ class FerryClient(FleetMixin):
         """The manifest envelope exactly as served, for verification."""
         return self._send("GET", f"{API}{_version_path(namespace, model, ref)}/manifest").content
 
+    def version_deltas(
+        self, namespace: str, model: str, ref: int | str, *, versions: int = 10
+    ) -> dict[str, Any]:
+        """The deltas the server offers between this version and its ``versions`` nearest
+        others, both ways, per file: ``ready`` (with ``delta_size``), ``building``,
+        ``not_built``, ``not_worth_it`` or ``missing_blob`` (docs/api.md)."""
+        path = f"{_version_path(namespace, model, ref)}/deltas"
+        return dict(self._json("GET", path, params={"versions": versions}))
+
     def update_tags(
         self,
         namespace: str,

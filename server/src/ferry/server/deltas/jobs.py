@@ -90,6 +90,10 @@ class DeltaJobs:
         offer = self.builder.offer(record)
         return Found(Lookup.READY, offer) if offer else Found(Lookup.NOT_WORTH_IT)
 
+    def building(self, from_sha256: str, to_sha256: str) -> bool:
+        """Whether this replica has the pair queued or building now (any thread: a read)."""
+        return (from_sha256, to_sha256) in self._tasks
+
     def delta_size(self, from_sha256: str, to_sha256: str) -> int | None:
         """`DeltaSizes` for rollout plans: the ready delta's size, else None — and a missing
         pair is queued for a build, so planning again shows it (any thread; never raises)."""

@@ -3,26 +3,35 @@
 Every non-200 answer means "download the whole file" to the agent, so a miss
 answers 404 ``delta_not_ready`` at once and queues the build for the next device
 instead of holding the request for the length of a build.
+
+``GET /models/{ns}/{name}/versions/{ref}/deltas`` tells an operator (`ferry inspect`)
+what the server offers between a version and its neighbours, per file: ready (with its
+size), building, not built yet, or not worth sending. It only reads: it never queues a build.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Query, Request, Response
-from sqlmodel import Session
+from pydantic import BaseModel
+from sqlmodel import Session, col, select
 
 from ferry.protocol.delta import DeltaDescriptor
 from ferry.protocol.documents import Role
 from ferry.protocol.errors import MalformedError
 from ferry.protocol.signing import envelope_bytes, sign_document
-from ferry.server.api.deps import CtxDep, DeviceReader
+from ferry.server.api.deps import CtxDep, DeviceReader, Reader, ReadSessionDep
 from ferry.server.api.http_semantics import check_conditions
 from ferry.server.blobs.routes import Digest, check_range, serve_blob
 from ferry.server.core.context import AppContext
 from ferry.server.core.errors import NotFoundError, ValidationFailedError
+from ferry.server.deltas import PairRecord
 from ferry.server.deltas.jobs import DeltaJobs, Lookup
+from ferry.server.registry import service as registry
+from ferry.server.registry.tables import ModelVersion
 
 router = APIRouter(tags=["deltas"])
 MEDIA_TYPE = "application/vnd.ferry.delta"
@@ -145,3 +154,125 @@ def _signed(ctx: AppContext, document: dict[str, object]) -> bytes:
         key = ctx.keys.key(session, Role.BUNDLES)
         session.rollback()
     return envelope_bytes(sign_document(document, [key]))
+
+
+# --- what is offered around one version ------------------------------------------------
+
+
+class OfferState(StrEnum):
+    """A pair as this replica sees it; anything but ``ready`` means the whole file."""
+
+    READY = "ready"  # built and smaller than max_fraction of the file: devices get the delta
+    BUILDING = "building"  # queued or building on this replica
+    NOT_BUILT = "not_built"  # nobody asked yet: a rollout start, a plan or a device will
+    NOT_WORTH_IT = "not_worth_it"  # built, but not smaller than max_fraction of the file
+    MISSING_BLOB = "missing_blob"  # a file of either version is not in the blob store
+
+
+class DeltaOfferPublic(BaseModel):
+    """One file's delta between two versions (same path, different bytes)."""
+
+    from_version: int
+    to_version: int
+    path: str
+    from_sha256: str
+    to_sha256: str
+    size: int  # of the file devices end up with
+    state: OfferState
+    delta_size: int | None = None  # when ready
+    delta_sha256: str | None = None
+
+
+class VersionDeltasPublic(BaseModel):
+    namespace: str
+    model: str
+    version: int
+    enabled: bool  # FERRY_DELTAS_ENABLED: when off, devices always download whole files
+    max_fraction: float | None  # a delta is offered when smaller than this part of the file
+    versions_total: int  # other versions of the model
+    versions_shown: int  # the nearest ``versions`` of them, by number
+    deltas: list[DeltaOfferPublic]  # to this version first, then from it
+
+
+NeighbourCount = Annotated[int, Query(ge=1, le=100)]
+
+
+@router.get("/models/{ns}/{name}/versions/{ref}/deltas")
+def list_version_deltas(
+    ns: str,
+    name: str,
+    ref: str,
+    request: Request,
+    session: ReadSessionDep,
+    _: Reader,
+    versions: NeighbourCount = 10,
+) -> VersionDeltasPublic:
+    """Deltas between this version and its nearest other versions, both ways, per file."""
+    model = registry.get_model(session, ns, name)[1]
+    this = registry.resolve_version(session, model, ref)
+    others = sorted(
+        session.exec(
+            select(ModelVersion).where(
+                ModelVersion.model_id == model.id, col(ModelVersion.version) != this.version
+            )
+        ).all(),
+        key=lambda v: (abs(v.version - this.version), v.version),
+    )
+    nearest = sorted(others[:versions], key=lambda v: v.version)
+    jobs = deltas_of(request)
+    offers = [] if jobs is None else _offers(jobs, this, nearest)
+    return VersionDeltasPublic(
+        namespace=ns,
+        model=name,
+        version=this.version,
+        enabled=jobs is not None,
+        max_fraction=None if jobs is None else jobs.builder.max_fraction,
+        versions_total=len(others),
+        versions_shown=len(nearest),
+        deltas=offers,
+    )
+
+
+def _offers(
+    jobs: DeltaJobs, this: ModelVersion, others: list[ModelVersion]
+) -> list[DeltaOfferPublic]:
+    """To ``this`` from each other version, then from ``this`` to each: one cache lookup
+    per distinct pair of files (a stat and a small read)."""
+    seen: dict[tuple[str, str], tuple[OfferState, PairRecord | None]] = {}
+    answer = []
+    for other in others:
+        for old, new in ((other, this), (this, other)):
+            before = {f["path"]: f["sha256"] for f in old.files}
+            for entry in new.files:
+                base, target = before.get(entry["path"]), str(entry["sha256"])
+                if base is None or base == target:
+                    continue
+                if (base, target) not in seen:
+                    seen[base, target] = _state(jobs, base, target)
+                state, record = seen[base, target]
+                answer.append(
+                    DeltaOfferPublic(
+                        from_version=old.version,
+                        to_version=new.version,
+                        path=entry["path"],
+                        from_sha256=base,
+                        to_sha256=target,
+                        size=entry["size"],
+                        state=state,
+                        delta_size=record.delta_size if record else None,
+                        delta_sha256=record.delta_sha256 if record else None,
+                    )
+                )
+    return sorted(answer, key=lambda o: (o.to_version != this.version, o.from_version, o.path))
+
+
+def _state(jobs: DeltaJobs, base: str, target: str) -> tuple[OfferState, PairRecord | None]:
+    found = jobs.lookup(base, target)
+    if found.offer is not None:
+        return OfferState.READY, found.offer.record
+    if found.outcome is Lookup.NOT_READY:
+        building = jobs.building(base, target)
+        return (OfferState.BUILDING if building else OfferState.NOT_BUILT), None
+    if found.outcome is Lookup.UNKNOWN_BLOB:
+        return OfferState.MISSING_BLOB, None
+    return OfferState.NOT_WORTH_IT, None
