@@ -120,3 +120,23 @@ def test_a_bad_setting_is_one_line_naming_it(
         "--data-dir", str(tmp_path / "data"), "--port", str(free_port()), **{variable: value}
     )
     assert expected in line
+
+
+def test_several_workers_on_sqlite_are_refused_in_one_line(tmp_path: Path) -> None:
+    port = free_port()
+    line = refused("--data-dir", str(tmp_path / "data"), "--port", str(port), "--workers", "2")
+    assert line.startswith("ferry server: --workers 2 needs PostgreSQL")
+    assert "FERRY_DATABASE_URL" in line
+    assert not (tmp_path / "data" / "ferry.db").exists()  # refused before anything started
+    line = refused("--data-dir", str(tmp_path / "data"), "--port", str(port), FERRY_WORKERS="3")
+    assert line.startswith("ferry server: --workers 3 needs PostgreSQL")
+
+
+def test_several_workers_on_an_unreachable_database_are_one_line(tmp_path: Path) -> None:
+    url = f"postgresql+psycopg://ferry:s3cret@127.0.0.1:{free_port()}/ferry"
+    line = refused(
+        "--data-dir", str(tmp_path / "data"), "--port", str(free_port()), "--workers", "2",
+        "--database-url", url,
+    )  # fmt: skip
+    assert line.startswith("ferry server: cannot use the database postgresql+psycopg://ferry:***@")
+    assert "s3cret" not in line
