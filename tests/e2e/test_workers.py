@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ferry.cli.demo import FINAL_STATES
+from ferry.cli.demo import FINAL_STATES, Operator
 from ferry.server.webhooks.service import DELIVERY_HEADER, EVENT_TYPES
 from tests.e2e._stack import Stack
 from tests.server.conftest import pg_url  # noqa: F401  (scratch PostgreSQL database fixture)
@@ -74,6 +74,29 @@ def stack(tmp_path: Path, pg_url: str) -> Iterator[Stack]:  # noqa: F811
         }
     )
     stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def embedded(tmp_path: Path, pg_url: str) -> Iterator[Stack]:  # noqa: F811
+    """Two workers with the embedded Mosquitto, which the broker-session holder runs."""
+    require_mosquitto()
+    stack = Stack(tmp_path)
+    stack.server.env.update(
+        {
+            "FERRY_WORKERS": "2",
+            "FERRY_DATABASE_URL": pg_url,
+            "FERRY_LEASE_POLL_S": "0.5",
+            "FERRY_MQTT_EMBEDDED_BROKER": "mosquitto",
+        }
+    )
+    for name in ("URL", "PASSWORD", "PASSWORD_FILE", "OPERATOR_PASSWORD_FILE", "PID_FILE"):
+        stack.server.env.pop(f"FERRY_MQTT_{name}")
+    stack.server.start()
+    stack.op = Operator(stack.server.url, stack.server.admin_token)
     try:
         yield stack
     finally:
@@ -218,3 +241,42 @@ def test_two_workers_serve_lease_the_background_once_and_survive_a_kill_9(
     assert process.wait(timeout=60) == 0  # by itself: no SIGKILL needed
     stack.server.process = None
     assert not any(alive(pid) for pid in live)
+
+
+def test_the_embedded_broker_moves_with_the_broker_session(embedded: Stack, tmp_path: Path) -> None:
+    """The worker holding the session runs Mosquitto; devices enrolled through either
+    worker can log in; after a kill -9 of that worker (its Mosquitto dies with it) the
+    other starts Mosquitto again and devices converge over MQTT."""
+    stack, op = embedded, embedded.op
+    assert op is not None and stack.server.process is not None
+    supervisor = stack.server.process.pid
+    stack.wait(lambda: len(lease_holders(stack, "broker:ferry@server")) == 1, "a session holder")
+    (holder,) = lease_holders(stack, "broker:ferry@server")
+    first, second = op.publish_model(tmp_path / "bundles", [False, False], size=8192)
+    stack.simulate(DEVICES, "e")
+    stack.wait(lambda: op.fleet_status()["devices"] >= DEVICES, f"{DEVICES} devices")
+    # Enrolments answered by the other worker reach the broker's password file too.
+    passwd = stack.server.data_dir / "mqtt" / "passwd"
+    stack.wait(
+        lambda: (
+            {d["id"] for d in stack.devices()}
+            <= {line.split(":")[0] for line in passwd.read_text().splitlines()}
+        ),
+        "every device's broker login",
+    )
+    run_rollout(stack, first)
+    accepted, received, stored = report_counts(stack)
+    assert accepted == stored and 0 < received <= stored, (accepted, received, stored)
+
+    os.kill(holder, signal.SIGKILL)
+    stack.wait(
+        lambda: lease_holders(stack, "broker:ferry@server") - {holder} != set(),
+        "the broker session moving",
+    )
+    stack.wait(lambda: series(stack, "ferry_mqtt_connected").get("") == 1, "the subscription")
+    before = received
+    run_rollout(stack, second)
+    accepted, received, stored = report_counts(stack)
+    assert accepted == stored
+    assert received > before  # devices reported over the restarted broker
+    assert len(workers_of(supervisor)) == 2

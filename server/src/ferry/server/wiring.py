@@ -185,17 +185,21 @@ async def start_loops(loops: list[Loop]) -> Stop:
 def _password_watch(ctx: AppContext, service: MqttService | None) -> list[Loop] | None:
     """With several workers an enrolment may land on any of them, but only the session's
     holder knows the server's broker password: it rewrites the broker's password file
-    when the fleet epoch moves (enrolment and revocation bump it)."""
+    when the device logins changed. It looks when the fleet epoch moved (enrolment and
+    revocation bump it, and so do rollouts: hence the comparison before rewriting)."""
     if service is None or not service.settings.password_file:
         return None
-    seen: list[int] = []
+    seen: dict[str, object] = {}
 
     def check() -> None:
         with ctx.read_engine.connect() as connection:
             value = int(connection.execute(epoch.READ).scalar_one())
-        if seen and seen[-1] != value:
+        if seen.get("epoch") == value:
+            return
+        logins = hash(tuple(service.directory.logins()))
+        if seen.get("logins") != logins:  # the first look too: one enrolled as this began
             service.credentials_changed()
-        seen[:] = [value]
+        seen.update(epoch=value, logins=logins)
 
     loop = Periodic(check, PASSWORDS_POLL_S, "watching enrolments for the broker password file")
     return [loop]
