@@ -119,7 +119,7 @@ def leader(
     replica set's ``background`` loops (built afresh each time the lease is taken)."""
     settings = ctx.settings
     lock_dir = settings.data_dir / "leases"
-    metrics = MqttMetrics(ctx.metrics.registry)
+    metrics = MqttMetrics(ctx.metrics.registry) if settings.mqtt.enabled else None
     if settings.workers > 1 and settings.mqtt.enabled:
         app.state.mqtt = HeldElsewhere()
 
