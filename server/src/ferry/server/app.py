@@ -9,6 +9,7 @@ the API under ``/api/v1``. Other parts add their router with one line in
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -213,13 +214,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     on_outcome=lambda o: metrics.webhook_deliveries.labels(o).inc(),
                 )
             )
-        loops.append(Periodic(lambda: _renew_keyring(ctx), KEYRING_CHECK_S, "keyring renewal"))
         return loops
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         jobs = _start_deltas(app, ctx)
         fleet_tasks = fleet_wiring.start_tasks(app)
+        # Every process: one check an hour, and a concurrent renewal is harmless (the
+        # loser's insert conflicts and is dropped), so a lease would buy nothing.
+        renewer = Periodic(lambda: _renew_keyring(ctx), KEYRING_CHECK_S, "keyring renewal")
+        fleet_tasks.append((renewer, asyncio.create_task(renewer.run())))
         leader = fleet_wiring.leader(app, ctx, background, metrics.lease_changed)
         await leader.step()  # a lone process holds every lease before it serves
         leader.start()

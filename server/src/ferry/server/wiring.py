@@ -15,7 +15,7 @@ replicas alike:
                      connection per login): the embedded broker if any, the status
                      subscriber, the notifier, the broker password-file writer
     background       once per replica set, in a worker that holds its broker login:
-                     the rollout engine tick, webhook delivery, keyring renewal
+                     the rollout engine tick and webhook delivery
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`Lease`: a named duty that one process at a time holds, among every process sharing the database.
 
 Background work that must run once per replica set (the rollout engine, webhook
-delivery, keyring renewal) or once per broker login (the MQTT session) is held
+delivery) or once per broker login (the MQTT session) is held
 through a lease; every other worker and replica keeps trying, and takes over
 when the holder dies.
 
