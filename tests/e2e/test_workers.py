@@ -189,6 +189,14 @@ def test_two_workers_serve_lease_the_background_once_and_survive_a_kill_9(
         return {f'pid="{p}"' for p in workers} <= {k for k, v in served.items() if v > 0}
 
     stack.wait(both_served, "requests answered by both workers")
+    # /metrics, from whichever worker answers, sums every worker's counters.
+    healthz = 'method="GET",route="/healthz",status="200"'
+    before = series(stack, "ferry_http_requests_total")[healthz]
+    with httpx.Client(base_url=stack.server.url) as http:
+        for _ in range(50):
+            http.get("/healthz")
+    for _ in range(4):  # asked of both workers, in all likelihood: the same sum
+        assert series(stack, "ferry_http_requests_total")[healthz] == before + 50
     # One worker holds the broker session and the background lease, the same one.
     (holder,) = lease_holders(stack, "background")
     assert lease_holders(stack, "broker:ferry@server") == {holder}
@@ -215,6 +223,8 @@ def test_two_workers_serve_lease_the_background_once_and_survive_a_kill_9(
     os.kill(holder, signal.SIGKILL)
     stack.wait(lambda: lease_holders(stack, "background") - {holder} != set(), "the lease moving")
     (new_holder,) = lease_holders(stack, "background")
+    # The dead worker's counts stay in the sum (counters never go back).
+    assert series(stack, "ferry_http_requests_total")[healthz] >= before + 50
     assert new_holder != holder
     assert lease_holders(stack, "broker:ferry@server") == {new_holder}
     stack.wait(
