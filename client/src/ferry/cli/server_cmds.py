@@ -183,6 +183,7 @@ def serve_workers(settings: Settings, mqtt_off: str) -> None:
         timeout_graceful_shutdown=5,
     )
     sock = config.bind_socket()
+    sock.listen(config.backlog)  # connections wait in the backlog while the workers start
     print(banner_text(settings, _worker_mqtt(settings), mqtt_off), file=sys.stderr, flush=True)
     try:
         Multiprocess(config, sockets=[sock]).run()
