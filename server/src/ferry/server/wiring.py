@@ -52,6 +52,10 @@ class Loop(Protocol):
     def stop(self) -> None: ...
 
 
+class BrokerSessionError(Exception):
+    """The worker that took the broker-session lease could not start the session."""
+
+
 class HeldElsewhere:
     """``app.state.mqtt`` of a worker whose broker session another worker holds."""
 
@@ -126,6 +130,10 @@ def leader(
     async def start_broker_session() -> Stop:
         runtime = runtime_of(app)
         service = await start_mqtt(app, ctx, metrics=metrics)
+        if service is None and settings.workers > 1 and settings.mqtt.enabled:
+            # e.g. the embedded broker's port still held by a dying worker's Mosquitto: let
+            # go, and this or another worker tries again at the next poll
+            raise BrokerSessionError("the broker session did not start; retrying")
         app.state.mqtt = service
         watch = _password_watch(ctx, service) if settings.workers > 1 else None
         stop_watch = await start_loops(watch) if watch else None
