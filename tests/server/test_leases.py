@@ -94,18 +94,7 @@ def test_a_holder_whose_session_ends_learns_it_and_another_takes_over(
 ) -> None:
     mine = Lease(pg_url, "background", tmp_path)
     assert mine.try_acquire()
-    admin = create_engine(pg_url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
-    database = pg_url.rsplit("/", 1)[1]
-    with admin.connect() as conn:  # what a database restart or a network cut does
-        killed = conn.execute(
-            text(
-                "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l "
-                "JOIN pg_database d ON d.oid = l.database "
-                "WHERE l.locktype = 'advisory' AND d.datname = :db"
-            ),
-            {"db": database},
-        ).scalar_one()
-    admin.dispose()
+    killed = _terminate_lease_sessions(pg_url)
     assert killed == 1
     assert not mine.still_held()
     assert not mine.held
@@ -150,3 +139,54 @@ def test_a_dependent_duty_runs_only_alongside_what_it_needs(tmp_path: Path) -> N
         assert Lease(url, "background", tmp_path / "leases").try_acquire()
 
     asyncio.run(scenario())
+
+
+def test_a_leader_that_loses_its_session_stops_the_duty_and_another_starts_it(
+    pg_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    events: list[str] = []
+
+    def leader(name: str) -> Leader:
+        async def start() -> object:
+            events.append(f"{name} starts")
+
+            async def stop() -> None:
+                events.append(f"{name} stops")
+
+            return stop
+
+        return Leader([Duty(Lease(pg_url, "background", tmp_path), start)], 3600)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        first, second = leader("first"), leader("second")
+        await first.step()
+        await second.step()
+        assert events == ["first starts"]
+        _terminate_lease_sessions(pg_url)
+        await first.step()  # learns that its session is gone
+        await second.step()
+        assert events == ["first starts", "first stops", "second starts"]
+        await first.step()
+        assert events[-1] == "second starts"  # the first does not take it back
+        await second.close()
+        await first.step()
+        assert events[-2:] == ["second stops", "first starts"]
+        await first.close()
+
+    asyncio.run(scenario())
+
+
+def _terminate_lease_sessions(url: str) -> int:
+    admin = create_engine(url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:  # what a database restart or a network cut does
+        killed = conn.execute(
+            text(
+                "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l "
+                "JOIN pg_database d ON d.oid = l.database "
+                "WHERE l.locktype = 'advisory' AND d.datname = :db"
+            ),
+            {"db": url.rsplit("/", 1)[1]},
+        ).scalar_one()
+    admin.dispose()
+    return int(killed)
