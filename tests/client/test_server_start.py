@@ -4,14 +4,17 @@ cannot work is one line with the fix — no traceback, no half-started server.""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.client.helpers import FERRY, free_port
+from tests.server.conftest import pg_url  # noqa: F401  (scratch PostgreSQL database)
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -120,3 +123,73 @@ def test_a_bad_setting_is_one_line_naming_it(
         "--data-dir", str(tmp_path / "data"), "--port", str(free_port()), **{variable: value}
     )
     assert expected in line
+
+
+def test_several_workers_on_sqlite_are_refused_in_one_line(tmp_path: Path) -> None:
+    port = free_port()
+    line = refused("--data-dir", str(tmp_path / "data"), "--port", str(port), "--workers", "2")
+    assert line.startswith("ferry server: --workers 2 needs PostgreSQL")
+    assert "FERRY_DATABASE_URL" in line
+    assert not (tmp_path / "data" / "ferry.db").exists()  # refused before anything started
+    line = refused("--data-dir", str(tmp_path / "data"), "--port", str(port), FERRY_WORKERS="3")
+    assert line.startswith("ferry server: --workers 3 needs PostgreSQL")
+
+
+def test_several_workers_on_an_unreachable_database_are_one_line(tmp_path: Path) -> None:
+    url = f"postgresql+psycopg://ferry:s3cret@127.0.0.1:{free_port()}/ferry"
+    line = refused(
+        "--data-dir", str(tmp_path / "data"), "--port", str(free_port()), "--workers", "2",
+        "--database-url", url,
+    )  # fmt: skip
+    assert line.startswith("ferry server: cannot use the database postgresql+psycopg://ferry:***@")
+    assert "s3cret" not in line
+
+
+@pytest.mark.postgres
+def test_several_workers_print_the_start_once_and_stop_together_on_ctrl_c(
+    tmp_path: Path,
+    pg_url: str,  # noqa: F811
+) -> None:
+    """Banner and first admin token once (not once per worker); Ctrl-C (SIGINT to the
+    terminal's process group) ends the supervisor and every worker, exit code 0."""
+    log, port = tmp_path / "server.log", free_port()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(FERRY), "server", "--data-dir", str(tmp_path / "data"), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_env(FERRY_WORKERS="2", FERRY_DATABASE_URL=pg_url, FERRY_MQTT_ENABLED="false"),
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "admin token:" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        children = _children(proc.pid)
+        while len(children) < 2:  # the supervisor starts its workers after the banner
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+            children = _children(proc.pid)
+        workers = sorted(children)
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=60)
+    text = log.read_text()
+    assert code == 0, text
+    assert text.count("ferry server: HTTP on") == 1, text
+    assert ", 2 worker processes" in text
+    assert text.count("created admin token") == 1, text
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], text
+
+
+def _children(pid: int) -> set[int]:
+    """Worker processes of the supervisor (multiprocessing children, not its tracker)."""
+    found = set()
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        if b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline:
+            found.add(int(child))
+    return found

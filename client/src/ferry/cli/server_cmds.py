@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import shutil
 import socket
 import sys
 import uuid
@@ -62,9 +63,14 @@ def serve(
     host: str | None = None,
     port: int | None = None,
     database_url: str | None = None,
+    workers: int = 1,
 ) -> None:
     """Check what a start needs, migrate, create keys and the first admin token if
-    needed, then run uvicorn; print where it listens once HTTP is bound."""
+    needed, then run uvicorn; print where it listens once HTTP is bound.
+
+    With ``workers`` > 1 this process prepares the data directory once, binds the
+    port, prints the banner once and supervises uvicorn worker processes, each
+    building the app from the environment set here (docs/deploy.md)."""
     import uvicorn
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -72,12 +78,20 @@ def serve(
 
     os.environ.setdefault("FERRY_MQTT_ENABLED", "true")  # embedded broker unless told otherwise
     try:
-        settings = _settings(data_dir, database_url, host=host, port=port)
+        settings = _settings(data_dir, database_url, host=host, port=port, workers=workers)
     except (ValueError, TypeError) as exc:  # SettingsError names the FERRY_* variable
         raise StartupError(
             f"bad configuration: {exc} — fix it or unset it "
             "(docs/server.md lists the FERRY_* settings)"
         ) from None
+    if settings.workers < 1:
+        raise StartupError(f"--workers {settings.workers}: give at least 1")
+    if settings.workers > 1 and settings.database_url.startswith("sqlite"):
+        raise StartupError(
+            f"--workers {settings.workers} needs PostgreSQL (SQLite takes writes from one "
+            "process at a time): set --database-url / FERRY_DATABASE_URL to a postgresql+psycopg:// "
+            "URL, or run one worker"
+        )
     mqtt_off = ""
     if settings.mqtt.embedded:
         try:
@@ -89,14 +103,13 @@ def serve(
             )
     check_data_dir(settings.data_dir)
     check_port(settings.host, settings.port, "--port / FERRY_PORT")
+    if settings.workers > 1:
+        serve_workers(settings, mqtt_off)
+        return
     try:
         application = create_app(settings)
     except SQLAlchemyError as exc:
-        raise StartupError(
-            f"cannot use the database {redact(settings.database_url)}: "
-            f"{_first_line(exc)} — start it, or fix --database-url / "
-            "FERRY_DATABASE_URL"
-        ) from None
+        raise StartupError(_database_error(settings, exc)) from None
     config = uvicorn.Config(
         application,
         host=settings.host,
@@ -106,6 +119,84 @@ def serve(
         timeout_graceful_shutdown=5,
     )
     announcing_server(config, lambda: banner(settings, application, mqtt_off)).run()
+
+
+def _database_error(settings: Settings, exc: Exception) -> str:
+    return (
+        f"cannot use the database {redact(settings.database_url)}: "
+        f"{_first_line(exc)} — start it, or fix --database-url / "
+        "FERRY_DATABASE_URL"
+    )
+
+
+WORKER_APP = "ferry.server.app:create_app"  # uvicorn's factory: settings from FERRY_* variables
+
+
+def serve_workers(settings: Settings, mqtt_off: str) -> None:
+    """uvicorn's supervisor over ``settings.workers`` processes on one socket.
+
+    The supervisor restarts a worker that dies; SIGTERM or Ctrl-C stops them all
+    (each finishes its requests and its lifespan). Leases decide which worker runs
+    what must run once (`ferry.server.wiring`). Metrics are shared through
+    prometheus_client's multiprocess directory, so ``/metrics`` sums every worker.
+    """
+    import tempfile
+
+    import uvicorn
+    from sqlalchemy.exc import SQLAlchemyError
+    from uvicorn.supervisors import Multiprocess
+
+    from ferry.server.app import prepare
+    from ferry.server.core.observability import MULTIPROC_ENV
+
+    try:
+        prepare(settings).dispose()  # migrations, keys, the admin token: once, here
+    except SQLAlchemyError as exc:
+        raise StartupError(_database_error(settings, exc)) from None
+    own_metrics_dir = not os.environ.get(MULTIPROC_ENV)
+    metrics_dir = (
+        tempfile.mkdtemp(prefix="ferry-metrics-") if own_metrics_dir else os.environ[MULTIPROC_ENV]
+    )
+    for stale in Path(metrics_dir).glob("*.db"):  # counters restart with the server
+        stale.unlink()
+    os.environ.update(
+        {
+            MULTIPROC_ENV: metrics_dir,
+            "FERRY_DATA_DIR": str(settings.data_dir),
+            "FERRY_DATABASE_URL": settings.database_url,
+            "FERRY_HOST": settings.host,
+            "FERRY_PORT": str(settings.port),
+            "FERRY_PUBLIC_URL": settings.public_url,
+            "FERRY_WORKERS": str(settings.workers),
+            "FERRY_MQTT_ENABLED": "true" if settings.mqtt.enabled else "false",
+            "FERRY_PRINT_ADMIN_TOKEN": "false",
+        }
+    )
+    config = uvicorn.Config(
+        WORKER_APP,
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+    )
+    sock = config.bind_socket()
+    sock.listen(config.backlog)  # connections wait in the backlog while the workers start
+    print(banner_text(settings, _worker_mqtt(settings), mqtt_off), file=sys.stderr, flush=True)
+    try:
+        Multiprocess(config, sockets=[sock]).run()
+    finally:
+        sock.close()
+        if own_metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _worker_mqtt(settings: Settings) -> str:
+    if not settings.mqtt.enabled:
+        return ""
+    return f"{settings.mqtt.device_url} (one worker at a time holds the broker session)"
 
 
 def announcing_server(config: Any, text: Callable[[], str]) -> Any:
@@ -126,12 +217,16 @@ def banner(settings: Settings, application: Any, mqtt_off: str = "") -> str:
     """Where the server listens (HTTP, MQTT), keeps its data, and its admin token."""
     from ferry.server.fleet.runtime import runtime_of
 
-    mqtt = runtime_of(application).broker_url
+    return banner_text(settings, runtime_of(application).broker_url, mqtt_off)
+
+
+def banner_text(settings: Settings, mqtt: str, mqtt_off: str = "") -> str:
     url = f"http://{settings.host}:{settings.port}"
     why = mqtt_off or "see the log above; FERRY_MQTT_PORT / FERRY_MQTT_URL"
+    workers = f", {settings.workers} worker processes" if settings.workers > 1 else ""
     return "\n".join(
         [
-            f"ferry server: HTTP on {url} (API {url}/api/v1, health {url}/healthz)",
+            f"ferry server: HTTP on {url}{workers} (API {url}/api/v1, health {url}/healthz)",
             f"  MQTT: {mqtt}" if mqtt else f"  MQTT: off, devices poll over HTTP ({why})",
             f"  data: {settings.data_dir} (database {redact(settings.database_url)})",
             f"  admin token: {settings.admin_token_path}"
@@ -188,7 +283,11 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-@app.command("server", epilog="Example: ferry server --data-dir /var/lib/ferry --port 8080")
+@app.command(
+    "server",
+    epilog="Examples: ferry server --data-dir /var/lib/ferry --port 8080 · "
+    "ferry server --workers 4 --database-url postgresql+psycopg://ferry@db/ferry",
+)
 def server_command(
     data_dir: DataDir = None,
     host: Annotated[
@@ -198,6 +297,13 @@ def server_command(
         int | None, typer.Option(envvar="FERRY_PORT", help="Listen port (default: 8080).")
     ] = None,
     database_url: DatabaseUrl = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            envvar="FERRY_WORKERS",
+            help="Worker processes on one port (default: 1; more than 1 needs PostgreSQL).",
+        ),
+    ] = 1,
 ) -> None:
     """Run the registry server (SQLite and blobs under the data directory by default).
 
@@ -205,7 +311,7 @@ def server_command(
     every start; a start that cannot work is one line saying why and what to do.
     """
     try:
-        serve(data_dir, host, port, database_url)
+        serve(data_dir, host, port, database_url, workers)
     except StartupError as exc:
         typer.echo(f"ferry server: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -57,7 +57,6 @@ from ferry.server.deltas import routes as delta_routes
 from ferry.server.deltas.jobs import DeltaJobs
 from ferry.server.fleet import device_routes, enrollment_routes
 from ferry.server.fleet.runtime import runtime_of
-from ferry.server.mqtt import start_mqtt, stop_mqtt
 from ferry.server.registry import model_routes, namespace_routes
 from ferry.server.rollouts import routes as rollout_routes
 from ferry.server.rollouts import status_routes
@@ -210,39 +209,44 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=metrics,
     )
 
+    def background() -> list[fleet_wiring.Loop]:
+        """The replica set's loops, run by the worker holding the ``background`` lease."""
+        loops: list[fleet_wiring.Loop] = fleet_wiring.background_loops(app)
+        if settings.start_webhook_worker:
+            loops.append(
+                WebhookWorker(
+                    engine,
+                    RetryPolicy(
+                        settings.webhook_max_attempts,
+                        settings.webhook_backoff_seconds,
+                        settings.webhook_timeout_seconds,
+                    ),
+                    settings.webhook_poll_seconds,
+                    read_engine=read_engine,
+                    on_outcome=lambda o: metrics.webhook_deliveries.labels(o).inc(),
+                )
+            )
+        return loops
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        worker = WebhookWorker(
-            engine,
-            RetryPolicy(
-                settings.webhook_max_attempts,
-                settings.webhook_backoff_seconds,
-                settings.webhook_timeout_seconds,
-            ),
-            settings.webhook_poll_seconds,
-            read_engine=read_engine,
-            on_outcome=lambda o: metrics.webhook_deliveries.labels(o).inc(),
-        )
-        task = asyncio.create_task(worker.run()) if settings.start_webhook_worker else None
         await anyio.to_thread.run_sync(_check_store, ctx)
-        mqtt = await start_mqtt(app, ctx)
-        app.state.mqtt = mqtt
         jobs = _start_deltas(app, ctx)
         fleet_tasks = fleet_wiring.start_tasks(app)
+        # Every process: one check an hour, and a concurrent renewal is harmless (the
+        # loser's insert conflicts and is dropped), so a lease would buy nothing.
         renewer = Periodic(lambda: _renew_keyring(ctx), KEYRING_CHECK_S, "keyring renewal")
-        renewing = asyncio.create_task(renewer.run())
+        fleet_tasks.append((renewer, asyncio.create_task(renewer.run())))
+        leader = fleet_wiring.leader(app, ctx, background, metrics.lease_changed)
+        await leader.step()  # a lone process holds every lease before it serves
+        leader.start()
         try:
             yield
         finally:
-            renewer.stop()
-            await renewing
+            await leader.close()
             await fleet_wiring.stop_tasks(fleet_tasks)
             if jobs is not None:
                 await jobs.close()
-            await stop_mqtt(mqtt)
-            worker.stop()
-            if task is not None:
-                await task
             engine.dispose()
             read_engine.dispose()
             ctx.blobs.close()

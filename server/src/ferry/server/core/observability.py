@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -33,6 +43,7 @@ TRANSPORTS = ("http", "mqtt")
 GATE_DECISIONS = ("start", "wait", "advance", "complete", "halt")
 WEBHOOK_OUTCOMES = ("delivered", "failed", "gave_up")
 Snapshot = Callable[[], Iterable[GaugeMetricFamily]]
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when first imported
 
 
 class SnapshotCollector(Collector):
@@ -137,6 +148,21 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        # Which worker process holds which lease, and how many requests each served
+        # (``ferry server --workers N``: one series per live worker, with a ``pid`` label).
+        self.leases = Gauge(
+            "ferry_lease_held",
+            "1 while this process holds the lease (broker:<login>, background)",
+            ["lease"],
+            registry=self.registry,
+            multiprocess_mode="liveall",
+        )
+        self.worker_requests = Gauge(
+            "ferry_worker_http_requests",
+            "HTTP requests through the middleware, per worker process",
+            registry=self.registry,
+            multiprocess_mode="liveall",
+        )
         self.snapshots = SnapshotCollector()
         self.registry.register(self.snapshots)
         self._zero_fill()
@@ -176,8 +202,38 @@ class Metrics:
         for seconds in lags_s:
             lag.observe(max(0.0, seconds))
 
+    def lease_changed(self, name: str, held: bool) -> None:
+        self.leases.labels(name).set(1 if held else 0)
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """This registry; with ``PROMETHEUS_MULTIPROC_DIR`` (``ferry server --workers N``)
+        every worker's metrics summed instead, and the database gauges once."""
+        directory = os.environ.get(MULTIPROC_ENV)
+        if not directory:
+            return generate_latest(self.registry)
+        forget_dead_workers(Path(directory))
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+        registry.register(self.snapshots)
+        return generate_latest(registry)
+
+
+def forget_dead_workers(directory: Path) -> None:
+    """Drop the live-gauge files of worker processes that are gone (killed, restarted)."""
+    pids = {path.stem.rsplit("_", 1)[-1] for path in directory.glob("gauge_live*_*.db")}
+    for pid in pids:
+        if pid.isdigit() and not _alive(int(pid)):
+            multiprocess.mark_process_dead(int(pid), str(directory))  # type: ignore[no-untyped-call]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class ObservabilityMiddleware:
@@ -207,6 +263,7 @@ class ObservabilityMiddleware:
         route = getattr(scope.get("route"), "path", None) or "<unmatched>"
         method = scope["method"]
         self.metrics.requests.labels(method, route, str(status)).inc()
+        self.metrics.worker_requests.inc()
         self.metrics.latency.labels(method, route).observe(elapsed)
         access_log.info(
             "request",

@@ -200,6 +200,9 @@ class Settings:
     deltas_enabled: bool = True
     delta_max_fraction: float = 0.6
     delta_build_workers: int = 1
+    # `ferry server --workers N` sets these for its worker processes (docs/deploy.md).
+    workers: int = 1
+    lease_poll_s: float = 2.0  # how often a worker tries the leases it does not hold
     fleet: FleetSettings = field(default_factory=FleetSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     blobs: BlobSettings = field(default_factory=BlobSettings)

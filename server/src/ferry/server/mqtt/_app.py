@@ -18,12 +18,16 @@ log = logging.getLogger("ferry.server.mqtt")
 
 
 async def start_mqtt(
-    app: FastAPI, ctx: AppContext, settings: MqttSettings | None = None
+    app: FastAPI,
+    ctx: AppContext,
+    settings: MqttSettings | None = None,
+    metrics: MqttMetrics | None = None,
 ) -> MqttService | None:
     """Start the transport and make it the fleet's notifier and broker sync.
 
     Returns None when MQTT is off (``FERRY_MQTT_ENABLED=false``, or the embedded
-    broker's port is taken): devices then converge by HTTP polling.
+    broker's port is taken): devices then converge by HTTP polling. Pass ``metrics``
+    when starting more than once in one app (a worker that takes the broker session over).
     """
     settings = settings or ctx.settings.mqtt
     if not settings.enabled:
@@ -36,7 +40,7 @@ async def start_mqtt(
         settings,
         directory=FleetDirectory(ctx.read_engine),
         sink=FleetStatusSink(ctx.engine, runtime.now, ctx.metrics),
-        metrics=MqttMetrics(ctx.metrics.registry),
+        metrics=metrics or MqttMetrics(ctx.metrics.registry),
     )
     try:
         await service.start()

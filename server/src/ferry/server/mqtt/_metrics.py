@@ -25,6 +25,7 @@ class MqttMetrics:
             "ferry_mqtt_connected",
             "1 while the server's status subscription is live, else 0",
             registry=registry,
+            multiprocess_mode="livemax",  # several workers: 1 when the one holding it is live
         )
         self.subscription_lost = Counter(
             "ferry_mqtt_subscription_lost",

@@ -117,6 +117,9 @@ def _die_with_parent() -> None:
 
 def _port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As Mosquitto binds: connections of a broker that just died (TIME_WAIT) do not
+        # hold the port, so a worker taking the broker over can start it at once.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
