@@ -44,7 +44,7 @@ def _residual(rng: random.Random, positions: list[int], size: int = SIZE) -> byt
         sorted(random.Random(1).sample(range(SIZE), SIZE // 100)),
     ],
 )
-def test_sparse_round_trip(positions: list[int]) -> None:
+def test_sparse_round_trip(positions: list[int], lanes: str) -> None:
     residual = _residual(random.Random(len(positions)), positions)
     payload = sparse_encode(residual, 3)
     assert payload is not None
@@ -88,7 +88,7 @@ def _payload(count: int, skips: bytes, values: bytes, first: int | None = None) 
     ids=["short", "too_many_symbols", "frame_past_payload", "frame_size", "past_chunk"],
 )  # fmt: skip
 def test_forged_sparse_payloads_are_refused(
-    payload: bytes, out_size: int, error: type[DeltaError], message: str
+    payload: bytes, out_size: int, error: type[DeltaError], message: str, lanes: str
 ) -> None:
     with pytest.raises(error, match=message):
         sparse_decode(payload, out_size)

@@ -1,7 +1,8 @@
 """Ferry's model-aware binary deltas: container format, descriptor and the device-side decoder.
 
-Standard library plus ``zstandard`` and ``bsdiff4`` only (no numpy), so it runs on
-the device. The encoder lives in :mod:`ferry.protocol.delta.encode`
+Standard library plus ``zstandard`` and ``bsdiff4``, so it runs on the device; numpy,
+when installed (``ferry-protocol[fast]``), speeds up the lane steps of the decoder
+(same bytes, see :mod:`ferry.protocol.delta._lanes_np`). The encoder lives in :mod:`ferry.protocol.delta.encode`
 (imported by the server and the `ferry delta` command, never by the device).
 """
 
