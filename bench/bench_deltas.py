@@ -2,8 +2,8 @@
 
     python bench/bench_deltas.py            real MiniLM pairs, 50 MB synthetic pairs, a 1 GiB pair
     python bench/bench_deltas.py --quick    3 MB synthetic pairs and 4 MB format pairs
-                                            (shape change, PyTorch zip, GGUF, TFLite,
-                                            OpenVINO IR, unknown container)
+                                            (shape change, grown columns, PyTorch zip, GGUF,
+                                            TFLite, OpenVINO IR, unknown container)
 
 Every operation runs in its own process (bench/deltas_ops.py or the tool's CLI)
 under a small wrapper: wall and CPU seconds come from ``os.wait4``; peak RSS is the
