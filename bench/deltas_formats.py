@@ -79,6 +79,27 @@ def _shape_change(directory: Path, total: int) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+def _columns_change(directory: Path, total: int) -> tuple[Path, Path]:
+    """An output projection [DIM, vocab] that gains 1,000/30,522 of its columns (as
+    [768, 30522] → [768, 31522]), plus a fine-tune: the common block is DIM runs."""
+    old = weights(total)
+    new = fine_tuned(old, seed=3)
+    old["embed.weight"] = np.ascontiguousarray(old["embed.weight"].T)
+    grown = new["embed.weight"].T
+    added = np.random.default_rng(4).normal(0, 0.05, (DIM, max(grown.shape[1] * 1000 // 30522, 1)))
+    new["embed.weight"] = np.ascontiguousarray(
+        np.concatenate([grown, added.astype(np.float32)], axis=1)
+    )
+    paths = []
+    for tag, tensors in (("old", old), ("new", new)):
+        paths.append(write_safetensors(
+            directory / f"columns-{tag}.safetensors",
+            {k: ("I8" if v.dtype == np.int8 else "F32", v.tobytes()) for k, v in tensors.items()},
+            {k: list(v.shape) for k, v in tensors.items()},
+        ))  # fmt: skip
+    return paths[0], paths[1]
+
+
 def _unknown(directory: Path, total: int) -> tuple[Path, Path]:
     """A container Ferry does not parse: a grown header, payloads reordered, 2 % of bytes ±1."""
     rng = random.Random(5)
@@ -100,6 +121,7 @@ def make_pairs(directory: Path, total_bytes: int) -> list[tuple[str, Path, Path]
     """(name, old, new) for every format pair, about ``total_bytes`` each; reused if there."""
     directory.mkdir(parents=True, exist_ok=True)
     pairs = [("shape change + fine-tune", *_shape_change(directory, total_bytes))]
+    pairs.append(("grown columns + fine-tune", *_columns_change(directory, total_bytes)))
     pairs += [(name, *paths) for name, paths in _formats(directory, total_bytes).items()]
     pairs.append(("unknown container", *_unknown(directory, total_bytes)))
     return pairs

@@ -33,9 +33,23 @@ def ferry_compress(new: str, out: str, workers: str = "2") -> None:
 
 
 def ferry_apply(old: str, delta: str, out: str, size: str, sha256: str) -> None:
-    from ferry.protocol.delta import apply_delta_file
+    """Also writes the call's own wall and CPU seconds (start-up and imports excluded:
+    an agent is a long-running process) to $FERRY_BENCH_TIMING when it is set."""
+    import json
+    import time
 
+    from ferry.protocol.delta import apply_delta_file
+    from ferry.protocol.delta.codec import uses_numpy
+
+    numpy = uses_numpy()  # imports numpy (when installed) before the clock starts
+    wall, cpu = time.perf_counter(), time.process_time()
     apply_delta_file(None if old == "-" else old, delta, out, int(size), sha256)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if os.environ.get("FERRY_BENCH_TIMING"):
+        with open(os.environ["FERRY_BENCH_TIMING"], "w") as handle:
+            json.dump(
+                {"wall": wall, "cpu": cpu, "numpy": numpy, "load": os.getloadavg()[0]}, handle
+            )
 
 
 def bsdiff4_diff(old: str, new: str, out: str) -> None:

@@ -47,6 +47,25 @@ def test_each_part_is_a_distribution_with_a_src_layout() -> None:
     assert (ROOT / "client" / "src" / "ferry" / "cli" / "main.py").is_file()
 
 
+# The delta decoder's numpy lane steps (ferry-protocol[fast]): imported by codec only
+# when numpy is installed, on the first lane chunk (the test below).
+OPTIONAL_ACCELERATORS = {"ferry.protocol.delta._lanes_np"}
+
+
+def test_the_numpy_accelerator_is_imported_only_when_a_delta_is_decoded() -> None:
+    code = (
+        "import sys\n"
+        "from ferry.protocol.delta import apply_delta_file, codec\n"
+        "before = 'numpy' in sys.modules\n"
+        "codec.uses_numpy()\n"
+        "print(before, 'numpy' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["False", "True"]
+
+
 def test_protocol_and_agent_import_without_the_server_stack() -> None:
     # httpx imports rich for its own CLI when rich happens to be installed; on a
     # device it is not, so only what ferry itself adds on top of its deps counts.
@@ -56,7 +75,8 @@ def test_protocol_and_agent_import_without_the_server_stack() -> None:
         "import ferry.protocol, ferry.agent\n"
         "for pkg in (ferry.protocol, ferry.agent):\n"
         "    for mod in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
-        "        importlib.import_module(mod.name)\n"
+        f"        if mod.name not in {sorted(OPTIONAL_ACCELERATORS)!r}:\n"
+        "            importlib.import_module(mod.name)\n"
         f"bad = sorted(m for m in {sorted(SERVER_ONLY)!r} if m in sys.modules and m not in baseline)\n"
         "print(','.join(bad))\n"
     )

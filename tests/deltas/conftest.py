@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from ferry.protocol.delta import codec
 from ferry.server.deltas import build_delta
 from tests.deltas.models import SMALL, make_pair
 
@@ -27,3 +28,17 @@ def genuine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, bytes
     directory = tmp_path_factory.mktemp("genuine")
     old, new = make_pair(directory, reorder=True, add=True)
     return old, new, build_delta(old, new, directory / "delta", SMALL).path.read_bytes()
+
+
+@pytest.fixture(params=["numpy", "pure"])
+def lanes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Run a test with the decoder's numpy fast path, then with the big-integer one."""
+    if request.param == "numpy":
+        pytest.importorskip("numpy")
+    else:
+        monkeypatch.setenv(codec.PURE_PYTHON_ENV, "1")
+    codec._accelerated.cache_clear()
+    assert codec.uses_numpy() is (request.param == "numpy")
+    yield request.param
+    monkeypatch.delenv(codec.PURE_PYTHON_ENV, raising=False)
+    codec._accelerated.cache_clear()

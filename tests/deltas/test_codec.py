@@ -1,4 +1,5 @@
-"""The pure-Python lane codecs: exact inverses, and equal to per-element arithmetic."""
+"""The lane codecs: exact inverses, equal to per-element arithmetic, and the numpy
+fast path equal to the pure-Python one."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import struct
 
 import pytest
 
+from ferry.protocol.delta import DeltaCorruptError, codec
 from ferry.protocol.delta.codec import (
     BASE_OPS,
     WIDTHS,
@@ -69,3 +71,46 @@ def test_zigzag_maps_small_differences_of_either_sign_to_small_codes() -> None:
     old = struct.pack("<4i", 10, 11, 9, 5)
     codes = struct.unpack("<4I", lane_delta(new, old, Op.SUBZZ, 4))
     assert codes == (0, 1, 2, 19)  # 0 → 0, -1 → 1, +1 → 2, -10 → 19
+
+
+# --- the numpy fast path gives the same bytes as the big-integer lanes ------------------
+
+np_lanes = pytest.importorskip("ferry.protocol.delta._lanes_np")
+
+
+@pytest.mark.parametrize("size", (*SIZES, 65_543))
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("op", list(Op))
+def test_numpy_restore_equals_the_big_integer_restore(size: int, width: int, op: Op) -> None:
+    rng = random.Random(size * 3 + width * 11 + op * 5)
+    edges = b"\x00\xff\x7f\x80\x01\xfe" * (size // 6)  # carries and signs at every lane edge
+    new = (edges + rng.randbytes(size))[:size]
+    old = (
+        (rng.randbytes(size // 2) + edges + rng.randbytes(size))[:size] if op in BASE_OPS else None
+    )
+    planes = split_planes(lane_delta(new, old, op, width), width)
+    pure = lane_restore(merge_planes(planes, width), old, op, width)
+    assert pure == new
+    assert np_lanes.merge_restore(planes, old, int(op), width) == new
+
+
+def test_numpy_restore_refuses_a_base_op_without_old_bytes() -> None:
+    with pytest.raises(DeltaCorruptError):
+        np_lanes.merge_restore(bytes(64), None, int(Op.SUBZZ), 4)
+
+
+def test_restore_planes_falls_back_to_big_integers_without_numpy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(codec.PURE_PYTHON_ENV, "1")
+    codec._accelerated.cache_clear()
+    try:
+        assert not codec.uses_numpy()
+        rng = random.Random(9)
+        new, old = rng.randbytes(4099), rng.randbytes(4099)
+        planes = split_planes(lane_delta(new, old, Op.SUBZZ, 4), 4)
+        assert codec.restore_planes(planes, old, Op.SUBZZ, 4) == new
+    finally:
+        monkeypatch.delenv(codec.PURE_PYTHON_ENV)
+        codec._accelerated.cache_clear()
+    assert codec.uses_numpy()

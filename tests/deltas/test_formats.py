@@ -266,3 +266,15 @@ def test_openvino_bin_without_its_xml_takes_the_byte_path(tmp_path: Path) -> Non
     new.with_suffix(".xml").unlink()
     assert _layout(new) == ("bytes", None)
     _round_trip(old, new, tmp_path)
+
+
+@pytest.mark.parametrize("fmt", ["gguf", "openvino", "tflite"])
+def test_layout_gives_the_row_major_shape(fmt: str, tmp_path: Path) -> None:
+    """Shapes as numpy orders them (GGUF stores them innermost first): what the planner
+    needs to line up the common block of a reshaped tensor."""
+    tensors = {"w": np.arange(6 * 40, dtype=np.float32).reshape(6, 40)}
+    path = _write(tmp_path, fmt, "v1", tensors)
+    with open(path, "rb") as handle:
+        layout = read_layout(handle.fileno(), path.stat().st_size, sidecar(path))
+    assert layout is not None
+    assert [t.shape for t in layout if t.length == 6 * 40 * 4] == [(6, 40)]

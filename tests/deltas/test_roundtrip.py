@@ -35,7 +35,7 @@ def _round_trip(
 
 
 def test_fine_tune_delta_is_float_coded_and_beats_plain_compression(
-    model_pair: Pair, tmp_path: Path
+    model_pair: Pair, tmp_path: Path, lanes: str
 ) -> None:
     old, new = model_pair()
     result = _round_trip(old, new, tmp_path)
@@ -52,7 +52,7 @@ def test_frozen_layer_is_sent_as_copies(model_pair: Pair, tmp_path: Path) -> Non
 
 
 def test_moved_and_added_tensors_still_diff_against_themselves(
-    model_pair: Pair, tmp_path: Path
+    model_pair: Pair, tmp_path: Path, lanes: str
 ) -> None:
     same_order = _round_trip(*model_pair(), tmp_path)
     moved = _round_trip(*model_pair(reorder=True, add=True), tmp_path)
@@ -61,7 +61,7 @@ def test_moved_and_added_tensors_still_diff_against_themselves(
     assert moved.chunks.get("copy", 0) >= 3  # the frozen layer, found at its new offset
 
 
-def test_int8_tensor_uses_lane_subtraction(model_pair: Pair, tmp_path: Path) -> None:
+def test_int8_tensor_uses_lane_subtraction(model_pair: Pair, tmp_path: Path, lanes: str) -> None:
     old, new = model_pair()
     result = _round_trip(old, new, tmp_path)
     _, chunks = split_delta(result.path.read_bytes())
@@ -134,7 +134,9 @@ def test_apply_accepts_a_stream_and_an_iterator_of_pieces(model_pair: Pair, tmp_
     assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes() == data
 
 
-def test_apply_memory_is_bounded_by_the_chunk_size_not_the_model(tmp_path: Path) -> None:
+def test_apply_memory_is_bounded_by_the_chunk_size_not_the_model(
+    tmp_path: Path, lanes: str
+) -> None:
     rng = random.Random(5)
     chunk = 32 << 10
     old_values = floats(rng, 400_000)  # 1.6 MB model, 49 chunks

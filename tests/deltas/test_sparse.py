@@ -21,6 +21,7 @@ from ferry.protocol.delta import (
     apply_delta_file,
 )
 from ferry.protocol.delta.codec import SPARSE_SHARE, sparse_decode, sparse_encode
+from ferry.protocol.delta.encode import _encoder
 from ferry.server.deltas import build_delta
 from tests.deltas.models import SMALL, join_delta, split_delta, write_safetensors
 
@@ -44,7 +45,7 @@ def _residual(rng: random.Random, positions: list[int], size: int = SIZE) -> byt
         sorted(random.Random(1).sample(range(SIZE), SIZE // 100)),
     ],
 )
-def test_sparse_round_trip(positions: list[int]) -> None:
+def test_sparse_round_trip(positions: list[int], lanes: str) -> None:
     residual = _residual(random.Random(len(positions)), positions)
     payload = sparse_encode(residual, 3)
     assert payload is not None
@@ -88,7 +89,7 @@ def _payload(count: int, skips: bytes, values: bytes, first: int | None = None) 
     ids=["short", "too_many_symbols", "frame_past_payload", "frame_size", "past_chunk"],
 )  # fmt: skip
 def test_forged_sparse_payloads_are_refused(
-    payload: bytes, out_size: int, error: type[DeltaError], message: str
+    payload: bytes, out_size: int, error: type[DeltaError], message: str, lanes: str
 ) -> None:
     with pytest.raises(error, match=message):
         sparse_decode(payload, out_size)
@@ -115,3 +116,22 @@ def test_forged_sparse_chunk_in_a_delta_leaves_no_output(tmp_path: Path) -> None
         apply_delta_file(old, delta, tmp_path / "out", len(data), hashlib.sha256(data).hexdigest())
     assert not (tmp_path / "out").exists()
     assert not (tmp_path / "out.delta-part").exists()
+
+
+def _float_candidate(plain: bytes, payload_len: int) -> _encoder._Candidate:
+    return _encoder._Candidate(b"z" * payload_len, Codec.FLOAT, plain=plain)
+
+
+def test_bzip2_is_kept_only_where_it_saves_enough_for_its_slow_decoding() -> None:
+    """bzip2 decodes ~10x slower than zstd: one saved byte per 512 output bytes, or zstd."""
+    rng = random.Random(7)
+    residual = bytearray(1 << 16)
+    for at in rng.sample(range(len(residual)), len(residual) // 7):  # too dense for SPARSE
+        residual[at] = rng.choice((1, 255))
+    plain = bytes(residual)
+    packed = len(bz2.compress(plain, 9))
+    limit = len(plain) // _encoder.BZ2_OUTPUT_PER_BYTE_SAVED  # 128 bytes here
+    barely = _float_candidate(plain, packed + limit)  # zstd only `limit` bytes larger
+    assert _encoder._sparse(barely, [barely]).codec is Codec.FLOAT
+    clearly = _float_candidate(plain, packed + limit + 1)
+    assert _encoder._sparse(clearly, [clearly]).codec is Codec.FLOAT_BZ2

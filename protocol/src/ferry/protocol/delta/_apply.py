@@ -45,8 +45,7 @@ from ferry.protocol.delta.codec import (
     Op,
     bspatch,
     bz2_decompress,
-    lane_restore,
-    merge_planes,
+    restore_planes,
     sparse_decode,
     zstd_decompress,
 )
@@ -445,13 +444,11 @@ def decode_chunk(record: ChunkRecord, payload: bytes, source: bytes | None) -> b
         assert source is not None
         return source
     if record.codec is Codec.ZSTD:
-        residual = merge_planes(zstd_decompress(payload, size), record.width)
-        return lane_restore(residual, None, record.op, record.width)
+        return restore_planes(zstd_decompress(payload, size), None, record.op, record.width)
     assert source is not None
     if record.codec in _LANE_CODECS:
         unpack = _LANE_CODECS[record.codec]
-        residual = merge_planes(unpack(payload, size), record.width)
-        return lane_restore(residual, source, record.op, record.width)
+        return restore_planes(unpack(payload, size), source, record.op, record.width)
     if record.codec is Codec.ZSTD_REF:
         return zstd_decompress(payload, size, source)
     return bspatch(source, payload, size)

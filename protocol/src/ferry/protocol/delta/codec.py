@@ -13,11 +13,13 @@ nothing, which byte-level diff tools cannot see.
 from __future__ import annotations
 
 import bz2
+import os
 import re
 import struct
 from collections.abc import Callable
 from enum import IntEnum
 from functools import lru_cache
+from types import ModuleType
 
 import bsdiff4.core
 import zstandard
@@ -71,6 +73,43 @@ def merge_planes(data: bytes | bytearray | memoryview, width: int) -> bytes | by
         out[i:usable:width] = view[i * count : (i + 1) * count]
     out[usable:] = view[usable:]
     return out
+
+
+# --- the decoder's fast path ---------------------------------------------------------
+
+PURE_PYTHON_ENV = "FERRY_DELTA_PURE_PYTHON"  # set to 1: never use numpy (tests, benchmarks)
+
+
+@lru_cache(maxsize=1)
+def _accelerated() -> ModuleType | None:
+    """The numpy lane module when numpy is installed (imported on first use), else None."""
+    if os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0"):
+        return None
+    try:
+        from ferry.protocol.delta import _lanes_np
+    except ImportError:
+        return None
+    return _lanes_np
+
+
+def uses_numpy() -> bool:
+    """Whether the decoder's lane steps run on numpy here (for benchmarks and logs)."""
+    return _accelerated() is not None
+
+
+def restore_planes(
+    planes: bytes | bytearray | memoryview,
+    old: bytes | bytearray | memoryview | None,
+    op: Op,
+    width: int,
+) -> bytes | bytearray:
+    """``lane_restore(merge_planes(planes, width), old, op, width)``: numpy when it is
+    installed, big integers otherwise (same bytes; tests/deltas/test_codec.py)."""
+    fast = _accelerated()
+    if fast is not None:
+        result: bytearray = fast.merge_restore(planes, old, int(op), width)
+        return result
+    return lane_restore(merge_planes(planes, width), old, op, width)
 
 
 # --- lane arithmetic on big integers ---------------------------------------------------
@@ -285,6 +324,10 @@ def sparse_decode(payload: bytes, out_size: int) -> bytearray:
     values = zstd_decompress(payload[body + first :], count)
     if sum(skips) + count > out_size:
         raise DeltaCorruptError("sparse payload's symbols run past the chunk")
+    fast = _accelerated()
+    if fast is not None:
+        filled: bytearray = fast.sparse_fill(skips, values, out_size)
+        return filled
     out = bytearray(out_size)
     position = -1
     for skip, value in zip(skips, values):

@@ -48,6 +48,11 @@ from ferry.protocol.delta.encode._plan import ChunkPlan, old_pieces, plan_chunks
 _READ = 1 << 20
 SPARSE_RATIO = 8  # lane deltas compressed below 1/8 of the chunk are tried with sparse codings
 SPARSE_LEVEL = 19  # zstd level of the sparse symbol streams: small (≤ 1/8 chunk), so cheap
+# bzip2 decodes ~10x slower than zstd (~100 MB/s of output): it must save one byte of
+# delta per this many bytes of output it decodes (2 KiB per MiB chunk). MiniLM full
+# fine-tune: 46 bzip2 chunks saved 0.15 % of the delta and cost 60 % of the apply's CPU
+# (85 -> 203 MB of output per CPU second without them).
+BZ2_OUTPUT_PER_BYTE_SAVED = 512
 _BATCH = 4  # chunks per task: amortises process round trips, keeps results in order
 
 
@@ -382,10 +387,11 @@ def _smallest(plan: ChunkPlan, data: bytes, old: bytes | None) -> _Candidate:
 def _sparse(best: _Candidate, candidates: list[_Candidate]) -> _Candidate:
     """Mostly-zero residuals (e.g. re-quantised int8) have better codings than zstd.
 
-    bzip2 (BWT) of the residual, and (skip, value) symbols in two zstd frames
-    (codec SPARSE, which needs at most one nonzero byte in 8). Tried only when
-    the best lane delta is already small (cheap then), on every lane operation:
-    the one zstd liked best is not always the one these do.
+    bzip2 (BWT) of the residual, when it saves enough for its slow decoding
+    (``BZ2_OUTPUT_PER_BYTE_SAVED``), and (skip, value) symbols in two zstd frames
+    (codec SPARSE, which needs at most one nonzero byte in 8). Tried only when the
+    best lane delta is already small (cheap then), on every lane operation: the
+    one zstd liked best is not always the one these do.
     """
     if best.codec is not Codec.FLOAT or len(best.payload) * SPARSE_RATIO > len(best.plain):
         return best
@@ -393,7 +399,7 @@ def _sparse(best: _Candidate, candidates: list[_Candidate]) -> _Candidate:
         if candidate.codec is not Codec.FLOAT:
             continue
         packed = bz2.compress(candidate.plain, 9)
-        if len(packed) < len(best.payload):
+        if len(best.payload) - len(packed) > len(candidate.plain) // BZ2_OUTPUT_PER_BYTE_SAVED:
             best = replace(candidate, payload=packed, codec=Codec.FLOAT_BZ2)
         symbols = sparse_encode(candidate.plain, SPARSE_LEVEL)
         if symbols is not None and len(symbols) < len(best.payload):

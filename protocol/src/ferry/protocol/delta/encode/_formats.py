@@ -16,7 +16,7 @@ import struct
 from pathlib import Path
 from xml.etree import ElementTree
 
-from ferry.protocol.delta.encode._tensor import Tensor, row_bytes
+from ferry.protocol.delta.encode._tensor import Tensor, checked_shape
 
 MAX_ENTRIES = 1 << 20  # tensors, zip entries, key/value pairs: far above any real model
 MAX_META = 64 << 20  # a pickle, a zip central directory, an OpenVINO xml
@@ -288,9 +288,14 @@ def _gguf_tensor(name: str, dims: list[int], ggml_type: int, offset: int) -> Ten
     if elements % block or elements > 1 << 48:
         raise ValueError("tensor size is not a whole number of blocks")
     length = elements // block * block_bytes
-    outer = dims[-1]  # ggml's last dimension is numpy's first
-    row = length // outer if outer and length % outer == 0 else 0
-    return Tensor(name, width, is_float, offset, length, row) if length else None
+    # ggml's dims run innermost first; a quantised row is whole blocks of bytes (width 1)
+    inner = dims[0] // block * block_bytes // width if dims and dims[0] % block == 0 else 0
+    shape = [*reversed(dims[1:]), inner]
+    return (
+        Tensor(name, width, is_float, offset, length, checked_shape(shape, width, length))
+        if length
+        else None
+    )
 
 
 # --- TFLite (FlatBuffers) ------------------------------------------------------------------
@@ -370,7 +375,7 @@ def tflite(fd: int, size: int) -> list[Tensor]:
         name, width, is_float, shape = names.get(index, (f"buffer{index}", 1, False, []))
         offset, length = where
         tensors.append(
-            Tensor(name, width, is_float, offset, length, row_bytes(shape, width, length))
+            Tensor(name, width, is_float, offset, length, checked_shape(shape, width, length))
         )
     return tensors
 
@@ -457,7 +462,7 @@ def _ov_tensor(name: str, attrs: dict[str, str], bin_size: int) -> Tensor | None
     shape_text = attrs.get("shape", "")
     shape = [int(d) for d in shape_text.split(",")] if shape_text else []
     return (
-        Tensor(name, width, is_float, offset, length, row_bytes(shape, width, length))
+        Tensor(name, width, is_float, offset, length, checked_shape(shape, width, length))
         if length
         else None
     )

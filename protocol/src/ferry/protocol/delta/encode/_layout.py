@@ -21,7 +21,7 @@ from typing import Any
 from xml.etree import ElementTree
 
 from ferry.protocol.delta.encode._formats import gguf, openvino, tflite, torch_zip
-from ferry.protocol.delta.encode._tensor import Tensor, row_bytes
+from ferry.protocol.delta.encode._tensor import Tensor, checked_shape, row_bytes
 
 __all__ = ["Tensor", "format_of", "read_layout", "row_bytes", "sidecar"]
 
@@ -127,8 +127,8 @@ def _safetensors(fd: int, size: int) -> list[Tensor]:
         if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end):
             raise ValueError("bad offsets")
         if end > begin:
-            row = row_bytes(info.get("shape"), width, end - begin)
-            tensors.append(Tensor(name, width, is_float, base + begin, end - begin, row))
+            shape = checked_shape(info.get("shape"), width, end - begin)
+            tensors.append(Tensor(name, width, is_float, base + begin, end - begin, shape))
     return tensors
 
 
@@ -222,7 +222,7 @@ def _onnx_tensor(fd: int, start: int, length: int) -> Tensor | None:
     if raw is None or raw[1] == 0 or dtype not in _ONNX_DTYPES:
         return None
     width, is_float = _ONNX_DTYPES[dtype]
-    return Tensor(name, width, is_float, raw[0], raw[1], row_bytes(dims, width, raw[1]))
+    return Tensor(name, width, is_float, raw[0], raw[1], checked_shape(dims, width, raw[1]))
 
 
 def _packed_varints(fd: int, start: int, length: int) -> list[int]:

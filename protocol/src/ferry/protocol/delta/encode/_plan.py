@@ -3,13 +3,16 @@
 Tensors are cut individually from their own start, so a tensor that moved in the
 file still lines up with itself in the old one (same name, same byte length,
 same element width → *aligned*: lane-wise XOR/difference is possible). A tensor
-whose shape changed keeps a proportional window of its old bytes as a
+whose shape changed is aligned over the block of elements both versions have
+(rows, columns, the leading block in general) and the rest is coded as new; one
+with no usable common block keeps a proportional window of its old bytes as a
 *counterpart* for bsdiff or a zstd prefix. Bytes outside tensors (headers,
 padding) and files with no readable layout pair with the same offsets.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -24,6 +27,8 @@ MATCHED_REGION = 64 << 10  # raw regions from this size on are located in the ol
 SMALL_WINDOW = 64 << 10  # old bytes either side of a short unlocated chunk (a zip entry header)
 MIN_PIECE = 64  # the shortest chunk a placement boundary may cut ...
 SHORT_PIECES = 16  # ... while short pieces stay below this many plus one per chunk_size
+MIN_RUN = 4 << 10  # shortest common run of a reshaped tensor worth a chunk of its own
+MAX_RUNS = 1 << 16  # most common runs per reshaped tensor (chunks, records, encoder time)
 
 
 @dataclass(frozen=True)
@@ -159,51 +164,108 @@ def _raw(
 
 
 def _tensor(new: Tensor, old: Tensor | None, chunk_size: int) -> Iterator[ChunkPlan]:
-    """Chunks of one tensor: aligned with its old version over their common leading rows.
+    """Chunks of one tensor: aligned with its old version over their common block.
 
-    A tensor whose dim 0 grew or shrank (vocabulary extension, a grown classifier head,
-    pruned rows) keeps its row size, so in row-major order the rows both versions have
-    are the same leading bytes: those chunks are aligned (lane deltas), and a chunk
-    ends where the common block ends. Added rows are coded as new. A tensor whose
-    other dimensions changed gets a proportional window of its old bytes as counterpart.
+    When a shape changed (vocabulary extension, a grown classifier head, pruned rows
+    or columns), the elements both versions have — the leading block
+    ``[min(d0), min(d1), …]`` — are runs of bytes at known offsets in both files
+    (:func:`common_runs`): each run is cut into aligned chunks (lane deltas against
+    the same elements of the old tensor), and the bytes between runs (added rows or
+    columns) are coded as new. A tensor with no common block gets a proportional
+    window of its old bytes as counterpart.
     """
-    common = _common_bytes(new, old)
+    runs = common_runs(new, old)
+    if old is not None and not runs:
+        yield from _unaligned(new, old, chunk_size)
+        return
+    rel = 0
+    for new_rel, old_rel, length in [*runs, (new.length, 0, 0)]:
+        yield from _cut(new, None, rel, new_rel - rel, chunk_size)  # added elements
+        yield from _cut(new, old_rel, new_rel, length, chunk_size)
+        rel = new_rel + length
+
+
+def _cut(
+    new: Tensor, old_rel: int | None, rel: int, length: int, chunk_size: int
+) -> Iterator[ChunkPlan]:
+    """``length`` bytes of ``new`` from ``rel``, aligned with the old tensor's ``old_rel``
+    (absolute old offset) or with nothing."""
+    end = rel + length
+    while rel < end:
+        size = min(chunk_size, end - rel)
+        offset = new.offset + rel
+        if old_rel is None:
+            yield ChunkPlan(offset, size, new.width, new.ops, True, new.baseless_ops, None)
+        else:
+            yield ChunkPlan(
+                offset, size, new.width, new.ops, True, new.baseless_ops, old_rel, old_rel, size
+            )
+            old_rel += size
+        rel += size
+
+
+def _unaligned(new: Tensor, old: Tensor, chunk_size: int) -> Iterator[ChunkPlan]:
     rel = 0
     while rel < new.length:
         length = min(chunk_size, new.length - rel)
-        if rel < common:
-            length = min(length, common - rel)
-        yield _tensor_chunk(new, old, rel, length, rel < common, chunk_size)
+        centre = old.offset + rel * old.length // new.length
+        cp_offset, cp_length = _window(
+            centre - chunk_size, centre + length + chunk_size, old.offset, old.offset + old.length
+        )
+        yield ChunkPlan(
+            new.offset + rel, length, new.width, new.ops, True, new.baseless_ops,
+            None, cp_offset, cp_length,
+        )  # fmt: skip
         rel += length
 
 
-def _common_bytes(new: Tensor, old: Tensor | None) -> int:
-    """Leading bytes of ``new`` that line up with the same bytes of ``old``."""
+def common_runs(new: Tensor, old: Tensor | None) -> list[tuple[int, int, int]]:
+    """(new offset within the tensor, absolute old offset, length) of every run of bytes
+    that holds the same elements in both versions, in new-file order.
+
+    Same length: the whole tensor. Both shapes known, same rank: the common block
+    ``[min(d0), min(d1), …]`` in row-major order — one run per index of the dims
+    before the last one that changed, each as long as the common part of that
+    dimension times everything inside it. Runs shorter than ``MIN_RUN`` bytes, or
+    more than ``MAX_RUNS`` of them, give none (a chunk per run would cost more than
+    it saves). Anything else: none.
+    """
     if old is None or old.width != new.width:
-        return 0
+        return []
     if old.length == new.length:
-        return new.length
-    if old.row and old.row == new.row and old.is_float == new.is_float:
-        return min(old.length, new.length)
-    return 0
+        return [(0, old.offset, new.length)]
+    if old.is_float != new.is_float or not new.shape or len(new.shape) != len(old.shape):
+        return []
+    pairs = enumerate(zip(new.shape, old.shape, strict=True))
+    changed = max((i for i, (a, b) in pairs if a != b), default=-1)
+    if changed < 0:
+        return []
+    inner = new.width
+    for dim in new.shape[changed + 1 :]:
+        inner *= dim
+    run = min(new.shape[changed], old.shape[changed]) * inner
+    outer = [min(a, b) for a, b in zip(new.shape[:changed], old.shape[:changed], strict=True)]
+    count = 1
+    for dim in outer:
+        count *= dim
+    if count > 1 and (run < MIN_RUN or count > MAX_RUNS):
+        return []
+    new_strides, old_strides = _strides(new.shape, new.width), _strides(old.shape, old.width)
+    runs = []
+    for index in itertools.product(*(range(dim) for dim in outer)):
+        new_at = sum(i * s for i, s in zip(index, new_strides, strict=False))
+        old_at = sum(i * s for i, s in zip(index, old_strides, strict=False))
+        runs.append((new_at, old.offset + old_at, run))
+    return runs
 
 
-def _tensor_chunk(
-    new: Tensor, old: Tensor | None, rel: int, length: int, aligned: bool, chunk_size: int
-) -> ChunkPlan:
-    offset, ops, baseless = new.offset + rel, new.ops, new.baseless_ops
-    if old is None:
-        return ChunkPlan(offset, length, new.width, ops, True, baseless, None)
-    if aligned:
-        at = old.offset + rel
-        return ChunkPlan(offset, length, new.width, ops, True, baseless, at, at, length)
-    if old.row and old.row == new.row:  # added rows: nothing in the old tensor is theirs
-        return ChunkPlan(offset, length, new.width, ops, True, baseless, None)
-    centre = old.offset + rel * old.length // new.length
-    cp_offset, cp_length = _window(
-        centre - chunk_size, centre + length + chunk_size, old.offset, old.offset + old.length
-    )
-    return ChunkPlan(offset, length, new.width, ops, True, baseless, None, cp_offset, cp_length)
+def _strides(shape: tuple[int, ...], width: int) -> list[int]:
+    """Bytes between consecutive indices of each dimension (row-major)."""
+    strides, step = [], width
+    for dim in reversed(shape):
+        strides.append(step)
+        step *= dim
+    return strides[::-1]
 
 
 def _window(start: int, end: int, low: int, high: int) -> tuple[int, int]:

@@ -8,6 +8,7 @@ from ferry.protocol.delta import Op
 
 FLOAT_OPS = (Op.XOR, Op.XORROT, Op.SUBZZ)
 INT_OPS = (Op.SUB, Op.SUBZZ, Op.XOR)
+MAX_RANK = 8  # more dimensions than any real tensor has: treated as unknown
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,12 @@ class Tensor:
     is_float: bool
     offset: int
     length: int
-    row: int = 0  # bytes of one slice along dim 0 (row-major); 0 when the shape is unknown
+    shape: tuple[int, ...] = ()  # row-major dims, checked against length; () when unknown
+
+    @property
+    def row(self) -> int:
+        """Bytes of one slice along dim 0; 0 when the shape is unknown."""
+        return self.length // self.shape[0] if self.shape and self.shape[0] else 0
 
     @property
     def ops(self) -> tuple[Op, ...]:
@@ -32,16 +38,22 @@ class Tensor:
         return (Op.NONE, Op.ROT) if self.is_float and self.width in (2, 4) else (Op.NONE,)
 
 
-def row_bytes(shape: object, width: int, length: int) -> int:
-    """Bytes of one slice along dim 0, when ``shape`` is a list of ints matching ``length``.
+def checked_shape(shape: object, width: int, length: int) -> tuple[int, ...]:
+    """``shape`` as a tuple when it is a list of ints whose product is ``length / width``.
 
-    A scalar or an inconsistent shape gives 0 (unknown): no row alignment then.
+    A scalar, a zero dimension or an inconsistent shape gives () (unknown): no
+    alignment by shape then.
     """
-    if not isinstance(shape, list) or not shape:
-        return 0
-    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        return 0
-    row = width
-    for dim in shape[1:]:
-        row *= dim
-    return row if row and row * shape[0] == length else 0
+    if not isinstance(shape, list) or not shape or len(shape) > MAX_RANK:
+        return ()
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        return ()
+    elements = 1
+    for dim in shape:
+        elements *= dim
+    return tuple(shape) if elements * width == length else ()
+
+
+def row_bytes(shape: object, width: int, length: int) -> int:
+    """Bytes of one slice along dim 0, when ``shape`` is consistent with ``length``."""
+    return Tensor("", width, False, 0, length, checked_shape(shape, width, length)).row
