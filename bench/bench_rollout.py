@@ -1,23 +1,31 @@
-"""Rollout of a 10 MB model to a simulated fleet: seconds from create to 100 % committed.
+"""Rollout of a model to a simulated fleet: seconds from create to 100 % committed.
 
     .venv/bin/python bench/bench_rollout.py [--devices 1000 10000] [--plans 100 1,10,50,100]
-                                            [--postgres] [--quick]
+                                            [--postgres] [--quick] [--model-mb 1]
+                                            [--profile DIR]
 
 Real processes: Mosquitto (the example ACL and per-device logins, on a free
 port), ``ferry server`` (SQLite, or with ``--postgres`` a scratch PostgreSQL database
 created and dropped by the run; local blobs; deltas off) pointed at it, and one
 ``ferry simulate`` process for the whole fleet (push only: a long poll period,
-zero time per state; 1 % of the devices download and hash the 10 MB bundle, the
-rest HEAD it). For every wave plan (cumulative percentages), a fresh 10 MB version is rolled out with
-zero bake time and the clock runs from ``POST /rollouts`` until every device has
-reported ``committed``. Printed per run: seconds, broker messages per wave
-(notices published, status messages received), server CPU seconds.
+zero time per state; 1 % of the devices download and hash the bundle (1 MB by
+default, ``--model-mb``), the rest HEAD it). For every wave plan (cumulative
+percentages), a fresh version is rolled out with zero bake time and the clock
+runs from ``POST /rollouts`` until every device has reported ``committed``.
+Printed per run: seconds, broker messages per wave (notices published, status
+messages received), server CPU seconds of the rollout and **server CPU
+milliseconds per device-update** (everything one device costs the server in one
+rollout: desired state, manifest, blob, reports, gate bookkeeping). Enrolment is
+measured apart (its seconds and server CPU) and excluded from the per-update
+figure. ``--profile DIR`` records the server with py-spy during each rollout
+(``DIR/<devices>-<waves>.svg``, plus a raw collapsed-stack file for grepping).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.e2e._stack import Stack
 
-MODEL_BYTES = 10 * 1024 * 1024
+MB = 1024 * 1024
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 TIMEOUT_S = 1800.0
 
@@ -76,8 +84,50 @@ def scratch_postgres() -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@contextmanager
+def profiled(pid: int, out: Path | None) -> Iterator[None]:
+    """py-spy records ``pid`` (idle samples left out) while the block runs, when ``out``."""
+    if out is None:
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    recorders = [
+        subprocess.Popen(
+            [
+                str(spy) if spy.exists() else "py-spy",
+                "record",
+                "-p",
+                str(pid),
+                "-r",
+                "50",
+                "-f",
+                fmt,
+                "-o",
+                str(path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for fmt, path in (("flamegraph", out), ("raw", out.with_suffix(".txt")))
+    ]
+    try:
+        yield
+    finally:
+        for recorder in recorders:
+            recorder.send_signal(2)  # SIGINT: py-spy writes its file and exits
+        for recorder in recorders:
+            recorder.wait(timeout=120)
+
+
 def run_fleet(
-    devices: int, plans: list[list[int]], workdir: Path, database_url: str = ""
+    devices: int,
+    plans: list[list[int]],
+    workdir: Path,
+    database_url: str = "",
+    *,
+    model_bytes: int = MB,
+    profile: Path | None = None,
 ) -> Iterator[dict[str, object]]:
     """One fleet; yields a row per rollout as soon as it has finished."""
     stack = Stack(workdir)
@@ -88,7 +138,8 @@ def run_fleet(
     assert stack.op is not None
     op = stack.op
     try:
-        versions = op.publish_model(workdir / "bundles", [False] * len(plans), MODEL_BYTES)
+        versions = op.publish_model(workdir / "bundles", [False] * len(plans), model_bytes)
+        enrol_cpu = _server_cpu(stack)
         started = time.monotonic()
         stack.simulate(
             devices,
@@ -103,8 +154,17 @@ def run_fleet(
         stack.wait(lambda: op.fleet_status()["devices"] >= devices, "enrolment", TIMEOUT_S)
         enrolled_s = time.monotonic() - started
         time.sleep(max(5.0, devices / 1000))  # let every device finish its MQTT login
+        enrol = {
+            "enrol_s": round(enrolled_s, 1),
+            "enrol_cpu_s": round(_server_cpu(stack) - enrol_cpu, 1),
+            "model_mb": round(model_bytes / MB, 2),
+        }
+        assert stack.server.process is not None
         for plan, version in zip(plans, versions, strict=True):
-            yield {**_one_rollout(stack, devices, plan, version), "enrol_s": round(enrolled_s, 1)}
+            out = profile / f"{devices}-{'-'.join(map(str, plan))}.svg" if profile else None
+            with profiled(stack.server.process.pid, out):
+                row = _one_rollout(stack, devices, plan, version)
+            yield {**row, **enrol}
     finally:
         stack.stop()
 
@@ -128,6 +188,7 @@ def _one_rollout(stack: Stack, devices: int, plan: list[int], version: int) -> d
 
     stack.wait(done, f"{devices} devices to commit v{version}", TIMEOUT_S)
     seconds = time.monotonic() - started
+    cpu = _server_cpu(stack) - cpu
     waves = len(plan)
     notices = stack.metric("ferry_mqtt_notices_published_total", kind="group") - notices
     statuses = _status_messages(stack) - statuses
@@ -137,7 +198,9 @@ def _one_rollout(stack: Stack, devices: int, plan: list[int], version: int) -> d
         "seconds": round(seconds, 1),
         "notices_per_wave": round(notices / waves, 1),
         "status_msgs_per_device": round(statuses / devices, 2),
-        "server_cpu_s": round(_server_cpu(stack) - cpu, 1),
+        "server_cpu_s": round(cpu, 1),
+        "cpu_ms_per_update": round(cpu * 1000 / devices, 2),
+        "load_avg_1m": round(psutil.getloadavg()[0], 1),
     }
 
 
@@ -152,6 +215,8 @@ def main(argv: list[str]) -> int:
         help="wave plans as cumulative percentages (default: 100 and 1,10,50,100)",
     )
     parser.add_argument("--quick", action="store_true", help="200 devices")
+    parser.add_argument("--model-mb", type=float, default=1.0, help="bundle size in MB (default 1)")
+    parser.add_argument("--profile", type=Path, help="py-spy flame graphs of the server here")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument(
         "--postgres",
@@ -167,19 +232,30 @@ def main(argv: list[str]) -> int:
             tempfile.TemporaryDirectory(prefix="ferry-bench-rollout-") as tmp,
             scratch_postgres() if args.postgres else nullcontext("") as database_url,
         ):
-            for row in run_fleet(devices, args.plans, Path(tmp), database_url):
+            fleet = run_fleet(
+                devices,
+                args.plans,
+                Path(tmp),
+                database_url,
+                model_bytes=int(args.model_mb * MB),
+                profile=args.profile,
+            )
+            for row in fleet:
                 row["database"] = "postgresql" if database_url else "sqlite"
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print(
-        f"\n{'database':>10} {'devices':>8} {'waves':>12} {'seconds':>8} {'notices/wave':>13} "
-        f"{'MQTT status msgs/device':>24} {'server CPU s':>13} {'enrol s':>8}"
+        f"\n{'database':>10} {'devices':>8} {'MB':>5} {'waves':>12} {'seconds':>8} "
+        f"{'notices/wave':>13} {'MQTT msgs/device':>17} {'server CPU s':>13} "
+        f"{'CPU ms/device-update':>21} {'enrol s':>8} {'enrol CPU s':>12} {'load':>5}"
     )
     for row in rows:
         print(
-            f"{row['database']:>10} {row['devices']:>8} {row['waves']:>12} {row['seconds']:>8} "
-            f"{row['notices_per_wave']:>13} {row['status_msgs_per_device']:>24} "
-            f"{row['server_cpu_s']:>13} {row['enrol_s']:>8}"
+            f"{row['database']:>10} {row['devices']:>8} {row['model_mb']:>5} {row['waves']:>12} "
+            f"{row['seconds']:>8} {row['notices_per_wave']:>13} "
+            f"{row['status_msgs_per_device']:>17} {row['server_cpu_s']:>13} "
+            f"{row['cpu_ms_per_update']:>21} {row['enrol_s']:>8} {row['enrol_cpu_s']:>12} "
+            f"{row['load_avg_1m']:>5}"
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
