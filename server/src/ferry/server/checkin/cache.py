@@ -20,19 +20,31 @@ further than a quarter of its lifetime from expiry. A replica therefore sees its
 own changes immediately and another replica's within one poll interval (a
 revocation made on replica B is refused by replica A at most that much later).
 Anything not in the cache goes through the full route, which fills it.
+
+The same generation guards a second map, **device logins**: credential hash →
+the device's `Principal`, filled by `cached_device_authenticator` on every
+device route (manifest, blob, status, desired state). A device's login depends
+only on watched ``device`` columns (``credential_hash``, ``revoked_at``,
+``namespace``), so the rule is the same: a revocation empties it at commit on
+this replica and within one poll interval on the others.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
+from ferry.protocol.endpoints import DEVICE_TOKEN_PREFIX
+from ferry.server.auth.service import Principal
 from ferry.server.core import epoch
+from ferry.server.core.context import Authenticator
 
 MAX_ENTRIES = 200_000  # ~1 KB each: a bound on memory, far above one replica's fleet share
 
@@ -58,6 +70,7 @@ class CheckinCache:
         self.generation = 0
         self.known_epoch: int | None = None  # the fleet epoch this replica last read
         self._entries: dict[str, Entry] = {}
+        self._logins: dict[str, tuple[Principal, int]] = {}
         self._lock = threading.Lock()
 
     def lookup(
@@ -86,13 +99,58 @@ class CheckinCache:
                 del self._entries[next(iter(self._entries))]  # the oldest
             self._entries[key] = entry
 
+    def login(self, key: str) -> Principal | None:
+        """The device principal of credential hash ``key``, while its generation is current."""
+        found = self._logins.get(key)
+        if found is None or found[1] != self.generation:
+            return None
+        return found[0]
+
+    def remember_login(self, key: str, principal: Principal, generation: int) -> None:
+        """Keep a login read at ``generation`` unless a change committed since."""
+        with self._lock:
+            if generation != self.generation:
+                return
+            if key not in self._logins and len(self._logins) >= self.max_entries:
+                del self._logins[next(iter(self._logins))]
+            self._logins[key] = (principal, generation)
+
     def invalidate(self) -> None:
         with self._lock:
             self.generation += 1
             self._entries = {}
+            self._logins = {}
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def cached_device_authenticator(
+    cache: CheckinCache, authenticate: Authenticator, enabled: Callable[[], bool]
+) -> Authenticator:
+    """The ``frd_`` authenticator with its answers kept in ``cache`` (see the module doc).
+
+    Only successful logins are kept: an unknown or revoked credential is looked up
+    every time (and keeps being refused). While ``enabled()`` is False (the check-in
+    cache is off), every request is looked up.
+    """
+
+    def cached(session: Session, secret: str) -> Principal | None:
+        if not enabled():
+            return authenticate(session, secret)
+        if not secret.startswith(DEVICE_TOKEN_PREFIX):
+            return None
+        key = credential_key(secret)
+        principal = cache.login(key)
+        if principal is not None:
+            return principal
+        generation = cache.generation  # before reading: a change committed meanwhile voids it
+        principal = authenticate(session, secret)
+        if principal is not None:
+            cache.remember_login(key, principal, generation)
+        return principal
+
+    return cached
 
 
 def track_changes(engine: Engine, cache: CheckinCache) -> None:

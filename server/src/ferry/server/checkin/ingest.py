@@ -186,6 +186,9 @@ def _apply_all(session: Session, reports: list[StatusReport], now: datetime) -> 
             if rollout is not None and member is not None:
                 _update_member(rollout, member, report, now)
                 session.add(member)
+    # Flush while the rollouts are still referenced: the fleet epoch's check of a member's
+    # state change reads its rollout from the session (`ferry.server.rollouts.tables`).
+    session.flush()
 
 
 def _device_order(report: StatusReport) -> tuple[int, str]:

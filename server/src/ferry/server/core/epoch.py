@@ -19,7 +19,11 @@ such a row has imported its table and with it these session events.
   migration writes through Alembic, not through sessions.
 
 Bookkeeping columns (``announced``, ``updated_at``, ``last_seen_at``) are not
-watched: writing them keeps every cache.
+watched: writing them keeps every cache. A table may also name watched columns
+that matter only in some rows (`watch`'s ``unless``): a rollout member's state
+shapes its desired state only once the rollout is halted, cancelled or rolled
+back, so the six status reports of every device in a running rollout do not
+empty every replica's cache (a change of the rollout's own state does).
 """
 
 from __future__ import annotations
@@ -33,15 +37,30 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
 _WATCHED: dict[type, frozenset[str]] = {}
+# Per table: columns whose change is irrelevant in the rows for which the predicate says so.
+_UNLESS: dict[type, tuple[frozenset[str], Callable[[Session, Any], bool]]] = {}
 _LISTENERS: WeakKeyDictionary[Engine, list[Callable[[], None]]] = WeakKeyDictionary()
 _BUMP = text("UPDATE fleet_epoch SET value = value + 1 WHERE id = 1")
 READ = text("SELECT value FROM fleet_epoch WHERE id = 1")
 _MARK = "ferry_fleet_changed"
 
 
-def watch(table: type, columns: Iterable[str]) -> None:
-    """Declare the columns of ``table`` that shape a signed document (called by tables.py)."""
+def watch(
+    table: type,
+    columns: Iterable[str],
+    *,
+    unless: tuple[Iterable[str], Callable[[Session, Any], bool]] | None = None,
+) -> None:
+    """Declare the columns of ``table`` that shape a signed document (called by tables.py).
+
+    ``unless=(some_columns, irrelevant)``: a change of only those columns in a row
+    for which ``irrelevant(session, row)`` is True does not count. The predicate runs
+    after a flush and must not query (it may read the session's identity map); when
+    in doubt it returns False. ORM bulk statements always count.
+    """
     _WATCHED[table] = frozenset(columns)
+    if unless is not None:
+        _UNLESS[table] = (frozenset(unless[0]), unless[1])
 
 
 def watched() -> dict[type, frozenset[str]]:
@@ -59,13 +78,18 @@ def bump(connection: Connection) -> None:
     connection.execute(_BUMP)
 
 
-def _changed(obj: object) -> bool:
-    """A watched column of an updated row changed."""
+def _changed(session: Session, obj: object) -> bool:
+    """A watched column of an updated row changed (and the table's ``unless`` does not
+    excuse the change)."""
     fields = _WATCHED.get(type(obj))
     if fields is None:
         return False
     attrs = inspect(obj).attrs
-    return any(attrs[name].history.has_changes() for name in fields)
+    changed = {name for name in fields if attrs[name].history.has_changes()}
+    if not changed:
+        return False
+    excused = _UNLESS.get(type(obj))
+    return excused is None or not changed <= excused[0] or not excused[1](session, obj)
 
 
 def _statement_columns(state: ORMExecuteState) -> set[str] | None:
@@ -80,7 +104,7 @@ def _statement_columns(state: ORMExecuteState) -> set[str] | None:
 def _after_flush(session: Session, _flush: UOWTransaction) -> None:
     added_or_removed = [*session.new, *session.deleted]
     if any(type(obj) in _WATCHED for obj in added_or_removed) or any(
-        _changed(obj) for obj in session.dirty
+        _changed(session, obj) for obj in session.dirty
     ):
         session.info[_MARK] = True
 
