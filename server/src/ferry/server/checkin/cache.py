@@ -42,6 +42,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from ferry.protocol.endpoints import DEVICE_TOKEN_PREFIX
+from ferry.protocol.keys import SigningKey
 from ferry.server.auth.service import Principal
 from ferry.server.core import epoch
 from ferry.server.core.context import Authenticator
@@ -71,6 +72,7 @@ class CheckinCache:
         self.known_epoch: int | None = None  # the fleet epoch this replica last read
         self._entries: dict[str, Entry] = {}
         self._logins: dict[str, tuple[Principal, int]] = {}
+        self._director: tuple[SigningKey, int] | None = None
         self._lock = threading.Lock()
 
     def lookup(
@@ -114,6 +116,19 @@ class CheckinCache:
             if key not in self._logins and len(self._logins) >= self.max_entries:
                 del self._logins[next(iter(self._logins))]
             self._logins[key] = (principal, generation)
+
+    def director_key(self, load: Callable[[], SigningKey]) -> SigningKey:
+        """The director key, read (``load``: a keyring-version query) once per generation: a
+        rotated keyring is a watched change, so it moves the generation."""
+        found = self._director
+        if found is not None and found[1] == self.generation:
+            return found[0]
+        generation = self.generation
+        key = load()
+        with self._lock:
+            if generation == self.generation:
+                self._director = (key, generation)
+        return key
 
     def invalidate(self) -> None:
         with self._lock:
