@@ -65,6 +65,26 @@ def test_a_revoked_device_is_refused_at_once_on_every_device_route(fleet: Fleet)
     assert r.json()["error"]["code"] == "unauthenticated"
 
 
+def test_a_rollout_change_keeps_the_logins_and_a_device_change_empties_them(
+    fleet: Fleet,
+) -> None:
+    agent, version, rollout_id = _in_rollout(fleet)
+    (other,) = fleet.devices(1, prefix="other")
+    fleet.report(agent, "downloading", to_version=version, rollout_id=rollout_id)
+    logins = _cache(fleet).login_generation
+    fleet.act(rollout_id, "pause")  # a watched rollout change: documents go, logins stay
+    with statements(*_engines(fleet)) as seen:
+        fleet.report(agent, "verifying", to_version=version, rollout_id=rollout_id)
+    assert not any("device.credential_hash = " in sql for sql in seen)
+    assert _cache(fleet).login_generation == logins
+    r = fleet.client.post(f"{API}/devices/{other.device_id}/revoke", headers=fleet.admin)
+    assert r.status_code == 200
+    assert _cache(fleet).login_generation > logins
+    with statements(*_engines(fleet)) as seen:
+        fleet.report(agent, "staged", to_version=version, rollout_id=rollout_id)
+    assert any("device.credential_hash = " in sql for sql in seen)
+
+
 def test_a_forged_credential_is_never_cached(fleet: Fleet) -> None:
     (agent,) = fleet.devices(1)
     fleet.desired(agent)

@@ -21,12 +21,14 @@ own changes immediately and another replica's within one poll interval (a
 revocation made on replica B is refused by replica A at most that much later).
 Anything not in the cache goes through the full route, which fills it.
 
-The same generation guards a second map, **device logins**: credential hash →
-the device's `Principal`, filled by `cached_device_authenticator` on every
-device route (manifest, blob, status, desired state). A device's login depends
-only on watched ``device`` columns (``credential_hash``, ``revoked_at``,
-``namespace``), so the rule is the same: a revocation empties it at commit on
-this replica and within one poll interval on the others.
+A second map holds **device logins**: credential hash → the device's
+`Principal`, filled by `cached_device_authenticator` on every device route
+(manifest, blob, status, desired state). A device's login depends only on
+watched ``device`` columns (``credential_hash``, ``revoked_at``, ``namespace``),
+so it has its own ``login_generation``: a local commit that changed a device row
+(a revocation, a re-enrolment) empties it at once, one that changed only
+rollouts keeps it; another replica's change (the poller cannot tell which
+table) empties it within one poll interval, like the documents.
 """
 
 from __future__ import annotations
@@ -46,7 +48,10 @@ from ferry.protocol.keys import SigningKey
 from ferry.server.auth.service import Principal
 from ferry.server.core import epoch
 from ferry.server.core.context import Authenticator
+from ferry.server.fleet.tables import Device
 
+# A device's login depends on device rows only (credential_hash, revoked_at, namespace).
+LOGIN_TABLES = frozenset({Device})
 MAX_ENTRIES = 200_000  # ~1 KB each: a bound on memory, far above one replica's fleet share
 
 
@@ -69,6 +74,7 @@ class CheckinCache:
     def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
         self.max_entries = max_entries
         self.generation = 0
+        self.login_generation = 0  # moves only with changes that can affect a login
         self.known_epoch: int | None = None  # the fleet epoch this replica last read
         self._entries: dict[str, Entry] = {}
         self._logins: dict[str, tuple[Principal, int]] = {}
@@ -104,14 +110,14 @@ class CheckinCache:
     def login(self, key: str) -> Principal | None:
         """The device principal of credential hash ``key``, while its generation is current."""
         found = self._logins.get(key)
-        if found is None or found[1] != self.generation:
+        if found is None or found[1] != self.login_generation:
             return None
         return found[0]
 
     def remember_login(self, key: str, principal: Principal, generation: int) -> None:
-        """Keep a login read at ``generation`` unless a change committed since."""
+        """Keep a login read at login ``generation`` unless a change committed since."""
         with self._lock:
-            if generation != self.generation:
+            if generation != self.login_generation:
                 return
             if key not in self._logins and len(self._logins) >= self.max_entries:
                 del self._logins[next(iter(self._logins))]
@@ -130,11 +136,15 @@ class CheckinCache:
                 self._director = (key, generation)
         return key
 
-    def invalidate(self) -> None:
+    def invalidate(self, *, logins: bool = True) -> None:
+        """Empty the cache; ``logins=False`` (a local change that touched no device row)
+        keeps the device logins."""
         with self._lock:
             self.generation += 1
             self._entries = {}
-            self._logins = {}
+            if logins:
+                self.login_generation += 1
+                self._logins = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -159,7 +169,7 @@ def cached_device_authenticator(
         principal = cache.login(key)
         if principal is not None:
             return principal
-        generation = cache.generation  # before reading: a change committed meanwhile voids it
+        generation = cache.login_generation  # before reading: a change meanwhile voids it
         principal = authenticate(session, secret)
         if principal is not None:
             cache.remember_login(key, principal, generation)
@@ -170,7 +180,7 @@ def cached_device_authenticator(
 
 def track_changes(engine: Engine, cache: CheckinCache) -> None:
     """Invalidate ``cache`` whenever a session on ``engine`` commits a relevant change."""
-    epoch.on_change(engine, cache.invalidate)
+    epoch.on_change(engine, lambda tables: cache.invalidate(logins=bool(tables & LOGIN_TABLES)))
 
 
 # --- other replicas' changes ------------------------------------------------------------------

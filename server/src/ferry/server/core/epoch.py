@@ -39,7 +39,8 @@ from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 _WATCHED: dict[type, frozenset[str]] = {}
 # Per table: columns whose change is irrelevant in the rows for which the predicate says so.
 _UNLESS: dict[type, tuple[frozenset[str], Callable[[Session, Any], bool]]] = {}
-_LISTENERS: WeakKeyDictionary[Engine, list[Callable[[], None]]] = WeakKeyDictionary()
+# Local listeners get the watched tables the commit changed.
+_LISTENERS: WeakKeyDictionary[Engine, list[Callable[[frozenset[type]], None]]] = WeakKeyDictionary()
 _BUMP = text("UPDATE fleet_epoch SET value = value + 1 WHERE id = 1")
 READ = text("SELECT value FROM fleet_epoch WHERE id = 1")
 _MARK = "ferry_fleet_changed"
@@ -68,8 +69,9 @@ def watched() -> dict[type, frozenset[str]]:
     return dict(_WATCHED)
 
 
-def on_change(engine: Engine, callback: Callable[[], None]) -> None:
-    """Call ``callback`` after every commit on ``engine`` that bumped the epoch."""
+def on_change(engine: Engine, callback: Callable[[frozenset[type]], None]) -> None:
+    """Call ``callback(tables)`` after every commit on ``engine`` that bumped the epoch;
+    ``tables`` are the watched tables whose rows the transaction changed."""
     _LISTENERS.setdefault(engine, []).append(callback)
 
 
@@ -100,13 +102,18 @@ def _statement_columns(state: ORMExecuteState) -> set[str] | None:
     return {getattr(key, "key", None) or str(key) for key in values}
 
 
+def _mark(session: Session, table: type) -> None:
+    session.info.setdefault(_MARK, set()).add(table)
+
+
 @event.listens_for(Session, "after_flush")
 def _after_flush(session: Session, _flush: UOWTransaction) -> None:
-    added_or_removed = [*session.new, *session.deleted]
-    if any(type(obj) in _WATCHED for obj in added_or_removed) or any(
-        _changed(session, obj) for obj in session.dirty
-    ):
-        session.info[_MARK] = True
+    for obj in [*session.new, *session.deleted]:
+        if type(obj) in _WATCHED:
+            _mark(session, type(obj))
+    for obj in session.dirty:
+        if _changed(session, obj):
+            _mark(session, type(obj))
 
 
 @event.listens_for(Session, "do_orm_execute")
@@ -124,7 +131,7 @@ def _bulk_statement(state: ORMExecuteState) -> Any:
         return None
     result = state.invoke_statement()
     if state.is_insert or getattr(result, "rowcount", 1) != 0:
-        state.session.info[_MARK] = True
+        _mark(state.session, mapper.class_)  # type: ignore[union-attr]
     return result
 
 
@@ -138,11 +145,12 @@ def _bump_epoch(session: Session) -> None:
 
 @event.listens_for(Session, "after_commit")
 def _after_commit(session: Session) -> None:
-    if not session.info.pop(_MARK, False):
+    tables = session.info.pop(_MARK, None)
+    if not tables:
         return
     bind = session.bind
     for callback in _LISTENERS.get(bind, []) if isinstance(bind, Engine) else []:
-        callback()
+        callback(frozenset(tables))
 
 
 @event.listens_for(Session, "after_rollback")
