@@ -212,3 +212,29 @@ def test_a_rollout_halted_by_its_gate_reaches_cached_devices_at_once(fleet: Flee
     assert fleet.show(rid)["state"] == "halted"
     # devices[1..] never started: a halted rollout no longer targets them.
     assert fleet.desired(devices[1])["signed"]["slots"] == {}
+
+
+def test_the_poller_does_not_empty_the_cache_again_for_this_replicas_own_change(
+    fleet: Fleet,
+) -> None:
+    (agent,) = fleet.devices(1)
+    poller = EpochPoller(_cache(fleet), fleet.app.state.ctx.read_engine)
+    poller.check()
+    fleet.rollout(version=str(fleet.version()), waves=[100])  # a local, watched change
+    fleet.desired(agent)
+    generation, logins = _cache(fleet).generation, _cache(fleet).login_generation
+    assert poller.check() is False
+    assert (_cache(fleet).generation, _cache(fleet).login_generation) == (generation, logins)
+    with statements(*_engines(fleet)) as seen:
+        fleet.desired(agent)
+    assert seen == []
+
+
+def test_a_bump_the_listener_has_not_reported_yet_counts_as_foreign() -> None:
+    cache = CheckinCache()
+    cache.changed_here(frozenset(), 5)
+    assert cache.foreign_since(4, 5) is False
+    assert cache.foreign_since(5, 7) is True  # 6 and 7: not ours
+    cache.changed_here(frozenset(), 9)
+    assert cache.foreign_since(8, 9) is False
+    assert cache.foreign_since(9, 3) is True  # the counter went back: a restored database

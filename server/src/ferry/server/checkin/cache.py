@@ -13,7 +13,10 @@ device credential, the envelope it last served, stamped with a **generation**:
   at once;
 * `EpochPoller` reads ``fleet_epoch`` every ``checkin_cache_poll_s`` and bumps
   the generation when another replica committed such a change (a failed read
-  empties the cache too, so nothing unverified is served).
+  empties the cache too, so nothing unverified is served). Each local commit
+  reports the epoch value it wrote, so the poller tells this replica's own bumps
+  (already applied at commit) from the others' and does not empty the cache a
+  second time for them.
 
 An entry is served only while its generation is current and its document is
 further than a quarter of its lifetime from expiry. A replica therefore sees its
@@ -38,7 +41,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -79,6 +81,7 @@ class CheckinCache:
         self._entries: dict[str, Entry] = {}
         self._logins: dict[str, tuple[Principal, int]] = {}
         self._director: tuple[SigningKey, int] | None = None
+        self._local_epochs: set[int] = set()  # epoch values this replica's commits wrote
         self._lock = threading.Lock()
 
     def lookup(
@@ -136,6 +139,26 @@ class CheckinCache:
                 self._director = (key, generation)
         return key
 
+    def changed_here(self, tables: frozenset[type], value: int) -> None:
+        """A commit on this replica bumped the epoch to ``value``: empty the cache (the logins
+        only when a device row changed), and remember the value so that the poller does not
+        take it for another replica's change."""
+        with self._lock:
+            self._local_epochs.add(value)
+        self.invalidate(logins=bool(tables & LOGIN_TABLES))
+
+    def foreign_since(self, seen: int, value: int) -> bool:
+        """Whether an epoch bump in ``(seen, value]`` came from elsewhere (another replica, a
+        CLI, a migration, or a local commit whose listener has not run yet)."""
+        with self._lock:
+            local, self._local_epochs = (
+                self._local_epochs,
+                {v for v in self._local_epochs if v > value},
+            )
+        if value < seen or value - seen > 10_000:
+            return True
+        return any(v not in local for v in range(seen + 1, value + 1))
+
     def invalidate(self, *, logins: bool = True) -> None:
         """Empty the cache; ``logins=False`` (a local change that touched no device row)
         keeps the device logins."""
@@ -180,7 +203,7 @@ def cached_device_authenticator(
 
 def track_changes(engine: Engine, cache: CheckinCache) -> None:
     """Invalidate ``cache`` whenever a session on ``engine`` commits a relevant change."""
-    epoch.on_change(engine, lambda tables: cache.invalidate(logins=bool(tables & LOGIN_TABLES)))
+    epoch.on_change(engine, cache.changed_here)
 
 
 # --- other replicas' changes ------------------------------------------------------------------
@@ -192,15 +215,18 @@ class EpochPoller:
     def __init__(self, cache: CheckinCache, engine: Engine) -> None:
         self.cache = cache
         self.engine = engine
-        self._seen: Any = None
+        self._seen: int | None = None
 
     def check(self) -> bool:
-        """One poll; True when the epoch moved since the last one."""
+        """One poll; True when the epoch moved since the last one by a change made elsewhere
+        (this replica's own commits emptied the cache already)."""
         with self.engine.connect() as connection:
-            value = connection.execute(epoch.READ).scalar_one()
-        moved = self._seen is not None and value != self._seen
+            value = int(connection.execute(epoch.READ).scalar_one())
+        foreign = self._seen is not None and value != self._seen
+        if foreign:
+            foreign = self.cache.foreign_since(self._seen, value)
         self._seen = value
-        self.cache.known_epoch = int(value)
-        if moved:
+        self.cache.known_epoch = value
+        if foreign:
             self.cache.invalidate()
-        return moved
+        return foreign

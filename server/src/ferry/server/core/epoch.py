@@ -39,11 +39,13 @@ from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 _WATCHED: dict[type, frozenset[str]] = {}
 # Per table: columns whose change is irrelevant in the rows for which the predicate says so.
 _UNLESS: dict[type, tuple[frozenset[str], Callable[[Session, Any], bool]]] = {}
-# Local listeners get the watched tables the commit changed.
-_LISTENERS: WeakKeyDictionary[Engine, list[Callable[[frozenset[type]], None]]] = WeakKeyDictionary()
-_BUMP = text("UPDATE fleet_epoch SET value = value + 1 WHERE id = 1")
+# Local listeners get the watched tables the commit changed and the epoch value it wrote.
+Listener = Callable[[frozenset[type], int], None]
+_LISTENERS: WeakKeyDictionary[Engine, list[Listener]] = WeakKeyDictionary()
+_BUMP = text("UPDATE fleet_epoch SET value = value + 1 WHERE id = 1 RETURNING value")
 READ = text("SELECT value FROM fleet_epoch WHERE id = 1")
 _MARK = "ferry_fleet_changed"
+_BUMPED = "ferry_fleet_epoch"
 
 
 def watch(
@@ -69,15 +71,16 @@ def watched() -> dict[type, frozenset[str]]:
     return dict(_WATCHED)
 
 
-def on_change(engine: Engine, callback: Callable[[frozenset[type]], None]) -> None:
-    """Call ``callback(tables)`` after every commit on ``engine`` that bumped the epoch;
-    ``tables`` are the watched tables whose rows the transaction changed."""
+def on_change(engine: Engine, callback: Listener) -> None:
+    """Call ``callback(tables, value)`` after every commit on ``engine`` that bumped the
+    epoch: ``tables`` are the watched tables whose rows the transaction changed, ``value``
+    the epoch it committed (so a poller can tell this process's bumps from others')."""
     _LISTENERS.setdefault(engine, []).append(callback)
 
 
-def bump(connection: Connection) -> None:
-    """Bump the epoch inside ``connection``'s transaction (writers outside sessions)."""
-    connection.execute(_BUMP)
+def bump(connection: Connection) -> int:
+    """Bump the epoch inside ``connection``'s transaction; returns the new value."""
+    return int(connection.execute(_BUMP).scalar_one())
 
 
 def _changed(session: Session, obj: object) -> bool:
@@ -140,19 +143,21 @@ def _bump_epoch(session: Session) -> None:
     """Bump the shared epoch last (see the module docstring)."""
     session.flush()
     if session.info.get(_MARK):
-        bump(session.connection())
+        session.info[_BUMPED] = bump(session.connection())
 
 
 @event.listens_for(Session, "after_commit")
 def _after_commit(session: Session) -> None:
     tables = session.info.pop(_MARK, None)
-    if not tables:
+    value = session.info.pop(_BUMPED, None)
+    if not tables or value is None:
         return
     bind = session.bind
     for callback in _LISTENERS.get(bind, []) if isinstance(bind, Engine) else []:
-        callback(frozenset(tables))
+        callback(frozenset(tables), value)
 
 
 @event.listens_for(Session, "after_rollback")
 def _after_rollback(session: Session) -> None:
     session.info.pop(_MARK, None)
+    session.info.pop(_BUMPED, None)
