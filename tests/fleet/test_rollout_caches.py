@@ -85,6 +85,24 @@ def test_a_rollout_change_keeps_the_logins_and_a_device_change_empties_them(
     assert any("device.credential_hash = " in sql for sql in seen)
 
 
+def test_enrolling_more_devices_keeps_the_logins_but_re_enrolment_empties_them(
+    fleet: Fleet,
+) -> None:
+    token = fleet.enrollment_token()
+    agent = fleet.enroll(token, "dev-a")
+    fleet.desired(agent)
+    logins = _cache(fleet).login_generation
+    fleet.enroll(token, "dev-b")  # a new row cannot change a login read from another
+    assert _cache(fleet).login_generation == logins
+    with statements(*_engines(fleet)) as seen:
+        fleet.desired(agent)  # the new row emptied the documents: this one is computed
+    assert seen, "computed, not cached"
+    assert not any("device.credential_hash = " in sql for sql in seen)
+    r = fleet.client.post(f"{API}/devices/dev-b/revoke", headers=fleet.admin)
+    assert r.status_code == 200
+    assert _cache(fleet).login_generation > logins
+
+
 def test_a_forged_credential_is_never_cached(fleet: Fleet) -> None:
     (agent,) = fleet.devices(1)
     fleet.desired(agent)

@@ -28,9 +28,9 @@ A second map holds **device logins**: credential hash → the device's
 `Principal`, filled by `cached_device_authenticator` on every device route
 (manifest, blob, status, desired state). A device's login depends only on
 watched ``device`` columns (``credential_hash``, ``revoked_at``, ``namespace``),
-so it has its own ``login_generation``: a local commit that changed a device row
-(a revocation, a re-enrolment) empties it at once, one that changed only
-rollouts keeps it; another replica's change (the poller cannot tell which
+so it has its own ``login_generation``: a local commit that changed or deleted
+a device row (a revocation, a re-enrolment) empties it at once, one that only
+enrolled new devices or changed rollouts keeps it; another replica's change (the poller cannot tell which
 table) empties it within one poll interval, like the documents.
 """
 

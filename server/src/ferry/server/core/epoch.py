@@ -73,8 +73,9 @@ def watched() -> dict[type, frozenset[str]]:
 
 def on_change(engine: Engine, callback: Listener) -> None:
     """Call ``callback(tables, value)`` after every commit on ``engine`` that bumped the
-    epoch: ``tables`` are the watched tables whose rows the transaction changed, ``value``
-    the epoch it committed (so a poller can tell this process's bumps from others')."""
+    epoch: ``tables`` are the watched tables whose existing rows the transaction changed or
+    deleted (tables it only inserted into are left out), ``value`` the epoch it committed
+    (so a poller can tell this process's bumps from others')."""
     _LISTENERS.setdefault(engine, []).append(callback)
 
 
@@ -105,18 +106,24 @@ def _statement_columns(state: ORMExecuteState) -> set[str] | None:
     return {getattr(key, "key", None) or str(key) for key in values}
 
 
-def _mark(session: Session, table: type) -> None:
-    session.info.setdefault(_MARK, set()).add(table)
+def _mark(session: Session, table: type, *, existing: bool) -> None:
+    """Note a watched change; ``existing``: rows that were there before changed or went
+    (False for inserts only: a new row cannot change what was read from the old ones)."""
+    marks: dict[type, bool] = session.info.setdefault(_MARK, {})
+    marks[table] = marks.get(table, False) or existing
 
 
 @event.listens_for(Session, "after_flush")
 def _after_flush(session: Session, _flush: UOWTransaction) -> None:
-    for obj in [*session.new, *session.deleted]:
+    for obj in session.new:
         if type(obj) in _WATCHED:
-            _mark(session, type(obj))
+            _mark(session, type(obj), existing=False)
+    for obj in session.deleted:
+        if type(obj) in _WATCHED:
+            _mark(session, type(obj), existing=True)
     for obj in session.dirty:
         if _changed(session, obj):
-            _mark(session, type(obj))
+            _mark(session, type(obj), existing=True)
 
 
 @event.listens_for(Session, "do_orm_execute")
@@ -134,7 +141,7 @@ def _bulk_statement(state: ORMExecuteState) -> Any:
         return None
     result = state.invoke_statement()
     if state.is_insert or getattr(result, "rowcount", 1) != 0:
-        _mark(state.session, mapper.class_)  # type: ignore[union-attr]
+        _mark(state.session, mapper.class_, existing=not state.is_insert)  # type: ignore[union-attr]
     return result
 
 
@@ -148,13 +155,14 @@ def _bump_epoch(session: Session) -> None:
 
 @event.listens_for(Session, "after_commit")
 def _after_commit(session: Session) -> None:
-    tables = session.info.pop(_MARK, None)
+    marks = session.info.pop(_MARK, None)
     value = session.info.pop(_BUMPED, None)
-    if not tables or value is None:
+    if not marks or value is None:
         return
+    existing = frozenset(table for table, old_rows in marks.items() if old_rows)
     bind = session.bind
     for callback in _LISTENERS.get(bind, []) if isinstance(bind, Engine) else []:
-        callback(frozenset(tables), value)
+        callback(existing, value)
 
 
 @event.listens_for(Session, "after_rollback")
