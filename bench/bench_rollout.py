@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -141,6 +142,8 @@ def run_fleet(
         versions = op.publish_model(workdir / "bundles", [False] * len(plans), model_bytes)
         enrol_cpu = _server_cpu(stack)
         started = time.monotonic()
+        # One loopback source address per 20,000 MQTT connections (ephemeral ports).
+        sources = [f"127.0.0.{n + 1}" for n in range((devices - 1) // 20000 + 1)]
         stack.simulate(
             devices,
             "bench",
@@ -150,6 +153,7 @@ def run_fleet(
             "600",
             "--verify-sample",
             "0.01",
+            *(arg for source in sources for arg in ("--source-address", source)),
         )
         stack.wait(lambda: op.fleet_status()["devices"] >= devices, "enrolment", TIMEOUT_S)
         enrolled_s = time.monotonic() - started
@@ -204,6 +208,18 @@ def _one_rollout(stack: Stack, devices: int, plan: list[int], version: int) -> d
     }
 
 
+def _raise_open_files(wanted: int) -> None:
+    """Each simulated device holds one MQTT socket, and so does Mosquitto (a child of this
+    process, like the simulator): raise the limit they inherit (root may raise the hard one)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(hard, wanted)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, nargs="+", default=[1000, 10000])
@@ -217,6 +233,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="200 devices")
     parser.add_argument("--model-mb", type=float, default=1.0, help="bundle size in MB (default 1)")
     parser.add_argument("--profile", type=Path, help="py-spy flame graphs of the server here")
+    parser.add_argument(
+        "--fleet-100k",
+        action="store_true",
+        help="100,000 devices, one rollout in one wave (long: see docs/scaling.md)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument(
         "--postgres",
@@ -226,6 +247,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.devices = [200]
+    if args.fleet_100k:
+        args.devices, args.plans = [100_000], [[100]]
+    _raise_open_files(max(args.devices) * 3 + 4096)
     rows: list[dict[str, object]] = []
     for devices in args.devices:
         with (
