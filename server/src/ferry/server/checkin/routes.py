@@ -109,7 +109,7 @@ def post_status(
             reports.append(StatusReport.from_dict(raw))
         except MalformedError as exc:
             raise ValidationFailedError(f"reports[{index}]: {exc}", {"index": index}) from exc
-    result = ingest_reports(session, device_id, reports, runtime.now())
+    result = ingest_reports(session, device_id, reports, runtime.now(), runtime.last_seen.touch)
     session.commit()
     ctx.metrics.record_reports("http", len(result.accepted), len(result.duplicates), result.lags_s)
     return StatusAccepted(accepted=result.accepted, duplicates=result.duplicates)
