@@ -222,9 +222,8 @@ class EpochPoller:
         (this replica's own commits emptied the cache already)."""
         with self.engine.connect() as connection:
             value = int(connection.execute(epoch.READ).scalar_one())
-        foreign = self._seen is not None and value != self._seen
-        if foreign:
-            foreign = self.cache.foreign_since(self._seen, value)
+        seen = self._seen
+        foreign = seen is not None and value != seen and self.cache.foreign_since(seen, value)
         self._seen = value
         self.cache.known_epoch = value
         if foreign:
