@@ -64,10 +64,26 @@ def _status_messages(stack: Stack) -> float:
     )
 
 
+def _cpu(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
 def _server_cpu(stack: Stack) -> float:
     assert stack.server.process is not None
-    times = psutil.Process(stack.server.process.pid).cpu_times()
-    return float(times.user + times.system)
+    return _cpu(stack.server.process.pid)
+
+
+def _others_cpu(stack: Stack) -> tuple[float, float]:
+    """CPU seconds of Mosquitto and of the simulator (their own processes, children too)."""
+    broker = stack.broker.process.pid if stack.broker.process is not None else None
+    sims = [sim.process.pid for sim in stack.sims if sim.process is not None]
+    return (_cpu(broker) if broker else 0.0), sum(_tree_cpu(pid) for pid in sims)
+
+
+def _tree_cpu(pid: int) -> float:
+    process = psutil.Process(pid)
+    return _cpu(pid) + sum(_cpu(child.pid) for child in process.children(recursive=True))
 
 
 @contextmanager
@@ -177,6 +193,8 @@ def _one_rollout(stack: Stack, devices: int, plan: list[int], version: int) -> d
     assert stack.op is not None
     notices = stack.metric("ferry_mqtt_notices_published_total", kind="group")
     statuses = _status_messages(stack)
+    sent = stack.metric("ferry_served_bytes_total", kind="full")
+    broker_cpu, sim_cpu = _others_cpu(stack)
     cpu = _server_cpu(stack)
     started = time.monotonic()
     rollout = stack.op.create_rollout(version, plan, min_success_pct=100, max_failure_pct=100)
@@ -193,6 +211,8 @@ def _one_rollout(stack: Stack, devices: int, plan: list[int], version: int) -> d
     stack.wait(done, f"{devices} devices to commit v{version}", TIMEOUT_S)
     seconds = time.monotonic() - started
     cpu = _server_cpu(stack) - cpu
+    broker_after, sim_after = _others_cpu(stack)
+    sent = stack.metric("ferry_served_bytes_total", kind="full") - sent
     waves = len(plan)
     notices = stack.metric("ferry_mqtt_notices_published_total", kind="group") - notices
     statuses = _status_messages(stack) - statuses
@@ -204,6 +224,9 @@ def _one_rollout(stack: Stack, devices: int, plan: list[int], version: int) -> d
         "status_msgs_per_device": round(statuses / devices, 2),
         "server_cpu_s": round(cpu, 1),
         "cpu_ms_per_update": round(cpu * 1000 / devices, 2),
+        "broker_cpu_s": round(broker_after - broker_cpu, 1),
+        "simulator_cpu_s": round(sim_after - sim_cpu, 1),
+        "blob_bytes_served": int(sent),
         "load_avg_1m": round(psutil.getloadavg()[0], 1),
     }
 
