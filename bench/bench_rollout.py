@@ -160,6 +160,7 @@ def run_fleet(
         started = time.monotonic()
         # One loopback source address per 20,000 MQTT connections (ephemeral ports).
         sources = [f"127.0.0.{n + 1}" for n in range((devices - 1) // 20000 + 1)]
+        sources = sources if len(sources) > 1 else []
         stack.simulate(
             devices,
             "bench",
