@@ -232,16 +232,18 @@ def _one_rollout(stack: Stack, devices: int, plan: list[int], version: int) -> d
     }
 
 
-def _raise_open_files(wanted: int) -> None:
+def _raise_open_files(wanted: int) -> int:
     """Each simulated device holds one MQTT socket, and so does Mosquitto (a child of this
-    process, like the simulator): raise the limit they inherit (root may raise the hard one)."""
+    process, like the simulator): raise the limit they inherit (root may raise the hard one,
+    up to ``fs.nr_open``); returns the limit reached."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft >= wanted:
-        return
+        return soft
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(hard, wanted)))
     except (ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def main(argv: list[str]) -> int:
@@ -273,7 +275,13 @@ def main(argv: list[str]) -> int:
         args.devices = [200]
     if args.fleet_100k:
         args.devices, args.plans = [100_000], [[100]]
-    _raise_open_files(max(args.devices) * 3 + 4096)
+    wanted = max(args.devices) + 4096
+    if (reached := _raise_open_files(wanted)) < wanted:
+        parser.error(
+            f"{max(args.devices)} devices need {wanted} open files per process (one MQTT "
+            f"socket each in the simulator and in Mosquitto); the limit here is {reached}: "
+            "raise the hard limit (ulimit -Hn, fs.nr_open) first"
+        )
     rows: list[dict[str, object]] = []
     for devices in args.devices:
         with (
