@@ -62,3 +62,32 @@ def test_simulated_device_walks_rotations_installs_and_refuses_a_stranger(
     assert fleet.stats.refusals == {"untrusted_key": 1}
     assert fleet.devices[0].trust is not None and fleet.devices[0].trust.keyring.version == 3
     assert any(path.endswith("/keyring/2") for _, path, _ in repo.requests)
+
+
+def test_mqtt_connections_start_from_the_configured_source_address() -> None:
+    """Past ~28,000 connections one loopback address runs out of ephemeral ports: the
+    simulator spreads devices over several (127.0.0.2 here)."""
+    import socket
+
+    from ferry.cli.simulate import LoopMqtt
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    port = listener.getsockname()[1]
+
+    async def connect() -> None:
+        client = LoopMqtt(
+            f"mqtt://127.0.0.1:{port}", "sim-1", "u", "p", [], lambda _: None, "127.0.0.2"
+        )
+        stop = asyncio.Event()
+        runner = asyncio.ensure_future(client.run(stop))
+        peer = await asyncio.get_running_loop().run_in_executor(None, listener.accept)
+        peer[0].close()
+        stop.set()
+        await asyncio.wait_for(runner, 15)
+        assert peer[1][0] == "127.0.0.2"
+
+    try:
+        asyncio.run(connect())
+    finally:
+        listener.close()

@@ -73,3 +73,34 @@ def test_a_failed_flush_keeps_the_notes_for_the_next_one(fleet: Fleet, tmp_path:
     notes.touch(agent.device_id, parse_time("2027-01-01T02:00:00Z"))  # older: the kept note wins
     assert _flush(fleet) == 1
     assert _last_seen(fleet, agent) == "2027-01-01T03:00:00Z"
+
+
+def test_a_status_report_notes_the_device_seen_and_the_flush_writes_it(fleet: Fleet) -> None:
+    (agent,) = fleet.devices(1)
+    fleet.desired(agent)
+    _flush(fleet)
+    before = _last_seen(fleet, agent)
+    fleet.clock.advance(300)
+    fleet.report(agent, "idle", to_version=None)
+    assert _last_seen(fleet, agent) == before  # noted, not written per report
+    assert _flush(fleet) == 1
+    assert _last_seen(fleet, agent) == format_time(fleet.clock.now)
+
+
+def test_without_a_note_taker_ingest_writes_last_seen_in_one_statement(fleet: Fleet) -> None:
+    from ferry.protocol.documents import StatusReport
+    from ferry.server.checkin.ingest import ingest_batch
+    from ferry.server.core.db import session_scope
+    from tests.fleet.harness import report_doc
+
+    agents = fleet.devices(2)
+    fleet.clock.advance(300)
+    at = format_time(fleet.clock.now)
+    reports = [
+        StatusReport.from_dict(report_doc(a.device_id, "idle", to_version=None, at=at))
+        for a in agents
+    ]
+    with session_scope(fleet.app.state.ctx.engine) as session:
+        result = ingest_batch(session, reports, fleet.clock.now)
+    assert len(result.accepted) == 2
+    assert {_last_seen(fleet, a) for a in agents} == {at}

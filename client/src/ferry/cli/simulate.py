@@ -94,6 +94,9 @@ class SimConfig:
     http_connections: int = 64
     enroll_concurrency: int = 32
     seed: int = 0
+    # Local addresses the devices' MQTT connections start from, in turn: one address
+    # gives at most ~28,000 connections to one broker port (the ephemeral port range).
+    source_addresses: tuple[str, ...] = ()
 
 
 @dataclass
@@ -141,8 +144,10 @@ class LoopMqtt:
         password: str,
         subscriptions: list[str],
         on_notice: Callable[[bytes], None],
+        bind_address: str = "",
     ) -> None:
         parts = urlsplit(url)
+        self.bind_address = bind_address
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 1883
         self.subscriptions = subscriptions
         self.on_notice = on_notice
@@ -180,7 +185,12 @@ class LoopMqtt:
             self._lost.clear()
             self._accepted = False
             try:
-                self.client.connect(self.host, self.port, keepalive=MQTT_KEEPALIVE_S)
+                self.client.connect(
+                    self.host,
+                    self.port,
+                    keepalive=MQTT_KEEPALIVE_S,
+                    bind_address=self.bind_address,
+                )
             except OSError:
                 pass
             else:
@@ -258,6 +268,8 @@ class SimDevice:
         self.fleet = fleet
         self.cfg = fleet.cfg
         self.device_id = f"{self.cfg.prefix}-{index:05d}"
+        sources = self.cfg.source_addresses
+        self.source_address = sources[index % len(sources)] if sources else ""
         self.full_download = index == 0 or fleet.rng.random() < self.cfg.verify_sample
         self.credential = ""
         self.trust: TrustedState | None = None
@@ -300,6 +312,7 @@ class SimDevice:
                 broker["password"],
                 subs,
                 self._noticed,
+                self.source_address,
             )
         self.fleet.stats.enrolled += 1
         self.fleet.stats.states[self.device_id] = AgentState.IDLE.value
@@ -688,6 +701,14 @@ def simulate_command(
     ] = None,
     step_delay: Annotated[float, typer.Option(help="Seconds spent in each state")] = 0.05,
     no_mqtt: Annotated[bool, typer.Option("--no-mqtt", help="HTTP polling only")] = False,
+    source_address: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--source-address",
+            help="Local address for MQTT connections, repeatable (devices take them in turn; "
+            "one address reaches ~28,000 connections to one broker port)",
+        ),
+    ] = None,
     run_for: Annotated[float | None, typer.Option(help="Stop after this many seconds")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the failure draw")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
@@ -706,6 +727,7 @@ def simulate_command(
         step_delay_s=step_delay,
         mqtt=not no_mqtt,
         seed=seed,
+        source_addresses=tuple(source_address or ()),
     )
 
     def progress(stats: Stats) -> None:

@@ -35,7 +35,7 @@ from ferry.server.auth.service import ServerRole, create_token, has_any_token
 from ferry.server.blobs import routes as blob_routes
 from ferry.server.blobs.store import open_store
 from ferry.server.checkin import routes as checkin_routes
-from ferry.server.checkin.fast_path import answer_cached_checkin
+from ferry.server.checkin.fast_path import answer_from_memory
 from ferry.server.core.context import AppContext
 from ferry.server.core.db import (
     make_engine,
@@ -61,7 +61,7 @@ from ferry.server.registry import model_routes, namespace_routes
 from ferry.server.rollouts import routes as rollout_routes
 from ferry.server.rollouts import status_routes
 from ferry.server.trust import routes as trust_routes
-from ferry.server.trust.service import KeySource, renew_if_expiring
+from ferry.server.trust.service import KeySource, ManifestMemo, renew_if_expiring
 from ferry.server.webhooks import routes as webhook_routes
 from ferry.server.webhooks.service import RetryPolicy, WebhookWorker
 
@@ -186,10 +186,11 @@ def _renew_keyring(ctx: AppContext) -> None:
 
 
 class FerryApp(FastAPI):
-    """FastAPI, with cached device check-ins answered ahead of the middleware stack."""
+    """FastAPI, with cached device check-ins and manifests answered ahead of the middleware
+    stack."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if await answer_cached_checkin(self.state, scope, send):
+        if await answer_from_memory(self.state, scope, send):
             return
         await super().__call__(scope, receive, send)
 
@@ -254,6 +255,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FerryApp(title="Ferry registry", version="1", lifespan=lifespan)
     app.state.ctx = ctx
     app.state.mqtt = None
+    app.state.manifests = ManifestMemo()  # signed manifests are immutable: read once
     metrics.snapshots.sources.append(
         lambda: fleet_gauges(read_engine, runtime_of(app).now(), ONLINE_WINDOW_S)
     )

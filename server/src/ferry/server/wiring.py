@@ -27,7 +27,12 @@ from typing import Protocol
 from fastapi import FastAPI
 
 from ferry.protocol.endpoints import DEVICE_TOKEN_PREFIX
-from ferry.server.checkin.cache import CheckinCache, EpochPoller, track_changes
+from ferry.server.checkin.cache import (
+    CheckinCache,
+    EpochPoller,
+    cached_device_authenticator,
+    track_changes,
+)
 from ferry.server.core import domain_events, epoch
 from ferry.server.core.context import AppContext
 from ferry.server.core.leases import Duty, Leader, Lease, Stop
@@ -72,10 +77,14 @@ def subscribe_domain_events() -> None:
 def install(app: FastAPI, ctx: AppContext, runtime: FleetRuntime | None = None) -> FleetRuntime:
     """Accept ``frd_`` credentials, attach the fleet runtime and the check-in cache."""
     subscribe_domain_events()
-    ctx.authenticators[DEVICE_TOKEN_PREFIX] = authenticate_device
-    app.state.checkin_cache = CheckinCache()
-    track_changes(ctx.engine, app.state.checkin_cache)
+    cache = app.state.checkin_cache = CheckinCache()
     fleet = runtime or FleetRuntime(settings=ctx.settings.fleet)
+    ctx.authenticators[DEVICE_TOKEN_PREFIX] = cached_device_authenticator(
+        cache,
+        authenticate_device,
+        enabled=lambda: runtime_of(app).settings.checkin_cache_poll_s > 0,
+    )
+    track_changes(ctx.engine, cache)
     app.state.fleet = fleet
     if ctx.settings.workers > 1 and ctx.settings.mqtt.enabled:
         fleet.broker_url = ctx.settings.mqtt.device_url  # whichever worker holds the session

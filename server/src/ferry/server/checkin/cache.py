@@ -13,27 +13,47 @@ device credential, the envelope it last served, stamped with a **generation**:
   at once;
 * `EpochPoller` reads ``fleet_epoch`` every ``checkin_cache_poll_s`` and bumps
   the generation when another replica committed such a change (a failed read
-  empties the cache too, so nothing unverified is served).
+  empties the cache too, so nothing unverified is served). Each local commit
+  reports the epoch value it wrote, so the poller tells this replica's own bumps
+  (already applied at commit) from the others' and does not empty the cache a
+  second time for them.
 
 An entry is served only while its generation is current and its document is
 further than a quarter of its lifetime from expiry. A replica therefore sees its
 own changes immediately and another replica's within one poll interval (a
 revocation made on replica B is refused by replica A at most that much later).
 Anything not in the cache goes through the full route, which fills it.
+
+A second map holds **device logins**: credential hash → the device's
+`Principal`, filled by `cached_device_authenticator` on every device route
+(manifest, blob, status, desired state). A device's login depends only on
+watched ``device`` columns (``credential_hash``, ``revoked_at``, ``namespace``),
+so it has its own ``login_generation``: a local commit that changed or deleted
+a device row (a revocation, a re-enrolment) empties it at once, one that only
+enrolled new devices or changed rollouts keeps it; another replica's change (the poller cannot tell which
+table) empties it within one poll interval, like the documents.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
+from ferry.protocol.endpoints import DEVICE_TOKEN_PREFIX
+from ferry.protocol.keys import SigningKey
+from ferry.server.auth.service import Principal
 from ferry.server.core import epoch
+from ferry.server.core.context import Authenticator
+from ferry.server.fleet.tables import Device
 
+# A device's login depends on device rows only (credential_hash, revoked_at, namespace).
+LOGIN_TABLES = frozenset({Device})
 MAX_ENTRIES = 200_000  # ~1 KB each: a bound on memory, far above one replica's fleet share
 
 
@@ -56,8 +76,12 @@ class CheckinCache:
     def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
         self.max_entries = max_entries
         self.generation = 0
+        self.login_generation = 0  # moves only with changes that can affect a login
         self.known_epoch: int | None = None  # the fleet epoch this replica last read
         self._entries: dict[str, Entry] = {}
+        self._logins: dict[str, tuple[Principal, int]] = {}
+        self._director: tuple[SigningKey, int] | None = None
+        self._local_epochs: set[int] = set()  # epoch values this replica's commits wrote
         self._lock = threading.Lock()
 
     def lookup(
@@ -86,18 +110,100 @@ class CheckinCache:
                 del self._entries[next(iter(self._entries))]  # the oldest
             self._entries[key] = entry
 
-    def invalidate(self) -> None:
+    def login(self, key: str) -> Principal | None:
+        """The device principal of credential hash ``key``, while its generation is current."""
+        found = self._logins.get(key)
+        if found is None or found[1] != self.login_generation:
+            return None
+        return found[0]
+
+    def remember_login(self, key: str, principal: Principal, generation: int) -> None:
+        """Keep a login read at login ``generation`` unless a change committed since."""
+        with self._lock:
+            if generation != self.login_generation:
+                return
+            if key not in self._logins and len(self._logins) >= self.max_entries:
+                del self._logins[next(iter(self._logins))]
+            self._logins[key] = (principal, generation)
+
+    def director_key(self, load: Callable[[], SigningKey]) -> SigningKey:
+        """The director key, read (``load``: a keyring-version query) once per generation: a
+        rotated keyring is a watched change, so it moves the generation."""
+        found = self._director
+        if found is not None and found[1] == self.generation:
+            return found[0]
+        generation = self.generation
+        key = load()
+        with self._lock:
+            if generation == self.generation:
+                self._director = (key, generation)
+        return key
+
+    def changed_here(self, tables: frozenset[type], value: int) -> None:
+        """A commit on this replica bumped the epoch to ``value``: empty the cache (the logins
+        only when a device row changed), and remember the value so that the poller does not
+        take it for another replica's change."""
+        with self._lock:
+            self._local_epochs.add(value)
+        self.invalidate(logins=bool(tables & LOGIN_TABLES))
+
+    def foreign_since(self, seen: int, value: int) -> bool:
+        """Whether an epoch bump in ``(seen, value]`` came from elsewhere (another replica, a
+        CLI, a migration, or a local commit whose listener has not run yet)."""
+        with self._lock:
+            local, self._local_epochs = (
+                self._local_epochs,
+                {v for v in self._local_epochs if v > value},
+            )
+        if value < seen or value - seen > 10_000:
+            return True
+        return any(v not in local for v in range(seen + 1, value + 1))
+
+    def invalidate(self, *, logins: bool = True) -> None:
+        """Empty the cache; ``logins=False`` (a local change that touched no device row)
+        keeps the device logins."""
         with self._lock:
             self.generation += 1
             self._entries = {}
+            if logins:
+                self.login_generation += 1
+                self._logins = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
 
+def cached_device_authenticator(
+    cache: CheckinCache, authenticate: Authenticator, enabled: Callable[[], bool]
+) -> Authenticator:
+    """The ``frd_`` authenticator with its answers kept in ``cache`` (see the module doc).
+
+    Only successful logins are kept: an unknown or revoked credential is looked up
+    every time (and keeps being refused). While ``enabled()`` is False (the check-in
+    cache is off), every request is looked up.
+    """
+
+    def cached(session: Session, secret: str) -> Principal | None:
+        if not enabled():
+            return authenticate(session, secret)
+        if not secret.startswith(DEVICE_TOKEN_PREFIX):
+            return None
+        key = credential_key(secret)
+        principal = cache.login(key)
+        if principal is not None:
+            return principal
+        generation = cache.login_generation  # before reading: a change meanwhile voids it
+        principal = authenticate(session, secret)
+        if principal is not None:
+            cache.remember_login(key, principal, generation)
+        return principal
+
+    return cached
+
+
 def track_changes(engine: Engine, cache: CheckinCache) -> None:
     """Invalidate ``cache`` whenever a session on ``engine`` commits a relevant change."""
-    epoch.on_change(engine, cache.invalidate)
+    epoch.on_change(engine, cache.changed_here)
 
 
 # --- other replicas' changes ------------------------------------------------------------------
@@ -109,15 +215,17 @@ class EpochPoller:
     def __init__(self, cache: CheckinCache, engine: Engine) -> None:
         self.cache = cache
         self.engine = engine
-        self._seen: Any = None
+        self._seen: int | None = None
 
     def check(self) -> bool:
-        """One poll; True when the epoch moved since the last one."""
+        """One poll; True when the epoch moved since the last one by a change made elsewhere
+        (this replica's own commits emptied the cache already)."""
         with self.engine.connect() as connection:
-            value = connection.execute(epoch.READ).scalar_one()
-        moved = self._seen is not None and value != self._seen
+            value = int(connection.execute(epoch.READ).scalar_one())
+        seen = self._seen
+        foreign = seen is not None and value != seen and self.cache.foreign_since(seen, value)
         self._seen = value
-        self.cache.known_epoch = int(value)
-        if moved:
+        self.cache.known_epoch = value
+        if foreign:
             self.cache.invalidate()
-        return moved
+        return foreign

@@ -10,11 +10,13 @@ ran before, signed with ``allow_downgrade``. Rules for the sequence number:
   or signed by a director key since rotated → sequence + 1, fresh
   ``issued_at``/``expires_at``, new signature.
 
-Most check-ins find the stored document still right. `stored_envelope` checks
-that in a read-only transaction (no write lock, so check-ins do not queue behind
-each other on SQLite); only when it says no does `desired_state_envelope` lock
-the device row (FOR UPDATE; on SQLite the immediate transaction), recompute and
-sign, so two replicas cannot hand out two documents with one sequence.
+Most check-ins find the stored document still right. On SQLite `stored_envelope`
+checks that in a read-only transaction (no write lock, so check-ins do not queue
+behind each other); only when it says no does `desired_state_envelope` lock the
+device row (FOR UPDATE; on SQLite the immediate transaction), recompute and sign,
+so two replicas cannot hand out two documents with one sequence. On PostgreSQL
+the route calls `desired_state_envelope` directly: the row lock blocks only that
+device's own requests, and a reused document is served without a write.
 """
 
 from __future__ import annotations
@@ -226,10 +228,9 @@ def desired_state_envelope(
     ttl_s: int,
     director_key: Callable[[], SigningKey],
 ) -> Served:
-    """The canonical signed envelope to serve; persists a new one when needed."""
+    """The canonical signed envelope to serve; persists a new one when needed (the stored
+    one is served without a write; the caller batches ``last_seen_at``)."""
     device = lock_device(session, device_id)
-    device.last_seen_at = format_time(now)
-    session.add(device)
     claims = compute_claims(session, device, now)
     assert claims is not None  # joining is allowed here
     digest = _content_digest(claims)
@@ -248,6 +249,7 @@ def desired_state_envelope(
     envelope = envelope_bytes(sign_document(document.to_dict(), [key]))
     device.ds_sequence, device.ds_content_digest = document.sequence, digest
     device.ds_envelope, device.ds_expires_at = envelope.decode("utf-8"), document.expires_at
+    device.last_seen_at = format_time(now)
     session.add(device)
     session.flush()
     return Served(envelope, document.expires_at)

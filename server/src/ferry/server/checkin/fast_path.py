@@ -1,4 +1,4 @@
-"""Answer steady-state device check-ins from the check-in cache, before FastAPI.
+"""Answer steady-state device check-ins and manifests from memory, before FastAPI.
 
 ``GET /api/v1/device/desired-state`` with a device credential whose cached
 envelope is current (see `ferry.server.checkin.cache`) is answered by
@@ -7,10 +7,18 @@ no routing, no dependency resolution, no worker thread, no database. Every
 other request, and every check-in the cache cannot answer, goes on to the app,
 whose route computes the document and fills the cache.
 
+``GET /api/v1/manifests/{sha256}`` from a device whose login is cached (see
+`ferry.server.checkin.cache`) for a manifest this process has served before
+(`ferry.server.trust.service.ManifestMemo`) is answered by
+`answer_cached_manifest` the same way: every device of a rollout fetches the
+same immutable document. Conditional requests (``If-Match``/``If-None-Match``)
+go on to the route, which implements them.
+
 Cached answers are counted in the same request metrics as routed ones (route
-label ``/device/desired-state``) and in ``ferry_checkin_cache_hits``;
-their access-log line is written at DEBUG, since a fleet polling every minute
-would otherwise fill the INFO log with identical lines.
+labels ``/device/desired-state``, ``/manifests/{sha256}``) and check-ins in
+``ferry_checkin_cache_hits``; their access-log line is written at DEBUG, since
+a fleet polling every minute would otherwise fill the INFO log with identical
+lines.
 """
 
 from __future__ import annotations
@@ -21,14 +29,84 @@ from typing import Any
 
 from starlette.types import Scope, Send
 
-from ferry.protocol.endpoints import API, DESIRED_STATE, DEVICE_TOKEN_PREFIX
+from ferry.protocol.endpoints import API, DESIRED_STATE, DEVICE_TOKEN_PREFIX, MANIFEST
 from ferry.protocol.topics import NOTICE_EPOCH_HEADER
+from ferry.server.api.http_semantics import IMMUTABLE
+from ferry.server.auth.service import Principal
 from ferry.server.checkin.cache import CheckinCache, credential_key
 from ferry.server.core.observability import Metrics, access_log
 from ferry.server.fleet.runtime import FleetRuntime
+from ferry.server.trust.service import ManifestMemo
 
 _BEARER = b"bearer "
 _ROUTE = DESIRED_STATE.removeprefix(API)  # the label routed requests get
+_MANIFESTS = MANIFEST.removesuffix("{sha256}")
+_MANIFEST_ROUTE = MANIFEST.removeprefix(API)
+_HEX = frozenset("0123456789abcdef")
+_CONDITIONS = (b"if-match", b"if-none-match")
+_IMMUTABLE = [(k.lower().encode(), v.encode()) for k, v in IMMUTABLE.items()]
+
+
+async def answer_from_memory(state: Any, scope: Scope, send: Send) -> bool:
+    """`answer_cached_checkin`, then `answer_cached_manifest`: True when one answered."""
+    if scope["type"] != "http" or scope["method"] != "GET":
+        return False
+    return await answer_cached_checkin(state, scope, send) or await answer_cached_manifest(
+        state, scope, send
+    )
+
+
+async def answer_cached_manifest(state: Any, scope: Scope, send: Send) -> bool:
+    """Answer a device's manifest request from memory and return True, or return False."""
+    path: str = scope["path"]
+    if scope["method"] != "GET" or not path.startswith(_MANIFESTS):
+        return False
+    digest = path[len(_MANIFESTS) :]
+    memo: ManifestMemo | None = getattr(state, "manifests", None)
+    if len(digest) != 64 or not _HEX.issuperset(digest) or memo is None:
+        return False
+    started = time.perf_counter()
+    found = memo.get(digest)
+    login = _cached_login(state, scope)
+    if found is None or login is None or any(n in _CONDITIONS for n, _ in scope["headers"]):
+        return False
+    body, namespace = found
+    if not login.in_namespace(namespace):
+        return False  # the route answers 403 in the one error shape
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"etag", f'"{digest}"'.encode()),
+                *_IMMUTABLE,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+    elapsed = time.perf_counter() - started
+    metrics: Metrics = state.ctx.metrics
+    metrics.requests.labels("GET", _MANIFEST_ROUTE, "200").inc()
+    metrics.latency.labels("GET", _MANIFEST_ROUTE).observe(elapsed)
+    _debug_log(path, _MANIFEST_ROUTE, login.name, elapsed)
+    return True
+
+
+def _cached_login(state: Any, scope: Scope) -> Principal | None:
+    """The device principal of the request's credential when the login cache has it."""
+    secret = bearer_secret(scope)
+    runtime: FleetRuntime | None = getattr(state, "fleet", None)
+    if (
+        secret is None
+        or not secret.startswith(DEVICE_TOKEN_PREFIX)
+        or runtime is None
+        or runtime.settings.checkin_cache_poll_s <= 0
+    ):
+        return None
+    cache: CheckinCache = state.checkin_cache
+    return cache.login(credential_key(secret))
 
 
 async def answer_cached_checkin(state: Any, scope: Scope, send: Send) -> bool:
@@ -102,17 +180,21 @@ def _record(metrics: Metrics, device_id: str, elapsed: float) -> None:
     metrics.cached_checkin_latency.observe(elapsed)
     metrics.cached_checkin_duration.observe(elapsed)
     metrics.checkin_cache_hits.inc()
+    _debug_log(DESIRED_STATE, _ROUTE, f"device:{device_id}", elapsed)
+
+
+def _debug_log(path: str, route: str, actor: str, elapsed: float) -> None:
     if access_log.isEnabledFor(logging.DEBUG):
         access_log.debug(
             "request",
             extra={
                 "fields": {
                     "method": "GET",
-                    "path": DESIRED_STATE,
-                    "route": _ROUTE,
+                    "path": path,
+                    "route": route,
                     "status": 200,
                     "duration_ms": round(elapsed * 1000, 2),
-                    "actor": f"device:{device_id}",
+                    "actor": actor,
                     "cached": True,
                 }
             },

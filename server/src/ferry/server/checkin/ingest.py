@@ -21,12 +21,12 @@ whatever the interleaving of transports (MQTT batches, HTTP posts) and replicas:
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Insert, tuple_
+from sqlalchemy import Insert, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
@@ -38,6 +38,7 @@ from ferry.server.rollouts.machine import AGENT_TO_DEVICE, DeviceState, RolloutS
 from ferry.server.rollouts.tables import Rollout, RolloutDevice
 
 MAX_REPORTS = 500
+Touch = Callable[[str, datetime], None]  # notes a device seen (`LastSeen.touch`)
 
 
 @dataclass
@@ -52,7 +53,11 @@ class IngestResult:
 
 
 def ingest_reports(
-    session: Session, device_id: str, reports: Sequence[StatusReport], now: datetime | None = None
+    session: Session,
+    device_id: str,
+    reports: Sequence[StatusReport],
+    now: datetime | None = None,
+    touch: Touch | None = None,
 ) -> IngestResult:
     """``POST /device/status``: one device's reports, in the caller's transaction."""
     device = session.get(Device, device_id)
@@ -63,16 +68,21 @@ def ingest_reports(
         raise ForbiddenError(
             f"device '{device_id}' may only report for itself", {"device_ids": strangers}
         )
-    return ingest_batch(session, reports, now)
+    return ingest_batch(session, reports, now, touch)
 
 
 def ingest_batch(
-    session: Session, reports: Sequence[StatusReport], now: datetime | None = None
+    session: Session,
+    reports: Sequence[StatusReport],
+    now: datetime | None = None,
+    touch: Touch | None = None,
 ) -> IngestResult:
     """Store and apply reports of any number of devices (an MQTT batch) in one transaction.
 
     The caller has checked that each report came from its own device (the topic or
-    the credential); unknown and revoked devices are counted, not applied.
+    the credential); unknown and revoked devices are counted, not applied. Each live
+    device's ``last_seen_at`` is noted with ``touch`` (the batched writer,
+    `ferry.server.fleet.last_seen`), or without one written here in one statement.
     """
     now = now or utcnow()
     result = IngestResult()
@@ -89,26 +99,31 @@ def ingest_batch(
         if first:
             result.lags_s.append(_lag(report, now))
         counted.add(report.report_id)
-    stamp = format_time(now)
-    for device in live.values():
-        device.last_seen_at = stamp
-        session.add(device)
+    if touch is not None:
+        for device_id in live:
+            touch(device_id, now)
+    elif live:
+        session.exec(
+            update(Device)
+            .where(col(Device.id).in_(sorted(live)))
+            .values(last_seen_at=format_time(now))
+        )
     session.flush()
     return result
 
 
 def _live_devices(
     session: Session, ids: set[str], result: IngestResult, reports: Sequence[StatusReport]
-) -> dict[str, Device]:
-    rows = session.exec(select(Device).where(col(Device.id).in_(ids))).all()
-    known = {d.id: d for d in rows}
+) -> set[str]:
+    """The ids of the reports' devices that exist and are not revoked (two columns read)."""
+    rows = session.exec(select(Device.id, Device.revoked_at).where(col(Device.id).in_(ids))).all()
+    known = dict(rows)
     for report in reports:
-        device = known.get(report.device_id)
-        if device is None:
+        if report.device_id not in known:
             result.unknown_device.append(report.report_id)
-        elif device.revoked_at is not None:
+        elif known[report.device_id] is not None:
             result.revoked_device.append(report.report_id)
-    return {d.id: d for d in rows if d.revoked_at is None}
+    return {device_id for device_id, revoked_at in rows if revoked_at is None}
 
 
 def _lag(report: StatusReport, now: datetime) -> float:
@@ -186,6 +201,9 @@ def _apply_all(session: Session, reports: list[StatusReport], now: datetime) -> 
             if rollout is not None and member is not None:
                 _update_member(rollout, member, report, now)
                 session.add(member)
+    # Flush while the rollouts are still referenced: the fleet epoch's check of a member's
+    # state change reads its rollout from the session (`ferry.server.rollouts.tables`).
+    session.flush()
 
 
 def _device_order(report: StatusReport) -> tuple[int, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -10,6 +11,7 @@ from sqlmodel import Session
 
 from ferry.protocol.documents import Role, StatusReport
 from ferry.protocol.errors import MalformedError
+from ferry.protocol.keys import SigningKey
 from ferry.protocol.timefmt import parse_time
 from ferry.server.api.deps import CtxDep, SessionDep, require
 from ferry.server.auth.service import Principal, ServerRole
@@ -17,6 +19,7 @@ from ferry.server.checkin.cache import CheckinCache, Entry, credential_key
 from ferry.server.checkin.desired import desired_state_envelope, stored_envelope
 from ferry.server.checkin.fast_path import bearer_secret
 from ferry.server.checkin.ingest import ingest_reports
+from ferry.server.core.context import AppContext
 from ferry.server.core.db import session_scope
 from ferry.server.core.errors import ForbiddenError, ValidationFailedError
 from ferry.server.fleet.credentials import device_id_of
@@ -51,26 +54,31 @@ def desired_state(
 ) -> Response:
     """Compute (or re-sign) the document and remember it for the check-in cache.
 
-    Unchanged documents are read without the write lock; a change is signed under
-    the device's row lock. Sessions are opened here rather than through session
-    dependencies, each of which would cost two more worker-thread hops.
+    On SQLite, unchanged documents are read without the write lock (which would
+    queue check-ins behind each other); a change is signed under the device's row
+    lock. On PostgreSQL a row lock blocks nobody but that device's other requests,
+    so one transaction does both: it locks, and writes only when the document
+    changed. Sessions are opened here rather than through session dependencies,
+    each of which would cost two more worker-thread hops. The director key is read
+    once per cache generation.
     """
     started = time.perf_counter()
     cache: CheckinCache = request.app.state.checkin_cache
     generation = cache.generation  # before reading: a change committed meanwhile voids the entry
     now, ttl_s = runtime.now(), runtime.settings.desired_state_ttl_s
-    with Session(ctx.read_engine) as reader:
-        served = stored_envelope(
-            reader, device_id, now, ttl_s, lambda: ctx.keys.key(reader, Role.DIRECTOR)
-        )
-        reader.rollback()
+    served = None
+    if ctx.engine.dialect.name == "sqlite":
+        with Session(ctx.read_engine) as reader:
+            served = stored_envelope(
+                reader, device_id, now, ttl_s, _director(cache, ctx, reader, runtime)
+            )
+            reader.rollback()
     if served is None:
         with session_scope(ctx.engine) as writer:
             served = desired_state_envelope(
-                writer, device_id, now, ttl_s, lambda: ctx.keys.key(writer, Role.DIRECTOR)
+                writer, device_id, now, ttl_s, _director(cache, ctx, writer, runtime)
             )
-    else:
-        runtime.last_seen.touch(device_id, now)
+    runtime.last_seen.touch(device_id, now)
     if runtime.settings.checkin_cache_poll_s > 0:
         secret = bearer_secret(request.scope)
         assert secret is not None  # the route's authentication read the same header
@@ -80,6 +88,15 @@ def desired_state(
         )
     ctx.metrics.checkin_latency.labels("computed").observe(time.perf_counter() - started)
     return Response(served.body, media_type="application/json")
+
+
+def _director(
+    cache: CheckinCache, ctx: AppContext, session: Session, runtime: FleetRuntime
+) -> Callable[[], SigningKey]:
+    """The director key: from the cache while it is on, else read now."""
+    if runtime.settings.checkin_cache_poll_s <= 0:
+        return lambda: ctx.keys.key(session, Role.DIRECTOR)
+    return lambda: cache.director_key(lambda: ctx.keys.key(session, Role.DIRECTOR))
 
 
 @router.post("/device/status")
@@ -92,7 +109,7 @@ def post_status(
             reports.append(StatusReport.from_dict(raw))
         except MalformedError as exc:
             raise ValidationFailedError(f"reports[{index}]: {exc}", {"index": index}) from exc
-    result = ingest_reports(session, device_id, reports, runtime.now())
+    result = ingest_reports(session, device_id, reports, runtime.now(), runtime.last_seen.touch)
     session.commit()
     ctx.metrics.record_reports("http", len(result.accepted), len(result.duplicates), result.lags_s)
     return StatusAccepted(accepted=result.accepted, duplicates=result.duplicates)

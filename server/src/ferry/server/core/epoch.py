@@ -19,7 +19,11 @@ such a row has imported its table and with it these session events.
   migration writes through Alembic, not through sessions.
 
 Bookkeeping columns (``announced``, ``updated_at``, ``last_seen_at``) are not
-watched: writing them keeps every cache.
+watched: writing them keeps every cache. A table may also name watched columns
+that matter only in some rows (`watch`'s ``unless``): a rollout member's state
+shapes its desired state only once the rollout is halted, cancelled or rolled
+back, so the six status reports of every device in a running rollout do not
+empty every replica's cache (a change of the rollout's own state does).
 """
 
 from __future__ import annotations
@@ -33,15 +37,33 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
 _WATCHED: dict[type, frozenset[str]] = {}
-_LISTENERS: WeakKeyDictionary[Engine, list[Callable[[], None]]] = WeakKeyDictionary()
-_BUMP = text("UPDATE fleet_epoch SET value = value + 1 WHERE id = 1")
+# Per table: columns whose change is irrelevant in the rows for which the predicate says so.
+_UNLESS: dict[type, tuple[frozenset[str], Callable[[Session, Any], bool]]] = {}
+# Local listeners get the watched tables the commit changed and the epoch value it wrote.
+Listener = Callable[[frozenset[type], int], None]
+_LISTENERS: WeakKeyDictionary[Engine, list[Listener]] = WeakKeyDictionary()
+_BUMP = text("UPDATE fleet_epoch SET value = value + 1 WHERE id = 1 RETURNING value")
 READ = text("SELECT value FROM fleet_epoch WHERE id = 1")
 _MARK = "ferry_fleet_changed"
+_BUMPED = "ferry_fleet_epoch"
 
 
-def watch(table: type, columns: Iterable[str]) -> None:
-    """Declare the columns of ``table`` that shape a signed document (called by tables.py)."""
+def watch(
+    table: type,
+    columns: Iterable[str],
+    *,
+    unless: tuple[Iterable[str], Callable[[Session, Any], bool]] | None = None,
+) -> None:
+    """Declare the columns of ``table`` that shape a signed document (called by tables.py).
+
+    ``unless=(some_columns, irrelevant)``: a change of only those columns in a row
+    for which ``irrelevant(session, row)`` is True does not count. The predicate runs
+    after a flush and must not query (it may read the session's identity map); when
+    in doubt it returns False. ORM bulk statements always count.
+    """
     _WATCHED[table] = frozenset(columns)
+    if unless is not None:
+        _UNLESS[table] = (frozenset(unless[0]), unless[1])
 
 
 def watched() -> dict[type, frozenset[str]]:
@@ -49,23 +71,31 @@ def watched() -> dict[type, frozenset[str]]:
     return dict(_WATCHED)
 
 
-def on_change(engine: Engine, callback: Callable[[], None]) -> None:
-    """Call ``callback`` after every commit on ``engine`` that bumped the epoch."""
+def on_change(engine: Engine, callback: Listener) -> None:
+    """Call ``callback(tables, value)`` after every commit on ``engine`` that bumped the
+    epoch: ``tables`` are the watched tables whose existing rows the transaction changed or
+    deleted (tables it only inserted into are left out), ``value`` the epoch it committed
+    (so a poller can tell this process's bumps from others')."""
     _LISTENERS.setdefault(engine, []).append(callback)
 
 
-def bump(connection: Connection) -> None:
-    """Bump the epoch inside ``connection``'s transaction (writers outside sessions)."""
-    connection.execute(_BUMP)
+def bump(connection: Connection) -> int:
+    """Bump the epoch inside ``connection``'s transaction; returns the new value."""
+    return int(connection.execute(_BUMP).scalar_one())
 
 
-def _changed(obj: object) -> bool:
-    """A watched column of an updated row changed."""
+def _changed(session: Session, obj: object) -> bool:
+    """A watched column of an updated row changed (and the table's ``unless`` does not
+    excuse the change)."""
     fields = _WATCHED.get(type(obj))
     if fields is None:
         return False
     attrs = inspect(obj).attrs
-    return any(attrs[name].history.has_changes() for name in fields)
+    changed = {name for name in fields if attrs[name].history.has_changes()}
+    if not changed:
+        return False
+    excused = _UNLESS.get(type(obj))
+    return excused is None or not changed <= excused[0] or not excused[1](session, obj)
 
 
 def _statement_columns(state: ORMExecuteState) -> set[str] | None:
@@ -76,13 +106,24 @@ def _statement_columns(state: ORMExecuteState) -> set[str] | None:
     return {getattr(key, "key", None) or str(key) for key in values}
 
 
+def _mark(session: Session, table: type, *, existing: bool) -> None:
+    """Note a watched change; ``existing``: rows that were there before changed or went
+    (False for inserts only: a new row cannot change what was read from the old ones)."""
+    marks: dict[type, bool] = session.info.setdefault(_MARK, {})
+    marks[table] = marks.get(table, False) or existing
+
+
 @event.listens_for(Session, "after_flush")
 def _after_flush(session: Session, _flush: UOWTransaction) -> None:
-    added_or_removed = [*session.new, *session.deleted]
-    if any(type(obj) in _WATCHED for obj in added_or_removed) or any(
-        _changed(obj) for obj in session.dirty
-    ):
-        session.info[_MARK] = True
+    for obj in session.new:
+        if type(obj) in _WATCHED:
+            _mark(session, type(obj), existing=False)
+    for obj in session.deleted:
+        if type(obj) in _WATCHED:
+            _mark(session, type(obj), existing=True)
+    for obj in session.dirty:
+        if _changed(session, obj):
+            _mark(session, type(obj), existing=True)
 
 
 @event.listens_for(Session, "do_orm_execute")
@@ -100,7 +141,7 @@ def _bulk_statement(state: ORMExecuteState) -> Any:
         return None
     result = state.invoke_statement()
     if state.is_insert or getattr(result, "rowcount", 1) != 0:
-        state.session.info[_MARK] = True
+        _mark(state.session, mapper.class_, existing=not state.is_insert)  # type: ignore[union-attr]
     return result
 
 
@@ -109,18 +150,22 @@ def _bump_epoch(session: Session) -> None:
     """Bump the shared epoch last (see the module docstring)."""
     session.flush()
     if session.info.get(_MARK):
-        bump(session.connection())
+        session.info[_BUMPED] = bump(session.connection())
 
 
 @event.listens_for(Session, "after_commit")
 def _after_commit(session: Session) -> None:
-    if not session.info.pop(_MARK, False):
+    marks = session.info.pop(_MARK, None)
+    value = session.info.pop(_BUMPED, None)
+    if not marks or value is None:
         return
+    existing = frozenset(table for table, old_rows in marks.items() if old_rows)
     bind = session.bind
     for callback in _LISTENERS.get(bind, []) if isinstance(bind, Engine) else []:
-        callback()
+        callback(existing, value)
 
 
 @event.listens_for(Session, "after_rollback")
 def _after_rollback(session: Session) -> None:
     session.info.pop(_MARK, None)
+    session.info.pop(_BUMPED, None)

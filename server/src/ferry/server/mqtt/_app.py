@@ -39,7 +39,7 @@ async def start_mqtt(
     service = MqttService(
         settings,
         directory=FleetDirectory(ctx.read_engine),
-        sink=FleetStatusSink(ctx.engine, runtime.now, ctx.metrics),
+        sink=FleetStatusSink(ctx.engine, runtime.now, ctx.metrics, runtime.last_seen.touch),
         metrics=metrics or MqttMetrics(ctx.metrics.registry),
     )
     try:

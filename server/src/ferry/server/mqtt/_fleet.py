@@ -9,7 +9,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from ferry.protocol.documents import StatusReport
-from ferry.server.checkin.ingest import ingest_batch
+from ferry.server.checkin.ingest import Touch, ingest_batch
 from ferry.server.core.db import session_scope
 from ferry.server.core.observability import Metrics
 from ferry.server.fleet.credentials import broker_credentials
@@ -46,16 +46,21 @@ class FleetStatusSink:
     """
 
     def __init__(
-        self, engine: Engine, clock: Callable[[], datetime], metrics: Metrics | None = None
+        self,
+        engine: Engine,
+        clock: Callable[[], datetime],
+        metrics: Metrics | None = None,
+        touch: Touch | None = None,
     ) -> None:
         self.engine = engine
         self.clock = clock
         self.metrics = metrics
+        self.touch = touch  # last_seen_at noted for the batched writer (else written per batch)
 
     def ingest(self, batch: Sequence[tuple[str, StatusReport]]) -> dict[str, int]:
         now = self.clock().replace(microsecond=0)
         with session_scope(self.engine) as session:
-            result = ingest_batch(session, [report for _, report in batch], now)
+            result = ingest_batch(session, [report for _, report in batch], now, self.touch)
         outcome = {
             "accepted": len(result.accepted),
             "duplicate": len(result.duplicates),

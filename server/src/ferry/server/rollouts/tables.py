@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Index
+from sqlalchemy import Index, inspect
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 from sqlmodel import Field, SQLModel
 
 from ferry.protocol.gates import GatePolicy
@@ -12,6 +14,7 @@ from ferry.protocol.waves import rollout_seed
 from ferry.server.core import epoch
 from ferry.server.core.columns import json_field, utc_now
 from ferry.server.fleet.selectors import Selector, format_selector
+from ferry.server.rollouts.machine import RolloutState
 
 _GATES = GatePolicy()
 
@@ -124,4 +127,23 @@ epoch.watch(
         "retry_generation",
     ],
 )
-epoch.watch(RolloutDevice, ["wave", "state", "attempts", "from_version", "from_manifest"])
+# A member's state decides its claim only in a halted, cancelled or rolled-back rollout
+# (`ferry.server.checkin.desired._claim`); the transition into those states is itself a
+# watched change, so reports in a running, paused or completed rollout keep the caches.
+_STATE_BLIND = frozenset({RolloutState.RUNNING, RolloutState.PAUSED, RolloutState.COMPLETED})
+
+
+def _member_state_irrelevant(session: Session, member: Any) -> bool:
+    """True when ``member``'s rollout is in the session and in a state-blind state."""
+    rollout = session.identity_map.get(identity_key(Rollout, member.rollout_id))
+    if rollout is None or "state" in inspect(rollout).unloaded:
+        return False
+    state = rollout.state
+    return bool(inspect(rollout).attrs["state"].history.unchanged) and state in _STATE_BLIND
+
+
+epoch.watch(
+    RolloutDevice,
+    ["wave", "state", "attempts", "from_version", "from_manifest"],
+    unless=(["state"], _member_state_irrelevant),
+)

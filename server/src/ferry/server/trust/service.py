@@ -143,3 +143,26 @@ class KeySource:
     def initialise(self, expiry_days: int) -> None:
         with session_scope(self.engine) as session:
             ensure_keyring(session, self.key_dir, expiry_days)
+
+
+class ManifestMemo:
+    """Signed manifests by digest, kept in memory: a manifest is immutable once signed and
+    never deleted, so an entry never goes stale. Bounded (oldest out first); per app."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[bytes, str]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, sha256: str) -> tuple[bytes, str] | None:
+        """``(envelope bytes, namespace)`` of a manifest read before, or None."""
+        return self._entries.get(sha256)
+
+    def put(self, sha256: str, envelope: bytes, namespace: str) -> None:
+        with self._lock:
+            if sha256 not in self._entries and len(self._entries) >= self.max_entries:
+                del self._entries[next(iter(self._entries))]
+            self._entries[sha256] = (envelope, namespace)
+
+    def __len__(self) -> int:
+        return len(self._entries)

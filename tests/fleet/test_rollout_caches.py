@@ -1,0 +1,258 @@
+"""What a rollout costs per device: caches that must never hide a change that matters.
+
+The device-login cache (credential → principal), the manifest memo and the
+check-in cache surviving status reports in a running rollout; each test checks
+both that the cache is used (no SQL) and that a change reaches the device at once.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ferry.server.checkin.cache import CheckinCache, EpochPoller
+from ferry.server.fleet.runtime import FleetSettings
+from tests.fleet.harness import API, Agent, Fleet, build_fleet
+from tests.fleet.test_checkin_cache import statements
+
+
+def _cache(fleet: Fleet) -> CheckinCache:
+    cache: CheckinCache = fleet.app.state.checkin_cache
+    return cache
+
+
+def _engines(fleet: Fleet) -> tuple[object, ...]:
+    ctx = fleet.app.state.ctx
+    return ctx.engine, ctx.read_engine
+
+
+def _manifest(fleet: Fleet, agent: Agent, sha: str, **headers: str) -> object:
+    return fleet.client.get(f"{API}/manifests/{sha}", headers={**agent.headers, **headers})
+
+
+def _in_rollout(fleet: Fleet) -> tuple[Agent, int, str]:
+    (agent,) = fleet.devices(1)
+    version = fleet.version()
+    rollout = fleet.rollout(version=str(version), waves=[100])
+    fleet.tick()
+    return agent, version, str(rollout["id"])
+
+
+# --- the device-login cache ------------------------------------------------------------------
+
+
+def test_a_device_route_authenticates_a_known_credential_without_sql(fleet: Fleet) -> None:
+    agent, version, rollout_id = _in_rollout(fleet)
+    fleet.report(agent, "downloading", to_version=version, rollout_id=rollout_id)
+    with statements(*_engines(fleet)) as seen:
+        fleet.report(agent, "verifying", to_version=version, rollout_id=rollout_id)
+    assert seen, "the report itself is written"
+    assert not any("device.credential_hash = " in sql for sql in seen)
+
+
+def test_a_revoked_device_is_refused_at_once_on_every_device_route(fleet: Fleet) -> None:
+    agent, version, rollout_id = _in_rollout(fleet)
+    sha = fleet.manifest_sha("vision", "det", version)
+    assert _manifest(fleet, agent, sha).status_code == 200  # type: ignore[attr-defined]
+    fleet.report(agent, "downloading", to_version=version, rollout_id=rollout_id)
+    r = fleet.client.post(f"{API}/devices/{agent.device_id}/revoke", headers=fleet.admin)
+    assert r.status_code == 200
+    assert _manifest(fleet, agent, sha).status_code == 401  # type: ignore[attr-defined]
+    r = fleet.client.get(f"{API}/blobs/{'0' * 64}", headers=agent.headers)
+    assert r.status_code == 401
+    r = fleet.client.post(f"{API}/device/status", json={"reports": []}, headers=agent.headers)
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "unauthenticated"
+
+
+def test_a_rollout_change_keeps_the_logins_and_a_device_change_empties_them(
+    fleet: Fleet,
+) -> None:
+    agent, version, rollout_id = _in_rollout(fleet)
+    (other,) = fleet.devices(1, prefix="other")
+    fleet.report(agent, "downloading", to_version=version, rollout_id=rollout_id)
+    logins = _cache(fleet).login_generation
+    fleet.act(rollout_id, "pause")  # a watched rollout change: documents go, logins stay
+    with statements(*_engines(fleet)) as seen:
+        fleet.report(agent, "verifying", to_version=version, rollout_id=rollout_id)
+    assert not any("device.credential_hash = " in sql for sql in seen)
+    assert _cache(fleet).login_generation == logins
+    r = fleet.client.post(f"{API}/devices/{other.device_id}/revoke", headers=fleet.admin)
+    assert r.status_code == 200
+    assert _cache(fleet).login_generation > logins
+    with statements(*_engines(fleet)) as seen:
+        fleet.report(agent, "staged", to_version=version, rollout_id=rollout_id)
+    assert any("device.credential_hash = " in sql for sql in seen)
+
+
+def test_enrolling_more_devices_keeps_the_logins_but_re_enrolment_empties_them(
+    fleet: Fleet,
+) -> None:
+    token = fleet.enrollment_token()
+    agent = fleet.enroll(token, "dev-a")
+    fleet.desired(agent)
+    logins = _cache(fleet).login_generation
+    fleet.enroll(token, "dev-b")  # a new row cannot change a login read from another
+    assert _cache(fleet).login_generation == logins
+    with statements(*_engines(fleet)) as seen:
+        fleet.desired(agent)  # the new row emptied the documents: this one is computed
+    assert seen, "computed, not cached"
+    assert not any("device.credential_hash = " in sql for sql in seen)
+    r = fleet.client.post(f"{API}/devices/dev-b/revoke", headers=fleet.admin)
+    assert r.status_code == 200
+    assert _cache(fleet).login_generation > logins
+
+
+def test_a_forged_credential_is_never_cached(fleet: Fleet) -> None:
+    (agent,) = fleet.devices(1)
+    fleet.desired(agent)
+    forged = {"Authorization": "Bearer frd_" + "A" * 43}
+    for _ in range(2):
+        r = fleet.client.get(f"{API}/device/desired-state", headers=forged)
+        assert r.status_code == 401
+    r = fleet.client.post(f"{API}/device/status", json={"reports": []}, headers=forged)
+    assert r.status_code == 401
+
+
+def test_a_revocation_on_another_replica_is_seen_after_one_epoch_poll(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    agent, version, _ = _in_rollout(fleet)
+    poller = EpochPoller(_cache(fleet), fleet.app.state.ctx.read_engine)
+    poller.check()
+    sha = fleet.manifest_sha("vision", "det", version)
+    assert _manifest(fleet, agent, sha).status_code == 200  # type: ignore[attr-defined]
+    other_dir = tmp_path / "replica-b"
+    shutil.copytree(fleet.app.state.ctx.settings.data_dir, other_dir, dirs_exist_ok=True)
+    replica_b, client_b = build_fleet(
+        other_dir, database_url=fleet.app.state.ctx.settings.database_url
+    )
+    with client_b:
+        r = client_b.post(f"{API}/devices/{agent.device_id}/revoke", headers=replica_b.admin)
+        assert r.status_code == 200
+    assert poller.check() is True
+    assert _manifest(fleet, agent, sha).status_code == 401  # type: ignore[attr-defined]
+    r = fleet.client.post(f"{API}/device/status", json={"reports": []}, headers=agent.headers)
+    assert r.status_code == 401
+
+
+def test_with_the_cache_off_every_login_is_looked_up(fleet: Fleet) -> None:
+    fleet.app.state.fleet.settings = FleetSettings(
+        start_rollout_engine=False, checkin_cache_poll_s=0
+    )
+    agent, version, rollout_id = _in_rollout(fleet)
+    fleet.report(agent, "downloading", to_version=version, rollout_id=rollout_id)
+    with statements(*_engines(fleet)) as seen:
+        fleet.report(agent, "verifying", to_version=version, rollout_id=rollout_id)
+    assert any("device.credential_hash = " in sql for sql in seen)
+
+
+# --- the manifest memo and its fast path -----------------------------------------------------
+
+
+def test_a_manifest_is_served_from_memory_with_its_etag(fleet: Fleet) -> None:
+    agent, version, _ = _in_rollout(fleet)
+    sha = fleet.manifest_sha("vision", "det", version)
+    first = fleet.client.get(f"{API}/manifests/{sha}", headers=agent.headers)
+    assert first.status_code == 200
+    with statements(*_engines(fleet)) as seen:
+        again = fleet.client.get(f"{API}/manifests/{sha}", headers=agent.headers)
+    assert seen == []
+    assert again.content == first.content
+    assert again.headers["etag"] == first.headers["etag"] == f'"{sha}"'
+    assert again.headers["cache-control"] == first.headers["cache-control"]
+    assert again.headers["content-type"] == "application/json"
+    not_modified = _manifest(fleet, agent, sha, **{"If-None-Match": f'"{sha}"'})
+    assert not_modified.status_code == 304  # type: ignore[attr-defined]
+
+
+def test_a_device_of_another_namespace_gets_403_not_the_cached_manifest(fleet: Fleet) -> None:
+    agent, version, _ = _in_rollout(fleet)
+    sha = fleet.manifest_sha("vision", "det", version)
+    assert _manifest(fleet, agent, sha).status_code == 200  # type: ignore[attr-defined]
+    fleet.namespace("audio")
+    (stranger,) = fleet.devices(1, token=fleet.enrollment_token("audio"), prefix="aud")
+    fleet.desired(stranger)  # its login is cached now
+    r = fleet.client.get(f"{API}/manifests/{sha}", headers=stranger.headers)
+    assert r.status_code == 403
+    assert r.json()["error"]["code"] == "forbidden"
+
+
+def test_unknown_and_malformed_manifest_digests_are_4xx(fleet: Fleet) -> None:
+    agent, _, _ = _in_rollout(fleet)
+    fleet.desired(agent)
+    assert _manifest(fleet, agent, "f" * 64).status_code == 404  # type: ignore[attr-defined]
+    for bad in ("F" * 64, "f" * 63, "f" * 65, "g" * 64):
+        assert _manifest(fleet, agent, bad).status_code == 422  # type: ignore[attr-defined]
+    r = fleet.client.get(f"{API}/manifests/{'f' * 64}")
+    assert r.status_code == 401
+
+
+# --- status reports keep the check-in cache while they cannot change a document --------------
+
+
+def test_reports_in_a_running_rollout_keep_the_check_in_cache(fleet: Fleet) -> None:
+    agent, version, rollout_id = _in_rollout(fleet)
+    document = fleet.desired(agent)
+    generation = _cache(fleet).generation
+    for state in ("downloading", "verifying", "staged", "switching", "probing", "committed"):
+        fleet.report(agent, state, to_version=version, rollout_id=rollout_id)
+    assert _cache(fleet).generation == generation
+    with statements(*_engines(fleet)) as seen:
+        assert fleet.desired(agent) == document
+    assert seen == []
+
+
+def test_a_report_in_a_halted_rollout_reaches_the_device_at_once(fleet: Fleet) -> None:
+    """Halted: only devices that took the update keep it as their target, so a report that
+    moves a member from pending to downloading changes its desired state."""
+    agent, version, rollout_id = _in_rollout(fleet)
+    fleet.desired(agent)
+    fleet.act(rollout_id, "pause")
+    fleet.act(rollout_id, "cancel")
+    assert fleet.desired(agent)["signed"]["slots"] == {}  # pending: nothing to take
+    generation = _cache(fleet).generation
+    fleet.report(agent, "downloading", to_version=version, rollout_id=rollout_id)
+    assert _cache(fleet).generation > generation
+    assert fleet.desired(agent)["signed"]["slots"]["main"]["version"] == version
+
+
+def test_a_rollout_halted_by_its_gate_reaches_cached_devices_at_once(fleet: Fleet) -> None:
+    devices = fleet.devices(4)
+    version = fleet.version()
+    rollout = fleet.rollout(version=str(version), waves=[100], max_failure_pct=10)
+    fleet.tick()
+    for agent in devices:
+        assert fleet.desired(agent)["signed"]["slots"]["main"]["version"] == version
+    rid = str(rollout["id"])
+    fleet.report(devices[0], "failed", to_version=version, rollout_id=rid, error_code="x")
+    fleet.tick()
+    assert fleet.show(rid)["state"] == "halted"
+    # devices[1..] never started: a halted rollout no longer targets them.
+    assert fleet.desired(devices[1])["signed"]["slots"] == {}
+
+
+def test_the_poller_does_not_empty_the_cache_again_for_this_replicas_own_change(
+    fleet: Fleet,
+) -> None:
+    (agent,) = fleet.devices(1)
+    poller = EpochPoller(_cache(fleet), fleet.app.state.ctx.read_engine)
+    poller.check()
+    fleet.rollout(version=str(fleet.version()), waves=[100])  # a local, watched change
+    fleet.desired(agent)
+    generation, logins = _cache(fleet).generation, _cache(fleet).login_generation
+    assert poller.check() is False
+    assert (_cache(fleet).generation, _cache(fleet).login_generation) == (generation, logins)
+    with statements(*_engines(fleet)) as seen:
+        fleet.desired(agent)
+    assert seen == []
+
+
+def test_a_bump_the_listener_has_not_reported_yet_counts_as_foreign() -> None:
+    cache = CheckinCache()
+    cache.changed_here(frozenset(), 5)
+    assert cache.foreign_since(4, 5) is False
+    assert cache.foreign_since(5, 7) is True  # 6 and 7: not ours
+    cache.changed_here(frozenset(), 9)
+    assert cache.foreign_since(8, 9) is False
+    assert cache.foreign_since(9, 3) is True  # the counter went back: a restored database
