@@ -33,6 +33,7 @@ def test_devices_by_status_state_and_installed_version(fleet: Fleet) -> None:
     rollout, agents = live_rollout(fleet, devices=5, waves=[100])
     fleet.clock.advance(600)
     commit(fleet, agents[:3], 1, rollout["id"])
+    fleet.flush_last_seen()  # reports note sightings; the server writes them every 2 s
     m = scrape(fleet)
     assert value(m, "ferry_devices", status="online") == 3
     assert value(m, "ferry_devices", status="offline") == 2

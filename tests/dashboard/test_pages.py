@@ -50,6 +50,7 @@ def test_the_fleet_page_counts_online_and_charts_installed_versions(fleet: Fleet
     rollout, agents = live_rollout(fleet, devices=4, waves=[100])
     fleet.clock.advance(600)  # enrolment counts as seen; ten minutes later only reporters are
     commit(fleet, agents[:3], 1, rollout["id"])
+    fleet.flush_last_seen()  # reports note sightings; the server writes them every 2 s
     html = browser(fleet, fleet.token("viewer")).get("/ui/fleet").text
     assert '<strong data-field="devices">4</strong>' in html
     assert '<strong data-field="online">3</strong>' in html

@@ -95,6 +95,10 @@ class Fleet:
     def tick(self) -> None:
         tick(self.app.state.ctx.engine, self.runtime)
 
+    def flush_last_seen(self) -> None:
+        """Write the noted sightings, as the server's flush loop does every 2 s."""
+        self.runtime.last_seen.flush(self.app.state.ctx.engine)
+
     # --- registry -------------------------------------------------------------------
 
     def token(self, role: str, namespaces: list[str] | None = None) -> dict[str, str]:
