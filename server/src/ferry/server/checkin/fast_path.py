@@ -94,8 +94,8 @@ async def answer_cached_manifest(state: Any, scope: Scope, send: Send) -> bool:
     return True
 
 
-def _cached_login(state: Any, scope: Scope) -> Principal | None:
-    """The device principal of the request's credential when the login cache has it."""
+def _cache_key(state: Any, scope: Scope) -> tuple[str, FleetRuntime, CheckinCache] | None:
+    """The cache key of the request's device credential, when the caches are on."""
     secret = bearer_secret(scope)
     runtime: FleetRuntime | None = getattr(state, "fleet", None)
     if (
@@ -105,8 +105,16 @@ def _cached_login(state: Any, scope: Scope) -> Principal | None:
         or runtime.settings.checkin_cache_poll_s <= 0
     ):
         return None
-    cache: CheckinCache = state.checkin_cache
-    return cache.login(credential_key(secret))
+    return credential_key(secret), runtime, state.checkin_cache
+
+
+def _cached_login(state: Any, scope: Scope) -> Principal | None:
+    """The device principal of the request's credential when the login cache has it."""
+    found = _cache_key(state, scope)
+    if found is None:
+        return None
+    key, _, cache = found
+    return cache.login(key)
 
 
 async def answer_cached_checkin(state: Any, scope: Scope, send: Send) -> bool:
@@ -134,20 +142,12 @@ async def answer_cached_checkin(state: Any, scope: Scope, send: Send) -> bool:
 
 
 def _cached(state: Any, scope: Scope) -> tuple[str, bytes] | None:
-    secret = bearer_secret(scope)
-    runtime: FleetRuntime | None = getattr(state, "fleet", None)
-    if (
-        secret is None
-        or not secret.startswith(DEVICE_TOKEN_PREFIX)
-        or runtime is None
-        or runtime.settings.checkin_cache_poll_s <= 0
-    ):
+    found = _cache_key(state, scope)
+    if found is None:
         return None
-    cache: CheckinCache = state.checkin_cache
+    key, runtime, cache = found
     now = runtime.now()
-    entry = cache.lookup(
-        credential_key(secret), now, runtime.settings.desired_state_ttl_s, notice_epoch_of(scope)
-    )
+    entry = cache.lookup(key, now, runtime.settings.desired_state_ttl_s, notice_epoch_of(scope))
     if entry is None:
         return None
     runtime.last_seen.touch(entry.device_id, now)
