@@ -4,11 +4,16 @@ No Docker engine runs here, so this reads the file the way the engine would (YAM
 with anchors) and checks what broke it before: files it mounts exist, agents pass
 `--config` before the subcommand, each server replica has a broker login of its own
 that the ACL and the operator file know, and every mounted volume is declared.
-`docker compose config` validates it too where the compose plugin is installed.
+The Compose Specification's validating parser (the `compose-spec` bindings of the
+Rust `compose_spec` crate) checks every key, value type, duration and dependency
+condition on any machine; `docker compose config` validates it too where the
+compose plugin is installed.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,6 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
+from compose_spec import PyCompose
 
 from ferry.server.core.settings import Settings
 
@@ -98,6 +104,42 @@ def test_docker_compose_config_accepts_the_file() -> None:
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr
+
+
+def _spec_errors(document: dict[str, Any]) -> str | None:
+    """What the Compose Specification's parser refuses in ``document``, or None.
+
+    YAML anchors and merge keys are resolved first (as Compose does); the parser
+    itself reads JSON without them."""
+    try:
+        PyCompose.from_json(json.dumps(document))
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def test_the_compose_specification_parser_accepts_the_file(stack: dict[str, Any]) -> None:
+    assert _spec_errors(stack) is None
+    assert set(PyCompose.from_json(json.dumps(stack)).service_names()) == set(stack["services"])
+
+
+@pytest.mark.parametrize(
+    ("service", "key", "value", "refusal"),
+    [
+        ("server-1", "restrt", "always", "restrt"),  # a misspelt key
+        ("server-1", "healthcheck", {"test": ["CMD", "true"], "interval": "5 parsecs"}, "unit"),
+        ("server-1", "depends_on", {"postgres": {"condition": "healthy"}}, "healthy"),
+        ("agent-1", "restart", "sometimes", "sometimes"),
+        ("agent-1", "ports", ["99999:80"], "99999"),
+    ],
+)
+def test_the_compose_specification_parser_refuses_a_broken_copy(
+    stack: dict[str, Any], service: str, key: str, value: object, refusal: str
+) -> None:
+    broken = copy.deepcopy(stack)
+    broken["services"][service][key] = value
+    errors = _spec_errors(broken)
+    assert errors is not None and refusal in errors, errors
 
 
 def test_servers_use_the_s3_store_that_the_stack_creates(stack: dict[str, Any]) -> None:
