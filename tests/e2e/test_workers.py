@@ -28,6 +28,7 @@ from ferry.server.webhooks.service import DELIVERY_HEADER, EVENT_TYPES
 from tests.e2e._stack import Stack
 from tests.server.conftest import pg_url  # noqa: F401  (scratch PostgreSQL database fixture)
 from tests.support.mosquitto import require_mosquitto
+from tests.support.workers import workers_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.postgres]
 
@@ -129,19 +130,6 @@ def lease_holders(stack: Stack, lease: str) -> set[int]:
         for labels, value in series(stack, "ferry_lease_held").items()
         if value == 1 and (m := pattern.search(labels))
     }
-
-
-def workers_of(pid: int) -> set[int]:
-    """The supervisor's live worker processes (its children running ``multiprocessing``)."""
-    workers = set()
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        try:
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-        except FileNotFoundError:  # exited since the listing
-            continue
-        if b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline:
-            workers.add(int(child))
-    return workers
 
 
 def alive(pid: int) -> bool:
