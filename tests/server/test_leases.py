@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from ferry.server.core.leases import Duty, Leader, Lease, lease_key
+from ferry.server.core.observability import forget_dead_workers
 from tests.server.conftest import pg_url  # noqa: F401  (scratch PostgreSQL database)
 
 HOLDER = textwrap.dedent(
@@ -190,3 +191,24 @@ def _terminate_lease_sessions(url: str) -> int:
         ).scalar_one()
     admin.dispose()
     return int(killed)
+
+
+def test_a_killed_worker_not_yet_reaped_holds_no_lease_in_the_metrics(tmp_path: Path) -> None:
+    """A worker killed with SIGKILL is a zombie until the supervisor reaps it (seconds
+    under load); its live gauges, such as ``ferry_lease_held``, are dropped at once,
+    so /metrics never shows the dead worker and its successor both holding a lease."""
+    zombie = subprocess.Popen(["sleep", "0"])
+    running = subprocess.Popen(["sleep", "60"])
+    try:
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child never became a zombie"
+            time.sleep(0.05)
+        for pid in (zombie.pid, running.pid, 2**22 + 1):  # the last: no such process
+            (tmp_path / f"gauge_liveall_{pid}.db").write_bytes(b"")
+        forget_dead_workers(tmp_path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [f"gauge_liveall_{running.pid}.db"]
+    finally:
+        running.kill()
+        running.wait()
+        zombie.wait()

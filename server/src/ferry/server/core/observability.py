@@ -227,13 +227,21 @@ def forget_dead_workers(directory: Path) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs. A killed worker stays a zombie until the supervisor
+    reaps it (seconds under load), and a zombie holds no lease: it counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return not Path("/proc/self/stat").exists()  # gone since os.kill, or no procfs
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 class ObservabilityMiddleware:
