@@ -73,6 +73,24 @@ def test_zigzag_maps_small_differences_of_either_sign_to_small_codes() -> None:
     assert codes == (0, 1, 2, 19)  # 0 → 0, -1 → 1, +1 → 2, -10 → 19
 
 
+# Past one numpy window (256 KiB) and several 64 KiB big-integer slices, odd sizes.
+WINDOWED_SIZES = (0, 1, 7, 9, 1001, 3 * 65_536 + 5, 600_013)
+
+
+@pytest.mark.parametrize("size", WINDOWED_SIZES)
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("op", list(Op))
+def test_restore_planes_equals_merge_then_restore(
+    size: int, width: int, op: Op, lanes: str
+) -> None:
+    """Both decode paths work a window or slice at a time; the bytes must not change."""
+    rng = random.Random(size * 5 + width * 13 + op * 3)
+    new = rng.randbytes(size)
+    old = rng.randbytes(size) if op in BASE_OPS else None
+    planes = split_planes(lane_delta(new, old, op, width), width)
+    assert codec.restore_planes(planes, old, op, width) == new
+
+
 # --- the numpy fast path gives the same bytes as the big-integer lanes ------------------
 
 np_lanes = pytest.importorskip("ferry.protocol.delta._lanes_np")
@@ -97,6 +115,8 @@ def test_numpy_restore_equals_the_big_integer_restore(size: int, width: int, op:
 def test_numpy_restore_refuses_a_base_op_without_old_bytes() -> None:
     with pytest.raises(DeltaCorruptError):
         np_lanes.merge_restore(bytes(64), None, int(Op.SUBZZ), 4)
+    with pytest.raises(DeltaCorruptError):
+        np_lanes.merge_restore(bytes(3), bytes(3), 9, 4)
 
 
 def test_restore_planes_falls_back_to_big_integers_without_numpy(

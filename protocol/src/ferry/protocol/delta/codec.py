@@ -109,7 +109,9 @@ def restore_planes(
     if fast is not None:
         result: bytearray = fast.merge_restore(planes, old, int(op), width)
         return result
-    return lane_restore(merge_planes(planes, width), old, op, width)
+    if op is Op.NONE or width == 1:
+        return lane_restore(merge_planes(planes, width), old, op, width)
+    return _merge_restore(planes, old, op, width)
 
 
 # --- lane arithmetic on big integers ---------------------------------------------------
@@ -212,6 +214,46 @@ def _by_slices(
         end = start + _SLICE
         out[start:end] = step(va[start:end], None if vb is None else vb[start:end], op, width)
     return out
+
+
+def _merge_restore(
+    planes: bytes | bytearray | memoryview,
+    old: bytes | bytearray | memoryview | None,
+    op: Op,
+    width: int,
+) -> bytearray:
+    """``lane_restore(merge_planes(planes, width), …)`` one slice at a time.
+
+    Each slice's lanes are gathered from the planes into one reused buffer, so the
+    merged chunk never exists whole (one chunk-sized buffer less) and the gather
+    writes stay in cache for the big-integer steps that read them next.
+    """
+    size = len(planes)
+    usable = size - size % width
+    count = usable // width
+    if old is None and op not in BASELESS_OPS:
+        raise DeltaCorruptError("a lane delta needs its old bytes")
+    view, base = memoryview(planes), None if old is None else memoryview(old)
+    out = bytearray(size)
+    lanes = bytearray(min(_SLICE, usable))
+    for start in range(0, usable, _SLICE):
+        end = min(start + _SLICE, usable)
+        if end - start != len(lanes):
+            lanes = bytearray(end - start)
+        _gather(view, lanes, start // width, count, width)
+        part = None if base is None else base[start:end]
+        out[start:end] = _restore_slice(memoryview(lanes), part, op, width)
+    tail = view[usable:]
+    out[usable:] = tail if base is None else _xor(tail, base[usable:size])
+    return out
+
+
+def _gather(planes: memoryview, lanes: bytearray, first: int, count: int, width: int) -> None:
+    """Lanes ``first…`` (as many as ``lanes`` holds) from planes of ``count`` lanes each."""
+    number = len(lanes) // width
+    for i in range(width):
+        at = i * count + first
+        lanes[i::width] = planes[at : at + number]
 
 
 def _delta_slice(new: memoryview, old: memoryview | None, op: Op, width: int) -> bytes:
