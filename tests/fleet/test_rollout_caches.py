@@ -8,9 +8,10 @@ both that the cache is used (no SQL) and that a change reaches the device at onc
 from __future__ import annotations
 
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ferry.server.checkin.cache import CheckinCache, EpochPoller
+from ferry.server.checkin.cache import CheckinCache, Entry, EpochPoller
 from ferry.server.fleet.runtime import FleetSettings
 from tests.fleet.harness import API, Agent, Fleet, build_fleet
 from tests.fleet.test_checkin_cache import statements
@@ -250,9 +251,89 @@ def test_the_poller_does_not_empty_the_cache_again_for_this_replicas_own_change(
 
 def test_a_bump_the_listener_has_not_reported_yet_counts_as_foreign() -> None:
     cache = CheckinCache()
-    cache.changed_here(frozenset(), 5)
-    assert cache.foreign_since(4, 5) is False
-    assert cache.foreign_since(5, 7) is True  # 6 and 7: not ours
-    cache.changed_here(frozenset(), 9)
-    assert cache.foreign_since(8, 9) is False
-    assert cache.foreign_since(9, 3) is True  # the counter went back: a restored database
+    cache.changed_here(frozenset(), 5, None)
+    assert cache.foreign_since(4, 5) == []
+    assert cache.foreign_since(5, 7) == [6, 7]  # not ours
+    cache.changed_here(frozenset(), 9, None)
+    assert cache.foreign_since(8, 9) == []
+    assert cache.foreign_since(9, 3) is None  # the counter went back: a restored database
+
+
+# --- a wave change voids only the documents of the devices that join -------------------------
+
+
+def _two_waves(fleet: Fleet) -> tuple[list[Agent], list[Agent], str, int]:
+    """Devices of wave 1 (targeted) and of wave 2 (not yet), all with a cached document."""
+    devices = fleet.devices(12)
+    version = fleet.version()
+    rollout = fleet.rollout(version=str(version), waves=[50, 100])
+    fleet.tick()
+    first, second = [], []
+    for agent in devices:
+        (first if fleet.desired(agent)["signed"]["slots"] else second).append(agent)
+    assert first and second
+    return first, second, str(rollout["id"]), version
+
+
+def _cached(fleet: Fleet, agent: Agent) -> dict[str, object]:
+    """The device's document, asserted to come from the check-in cache (no SQL)."""
+    with statements(*_engines(fleet)) as seen:
+        document = fleet.desired(agent)
+    assert seen == []
+    return document
+
+
+def test_a_wave_change_voids_only_the_documents_of_the_devices_that_join(fleet: Fleet) -> None:
+    first, second, rollout_id, version = _two_waves(fleet)
+    kept = fleet.desired(first[0])
+    generation = _cache(fleet).generation
+    fleet.act(rollout_id, "advance")
+    assert _cache(fleet).generation > generation  # entries computed before are not stored
+    assert fleet.desired(second[0])["signed"]["slots"]["main"]["version"] == version
+    assert _cached(fleet, first[0]) == kept
+    fleet.act(rollout_id, "advance")  # completed: nobody's document changes
+    assert fleet.show(rollout_id)["state"] == "completed"
+    assert _cached(fleet, first[0]) == kept
+    assert _cached(fleet, second[0])["signed"]["slots"]["main"]["version"] == version
+
+
+def test_a_change_that_is_not_a_wave_change_still_voids_every_document(fleet: Fleet) -> None:
+    first, _, rollout_id, _ = _two_waves(fleet)
+    fleet.desired(first[0])
+    fleet.act(rollout_id, "cancel")  # cancelled: the claim depends on each member's progress
+    assert fleet.desired(first[0])["signed"]["slots"] == {}
+
+
+def test_a_wave_change_on_another_replica_reaches_the_joining_devices_after_one_poll(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    first, second, rollout_id, version = _two_waves(fleet)
+    kept = fleet.desired(first[0])
+    poller = EpochPoller(_cache(fleet), fleet.app.state.ctx.read_engine)
+    poller.check()
+    other_dir = tmp_path / "replica-b"
+    shutil.copytree(fleet.app.state.ctx.settings.data_dir, other_dir, dirs_exist_ok=True)
+    replica_b, client_b = build_fleet(
+        other_dir, database_url=fleet.app.state.ctx.settings.database_url
+    )
+    with client_b:
+        before_b = replica_b.desired(first[0])
+        r = client_b.post(f"{API}/rollouts/{rollout_id}/advance", headers=replica_b.admin)
+        assert r.status_code == 200
+        joined = replica_b.desired(second[0])
+        assert joined["signed"]["slots"]["main"]["version"] == version
+        with statements(*_engines(replica_b)) as seen:
+            assert replica_b.desired(first[0]) == before_b
+        assert seen == []
+    assert poller.check() is True
+    assert fleet.desired(second[0]) == joined
+    assert _cached(fleet, first[0]) == kept
+
+
+def test_an_unknown_scope_voids_everything() -> None:
+    cache = CheckinCache()
+    cache.store("k", Entry("d", b"{}", datetime.now(UTC) + timedelta(days=1), 0))
+    cache.void(["wave:1:1:2"])
+    assert len(cache) == 1
+    cache.void(["something:else"])
+    assert len(cache) == 0

@@ -84,7 +84,13 @@ def desired_state(
         assert secret is not None  # the route's authentication read the same header
         cache.store(
             credential_key(secret),
-            Entry(device_id, served.body, parse_time(served.expires_at), generation),
+            Entry(
+                device_id,
+                served.body,
+                parse_time(served.expires_at),
+                generation,
+                served.memberships,
+            ),
         )
     ctx.metrics.checkin_latency.labels("computed").observe(time.perf_counter() - started)
     return Response(served.body, media_type="application/json")
