@@ -68,7 +68,9 @@ def _server_unit(module: str) -> str | None:
 
 
 def _is_route_module(path: Path) -> bool:
-    return path.name in ("routes.py", "fast_path.py") or path.name.endswith("_routes.py")
+    return path.name in ("routes.py", "fast_path.py", "fast_status.py") or path.name.endswith(
+        "_routes.py"
+    )
 
 
 def server_violations() -> list[str]:

@@ -8,11 +8,15 @@ both that the cache is used (no SQL) and that a change reaches the device at onc
 from __future__ import annotations
 
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ferry.server.checkin.cache import CheckinCache, EpochPoller
+import pytest
+
+from ferry.protocol.timefmt import format_time
+from ferry.server.checkin.cache import CheckinCache, Entry, EpochPoller
 from ferry.server.fleet.runtime import FleetSettings
-from tests.fleet.harness import API, Agent, Fleet, build_fleet
+from tests.fleet.harness import API, Agent, Fleet, build_fleet, report_doc
 from tests.fleet.test_checkin_cache import statements
 
 
@@ -188,6 +192,117 @@ def test_unknown_and_malformed_manifest_digests_are_4xx(fleet: Fleet) -> None:
     assert r.status_code == 401
 
 
+# --- blob HEAD from memory --------------------------------------------------------------------
+
+
+def _blob_sha(fleet: Fleet, agent: Agent, version: int) -> str:
+    sha = fleet.manifest_sha("vision", "det", version)
+    manifest = fleet.client.get(f"{API}/manifests/{sha}", headers=agent.headers).json()
+    return str(manifest["signed"]["files"][0]["sha256"])
+
+
+def _not_asked(sha256: str) -> int:
+    raise AssertionError(f"the store was asked for the size of {sha256}")
+
+
+def _heads_counted(fleet: Fleet) -> float:
+    labels = {"method": "HEAD", "route": "/blobs/{sha256}", "status": "200"}
+    registry = fleet.app.state.ctx.metrics.registry
+    return float(registry.get_sample_value("ferry_http_requests_total", labels) or 0.0)
+
+
+def test_a_blob_head_is_answered_from_memory_with_the_routes_headers(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent, version, _ = _in_rollout(fleet)
+    blob = f"{API}/blobs/{_blob_sha(fleet, agent, version)}"
+    first = fleet.client.head(blob, headers=agent.headers)
+    assert first.status_code == 200
+    counted = _heads_counted(fleet)
+    monkeypatch.setattr(fleet.app.state.ctx.blobs, "size", _not_asked)
+    with statements(*_engines(fleet)) as seen:
+        again = fleet.client.head(blob, headers=agent.headers)
+    assert seen == []
+    assert again.status_code == 200 and again.content == b""
+    for name in ("content-length", "etag", "accept-ranges", "cache-control"):
+        assert again.headers[name] == first.headers[name]
+    assert _heads_counted(fleet) == counted + 1
+    monkeypatch.undo()
+    conditional = {**agent.headers, "If-None-Match": first.headers["etag"]}
+    assert fleet.client.head(blob, headers=conditional).status_code == 304  # by the route
+    assert fleet.client.head(blob).status_code == 401
+
+
+def test_a_revoked_device_gets_401_for_a_blob_head_it_had_been_answered(fleet: Fleet) -> None:
+    agent, version, _ = _in_rollout(fleet)
+    blob = f"{API}/blobs/{_blob_sha(fleet, agent, version)}"
+    assert fleet.client.head(blob, headers=agent.headers).status_code == 200
+    r = fleet.client.post(f"{API}/devices/{agent.device_id}/revoke", headers=fleet.admin)
+    assert r.status_code == 200
+    assert fleet.client.head(blob, headers=agent.headers).status_code == 401
+
+
+# --- HTTP status batches of cached logins, before routing -----------------------------------
+
+
+def _sample(fleet: Fleet, name: str, **labels: str) -> float:
+    registry = fleet.app.state.ctx.metrics.registry
+    return float(registry.get_sample_value(name, labels) or 0.0)
+
+
+def _post(fleet: Fleet, agent: Agent, *reports: dict[str, object]) -> object:
+    body = {"reports": list(reports)}
+    return fleet.client.post(f"{API}/device/status", json=body, headers=agent.headers)
+
+
+def test_a_status_batch_of_a_cached_login_is_taken_before_routing(fleet: Fleet) -> None:
+    agent, version, rollout_id = _in_rollout(fleet)
+    fleet.report(agent, "downloading", to_version=version, rollout_id=rollout_id)  # routed
+    routed = _sample(fleet, "ferry_worker_http_requests")
+    posts = _sample(
+        fleet, "ferry_http_requests_total", method="POST", route="/device/status", status="200"
+    )
+    doc = report_doc(
+        agent.device_id,
+        "verifying",
+        to_version=version,
+        rollout_id=rollout_id,
+        at=format_time(fleet.clock.now),
+    )
+    with statements(*_engines(fleet)) as seen:
+        r = _post(fleet, agent, doc)
+    assert r.status_code == 200  # type: ignore[attr-defined]
+    assert r.json() == {"accepted": [doc["report_id"]], "duplicates": []}  # type: ignore[attr-defined]
+    assert not any("device.credential_hash = " in sql for sql in seen)
+    assert _sample(fleet, "ferry_worker_http_requests") == routed  # not through the middleware
+    assert (
+        _sample(
+            fleet, "ferry_http_requests_total", method="POST", route="/device/status", status="200"
+        )
+        == posts + 1
+    )
+    again = _post(fleet, agent, doc)
+    assert again.json() == {"accepted": [], "duplicates": [doc["report_id"]]}  # type: ignore[attr-defined]
+    assert fleet.status(rollout_id)["totals"]["downloading"] == 1
+
+
+def test_a_status_batch_the_route_refuses_keeps_the_one_error_shape(fleet: Fleet) -> None:
+    agent, version, rollout_id = _in_rollout(fleet)
+    (other,) = fleet.devices(1, prefix="other")
+    fleet.report(agent, "downloading", to_version=version, rollout_id=rollout_id)  # login cached
+    at = format_time(fleet.clock.now)
+    foreign = report_doc(other.device_id, "downloading", to_version=version, at=at)
+    r = _post(fleet, agent, foreign)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"  # type: ignore[attr-defined]
+    r = _post(fleet, agent, {"state": "nonsense"})
+    assert r.status_code == 422  # type: ignore[attr-defined]
+    assert r.json()["error"]["code"] == "validation_error"  # type: ignore[attr-defined]
+    r = fleet.client.post(
+        f"{API}/device/status", json={"reports": [], "x": 1}, headers=agent.headers
+    )
+    assert r.status_code == 422 and "error" in r.json()
+
+
 # --- status reports keep the check-in cache while they cannot change a document --------------
 
 
@@ -250,9 +365,89 @@ def test_the_poller_does_not_empty_the_cache_again_for_this_replicas_own_change(
 
 def test_a_bump_the_listener_has_not_reported_yet_counts_as_foreign() -> None:
     cache = CheckinCache()
-    cache.changed_here(frozenset(), 5)
-    assert cache.foreign_since(4, 5) is False
-    assert cache.foreign_since(5, 7) is True  # 6 and 7: not ours
-    cache.changed_here(frozenset(), 9)
-    assert cache.foreign_since(8, 9) is False
-    assert cache.foreign_since(9, 3) is True  # the counter went back: a restored database
+    cache.changed_here(frozenset(), 5, None)
+    assert cache.foreign_since(4, 5) == []
+    assert cache.foreign_since(5, 7) == [6, 7]  # not ours
+    cache.changed_here(frozenset(), 9, None)
+    assert cache.foreign_since(8, 9) == []
+    assert cache.foreign_since(9, 3) is None  # the counter went back: a restored database
+
+
+# --- a wave change voids only the documents of the devices that join -------------------------
+
+
+def _two_waves(fleet: Fleet) -> tuple[list[Agent], list[Agent], str, int]:
+    """Devices of wave 1 (targeted) and of wave 2 (not yet), all with a cached document."""
+    devices = fleet.devices(12)
+    version = fleet.version()
+    rollout = fleet.rollout(version=str(version), waves=[50, 100])
+    fleet.tick()
+    first, second = [], []
+    for agent in devices:
+        (first if fleet.desired(agent)["signed"]["slots"] else second).append(agent)
+    assert first and second
+    return first, second, str(rollout["id"]), version
+
+
+def _cached(fleet: Fleet, agent: Agent) -> dict[str, object]:
+    """The device's document, asserted to come from the check-in cache (no SQL)."""
+    with statements(*_engines(fleet)) as seen:
+        document = fleet.desired(agent)
+    assert seen == []
+    return document
+
+
+def test_a_wave_change_voids_only_the_documents_of_the_devices_that_join(fleet: Fleet) -> None:
+    first, second, rollout_id, version = _two_waves(fleet)
+    kept = fleet.desired(first[0])
+    generation = _cache(fleet).generation
+    fleet.act(rollout_id, "advance")
+    assert _cache(fleet).generation > generation  # entries computed before are not stored
+    assert fleet.desired(second[0])["signed"]["slots"]["main"]["version"] == version
+    assert _cached(fleet, first[0]) == kept
+    fleet.act(rollout_id, "advance")  # completed: nobody's document changes
+    assert fleet.show(rollout_id)["state"] == "completed"
+    assert _cached(fleet, first[0]) == kept
+    assert _cached(fleet, second[0])["signed"]["slots"]["main"]["version"] == version
+
+
+def test_a_change_that_is_not_a_wave_change_still_voids_every_document(fleet: Fleet) -> None:
+    first, _, rollout_id, _ = _two_waves(fleet)
+    fleet.desired(first[0])
+    fleet.act(rollout_id, "cancel")  # cancelled: the claim depends on each member's progress
+    assert fleet.desired(first[0])["signed"]["slots"] == {}
+
+
+def test_a_wave_change_on_another_replica_reaches_the_joining_devices_after_one_poll(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    first, second, rollout_id, version = _two_waves(fleet)
+    kept = fleet.desired(first[0])
+    poller = EpochPoller(_cache(fleet), fleet.app.state.ctx.read_engine)
+    poller.check()
+    other_dir = tmp_path / "replica-b"
+    shutil.copytree(fleet.app.state.ctx.settings.data_dir, other_dir, dirs_exist_ok=True)
+    replica_b, client_b = build_fleet(
+        other_dir, database_url=fleet.app.state.ctx.settings.database_url
+    )
+    with client_b:
+        before_b = replica_b.desired(first[0])
+        r = client_b.post(f"{API}/rollouts/{rollout_id}/advance", headers=replica_b.admin)
+        assert r.status_code == 200
+        joined = replica_b.desired(second[0])
+        assert joined["signed"]["slots"]["main"]["version"] == version
+        with statements(*_engines(replica_b)) as seen:
+            assert replica_b.desired(first[0]) == before_b
+        assert seen == []
+    assert poller.check() is True
+    assert fleet.desired(second[0]) == joined
+    assert _cached(fleet, first[0]) == kept
+
+
+def test_an_unknown_scope_voids_everything() -> None:
+    cache = CheckinCache()
+    cache.store("k", Entry("d", b"{}", datetime.now(UTC) + timedelta(days=1), 0))
+    cache.void(["wave:1:1:2"])
+    assert len(cache) == 1
+    cache.void(["something:else"])
+    assert len(cache) == 0

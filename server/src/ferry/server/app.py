@@ -36,6 +36,7 @@ from ferry.server.blobs import routes as blob_routes
 from ferry.server.blobs.store import open_store
 from ferry.server.checkin import routes as checkin_routes
 from ferry.server.checkin.fast_path import answer_from_memory
+from ferry.server.checkin.fast_status import answer_status_post
 from ferry.server.core.context import AppContext
 from ferry.server.core.db import (
     make_engine,
@@ -45,6 +46,7 @@ from ferry.server.core.db import (
     startup_lock,
 )
 from ferry.server.core.errors import install_error_handlers
+from ferry.server.core.memo import Memo
 from ferry.server.core.observability import Metrics, ObservabilityMiddleware, configure_logging
 from ferry.server.core.periodic import Periodic
 from ferry.server.core.schemas import ErrorBody
@@ -186,13 +188,15 @@ def _renew_keyring(ctx: AppContext) -> None:
 
 
 class FerryApp(FastAPI):
-    """FastAPI, with cached device check-ins and manifests answered ahead of the middleware
-    stack."""
+    """FastAPI, with cached device check-ins, manifests and blob sizes answered, and status
+    batches of cached device logins taken, ahead of the middleware stack."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if await answer_from_memory(self.state, scope, send):
             return
-        await super().__call__(scope, receive, send)
+        onward = await answer_status_post(self.state, scope, receive, send)
+        if onward is not None:
+            await super().__call__(scope, onward, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -256,6 +260,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ctx = ctx
     app.state.mqtt = None
     app.state.manifests = ManifestMemo()  # signed manifests are immutable: read once
+    app.state.blob_sizes = Memo[str, int]()  # so are blobs (content-addressed)
     metrics.snapshots.sources.append(
         lambda: fleet_gauges(read_engine, runtime_of(app).now(), ONLINE_WINDOW_S)
     )

@@ -64,14 +64,14 @@ class BodyLimitMiddleware:
         if declared is not None and declared > limit:
             await _too_large(limit)(scope, receive, send)
             return
-        body = await _read_capped(receive, limit)
+        body = await read_capped(receive, limit)
         if body is None:
             await _too_large(limit)(scope, receive, send)
             return
-        await self.app(scope, _replay(body, receive), send)
+        await self.app(scope, replay(body, receive), send)
 
 
-async def _read_capped(receive: Receive, limit: int) -> bytes | None:
+async def read_capped(receive: Receive, limit: int) -> bytes | None:
     """The whole body, or None as soon as it grows past ``limit`` (or the client left)."""
     parts: list[bytes] = []
     size = 0
@@ -88,15 +88,15 @@ async def _read_capped(receive: Receive, limit: int) -> bytes | None:
             return b"".join(parts)
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay(body: bytes, receive: Receive) -> Receive:
     """A receive that hands the buffered body over once, then defers to the client's."""
     delivered = False
 
-    async def replay() -> Message:
+    async def again() -> Message:
         nonlocal delivered
         if delivered:
             return await receive()
         delivered = True
         return {"type": "http.request", "body": body, "more_body": False}
 
-    return replay
+    return again

@@ -35,6 +35,7 @@ from ferry.server.core.errors import (
     PayloadTooLargeError,
     RangeNotSatisfiableError,
 )
+from ferry.server.core.memo import Memo
 from ferry.server.core.schemas import SHA256_PATTERN
 
 router = APIRouter(tags=["blobs"])
@@ -194,7 +195,12 @@ def _stored_size(ctx: CtxDep, sha256: str) -> int:
     responses={200: {"description": "stored; Content-Length is its size"}},
 )
 def head_blob(sha256: Digest, request: Request, ctx: CtxDep, _: DeviceReader) -> Response:
+    """A blob's size; remembered (``app.state.blob_sizes``) for the device fast path, which
+    answers the next ``HEAD`` of the same bytes before routing."""
     size = _stored_size(ctx, sha256)
+    sizes: Memo[str, int] | None = getattr(request.app.state, "blob_sizes", None)
+    if sizes is not None:
+        sizes.put(sha256, size)
     etag = f'"{sha256}"'
     if (answer := check_conditions(request, etag, IMMUTABLE)) is not None:
         return answer

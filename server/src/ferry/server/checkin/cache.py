@@ -24,6 +24,13 @@ own changes immediately and another replica's within one poll interval (a
 revocation made on replica B is refused by replica A at most that much later).
 Anything not in the cache goes through the full route, which fills it.
 
+A **wave change** alters only the documents of the devices that join: each entry
+keeps the device's (rollout, wave) memberships, and a bump whose scopes are all
+`WaveScope` (`ferry.server.core.epoch`, "narrowed") voids only the entries
+those scopes cover — at commit on this replica, at the next poll on the others,
+which read the scopes of the values they did not write. The survivors move to the
+new generation, so an entry computed before the change is still never stored.
+
 A second map holds **device logins**: credential hash → the device's
 `Principal`, filled by `cached_device_authenticator` on every device route
 (manifest, blob, status, desired state). A device's login depends only on
@@ -38,11 +45,11 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
 from ferry.protocol.endpoints import DEVICE_TOKEN_PREFIX
@@ -51,6 +58,7 @@ from ferry.server.auth.service import Principal
 from ferry.server.core import epoch
 from ferry.server.core.context import Authenticator
 from ferry.server.fleet.tables import Device
+from ferry.server.rollouts.machine import WaveScope
 
 # A device's login depends on device rows only (credential_hash, revoked_at, namespace).
 LOGIN_TABLES = frozenset({Device})
@@ -68,6 +76,7 @@ class Entry:
     body: bytes
     expires_at: datetime
     generation: int
+    memberships: frozenset[tuple[int, int]] = frozenset()  # (rollout pk, wave)
 
 
 class CheckinCache:
@@ -139,25 +148,51 @@ class CheckinCache:
                 self._director = (key, generation)
         return key
 
-    def changed_here(self, tables: frozenset[type], value: int) -> None:
-        """A commit on this replica bumped the epoch to ``value``: empty the cache (the logins
-        only when a device row changed), and remember the value so that the poller does not
-        take it for another replica's change."""
+    def changed_here(
+        self, tables: frozenset[type], value: int, scopes: frozenset[str] | None
+    ) -> None:
+        """A commit on this replica bumped the epoch to ``value``: void what it changed (the
+        entries its ``scopes`` cover, or all; the logins only when a device row changed), and
+        remember the value so that the poller does not take it for another replica's change.
+        When every earlier value is known, this one is too: a device sent a notice naming it
+        is served from the cache without waiting for the next poll."""
+        if scopes is not None:
+            self.void(scopes)
+        else:
+            self.invalidate(logins=bool(tables & LOGIN_TABLES))
         with self._lock:
             self._local_epochs.add(value)
-        self.invalidate(logins=bool(tables & LOGIN_TABLES))
+            if self.known_epoch == value - 1:
+                self.known_epoch = value
 
-    def foreign_since(self, seen: int, value: int) -> bool:
-        """Whether an epoch bump in ``(seen, value]`` came from elsewhere (another replica, a
-        CLI, a migration, or a local commit whose listener has not run yet)."""
+    def foreign_since(self, seen: int, value: int) -> list[int] | None:
+        """The epoch values in ``(seen, value]`` bumped elsewhere (another replica, a CLI, a
+        migration, or a local commit whose listener has not run yet); None when they cannot
+        be told (the counter went back or jumped too far)."""
         with self._lock:
             local, self._local_epochs = (
                 self._local_epochs,
                 {v for v in self._local_epochs if v > value},
             )
         if value < seen or value - seen > 10_000:
-            return True
-        return any(v not in local for v in range(seen + 1, value + 1))
+            return None
+        return [v for v in range(seen + 1, value + 1) if v not in local]
+
+    def void(self, scopes: Iterable[str]) -> None:
+        """Void the entries of the devices ``scopes`` cover (all of them when one is not a
+        `WaveScope`); the others move to a new generation, logins stay."""
+        decoded = [WaveScope.decode(scope) for scope in scopes]
+        known = [scope for scope in decoded if scope is not None]
+        if len(known) != len(decoded):
+            self.invalidate(logins=False)
+            return
+        with self._lock:
+            self.generation += 1
+            self._entries = {
+                key: replace(entry, generation=self.generation)
+                for key, entry in self._entries.items()
+                if not any(scope.covers(entry.memberships) for scope in known)
+            }
 
     def invalidate(self, *, logins: bool = True) -> None:
         """Empty the cache; ``logins=False`` (a local change that touched no device row)
@@ -210,7 +245,8 @@ def track_changes(engine: Engine, cache: CheckinCache) -> None:
 
 
 class EpochPoller:
-    """Reads ``fleet_epoch``; a new value empties this replica's cache (run by `Periodic`)."""
+    """Reads ``fleet_epoch``; another replica's change voids what it changed here (run by
+    `Periodic`)."""
 
     def __init__(self, cache: CheckinCache, engine: Engine) -> None:
         self.cache = cache
@@ -219,13 +255,30 @@ class EpochPoller:
 
     def check(self) -> bool:
         """One poll; True when the epoch moved since the last one by a change made elsewhere
-        (this replica's own commits emptied the cache already)."""
+        (this replica's own commits voided their part already)."""
         with self.engine.connect() as connection:
             value = int(connection.execute(epoch.READ).scalar_one())
-        seen = self._seen
-        foreign = seen is not None and value != seen and self.cache.foreign_since(seen, value)
+            seen = self._seen
+            foreign = (
+                self.cache.foreign_since(seen, value) if seen is not None and value != seen else []
+            )
+            scopes = self._scopes(connection, seen or 0, value, foreign)
         self._seen = value
-        self.cache.known_epoch = value
-        if foreign:
+        if foreign is None or scopes is None:
             self.cache.invalidate()
-        return foreign
+        elif foreign:
+            self.cache.void(scopes)
+        self.cache.known_epoch = value
+        return foreign != []
+
+    @staticmethod
+    def _scopes(
+        connection: Connection, seen: int, value: int, foreign: list[int] | None
+    ) -> set[str] | None:
+        """The scopes of the ``foreign`` values; None when one of them was not narrowed."""
+        if not foreign:
+            return set()
+        found = epoch.scopes(connection, seen, value)
+        if any(v not in found for v in foreign):
+            return None
+        return {scope for v in foreign for scope in found[v]}

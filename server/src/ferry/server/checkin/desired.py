@@ -41,7 +41,7 @@ from ferry.server.core.errors import UnauthenticatedError
 from ferry.server.fleet.selectors import matches
 from ferry.server.fleet.tables import Device, DeviceSlot
 from ferry.server.registry.tables import ModelVersion
-from ferry.server.rollouts.machine import DeviceState, RolloutState, public_id
+from ferry.server.rollouts.machine import DeviceState, RolloutState, opened_waves, public_id
 from ferry.server.rollouts.tables import Rollout, RolloutDevice
 
 S = RolloutState
@@ -51,10 +51,21 @@ _TOOK = (DeviceState.DOWNLOADING, DeviceState.INSTALLING, DeviceState.COMMITTED)
 
 
 class Served(NamedTuple):
-    """The canonical envelope bytes to serve and the document's expiry."""
+    """The canonical envelope bytes to serve, the document's expiry, and the device's
+    (rollout pk, wave) memberships, by which a wave change voids its cached copy."""
 
     body: bytes
     expires_at: str
+    memberships: frozenset[tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class Claims:
+    """Per slot, the claim of the newest rollout that claims the device; and every rollout
+    (pk, wave) the device is a member of, claiming or not."""
+
+    slots: dict[str, Claim]
+    memberships: frozenset[tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -84,10 +95,9 @@ def _claim(rollout: Rollout, member: RolloutDevice) -> Claim | None:
         allow_downgrade=older,
         rollout_id=rid,
     )
-    if state in (S.RUNNING, S.PAUSED):
-        return Claim(rid, new, member.attempts) if 0 <= member.wave <= rollout.wave else None
-    if state is S.COMPLETED:
-        return Claim(rid, new, member.attempts) if member.wave < len(rollout.waves) else None
+    opened = opened_waves(state, rollout.wave, len(rollout.waves))
+    if opened is not None:
+        return Claim(rid, new, member.attempts) if member.wave in opened else None
     if state in (S.HALTED, S.CANCELLED):
         return Claim(rid, new, member.attempts) if member.state in _TOOK else None
     took = member.state in (*_TOOK, DeviceState.ROLLED_BACK)
@@ -141,7 +151,7 @@ def _may_join(rollout: Rollout, device: Device) -> bool:
 
 def compute_claims(
     session: Session, device: Device, now: datetime, *, join: bool = True
-) -> dict[str, Claim] | None:
+) -> Claims | None:
     """Per slot, the claim of the newest rollout that claims this device.
 
     A device that should join a rollout (enrolled or retagged after it began)
@@ -161,6 +171,7 @@ def compute_claims(
         .order_by(col(Rollout.id).desc())
     ).all()
     claims: dict[str, Claim] = {}
+    memberships = {(rollout.id or 0, member.wave) for rollout, member in rows if member}
     for rollout, member in rows:
         if rollout.slot in claims:
             continue
@@ -170,10 +181,11 @@ def compute_claims(
             if not join:
                 return None
             member = _join(session, rollout, device, format_time(now))
+            memberships.add((rollout.id or 0, member.wave))
         claim = _claim(rollout, member)
         if claim is not None:
             claims[rollout.slot] = claim
-    return claims
+    return Claims(claims, frozenset(memberships))
 
 
 def _content_digest(claims: dict[str, Claim]) -> str:
@@ -215,10 +227,10 @@ def stored_envelope(
         raise UnauthenticatedError("unknown or revoked device")
     claims = compute_claims(session, device, now, join=False)
     if claims is None or not _reusable(
-        device, _content_digest(claims), now, ttl_s, director_key().public.keyid
+        device, _content_digest(claims.slots), now, ttl_s, director_key().public.keyid
     ):
         return None
-    return Served(device.ds_envelope.encode("utf-8"), device.ds_expires_at)
+    return Served(device.ds_envelope.encode("utf-8"), device.ds_expires_at, claims.memberships)
 
 
 def desired_state_envelope(
@@ -231,12 +243,13 @@ def desired_state_envelope(
     """The canonical signed envelope to serve; persists a new one when needed (the stored
     one is served without a write; the caller batches ``last_seen_at``)."""
     device = lock_device(session, device_id)
-    claims = compute_claims(session, device, now)
-    assert claims is not None  # joining is allowed here
+    found = compute_claims(session, device, now)
+    assert found is not None  # joining is allowed here
+    claims, memberships = found.slots, found.memberships
     digest = _content_digest(claims)
     key = director_key()
     if _reusable(device, digest, now, ttl_s, key.public.keyid):
-        return Served(device.ds_envelope.encode("utf-8"), device.ds_expires_at)
+        return Served(device.ds_envelope.encode("utf-8"), device.ds_expires_at, memberships)
     newest = next(iter(claims.values()), None)
     document = DesiredState(
         device_id=device.id,
@@ -252,4 +265,4 @@ def desired_state_envelope(
     device.last_seen_at = format_time(now)
     session.add(device)
     session.flush()
-    return Served(envelope, document.expires_at)
+    return Served(envelope, document.expires_at, memberships)

@@ -14,11 +14,16 @@ whose route computes the document and fills the cache.
 same immutable document. Conditional requests (``If-Match``/``If-None-Match``)
 go on to the route, which implements them.
 
+``HEAD /api/v1/blobs/{sha256}`` from a device whose login is cached, for a blob
+whose size this process has answered before (``app.state.blob_sizes``, filled
+by the route), is answered by `answer_cached_blob_head`: content-addressed
+bytes never change size. Conditional requests go on to the route.
+
 Cached answers are counted in the same request metrics as routed ones (route
-labels ``/device/desired-state``, ``/manifests/{sha256}``) and check-ins in
-``ferry_checkin_cache_hits``; their access-log line is written at DEBUG, since
-a fleet polling every minute would otherwise fill the INFO log with identical
-lines.
+labels ``/device/desired-state``, ``/manifests/{sha256}``, ``/blobs/{sha256}``)
+and check-ins in ``ferry_checkin_cache_hits``; their access-log line is written
+at DEBUG, since a fleet polling every minute would otherwise fill the INFO log
+with identical lines.
 """
 
 from __future__ import annotations
@@ -29,11 +34,12 @@ from typing import Any
 
 from starlette.types import Scope, Send
 
-from ferry.protocol.endpoints import API, DESIRED_STATE, DEVICE_TOKEN_PREFIX, MANIFEST
+from ferry.protocol.endpoints import API, BLOB, DESIRED_STATE, DEVICE_TOKEN_PREFIX, MANIFEST
 from ferry.protocol.topics import NOTICE_EPOCH_HEADER
 from ferry.server.api.http_semantics import IMMUTABLE
 from ferry.server.auth.service import Principal
 from ferry.server.checkin.cache import CheckinCache, credential_key
+from ferry.server.core.memo import Memo
 from ferry.server.core.observability import Metrics, access_log
 from ferry.server.fleet.runtime import FleetRuntime
 from ferry.server.trust.service import ManifestMemo
@@ -42,56 +48,104 @@ _BEARER = b"bearer "
 _ROUTE = DESIRED_STATE.removeprefix(API)  # the label routed requests get
 _MANIFESTS = MANIFEST.removesuffix("{sha256}")
 _MANIFEST_ROUTE = MANIFEST.removeprefix(API)
+_BLOBS = BLOB.removesuffix("{sha256}")
+_BLOB_ROUTE = BLOB.removeprefix(API)
 _HEX = frozenset("0123456789abcdef")
 _CONDITIONS = (b"if-match", b"if-none-match")
 _IMMUTABLE = [(k.lower().encode(), v.encode()) for k, v in IMMUTABLE.items()]
 
 
 async def answer_from_memory(state: Any, scope: Scope, send: Send) -> bool:
-    """`answer_cached_checkin`, then `answer_cached_manifest`: True when one answered."""
-    if scope["type"] != "http" or scope["method"] != "GET":
+    """`answer_cached_checkin`, `answer_cached_manifest` or `answer_cached_blob_head`: True
+    when one answered."""
+    if scope["type"] != "http":
+        return False
+    if scope["method"] == "HEAD":
+        return await answer_cached_blob_head(state, scope, send)
+    if scope["method"] != "GET":
         return False
     return await answer_cached_checkin(state, scope, send) or await answer_cached_manifest(
         state, scope, send
     )
 
 
+def _digest_of(scope: Scope, prefix: str) -> str | None:
+    """The lowercase hex sha256 ending the path after ``prefix``, or None (the route then
+    answers a malformed one in the one error shape)."""
+    path: str = scope["path"]
+    digest = path[len(prefix) :] if path.startswith(prefix) else ""
+    return digest if len(digest) == 64 and _HEX.issuperset(digest) else None
+
+
+def _unconditional_login(state: Any, scope: Scope) -> Principal | None:
+    """The cached device login of a request without ``If-Match``/``If-None-Match`` (the
+    routes implement those)."""
+    if any(name in _CONDITIONS for name, _ in scope["headers"]):
+        return None
+    return cached_login(state, scope)
+
+
 async def answer_cached_manifest(state: Any, scope: Scope, send: Send) -> bool:
     """Answer a device's manifest request from memory and return True, or return False."""
-    path: str = scope["path"]
-    if scope["method"] != "GET" or not path.startswith(_MANIFESTS):
-        return False
-    digest = path[len(_MANIFESTS) :]
+    digest = _digest_of(scope, _MANIFESTS) if scope["method"] == "GET" else None
     memo: ManifestMemo | None = getattr(state, "manifests", None)
-    if len(digest) != 64 or not _HEX.issuperset(digest) or memo is None:
+    if digest is None or memo is None:
         return False
     started = time.perf_counter()
     found = memo.get(digest)
-    login = _cached_login(state, scope)
-    if found is None or login is None or any(n in _CONDITIONS for n, _ in scope["headers"]):
+    login = _unconditional_login(state, scope) if found is not None else None
+    if found is None or login is None:
         return False
     body, namespace = found
     if not login.in_namespace(namespace):
         return False  # the route answers 403 in the one error shape
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"etag", f'"{digest}"'.encode()),
-                *_IMMUTABLE,
-            ],
-        }
-    )
+    headers = [(b"content-type", b"application/json"), *_immutable(digest, len(body))]
+    await _answer(state, scope, send, (_MANIFEST_ROUTE, login.name, started), headers, body)
+    return True
+
+
+async def answer_cached_blob_head(state: Any, scope: Scope, send: Send) -> bool:
+    """Answer a device's ``HEAD`` of a blob of known size and return True, or return False."""
+    digest = _digest_of(scope, _BLOBS) if scope["method"] == "HEAD" else None
+    sizes: Memo[str, int] | None = getattr(state, "blob_sizes", None)
+    if digest is None or sizes is None:
+        return False
+    started = time.perf_counter()
+    size = sizes.get(digest)
+    login = _unconditional_login(state, scope) if size is not None else None
+    if size is None or login is None:
+        return False
+    headers = [*_immutable(digest, size), (b"accept-ranges", b"bytes")]
+    await _answer(state, scope, send, (_BLOB_ROUTE, login.name, started), headers, b"")
+    return True
+
+
+def _immutable(digest: str, length: int) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"content-length", str(length).encode()),
+        (b"etag", f'"{digest}"'.encode()),
+        *_IMMUTABLE,
+    ]
+
+
+async def _answer(
+    state: Any,
+    scope: Scope,
+    send: Send,
+    what: tuple[str, str, float],
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+) -> None:
+    """Send a 200 and count it like a routed one; ``what``: (route label, actor, start)."""
+    route, actor, started = what
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
     elapsed = time.perf_counter() - started
     metrics: Metrics = state.ctx.metrics
-    metrics.requests.labels("GET", _MANIFEST_ROUTE, "200").inc()
-    metrics.latency.labels("GET", _MANIFEST_ROUTE).observe(elapsed)
-    _debug_log(path, _MANIFEST_ROUTE, login.name, elapsed)
-    return True
+    method = scope["method"]
+    metrics.requests.labels(method, route, "200").inc()
+    metrics.latency.labels(method, route).observe(elapsed)
+    debug_log(scope["path"], route, actor, elapsed, method)
 
 
 def _cache_key(state: Any, scope: Scope) -> tuple[str, FleetRuntime, CheckinCache] | None:
@@ -108,7 +162,7 @@ def _cache_key(state: Any, scope: Scope) -> tuple[str, FleetRuntime, CheckinCach
     return credential_key(secret), runtime, state.checkin_cache
 
 
-def _cached_login(state: Any, scope: Scope) -> Principal | None:
+def cached_login(state: Any, scope: Scope) -> Principal | None:
     """The device principal of the request's credential when the login cache has it."""
     found = _cache_key(state, scope)
     if found is None:
@@ -180,16 +234,16 @@ def _record(metrics: Metrics, device_id: str, elapsed: float) -> None:
     metrics.cached_checkin_latency.observe(elapsed)
     metrics.cached_checkin_duration.observe(elapsed)
     metrics.checkin_cache_hits.inc()
-    _debug_log(DESIRED_STATE, _ROUTE, f"device:{device_id}", elapsed)
+    debug_log(DESIRED_STATE, _ROUTE, f"device:{device_id}", elapsed)
 
 
-def _debug_log(path: str, route: str, actor: str, elapsed: float) -> None:
+def debug_log(path: str, route: str, actor: str, elapsed: float, method: str = "GET") -> None:
     if access_log.isEnabledFor(logging.DEBUG):
         access_log.debug(
             "request",
             extra={
                 "fields": {
-                    "method": "GET",
+                    "method": method,
                     "path": path,
                     "route": route,
                     "status": 200,

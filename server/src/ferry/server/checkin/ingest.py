@@ -59,16 +59,28 @@ def ingest_reports(
     now: datetime | None = None,
     touch: Touch | None = None,
 ) -> IngestResult:
-    """``POST /device/status``: one device's reports, in the caller's transaction."""
-    device = session.get(Device, device_id)
-    if device is None or device.revoked_at is not None:
-        raise UnauthenticatedError("unknown or revoked device")
+    """``POST /device/status``: one device's reports, in the caller's transaction.
+
+    The device must exist and not be revoked (401 before anything else): the batch's
+    own liveness read says so, not a separate load of the device row, unless there is
+    no report to read it with.
+    """
     strangers = sorted({r.device_id for r in reports if r.device_id != device_id})
+    if strangers or not reports:
+        _require_live(session, device_id)
     if strangers:
         raise ForbiddenError(
             f"device '{device_id}' may only report for itself", {"device_ids": strangers}
         )
-    return ingest_batch(session, reports, now, touch)
+    result = ingest_batch(session, reports, now, touch)
+    if result.unknown_device or result.revoked_device:
+        raise UnauthenticatedError("unknown or revoked device")
+    return result
+
+
+def _require_live(session: Session, device_id: str) -> None:
+    if not _live_devices(session, {device_id}, IngestResult(), []):
+        raise UnauthenticatedError("unknown or revoked device")
 
 
 def ingest_batch(

@@ -22,6 +22,7 @@ from ferry.server.checkin.ingest import ingest_reports
 from ferry.server.core.context import AppContext
 from ferry.server.core.db import session_scope
 from ferry.server.core.errors import ForbiddenError, ValidationFailedError
+from ferry.server.core.observability import Metrics
 from ferry.server.fleet.credentials import device_id_of
 from ferry.server.fleet.runtime import FleetRuntime, get_runtime
 from ferry.server.fleet.schemas import StatusAccepted, StatusBatch
@@ -84,7 +85,13 @@ def desired_state(
         assert secret is not None  # the route's authentication read the same header
         cache.store(
             credential_key(secret),
-            Entry(device_id, served.body, parse_time(served.expires_at), generation),
+            Entry(
+                device_id,
+                served.body,
+                parse_time(served.expires_at),
+                generation,
+                served.memberships,
+            ),
         )
     ctx.metrics.checkin_latency.labels("computed").observe(time.perf_counter() - started)
     return Response(served.body, media_type="application/json")
@@ -103,6 +110,14 @@ def _director(
 def post_status(
     body: StatusBatch, device_id: DeviceId, session: SessionDep, ctx: CtxDep, runtime: RuntimeDep
 ) -> StatusAccepted:
+    return accept_status(session, device_id, body, runtime, ctx.metrics)
+
+
+def accept_status(
+    session: Session, device_id: str, body: StatusBatch, runtime: FleetRuntime, metrics: Metrics
+) -> StatusAccepted:
+    """Parse, ingest, commit and count one device's batch (the route, and the fast path for
+    cached logins in `ferry.server.checkin.fast_status`)."""
     reports = []
     for index, raw in enumerate(body.reports):
         try:
@@ -111,5 +126,5 @@ def post_status(
             raise ValidationFailedError(f"reports[{index}]: {exc}", {"index": index}) from exc
     result = ingest_reports(session, device_id, reports, runtime.now(), runtime.last_seen.touch)
     session.commit()
-    ctx.metrics.record_reports("http", len(result.accepted), len(result.duplicates), result.lags_s)
+    metrics.record_reports("http", len(result.accepted), len(result.duplicates), result.lags_s)
     return StatusAccepted(accepted=result.accepted, duplicates=result.duplicates)

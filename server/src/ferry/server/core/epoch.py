@@ -24,6 +24,14 @@ that matter only in some rows (`watch`'s ``unless``): a rollout member's state
 shapes its desired state only once the rollout is halted, cancelled or rolled
 back, so the six status reports of every device in a running rollout do not
 empty every replica's cache (a change of the rollout's own state does).
+
+A table may also say *whose* documents a change of a row can alter (`watch`'s
+``narrow``): opening a rollout's next wave changes only the documents of that
+wave's members. A transaction whose every watched change is so narrowed commits
+its **scopes** (opaque strings, one row each in ``fleet_change`` keyed by the
+epoch value it wrote) and hands them to the local listeners; another replica's
+poller reads them for the values it did not write (`scopes`). A bump without
+scopes — any other change, a CLI, a migration — voids everything, as before.
 """
 
 from __future__ import annotations
@@ -39,12 +47,20 @@ from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 _WATCHED: dict[type, frozenset[str]] = {}
 # Per table: columns whose change is irrelevant in the rows for which the predicate says so.
 _UNLESS: dict[type, tuple[frozenset[str], Callable[[Session, Any], bool]]] = {}
-# Local listeners get the watched tables the commit changed and the epoch value it wrote.
-Listener = Callable[[frozenset[type], int], None]
+# Per table: who can tell, for an updated row, whose documents its change can alter (a scope).
+_NARROW: dict[type, Callable[[Session, Any], str | None]] = {}
+# Local listeners get the watched tables the commit changed, the epoch value it wrote and
+# its scopes (None: the change may alter any document).
+Listener = Callable[[frozenset[type], int, frozenset[str] | None], None]
 _LISTENERS: WeakKeyDictionary[Engine, list[Listener]] = WeakKeyDictionary()
 _BUMP = text("UPDATE fleet_epoch SET value = value + 1 WHERE id = 1 RETURNING value")
 READ = text("SELECT value FROM fleet_epoch WHERE id = 1")
+_SCOPE = text("INSERT INTO fleet_change (epoch, scope) VALUES (:epoch, :scope)")
+_PRUNE = text("DELETE FROM fleet_change WHERE epoch <= :epoch")
+_SCOPES = text("SELECT epoch, scope FROM fleet_change WHERE epoch > :seen AND epoch <= :value")
+KEPT_SCOPES = 1_000  # epoch values whose scopes stay readable; a poller further behind voids all
 _MARK = "ferry_fleet_changed"
+_NARROWED = "ferry_fleet_scopes"
 _BUMPED = "ferry_fleet_epoch"
 
 
@@ -53,6 +69,7 @@ def watch(
     columns: Iterable[str],
     *,
     unless: tuple[Iterable[str], Callable[[Session, Any], bool]] | None = None,
+    narrow: Callable[[Session, Any], str | None] | None = None,
 ) -> None:
     """Declare the columns of ``table`` that shape a signed document (called by tables.py).
 
@@ -60,10 +77,16 @@ def watch(
     for which ``irrelevant(session, row)`` is True does not count. The predicate runs
     after a flush and must not query (it may read the session's identity map); when
     in doubt it returns False. ORM bulk statements always count.
+
+    ``narrow(session, row)``: the scope of an updated row's watched change (whose
+    documents it can alter, in a form the caches understand), or None when it may
+    alter any. Same rules as ``irrelevant``; inserts and deletes are never narrowed.
     """
     _WATCHED[table] = frozenset(columns)
     if unless is not None:
         _UNLESS[table] = (frozenset(unless[0]), unless[1])
+    if narrow is not None:
+        _NARROW[table] = narrow
 
 
 def watched() -> dict[type, frozenset[str]]:
@@ -72,16 +95,26 @@ def watched() -> dict[type, frozenset[str]]:
 
 
 def on_change(engine: Engine, callback: Listener) -> None:
-    """Call ``callback(tables, value)`` after every commit on ``engine`` that bumped the
-    epoch: ``tables`` are the watched tables whose existing rows the transaction changed or
-    deleted (tables it only inserted into are left out), ``value`` the epoch it committed
-    (so a poller can tell this process's bumps from others')."""
+    """Call ``callback(tables, value, scopes)`` after every commit on ``engine`` that bumped
+    the epoch: ``tables`` are the watched tables whose existing rows the transaction changed
+    or deleted (tables it only inserted into are left out), ``value`` the epoch it committed
+    (so a poller can tell this process's bumps from others'), ``scopes`` its narrowed
+    changes (None when some change was not narrowed)."""
     _LISTENERS.setdefault(engine, []).append(callback)
 
 
 def bump(connection: Connection) -> int:
     """Bump the epoch inside ``connection``'s transaction; returns the new value."""
     return int(connection.execute(_BUMP).scalar_one())
+
+
+def scopes(connection: Connection, seen: int, value: int) -> dict[int, set[str]]:
+    """The scopes committed with the epoch values in ``(seen, value]``; a value missing here
+    was not narrowed (or is older than `KEPT_SCOPES`)."""
+    found: dict[int, set[str]] = {}
+    for number, scope in connection.execute(_SCOPES, {"seen": seen, "value": value}):
+        found.setdefault(int(number), set()).add(str(scope))
+    return found
 
 
 def _changed(session: Session, obj: object) -> bool:
@@ -113,6 +146,16 @@ def _mark(session: Session, table: type, *, existing: bool) -> None:
     marks[table] = marks.get(table, False) or existing
 
 
+def _narrowed(session: Session, obj: object) -> bool:
+    """Note the scope of ``obj``'s change when its table can narrow it; False when not."""
+    narrow = _NARROW.get(type(obj))
+    scope = narrow(session, obj) if narrow is not None else None
+    if scope is None:
+        return False
+    session.info.setdefault(_NARROWED, set()).add(scope)
+    return True
+
+
 @event.listens_for(Session, "after_flush")
 def _after_flush(session: Session, _flush: UOWTransaction) -> None:
     for obj in session.new:
@@ -122,7 +165,7 @@ def _after_flush(session: Session, _flush: UOWTransaction) -> None:
         if type(obj) in _WATCHED:
             _mark(session, type(obj), existing=True)
     for obj in session.dirty:
-        if _changed(session, obj):
+        if _changed(session, obj) and not _narrowed(session, obj):
             _mark(session, type(obj), existing=True)
 
 
@@ -147,25 +190,34 @@ def _bulk_statement(state: ORMExecuteState) -> Any:
 
 @event.listens_for(Session, "before_commit")
 def _bump_epoch(session: Session) -> None:
-    """Bump the shared epoch last (see the module docstring)."""
+    """Bump the shared epoch last (see the module docstring); a transaction whose every
+    watched change was narrowed records its scopes with the value."""
     session.flush()
-    if session.info.get(_MARK):
-        session.info[_BUMPED] = bump(session.connection())
+    if not session.info.get(_MARK) and not session.info.get(_NARROWED):
+        return
+    connection = session.connection()
+    value = session.info[_BUMPED] = bump(connection)
+    if not session.info.get(_MARK):
+        connection.execute(_PRUNE, {"epoch": value - KEPT_SCOPES})
+        for scope in sorted(session.info[_NARROWED]):
+            connection.execute(_SCOPE, {"epoch": value, "scope": scope})
 
 
 @event.listens_for(Session, "after_commit")
 def _after_commit(session: Session) -> None:
-    marks = session.info.pop(_MARK, None)
+    marks = session.info.pop(_MARK, None) or {}
+    narrowed = session.info.pop(_NARROWED, None)
     value = session.info.pop(_BUMPED, None)
-    if not marks or value is None:
+    if value is None:
         return
     existing = frozenset(table for table, old_rows in marks.items() if old_rows)
+    scoped = frozenset(narrowed) if narrowed and not marks else None
     bind = session.bind
     for callback in _LISTENERS.get(bind, []) if isinstance(bind, Engine) else []:
-        callback(existing, value)
+        callback(existing, value, scoped)
 
 
 @event.listens_for(Session, "after_rollback")
 def _after_rollback(session: Session) -> None:
-    session.info.pop(_MARK, None)
-    session.info.pop(_BUMPED, None)
+    for key in (_MARK, _NARROWED, _BUMPED):
+        session.info.pop(key, None)

@@ -109,5 +109,18 @@ class FleetEpoch(SQLModel, table=True):
     value: int = 0
 
 
+class FleetChange(SQLModel, table=True):
+    """The scope of a narrowed epoch bump: whose documents the change at ``epoch`` can alter.
+
+    Written and read by `ferry.server.core.epoch`, so that another replica voids only
+    the cached documents a wave change altered (`ferry.server.checkin.cache`).
+    """
+
+    __tablename__ = "fleet_change"
+
+    epoch: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    scope: str = Field(primary_key=True)
+
+
 # What a desired state and a device's authentication depend on (`ferry.server.core.epoch`).
 epoch.watch(Device, ["revoked_at", "tags", "groups", "hardware", "namespace", "credential_hash"])

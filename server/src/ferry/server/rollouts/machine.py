@@ -11,6 +11,7 @@ Every change goes through `transition`, which refuses an illegal move with a 409
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 from ferry.protocol.documents import AgentState
@@ -66,6 +67,59 @@ AGENT_TO_DEVICE: dict[AgentState, DeviceState] = {
     AgentState.ROLLED_BACK: DeviceState.ROLLED_BACK,
     AgentState.FAILED: DeviceState.FAILED,
 }
+
+
+def opened_waves(state: str, wave: int, waves: int) -> range | None:
+    """The waves whose members a rollout in ``state`` at ``wave`` (of ``waves``) targets
+    whatever their progress; None when its targets depend on progress (halted, cancelled,
+    rolled back) or it targets nobody yet (scheduled). `ferry.server.checkin.desired` claims
+    by it, and a wave change is narrowed by it (`WaveScope`): one rule for both."""
+    if state in (S.RUNNING, S.PAUSED):
+        return range(wave + 1)
+    if state == S.COMPLETED:
+        return range(waves)
+    return None
+
+
+@dataclass(frozen=True)
+class WaveScope:
+    """The devices whose desired state opening waves ``[first, stop)`` of a rollout changed:
+    its members in those waves (the scope of a narrowed epoch bump, `ferry.server.core.epoch`).
+
+    Encoded ``wave:<rollout pk>:<first>:<stop>``; an empty range (a pause, a completion)
+    changes nobody's document.
+    """
+
+    rollout_pk: int
+    first: int
+    stop: int
+
+    def encode(self) -> str:
+        return f"wave:{self.rollout_pk}:{self.first}:{self.stop}"
+
+    @classmethod
+    def decode(cls, text: str) -> WaveScope | None:
+        """The scope ``text`` encodes, or None (an unknown scope: void everything)."""
+        kind, _, rest = text.partition(":")
+        numbers = [ascii_int(part) for part in rest.split(":")]
+        if kind != "wave" or len(numbers) != 3:
+            return None
+        pk, first, stop = numbers
+        if pk is None or first is None or stop is None:
+            return None
+        return cls(pk, first, stop)
+
+    def covers(self, memberships: frozenset[tuple[int, int]]) -> bool:
+        """Whether a device with these (rollout pk, wave) memberships joined."""
+        return any(pk == self.rollout_pk and self.first <= w < self.stop for pk, w in memberships)
+
+    @classmethod
+    def between(cls, pk: int, before: range | None, after: range | None) -> WaveScope | None:
+        """The scope of going from opened waves ``before`` to ``after``; None unless waves only
+        opened (closing one, or leaving the rule of `opened_waves`, may change anyone's)."""
+        if before is None or after is None or after.start != before.start:
+            return None
+        return cls(pk, before.stop, after.stop) if after.stop >= before.stop else None
 
 
 class IllegalTransitionError(ConflictError):

@@ -14,7 +14,7 @@ from ferry.protocol.waves import rollout_seed
 from ferry.server.core import epoch
 from ferry.server.core.columns import json_field, utc_now
 from ferry.server.fleet.selectors import Selector, format_selector
-from ferry.server.rollouts.machine import RolloutState
+from ferry.server.rollouts.machine import RolloutState, WaveScope, opened_waves
 
 _GATES = GatePolicy()
 
@@ -111,22 +111,46 @@ class AliasBinding(SQLModel, table=True):
 
 
 # What the desired states of a rollout's devices depend on (`ferry.server.core.epoch`).
-epoch.watch(
-    Rollout,
-    [
-        "namespace",
-        "model",
-        "slot",
-        "version",
-        "manifest_sha256",
-        "hardware",
-        "selector",
-        "waves",
-        "state",
-        "wave",
-        "retry_generation",
-    ],
-)
+_ROLLOUT_WATCHED = [
+    "namespace",
+    "model",
+    "slot",
+    "version",
+    "manifest_sha256",
+    "hardware",
+    "selector",
+    "waves",
+    "state",
+    "wave",
+    "retry_generation",
+]
+
+
+def _before(rollout: Rollout, name: str) -> Any:
+    """The value column ``name`` had before this flush (None when it was never loaded)."""
+    history = inspect(rollout).attrs[name].history
+    old = [*history.deleted, *history.unchanged]
+    return old[0] if old else None
+
+
+def _wave_scope(_session: Session, rollout: Rollout) -> str | None:
+    """A change of only ``state`` and ``wave`` that only opened waves (the gate advancing,
+    a pause, a completion) alters the documents of those waves' members alone."""
+    attrs = inspect(rollout).attrs
+    changed = {name for name in _ROLLOUT_WATCHED if attrs[name].history.has_changes()}
+    old_state, old_wave = _before(rollout, "state"), _before(rollout, "wave")
+    if not changed <= {"state", "wave"} or old_state is None or old_wave is None:
+        return None
+    count = len(rollout.waves)
+    scope = WaveScope.between(
+        rollout.id or 0,
+        opened_waves(old_state, old_wave, count),
+        opened_waves(rollout.state, rollout.wave, count),
+    )
+    return scope.encode() if scope is not None else None
+
+
+epoch.watch(Rollout, _ROLLOUT_WATCHED, narrow=_wave_scope)
 # A member's state decides its claim only in a halted, cancelled or rolled-back rollout
 # (`ferry.server.checkin.desired._claim`); the transition into those states is itself a
 # watched change, so reports in a running, paused or completed rollout keep the caches.

@@ -61,7 +61,7 @@ def manifest(
             raise NotFoundError(f"manifest {sha256} does not exist")
         found = (row.envelope.encode("utf-8"), parse_json(row.envelope)["signed"]["namespace"])
         if memo is not None:
-            memo.put(sha256, *found)
+            memo.put(sha256, found)
     body, namespace = found
     if not reader.in_namespace(namespace):
         raise ForbiddenError(f"the token '{reader.name}' is not scoped to namespace '{namespace}'")

@@ -25,6 +25,7 @@ from ferry.protocol.signing import envelope_bytes, sign_document
 from ferry.protocol.timefmt import format_time, parse_time, utcnow
 from ferry.server.core.db import session_scope
 from ferry.server.core.errors import NotFoundError
+from ferry.server.core.memo import Memo
 from ferry.server.trust.tables import KeyringVersion
 
 
@@ -145,24 +146,6 @@ class KeySource:
             ensure_keyring(session, self.key_dir, expiry_days)
 
 
-class ManifestMemo:
-    """Signed manifests by digest, kept in memory: a manifest is immutable once signed and
-    never deleted, so an entry never goes stale. Bounded (oldest out first); per app."""
-
-    def __init__(self, max_entries: int = 4096) -> None:
-        self.max_entries = max_entries
-        self._entries: dict[str, tuple[bytes, str]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, sha256: str) -> tuple[bytes, str] | None:
-        """``(envelope bytes, namespace)`` of a manifest read before, or None."""
-        return self._entries.get(sha256)
-
-    def put(self, sha256: str, envelope: bytes, namespace: str) -> None:
-        with self._lock:
-            if sha256 not in self._entries and len(self._entries) >= self.max_entries:
-                del self._entries[next(iter(self._entries))]
-            self._entries[sha256] = (envelope, namespace)
-
-    def __len__(self) -> int:
-        return len(self._entries)
+class ManifestMemo(Memo[str, tuple[bytes, str]]):
+    """Signed manifests by digest, ``(envelope bytes, namespace)``: a manifest is immutable
+    once signed and never deleted, so an entry never goes stale."""
