@@ -8,13 +8,21 @@ both that the cache is used (no SQL) and that a change reaches the device at onc
 from __future__ import annotations
 
 import shutil
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import event
+from sqlalchemy.orm import Session
 
 from ferry.protocol.timefmt import format_time
 from ferry.server.checkin.cache import CheckinCache, Entry, EpochPoller
+from ferry.server.core import epoch
 from ferry.server.fleet.runtime import FleetSettings
 from tests.fleet.harness import API, Agent, Fleet, build_fleet, report_doc
 from tests.fleet.test_checkin_cache import statements
@@ -361,6 +369,53 @@ def test_the_poller_does_not_empty_the_cache_again_for_this_replicas_own_change(
     with statements(*_engines(fleet)) as seen:
         fleet.desired(agent)
     assert seen == []
+
+
+@contextmanager
+def polled_before_the_listener(fleet: Fleet, poller: EpochPoller) -> Iterator[None]:
+    """The first commit that bumps the epoch in the block is polled between its database
+    commit and its local listeners (the poller reads the value it wrote meanwhile)."""
+    read, polls = threading.Event(), []
+
+    def on_read(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        if "FROM fleet_epoch" in statement:
+            read.set()
+
+    def before_the_listeners(session: Session) -> None:
+        if polls or epoch._BUMPED not in session.info:
+            return
+        polls.append(threading.Thread(target=poller.check))
+        polls[0].start()
+        assert read.wait(10)
+        time.sleep(0.3)  # a poller that does not wait for the listener decides meanwhile
+
+    engine = fleet.app.state.ctx.read_engine
+    event.listen(engine, "after_cursor_execute", on_read)
+    event.listen(Session, "after_commit", before_the_listeners, insert=True)
+    try:
+        yield
+    finally:
+        event.remove(Session, "after_commit", before_the_listeners)
+        event.remove(engine, "after_cursor_execute", on_read)
+    assert polls, "no commit bumped the epoch"
+    polls[0].join(10)
+
+
+def test_a_poll_during_an_enrolment_keeps_the_device_logins(fleet: Fleet) -> None:
+    """The poller used to take an enrolment whose listener had not run yet for another
+    replica's change and empty every device login (5 times in 1,000 enrolments)."""
+    token = fleet.enrollment_token()
+    agent = fleet.enroll(token, "dev-a")
+    fleet.desired(agent)  # its login is cached
+    poller = EpochPoller(_cache(fleet), fleet.app.state.ctx.read_engine)
+    poller.check()
+    logins = _cache(fleet).login_generation
+    with polled_before_the_listener(fleet, poller):
+        fleet.enroll(token, "dev-b")
+    assert _cache(fleet).login_generation == logins
+    with statements(*_engines(fleet)) as seen:
+        fleet.desired(agent)
+    assert not any("device.credential_hash = " in sql for sql in seen)
 
 
 def test_a_bump_the_listener_has_not_reported_yet_counts_as_foreign() -> None:

@@ -16,7 +16,9 @@ device credential, the envelope it last served, stamped with a **generation**:
   empties the cache too, so nothing unverified is served). Each local commit
   reports the epoch value it wrote, so the poller tells this replica's own bumps
   (already applied at commit) from the others' and does not empty the cache a
-  second time for them.
+  second time for them. A poll that reads a value whose local commit has not
+  reported it yet waits for that report (`epoch.settle`, up to ``SETTLE_S``):
+  taken for another replica's, an enrolment would empty the device logins.
 
 An entry is served only while its generation is current and its document is
 further than a quarter of its lifetime from expiry. A replica therefore sees its
@@ -63,6 +65,7 @@ from ferry.server.rollouts.machine import WaveScope
 # A device's login depends on device rows only (credential_hash, revoked_at, namespace).
 LOGIN_TABLES = frozenset({Device})
 MAX_ENTRIES = 200_000  # ~1 KB each: a bound on memory, far above one replica's fleet share
+SETTLE_S = 1.0  # how long a poll waits for this process's commits it read to report themselves
 
 
 def credential_key(secret: str) -> str:
@@ -259,6 +262,8 @@ class EpochPoller:
         with self.engine.connect() as connection:
             value = int(connection.execute(epoch.READ).scalar_one())
             seen = self._seen
+            if seen is not None and value > seen:
+                epoch.settle(range(seen + 1, value + 1), SETTLE_S)
             foreign = (
                 self.cache.foreign_since(seen, value) if seen is not None and value != seen else []
             )

@@ -14,7 +14,8 @@ such a row has imported its table and with it these session events.
   statement (once every other row lock is held, so waiting for the epoch row can
   never close a deadlock cycle), it bumps ``fleet_epoch.value``; after commit it
   calls the engine's local listeners (`on_change`: this replica's cache empties
-  at once, other processes see the new value at their next poll);
+  at once, other processes see the new value at their next poll); until they
+  ran (or the transaction rolled back) the value is *in flight* (`settle`);
 * `migrate` in `ferry.server.core.db` bumps it when it applied a revision, since a
   migration writes through Alembic, not through sessions.
 
@@ -36,6 +37,8 @@ scopes — any other change, a CLI, a migration — voids everything, as before.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -62,6 +65,10 @@ KEPT_SCOPES = 1_000  # epoch values whose scopes stay readable; a poller further
 _MARK = "ferry_fleet_changed"
 _NARROWED = "ferry_fleet_scopes"
 _BUMPED = "ferry_fleet_epoch"
+# Epoch values this process bumped whose transaction has neither run its after-commit
+# listeners nor rolled back yet (see `settle`).
+_IN_FLIGHT: set[int] = set()
+_SETTLED = threading.Condition()
 
 
 def watch(
@@ -106,6 +113,26 @@ def on_change(engine: Engine, callback: Listener) -> None:
 def bump(connection: Connection) -> int:
     """Bump the epoch inside ``connection``'s transaction; returns the new value."""
     return int(connection.execute(_BUMP).scalar_one())
+
+
+def settle(values: Iterable[int], timeout_s: float) -> None:
+    """Wait, at most ``timeout_s``, until no commit of this process that bumped one of
+    ``values`` is between its database commit and its local listeners.
+
+    A poller that read such a value would otherwise take this process's own change for
+    another's (its listener has not reported it yet) and void everything, logins too.
+    After the wait a value still unsettled counts as another's: the safe side."""
+    wanted = set(values)
+    deadline = time.monotonic() + timeout_s
+    with _SETTLED:
+        while _IN_FLIGHT & wanted and (left := deadline - time.monotonic()) > 0:
+            _SETTLED.wait(left)
+
+
+def _settled(value: int) -> None:
+    with _SETTLED:
+        _IN_FLIGHT.discard(value)
+        _SETTLED.notify_all()
 
 
 def scopes(connection: Connection, seen: int, value: int) -> dict[int, set[str]]:
@@ -197,6 +224,8 @@ def _bump_epoch(session: Session) -> None:
         return
     connection = session.connection()
     value = session.info[_BUMPED] = bump(connection)
+    with _SETTLED:
+        _IN_FLIGHT.add(value)
     if not session.info.get(_MARK):
         connection.execute(_PRUNE, {"epoch": value - KEPT_SCOPES})
         for scope in sorted(session.info[_NARROWED]):
@@ -213,11 +242,17 @@ def _after_commit(session: Session) -> None:
     existing = frozenset(table for table, old_rows in marks.items() if old_rows)
     scoped = frozenset(narrowed) if narrowed and not marks else None
     bind = session.bind
-    for callback in _LISTENERS.get(bind, []) if isinstance(bind, Engine) else []:
-        callback(existing, value, scoped)
+    try:
+        for callback in _LISTENERS.get(bind, []) if isinstance(bind, Engine) else []:
+            callback(existing, value, scoped)
+    finally:
+        _settled(value)
 
 
 @event.listens_for(Session, "after_rollback")
 def _after_rollback(session: Session) -> None:
+    value = session.info.get(_BUMPED)
     for key in (_MARK, _NARROWED, _BUMPED):
         session.info.pop(key, None)
+    if value is not None:
+        _settled(value)
