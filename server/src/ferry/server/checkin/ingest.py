@@ -20,6 +20,7 @@ whatever the interleaving of transports (MQTT batches, HTTP posts) and replicas:
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Insert, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session, col, select
+from sqlmodel import Session, SQLModel, col, select
 
 from ferry.protocol.documents import AgentState, StatusReport
 from ferry.protocol.timefmt import format_time, parse_time, utcnow
@@ -180,14 +181,51 @@ def _store(session: Session, reports: Sequence[StatusReport], now: datetime) -> 
         }
         for r in reports
     ]
+    if _postgres(session):
+        return _store_from_arrays(session, rows)
     # executemany with RETURNING: one cached statement, batched into multi-row VALUES.
     returned = session.connection().execute(_insert_ignoring_duplicates(session), rows)
     return set(returned.scalars())
 
 
+def _store_from_arrays(session: Session, rows: list[dict[str, Any]]) -> set[str]:
+    """PostgreSQL: the same INSERT with one array per column, a text independent of the
+    batch's size (a multi-row VALUES of 200 reports is 2,800 parameters to parse)."""
+    names = tuple(rows[0])
+    statement = text(
+        f"INSERT INTO device_report ({', '.join(names)}) "
+        f"SELECT * FROM {_unnest(_table(DeviceReport), names)} "
+        "ON CONFLICT (report_id) DO NOTHING RETURNING report_id"
+    )
+    arrays = {n: [json.dumps(r[n]) if n == "timings" else r[n] for r in rows] for n in names}
+    return set(session.connection().execute(statement, arrays).scalars())
+
+
+def _table(model: type[SQLModel]) -> sa.Table:
+    table: sa.Table = model.__table__  # type: ignore[attr-defined]
+    return table
+
+
+def _postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _unnest(table: sa.Table, names: Sequence[str]) -> str:
+    """``unnest(CAST(:a AS text[]), …) AS v (a, …)``: rows from one array parameter per
+    column of ``table`` (PostgreSQL); the casts type arrays that hold only NULLs."""
+    arrays = ", ".join(f"CAST(:{name} AS {_array_type(table.c[name])}[])" for name in names)
+    return f"unnest({arrays}) AS v ({', '.join(names)})"
+
+
+def _array_type(column: sa.Column[Any]) -> str:
+    if isinstance(column.type, sa.Integer):
+        return "integer"
+    return "json" if isinstance(column.type, sa.JSON) else "text"
+
+
 def _insert(session: Session) -> Any:
     """The dialect's INSERT, which knows ``ON CONFLICT DO NOTHING``."""
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    return postgresql.insert if _postgres(session) else sqlite.insert
 
 
 def _insert_ignoring_duplicates(session: Session) -> Insert:
@@ -220,9 +258,9 @@ def _apply_all(session: Session, reports: list[StatusReport], now: datetime) -> 
             _update_slot(slots[(report.device_id, report.slot)], report, member, now)
             if member is not None:
                 _update_member(member, report, now)
-    _write(session, "device_slot", _SLOT_KEYS, _SLOT_SET, [s for s in slots.values() if s.dirty])
+    _write(session, DeviceSlot, _SLOT_KEYS, _SLOT_SET, [s for s in slots.values() if s.dirty])
     moved = [m for ms in members.values() for m in ms if m.dirty]
-    _write(session, "rollout_device", _MEMBER_KEYS, _MEMBER_SET, moved)
+    _write(session, RolloutDevice, _MEMBER_KEYS, _MEMBER_SET, moved)
     if any(m.state != m.loaded_state and member_state_counts(m.rollout_state) for m in moved):
         epoch.mark_changed(session, RolloutDevice)
 
@@ -282,14 +320,13 @@ _SLOT_SET = (
 )
 _MEMBER_KEYS = ("rollout_id", "device_id")
 _MEMBER_SET = ("state", "error_code", "updated_at", "last_report_at", "last_report_seq")
-_INTEGERS = {"rollout_id", "installed_version", "staged_version", "last_report_seq"}
 
 
 def _locked_slots(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], _Slot]:
     """The slot rows, created first where missing (two first reports at once must not both
     INSERT), then locked in key order and read as plain values (no ORM objects)."""
     rows_wanted = [{"device_id": d, "slot": s, "updated_at": ""} for d, s in sorted(keys)]
-    table = DeviceSlot.__table__.c  # type: ignore[attr-defined]
+    table = _table(DeviceSlot).c
     # executemany: one cached statement (a multi-row VALUES would be compiled per batch).
     session.connection().execute(_insert_slots(session), rows_wanted)
     rows = session.connection().execute(
@@ -321,7 +358,7 @@ def _locked_memberships(session: Session, device_ids: set[str]) -> dict[str, lis
         .join(Rollout, col(RolloutDevice.rollout_id) == col(Rollout.id))
         .where(col(RolloutDevice.device_id).in_(device_ids))
         .order_by(col(RolloutDevice.device_id), col(Rollout.id).desc())
-        .with_for_update(of=RolloutDevice.__table__)  # type: ignore[attr-defined]
+        .with_for_update(of=_table(RolloutDevice))
     )
     found: dict[str, list[_Member]] = defaultdict(list)
     for row in rows:
@@ -330,7 +367,11 @@ def _locked_memberships(session: Session, device_ids: set[str]) -> dict[str, lis
 
 
 def _write(
-    session: Session, table: str, keys: Sequence[str], columns: Sequence[str], rows: Sequence[Any]
+    session: Session,
+    model: type[SQLModel],
+    keys: Sequence[str],
+    columns: Sequence[str],
+    rows: Sequence[Any],
 ) -> None:
     """Write ``columns`` of the changed ``rows`` of ``table``, matched on ``keys``.
 
@@ -342,23 +383,17 @@ def _write(
         return
     names = (*keys, *columns)
     assignments = ", ".join(f"{name} = v.{name}" for name in columns)
-    if session.get_bind().dialect.name == "postgresql":
-        arrays = ", ".join(f"CAST(:{name} AS {_pg_type(name)}[])" for name in names)
-        matches = " AND ".join(f"{table}.{name} = v.{name}" for name in keys)
-        statement = text(
-            f"UPDATE {table} SET {assignments} "
-            f"FROM unnest({arrays}) AS v ({', '.join(names)}) WHERE {matches}"
-        )
+    table = _table(model)
+    if _postgres(session):
+        matches = " AND ".join(f"{table.name}.{name} = v.{name}" for name in keys)
+        arrays = _unnest(table, names)
+        statement = text(f"UPDATE {table.name} SET {assignments} FROM {arrays} WHERE {matches}")
         session.connection().execute(statement, {n: [getattr(r, n) for r in rows] for n in names})
         return
     assignments = ", ".join(f"{name} = :{name}" for name in columns)
     matches = " AND ".join(f"{name} = :{name}" for name in keys)
-    statement = text(f"UPDATE {table} SET {assignments} WHERE {matches}")
+    statement = text(f"UPDATE {table.name} SET {assignments} WHERE {matches}")
     session.connection().execute(statement, [{n: getattr(r, n) for n in names} for r in rows])
-
-
-def _pg_type(column: str) -> str:
-    return "integer" if column in _INTEGERS else "text"
 
 
 def _membership(members: dict[str, list[_Member]], report: StatusReport) -> _Member | None:
