@@ -184,7 +184,7 @@ def _store(session: Session, reports: Sequence[StatusReport], now: datetime) -> 
     if _postgres(session):
         return _store_from_arrays(session, rows)
     # executemany with RETURNING: one cached statement, batched into multi-row VALUES.
-    returned = session.connection().execute(_insert_ignoring_duplicates(session), rows)
+    returned = session.connection().execute(_insert_ignoring_duplicates(), rows)
     return set(returned.scalars())
 
 
@@ -223,23 +223,12 @@ def _array_type(column: sa.Column[Any]) -> str:
     return "json" if isinstance(column.type, sa.JSON) else "text"
 
 
-def _insert(session: Session) -> Any:
-    """The dialect's INSERT, which knows ``ON CONFLICT DO NOTHING``."""
-    return postgresql.insert if _postgres(session) else sqlite.insert
-
-
-def _insert_ignoring_duplicates(session: Session) -> Insert:
+def _insert_ignoring_duplicates() -> Insert:
+    """SQLite's INSERT of reports (PostgreSQL: `_store_from_arrays`)."""
     statement: Insert = (
-        _insert(session)(DeviceReport)
+        sqlite.insert(DeviceReport)
         .on_conflict_do_nothing(index_elements=["report_id"])
         .returning(col(DeviceReport.report_id))
-    )
-    return statement
-
-
-def _insert_slots(session: Session) -> Insert:
-    statement: Insert = _insert(session)(DeviceSlot).on_conflict_do_nothing(
-        index_elements=["device_id", "slot"]
     )
     return statement
 
@@ -325,17 +314,43 @@ _MEMBER_SET = ("state", "error_code", "updated_at", "last_report_at", "last_repo
 def _locked_slots(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], _Slot]:
     """The slot rows, created first where missing (two first reports at once must not both
     INSERT), then locked in key order and read as plain values (no ORM objects)."""
-    rows_wanted = [{"device_id": d, "slot": s, "updated_at": ""} for d, s in sorted(keys)]
+    ordered = sorted(keys)
     table = _table(DeviceSlot).c
-    # executemany: one cached statement (a multi-row VALUES would be compiled per batch).
-    session.connection().execute(_insert_slots(session), rows_wanted)
-    rows = session.connection().execute(
+    connection = session.connection()
+    params: dict[str, list[str]] = {}
+    if _postgres(session):
+        # The keys as two arrays: statements whose text does not grow with the batch.
+        params = {"device_id": [d for d, _ in ordered], "slot": [s for _, s in ordered]}
+        wanted = _pg_slot_keys()
+        chosen = sa.select(wanted.c.device_id, wanted.c.slot)
+        connection.execute(
+            postgresql.insert(DeviceSlot)
+            .from_select([*_SLOT_KEYS, "updated_at"], chosen.add_columns(sa.literal("")))
+            .on_conflict_do_nothing(index_elements=_SLOT_KEYS),
+            params,
+        )
+        where = tuple_(table.device_id, table.slot).in_(chosen)
+    else:
+        # executemany: one cached statement (a multi-row VALUES would be compiled per batch).
+        connection.execute(
+            sqlite.insert(DeviceSlot).on_conflict_do_nothing(index_elements=_SLOT_KEYS),
+            [{"device_id": d, "slot": s, "updated_at": ""} for d, s in ordered],
+        )
+        where = tuple_(table.device_id, table.slot).in_(keys)
+    rows = connection.execute(
         sa.select(*(table[name] for name in (*_SLOT_KEYS, *_SLOT_SET)))
-        .where(tuple_(table.device_id, table.slot).in_(keys))
+        .where(where)
         .order_by(table.device_id, table.slot)
-        .with_for_update()
+        .with_for_update(),
+        params,
     )
     return {(row.device_id, row.slot): _Slot(*row) for row in rows}
+
+
+def _pg_slot_keys() -> sa.TableValuedAlias:
+    """``unnest(:device_id, :slot)`` as a table (PostgreSQL)."""
+    arrays = (sa.bindparam(name, type_=postgresql.ARRAY(sa.Text)) for name in _SLOT_KEYS)
+    return sa.func.unnest(*arrays).table_valued(*_SLOT_KEYS).render_derived()
 
 
 def _locked_memberships(session: Session, device_ids: set[str]) -> dict[str, list[_Member]]:
