@@ -16,7 +16,7 @@ from sqlmodel import select
 from ferry.protocol.documents import StatusReport
 from ferry.server.checkin.ingest import ingest_batch, ingest_reports
 from ferry.server.core.db import make_engine, session_scope
-from ferry.server.fleet.tables import DeviceSlot
+from ferry.server.fleet.tables import DeviceReport, DeviceSlot
 from ferry.server.rollouts.tables import RolloutDevice
 from tests.fleet.harness import API, Agent, Fleet, build_fleet, report_doc
 from tests.rollouts.test_replicas_pg import pg_url  # noqa: F401  (the scratch-database fixture)
@@ -155,3 +155,27 @@ def test_two_replicas_and_two_transports_never_lose_a_terminal_report(
     finally:
         replica_a.dispose()
         replica_b.dispose()
+
+
+@pytest.mark.postgres
+def test_a_report_is_stored_column_for_column_on_postgresql(pg_fleet: tuple[Fleet, str]) -> None:
+    """The array INSERT (one array per column) keeps types: NULL-only columns, JSON, text ids."""
+    fleet, _url = pg_fleet
+    (agent,) = fleet.devices(1)
+    doc = report_doc(
+        agent.device_id, "failed", to_version=2, at="2026-11-25T03:00:00Z", rollout_id="r-7"
+    )
+    report = StatusReport.from_dict(
+        {**doc, "from_version": 1, "error_code": "E_HASH", "timings": {"download_ms": 1500}}
+    )
+    with session_scope(fleet.app.state.ctx.engine) as session:
+        ingest_batch(session, [report], fleet.clock.now)
+        stored = session.exec(
+            select(DeviceReport).where(DeviceReport.report_id == report.report_id)
+        ).one()
+    assert (stored.rollout_id, stored.from_version, stored.to_version) == ("r-7", 1, 2)
+    assert (stored.error_code, stored.sequence, stored.timings) == (
+        "E_HASH",
+        None,
+        {"download_ms": 1500},
+    )

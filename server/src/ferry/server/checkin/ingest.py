@@ -20,22 +20,25 @@ whatever the interleaving of transports (MQTT batches, HTTP posts) and replicas:
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Insert, tuple_, update
+import sqlalchemy as sa
+from sqlalchemy import Insert, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session, col, select
+from sqlmodel import Session, SQLModel, col, select
 
 from ferry.protocol.documents import AgentState, StatusReport
 from ferry.protocol.timefmt import format_time, parse_time, utcnow
+from ferry.server.core import epoch
 from ferry.server.core.errors import ForbiddenError, UnauthenticatedError
 from ferry.server.fleet.tables import Device, DeviceReport, DeviceSlot
 from ferry.server.rollouts.machine import AGENT_TO_DEVICE, DeviceState, RolloutState, parse_id
-from ferry.server.rollouts.tables import Rollout, RolloutDevice
+from ferry.server.rollouts.tables import Rollout, RolloutDevice, member_state_counts
 
 MAX_REPORTS = 500
 Touch = Callable[[str, datetime], None]  # notes a device seen (`LastSeen.touch`)
@@ -178,19 +181,52 @@ def _store(session: Session, reports: Sequence[StatusReport], now: datetime) -> 
         }
         for r in reports
     ]
+    if _postgres(session):
+        return _store_from_arrays(session, rows)
     # executemany with RETURNING: one cached statement, batched into multi-row VALUES.
-    returned = session.connection().execute(_insert_ignoring_duplicates(session), rows)
+    returned = session.connection().execute(_insert_ignoring_duplicates(), rows)
     return set(returned.scalars())
 
 
-def _insert(session: Session) -> Any:
-    """The dialect's INSERT, which knows ``ON CONFLICT DO NOTHING``."""
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+def _store_from_arrays(session: Session, rows: list[dict[str, Any]]) -> set[str]:
+    """PostgreSQL: the same INSERT with one array per column, a text independent of the
+    batch's size (a multi-row VALUES of 200 reports is 2,800 parameters to parse)."""
+    names = tuple(rows[0])
+    statement = text(
+        f"INSERT INTO device_report ({', '.join(names)}) "
+        f"SELECT * FROM {_unnest(_table(DeviceReport), names)} "
+        "ON CONFLICT (report_id) DO NOTHING RETURNING report_id"
+    )
+    arrays = {n: [json.dumps(r[n]) if n == "timings" else r[n] for r in rows] for n in names}
+    return set(session.connection().execute(statement, arrays).scalars())
 
 
-def _insert_ignoring_duplicates(session: Session) -> Insert:
+def _table(model: type[SQLModel]) -> sa.Table:
+    table: sa.Table = model.__table__  # type: ignore[attr-defined]
+    return table
+
+
+def _postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _unnest(table: sa.Table, names: Sequence[str]) -> str:
+    """``unnest(CAST(:a AS text[]), …) AS v (a, …)``: rows from one array parameter per
+    column of ``table`` (PostgreSQL); the casts type arrays that hold only NULLs."""
+    arrays = ", ".join(f"CAST(:{name} AS {_array_type(table.c[name])}[])" for name in names)
+    return f"unnest({arrays}) AS v ({', '.join(names)})"
+
+
+def _array_type(column: sa.Column[Any]) -> str:
+    if isinstance(column.type, sa.Integer):
+        return "integer"
+    return "json" if isinstance(column.type, sa.JSON) else "text"
+
+
+def _insert_ignoring_duplicates() -> Insert:
+    """SQLite's INSERT of reports (PostgreSQL: `_store_from_arrays`)."""
     statement: Insert = (
-        _insert(session)(DeviceReport)
+        sqlite.insert(DeviceReport)
         .on_conflict_do_nothing(index_elements=["report_id"])
         .returning(col(DeviceReport.report_id))
     )
@@ -198,7 +234,8 @@ def _insert_ignoring_duplicates(session: Session) -> Insert:
 
 
 def _apply_all(session: Session, reports: list[StatusReport], now: datetime) -> None:
-    """Lock the rows these reports touch, then apply each device's reports in its order."""
+    """Lock the rows these reports touch, apply each device's reports in its order to
+    copies of them, then write the changed rows with one statement per table."""
     slots = _locked_slots(session, {(r.device_id, r.slot) for r in reports})
     members = _locked_memberships(session, {r.device_id for r in reports})
     by_device: dict[str, list[StatusReport]] = defaultdict(list)
@@ -206,68 +243,181 @@ def _apply_all(session: Session, reports: list[StatusReport], now: datetime) -> 
         by_device[report.device_id].append(report)
     for device_reports in by_device.values():
         for report in sorted(device_reports, key=_device_order):
-            rollout, member = _membership(members, report)
-            key = (report.device_id, report.slot)
-            slot = slots[key]
-            _update_slot(session, slot, report, rollout, now)
-            if rollout is not None and member is not None:
-                _update_member(rollout, member, report, now)
-                session.add(member)
-    # Flush while the rollouts are still referenced: the fleet epoch's check of a member's
-    # state change reads its rollout from the session (`ferry.server.rollouts.tables`).
-    session.flush()
+            member = _membership(members, report)
+            _update_slot(slots[(report.device_id, report.slot)], report, member, now)
+            if member is not None:
+                _update_member(member, report, now)
+    _write(session, DeviceSlot, _SLOT_KEYS, _SLOT_SET, [s for s in slots.values() if s.dirty])
+    moved = [m for ms in members.values() for m in ms if m.dirty]
+    _write(session, RolloutDevice, _MEMBER_KEYS, _MEMBER_SET, moved)
+    if any(m.state != m.loaded_state and member_state_counts(m.rollout_state) for m in moved):
+        epoch.mark_changed(session, RolloutDevice)
 
 
 def _device_order(report: StatusReport) -> tuple[int, str]:
     return (report.report_seq if report.report_seq is not None else -1, report.at)
 
 
-def _locked_slots(
-    session: Session, keys: set[tuple[str, str]]
-) -> dict[tuple[str, str], DeviceSlot]:
+@dataclass
+class _Slot:
+    """A locked ``device_slot`` row, changed in memory by the batch's reports."""
+
+    device_id: str
+    slot: str
+    model: str
+    installed_version: int | None
+    staged_version: int | None
+    state: str
+    updated_at: str
+    last_report_at: str
+    last_report_seq: int | None
+    dirty: bool = False
+
+
+@dataclass
+class _Member:
+    """A locked ``rollout_device`` row and what ingest needs of its rollout."""
+
+    rollout_id: int
+    device_id: str
+    state: str
+    from_version: int | None
+    error_code: str | None
+    updated_at: str
+    last_report_at: str
+    last_report_seq: int | None
+    rollout_slot: str
+    rollout_model: str
+    rollout_version: int
+    rollout_state: str
+    loaded_state: str = field(init=False)  # as locked: did the batch change it?
+    dirty: bool = False
+
+    def __post_init__(self) -> None:
+        self.loaded_state = self.state
+
+
+_SLOT_KEYS = ("device_id", "slot")
+_SLOT_SET = (
+    "model",
+    "installed_version",
+    "staged_version",
+    "state",
+    "updated_at",
+    "last_report_at",
+    "last_report_seq",
+)
+_MEMBER_KEYS = ("rollout_id", "device_id")
+_MEMBER_SET = ("state", "error_code", "updated_at", "last_report_at", "last_report_seq")
+
+
+def _locked_slots(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], _Slot]:
     """The slot rows, created first where missing (two first reports at once must not both
-    INSERT), then locked."""
-    rows_wanted = [{"device_id": d, "slot": s, "updated_at": ""} for d, s in sorted(keys)]
-    session.exec(
-        _insert(session)(DeviceSlot)
-        .values(rows_wanted)
-        .on_conflict_do_nothing(index_elements=["device_id", "slot"])
+    INSERT), then locked in key order and read as plain values (no ORM objects)."""
+    ordered = sorted(keys)
+    table = _table(DeviceSlot).c
+    connection = session.connection()
+    params: dict[str, list[str]] = {}
+    if _postgres(session):
+        # The keys as two arrays: statements whose text does not grow with the batch.
+        params = {"device_id": [d for d, _ in ordered], "slot": [s for _, s in ordered]}
+        wanted = _pg_slot_keys()
+        chosen = sa.select(wanted.c.device_id, wanted.c.slot)
+        connection.execute(
+            postgresql.insert(DeviceSlot)
+            .from_select([*_SLOT_KEYS, "updated_at"], chosen.add_columns(sa.literal("")))
+            .on_conflict_do_nothing(index_elements=_SLOT_KEYS),
+            params,
+        )
+        where = tuple_(table.device_id, table.slot).in_(chosen)
+    else:
+        # executemany: one cached statement (a multi-row VALUES would be compiled per batch).
+        connection.execute(
+            sqlite.insert(DeviceSlot).on_conflict_do_nothing(index_elements=_SLOT_KEYS),
+            [{"device_id": d, "slot": s, "updated_at": ""} for d, s in ordered],
+        )
+        where = tuple_(table.device_id, table.slot).in_(keys)
+    rows = connection.execute(
+        sa.select(*(table[name] for name in (*_SLOT_KEYS, *_SLOT_SET)))
+        .where(where)
+        .order_by(table.device_id, table.slot)
+        .with_for_update(),
+        params,
     )
-    rows = session.exec(
-        select(DeviceSlot)
-        .where(tuple_(col(DeviceSlot.device_id), col(DeviceSlot.slot)).in_(keys))
-        .order_by(col(DeviceSlot.device_id), col(DeviceSlot.slot))
-        .with_for_update()
-    ).all()
-    return {(s.device_id, s.slot): s for s in rows}
+    return {(row.device_id, row.slot): _Slot(*row) for row in rows}
 
 
-def _locked_memberships(
-    session: Session, device_ids: set[str]
-) -> dict[str, list[tuple[Rollout, RolloutDevice]]]:
+def _pg_slot_keys() -> sa.TableValuedAlias:
+    """``unnest(:device_id, :slot)`` as a table (PostgreSQL)."""
+    arrays = (sa.bindparam(name, type_=postgresql.ARRAY(sa.Text)) for name in _SLOT_KEYS)
+    return sa.func.unnest(*arrays).table_valued(*_SLOT_KEYS).render_derived()
+
+
+def _locked_memberships(session: Session, device_ids: set[str]) -> dict[str, list[_Member]]:
     """Each device's memberships, newest rollout first, locked (in one order: no deadlock)."""
-    rows = session.exec(
-        select(Rollout, RolloutDevice)
-        .join(RolloutDevice, col(RolloutDevice.rollout_id) == col(Rollout.id))
+    rows = session.connection().execute(
+        sa.select(
+            col(RolloutDevice.rollout_id),
+            col(RolloutDevice.device_id),
+            col(RolloutDevice.state),
+            col(RolloutDevice.from_version),
+            col(RolloutDevice.error_code),
+            col(RolloutDevice.updated_at),
+            col(RolloutDevice.last_report_at),
+            col(RolloutDevice.last_report_seq),
+            col(Rollout.slot),
+            col(Rollout.model),
+            col(Rollout.version),
+            col(Rollout.state),
+        )
+        .join(Rollout, col(RolloutDevice.rollout_id) == col(Rollout.id))
         .where(col(RolloutDevice.device_id).in_(device_ids))
         .order_by(col(RolloutDevice.device_id), col(Rollout.id).desc())
-        .with_for_update(of=RolloutDevice)
-    ).all()
-    found: dict[str, list[tuple[Rollout, RolloutDevice]]] = defaultdict(list)
-    for rollout, member in rows:
-        found[member.device_id].append((rollout, member))
+        .with_for_update(of=_table(RolloutDevice))
+    )
+    found: dict[str, list[_Member]] = defaultdict(list)
+    for row in rows:
+        found[row.device_id].append(_Member(*tuple(row)))
     return found
 
 
-def _membership(
-    members: dict[str, list[tuple[Rollout, RolloutDevice]]], report: StatusReport
-) -> tuple[Rollout | None, RolloutDevice | None]:
+def _write(
+    session: Session,
+    model: type[SQLModel],
+    keys: Sequence[str],
+    columns: Sequence[str],
+    rows: Sequence[Any],
+) -> None:
+    """Write ``columns`` of the changed ``rows`` of ``table``, matched on ``keys``.
+
+    PostgreSQL: one ``UPDATE … FROM unnest(arrays)``, whose text does not depend on the
+    batch (parsed once per connection, not per batch as a multi-row ``VALUES`` would be).
+    SQLite: the same UPDATE per row, in one executemany (SQLite has no arrays). The rows
+    are locked already, so the order the database updates them in cannot deadlock."""
+    if not rows:
+        return
+    names = (*keys, *columns)
+    assignments = ", ".join(f"{name} = v.{name}" for name in columns)
+    table = _table(model)
+    if _postgres(session):
+        matches = " AND ".join(f"{table.name}.{name} = v.{name}" for name in keys)
+        arrays = _unnest(table, names)
+        statement = text(f"UPDATE {table.name} SET {assignments} FROM {arrays} WHERE {matches}")
+        session.connection().execute(statement, {n: [getattr(r, n) for r in rows] for n in names})
+        return
+    assignments = ", ".join(f"{name} = :{name}" for name in columns)
+    matches = " AND ".join(f"{name} = :{name}" for name in keys)
+    statement = text(f"UPDATE {table.name} SET {assignments} WHERE {matches}")
+    session.connection().execute(statement, [{n: getattr(r, n) for n in names} for r in rows])
+
+
+def _membership(members: dict[str, list[_Member]], report: StatusReport) -> _Member | None:
     """The rollout the report belongs to: named by the report, else the newest on its slot."""
     pk = parse_id(report.rollout_id) if report.rollout_id else None
-    for rollout, member in members.get(report.device_id, []):
-        if rollout.slot == report.slot and (pk is None or rollout.id == pk):
-            return rollout, member
-    return None, None
+    for member in members.get(report.device_id, []):
+        if member.rollout_slot == report.slot and (pk is None or member.rollout_id == pk):
+            return member
+    return None
 
 
 # How far through one update a state is. Reports without ``report_seq`` carry
@@ -298,7 +448,7 @@ def _order(last_seq: int | None, last_at: str, report: StatusReport) -> int:
     return 0
 
 
-def _slot_stale(slot: DeviceSlot, report: StatusReport) -> bool:
+def _slot_stale(slot: _Slot, report: StatusReport) -> bool:
     order = _order(slot.last_report_seq, slot.last_report_at, report)
     if order != 0:
         return order < 0
@@ -308,7 +458,7 @@ def _slot_stale(slot: DeviceSlot, report: StatusReport) -> bool:
     )
 
 
-def _member_stale(member: RolloutDevice, new: DeviceState, report: StatusReport) -> bool:
+def _member_stale(member: _Member, new: DeviceState, report: StatusReport) -> bool:
     order = _order(member.last_report_seq, member.last_report_at, report)
     if order != 0:
         return order < 0
@@ -319,14 +469,12 @@ def _highest(last: int | None, new: int | None) -> int | None:
     return new if last is None else last if new is None else max(last, new)
 
 
-def _update_slot(
-    session: Session, slot: DeviceSlot, report: StatusReport, rollout: Rollout | None, now: datetime
-) -> None:
+def _update_slot(slot: _Slot, report: StatusReport, member: _Member | None, now: datetime) -> None:
     """What the slot runs and holds; a stale report (see ``_slot_stale``) changes nothing."""
     if _slot_stale(slot, report):
         return
-    if rollout is not None:
-        slot.model = rollout.model
+    if member is not None:
+        slot.model = member.rollout_model
     if report.state is AgentState.COMMITTED and report.to_version is not None:
         slot.installed_version, slot.staged_version = report.to_version, None
     elif report.state is AgentState.STAGED:
@@ -338,22 +486,24 @@ def _update_slot(
     slot.state, slot.updated_at = report.state.value, format_time(now)
     slot.last_report_at = report.at
     slot.last_report_seq = _highest(slot.last_report_seq, report.report_seq)
-    session.add(slot)
+    slot.dirty = True
 
 
-def _update_member(
-    rollout: Rollout, member: RolloutDevice, report: StatusReport, now: datetime
-) -> None:
+def _update_member(member: _Member, report: StatusReport, now: datetime) -> None:
     """Move the device's rollout state; stale reports (see ``_member_stale``) are ignored."""
     new = AGENT_TO_DEVICE.get(report.state)
     if new is None or _member_stale(member, new, report):
         return
-    if rollout.state == RolloutState.ROLLED_BACK and report.to_version == member.from_version:
+    if (
+        member.rollout_state == RolloutState.ROLLED_BACK
+        and report.to_version == member.from_version
+    ):
         new = DeviceState.ROLLED_BACK if new is DeviceState.COMMITTED else None
-    elif report.to_version not in (None, rollout.version):
+    elif report.to_version not in (None, member.rollout_version):
         new = None
     if new is None:
         return
     member.state, member.error_code = new.value, report.error_code
     member.updated_at, member.last_report_at = format_time(now), report.at
     member.last_report_seq = _highest(member.last_report_seq, report.report_seq)
+    member.dirty = True

@@ -173,6 +173,12 @@ def _mark(session: Session, table: type, *, existing: bool) -> None:
     marks[table] = marks.get(table, False) or existing
 
 
+def mark_changed(session: Session, table: type) -> None:
+    """Count a change of existing watched rows that a Core statement made (the ORM events
+    do not see it): the writer applied the table's ``unless`` rule itself."""
+    _mark(session, table, existing=True)
+
+
 def _narrowed(session: Session, obj: object) -> bool:
     """Note the scope of ``obj``'s change when its table can narrow it; False when not."""
     narrow = _NARROW.get(type(obj))

@@ -157,13 +157,19 @@ epoch.watch(Rollout, _ROLLOUT_WATCHED, narrow=_wave_scope)
 _STATE_BLIND = frozenset({RolloutState.RUNNING, RolloutState.PAUSED, RolloutState.COMPLETED})
 
 
+def member_state_counts(rollout_state: str) -> bool:
+    """Whether a member's state shapes its desired state in a rollout in ``rollout_state``
+    (ingest's set-based writes ask this instead of the session events)."""
+    return rollout_state not in _STATE_BLIND
+
+
 def _member_state_irrelevant(session: Session, member: Any) -> bool:
     """True when ``member``'s rollout is in the session and in a state-blind state."""
     rollout = session.identity_map.get(identity_key(Rollout, member.rollout_id))
     if rollout is None or "state" in inspect(rollout).unloaded:
         return False
-    state = rollout.state
-    return bool(inspect(rollout).attrs["state"].history.unchanged) and state in _STATE_BLIND
+    unchanged = bool(inspect(rollout).attrs["state"].history.unchanged)
+    return unchanged and not member_state_counts(rollout.state)
 
 
 epoch.watch(
