@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import shutil
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -329,3 +330,11 @@ def build_fleet(data_dir: Path, database_url: str = "") -> tuple[Fleet, TestClie
     client = TestClient(app)
     admin = bearer(settings.admin_token_path.read_text().strip())
     return Fleet(app, client, admin, clock, notifier, broker), client
+
+
+def second_replica(fleet: Fleet, root: Path) -> tuple[Fleet, TestClient]:
+    """Another replica on ``fleet``'s database, with a copy of its data directory (the same
+    keys and admin token), under ``root``/replica-b."""
+    data_dir = root / "replica-b"
+    shutil.copytree(fleet.app.state.ctx.settings.data_dir, data_dir, dirs_exist_ok=True)
+    return build_fleet(data_dir, database_url=fleet.app.state.ctx.settings.database_url)

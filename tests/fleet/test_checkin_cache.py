@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from ferry.server.checkin.cache import CheckinCache, Entry, EpochPoller
 from ferry.server.core.db import make_engine, session_scope
 from ferry.server.fleet.runtime import FleetSettings
 from ferry.server.fleet.tables import Device
-from tests.fleet.harness import API, START, Fleet, build_fleet
+from tests.fleet.harness import API, START, Fleet, second_replica
 
 
 @contextmanager
@@ -123,11 +122,7 @@ def test_another_replicas_change_is_seen_after_one_epoch_poll(fleet: Fleet, tmp_
     poller = EpochPoller(_cache(fleet), fleet.app.state.ctx.read_engine)
     poller.check()
     fleet.desired(agent)
-    other_dir = tmp_path / "replica-b"
-    shutil.copytree(fleet.app.state.ctx.settings.data_dir, other_dir, dirs_exist_ok=True)
-    replica_b, client_b = build_fleet(
-        other_dir, database_url=fleet.app.state.ctx.settings.database_url
-    )
+    replica_b, client_b = second_replica(fleet, tmp_path)
     with client_b:
         r = client_b.post(f"{API}/devices/{agent.device_id}/revoke", headers=replica_b.admin)
         assert r.status_code == 200
@@ -226,11 +221,7 @@ def test_a_notified_device_is_not_answered_from_a_cache_behind_the_notice(
     poller = EpochPoller(_cache(fleet), fleet.app.state.ctx.read_engine)
     poller.check()
     before = fleet.desired(agent)["signed"]
-    other_dir = tmp_path / "replica-b"
-    shutil.copytree(fleet.app.state.ctx.settings.data_dir, other_dir, dirs_exist_ok=True)
-    replica_b, client_b = build_fleet(
-        other_dir, database_url=fleet.app.state.ctx.settings.database_url
-    )
+    replica_b, client_b = second_replica(fleet, tmp_path)
     with client_b:
         version = replica_b.version()
         rollout = replica_b.rollout(version=str(version), waves=[100])

@@ -7,7 +7,6 @@ both that the cache is used (no SQL) and that a change reaches the device at onc
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from ferry.protocol.timefmt import format_time
 from ferry.server.checkin.cache import CheckinCache, Entry, EpochPoller
 from ferry.server.core import epoch
 from ferry.server.fleet.runtime import FleetSettings
-from tests.fleet.harness import API, Agent, Fleet, build_fleet, report_doc
+from tests.fleet.harness import API, Agent, Fleet, report_doc, second_replica
 from tests.fleet.test_checkin_cache import statements
 
 
@@ -134,11 +133,7 @@ def test_a_revocation_on_another_replica_is_seen_after_one_epoch_poll(
     poller.check()
     sha = fleet.manifest_sha("vision", "det", version)
     assert _manifest(fleet, agent, sha).status_code == 200  # type: ignore[attr-defined]
-    other_dir = tmp_path / "replica-b"
-    shutil.copytree(fleet.app.state.ctx.settings.data_dir, other_dir, dirs_exist_ok=True)
-    replica_b, client_b = build_fleet(
-        other_dir, database_url=fleet.app.state.ctx.settings.database_url
-    )
+    replica_b, client_b = second_replica(fleet, tmp_path)
     with client_b:
         r = client_b.post(f"{API}/devices/{agent.device_id}/revoke", headers=replica_b.admin)
         assert r.status_code == 200
@@ -480,11 +475,7 @@ def test_a_wave_change_on_another_replica_reaches_the_joining_devices_after_one_
     kept = fleet.desired(first[0])
     poller = EpochPoller(_cache(fleet), fleet.app.state.ctx.read_engine)
     poller.check()
-    other_dir = tmp_path / "replica-b"
-    shutil.copytree(fleet.app.state.ctx.settings.data_dir, other_dir, dirs_exist_ok=True)
-    replica_b, client_b = build_fleet(
-        other_dir, database_url=fleet.app.state.ctx.settings.database_url
-    )
+    replica_b, client_b = second_replica(fleet, tmp_path)
     with client_b:
         before_b = replica_b.desired(first[0])
         r = client_b.post(f"{API}/rollouts/{rollout_id}/advance", headers=replica_b.admin)
