@@ -45,6 +45,8 @@ soak: install
 	$(PY) bench/soak_fleet.py $(SOAK_ARGS)
 
 bench: install
+	$(PIP) --group bench
+	$(PIP) --group bench-zipnn || echo "zipnn did not build: bench_deltas prints its column as skipped"
 	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 lint: install
