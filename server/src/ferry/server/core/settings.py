@@ -73,7 +73,6 @@ class MqttSettings:
     password_file: str = ""  # Mosquitto password file the server keeps up to date
     pid_file: str = ""  # Mosquitto pid file: SIGHUP after rewriting passwords
     ingest_batch: int = 200  # status reports per database transaction
-    ingest_linger_s: float = 0.05  # how long a batch waits for more reports (docs/mqtt.md)
     client_id: str = ""  # defaults to the username (brokers bind ids to logins)
     embedded_broker: str = "auto"  # auto: mosquitto when installed, else amqtt
     mosquitto_binary: str = ""  # empty: /usr/sbin/mosquitto, /usr/local/sbin, PATH

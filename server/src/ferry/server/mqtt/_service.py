@@ -107,9 +107,7 @@ class MqttService:
         if settings.embedded:
             settings = self._embedded_broker(settings)
         self.settings = settings
-        self.subscriber = StatusSubscriber(
-            sink, metrics, batch_size=settings.ingest_batch, linger_s=settings.ingest_linger_s
-        )
+        self.subscriber = StatusSubscriber(sink, metrics, batch_size=settings.ingest_batch)
         self.link = MqttLink(
             settings.broker_url,
             client_id=client_id or settings.session_id,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -72,18 +71,10 @@ def parse_status_message(topic: str, payload: bytes) -> tuple[str, StatusReport]
 class StatusSubscriber:
     """Feeds `StatusSink` from MQTT; ``ack`` is the link's acknowledgement function."""
 
-    def __init__(
-        self,
-        sink: StatusSink,
-        metrics: MqttMetrics,
-        *,
-        batch_size: int = 200,
-        linger_s: float = 0.0,
-    ) -> None:
+    def __init__(self, sink: StatusSink, metrics: MqttMetrics, *, batch_size: int = 200) -> None:
         self.sink = sink
         self.metrics = metrics
         self.batch_size = batch_size
-        self.linger_s = linger_s
         self.ack: Callable[[int], None] = lambda _mid: None
         self._queue: queue.Queue[Received | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="ferry-mqtt-ingest", daemon=True)
@@ -121,24 +112,15 @@ class StatusSubscriber:
                 return
 
     def _next_batch(self) -> list[Received]:
-        """The next report and those that follow within ``linger_s``, up to ``batch_size``.
-
-        During a rollout reports arrive a few at a time, and a transaction costs the
-        database work of tens of reports in it: waiting a moment for the rest fills the
-        batch. A full batch, or the stop sentinel, ends the wait at once.
-        """
         first = self._queue.get()
-        if first is None:
-            return []
-        batch, deadline = [first], time.monotonic() + self.linger_s
+        batch = [first] if first is not None else []
         while len(batch) < self.batch_size:
             try:
-                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is None:
-                break
-            batch.append(item)
+            if item is not None:
+                batch.append(item)
         return batch
 
     def _ingest(self, batch: list[Received]) -> None:
