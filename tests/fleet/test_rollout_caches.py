@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,11 +21,13 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from ferry.protocol.timefmt import format_time
-from ferry.server.checkin.cache import CheckinCache, Entry, EpochPoller
+from ferry.server.checkin.cache import CheckinCache, Entry, EpochPoller, credential_key
 from ferry.server.core import epoch
 from ferry.server.fleet.runtime import FleetSettings
+from ferry.server.fleet.tables import Device
 from tests.fleet.harness import API, Agent, Fleet, report_doc, second_replica
 from tests.fleet.test_checkin_cache import statements
+from tests.rollouts.test_replicas_pg import pg_fleet, pg_url  # noqa: F401  (fixtures)
 
 
 def _cache(fleet: Fleet) -> CheckinCache:
@@ -497,3 +500,107 @@ def test_an_unknown_scope_voids_everything() -> None:
     assert len(cache) == 1
     cache.void(["something:else"])
     assert len(cache) == 0
+
+
+# --- desired states of cached logins, computed before routing --------------------------------
+
+_CHECKIN_ROUTE = {"method": "GET", "route": "/device/desired-state", "status": "200"}
+
+
+def _logged_in_then_voided(fleet: Fleet) -> tuple[Agent, int]:
+    """A device whose login is cached and whose cached document a new rollout voided."""
+    (agent,) = fleet.devices(1)
+    fleet.desired(agent)  # its login (and its first document) is cached
+    version = fleet.version()
+    fleet.rollout(version=str(version), waves=[100])  # empties the documents, keeps the logins
+    fleet.tick()
+    return agent, version
+
+
+def test_a_cached_logins_new_desired_state_is_computed_before_routing(fleet: Fleet) -> None:
+    agent, version = _logged_in_then_voided(fleet)
+    routed = _sample(fleet, "ferry_worker_http_requests")
+    gets = _sample(fleet, "ferry_http_requests_total", **_CHECKIN_ROUTE)
+    computed = _sample(fleet, "ferry_checkin_duration_seconds_count", path="computed")
+    with statements(*_engines(fleet)) as seen:
+        document = fleet.desired(agent)
+    assert document["signed"]["slots"]["main"]["version"] == version
+    assert not any("device.credential_hash = " in sql for sql in seen)
+    assert _sample(fleet, "ferry_worker_http_requests") == routed  # not through the middleware
+    assert _sample(fleet, "ferry_http_requests_total", **_CHECKIN_ROUTE) == gets + 1
+    assert _sample(fleet, "ferry_checkin_duration_seconds_count", path="computed") == computed + 1
+    with statements(*_engines(fleet)) as seen:
+        assert fleet.desired(agent) == document  # the computation filled the cache
+    assert seen == []
+
+
+def test_a_crash_after_the_commit_hands_over_to_the_route_without_a_second_sequence(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The document is committed, then remembering it fails: the route answers, with the
+    stored document (a retry must not sign a second sequence for the same content)."""
+    agent, _ = _logged_in_then_voided(fleet)
+    store, failures = CheckinCache.store, []
+
+    def fails_once(cache: CheckinCache, key: str, entry: Entry) -> None:
+        if not failures:
+            failures.append(key)
+            raise RuntimeError("crash between the commit and the cache")
+        store(cache, key, entry)
+
+    monkeypatch.setattr(CheckinCache, "store", fails_once)
+    routed = _sample(fleet, "ferry_worker_http_requests")
+    first = fleet.desired(agent)
+    assert failures and _sample(fleet, "ferry_worker_http_requests") == routed + 1
+    monkeypatch.undo()
+    with statements(*_engines(fleet)) as seen:
+        assert fleet.desired(agent) == first  # the route's answer was cached
+    assert seen == []
+
+
+@pytest.mark.postgres
+def test_a_device_revoked_on_another_replica_gets_401_before_the_poll(
+    pg_fleet: tuple[Fleet, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Replica A still holds the login (no poll yet); computing refuses the revoked row and
+    the route answers in the one error shape, never a document."""
+    fleet, _ = pg_fleet
+    agent, _ = _logged_in_then_voided(fleet)
+    replica_b, client_b = second_replica(fleet, tmp_path)
+    with client_b:
+        r = client_b.post(f"{API}/devices/{agent.device_id}/revoke", headers=replica_b.admin)
+        assert r.status_code == 200
+    assert _cache(fleet).login(credential_key(agent.credential)) is not None
+    r = fleet.client.get(f"{API}/device/desired-state", headers=agent.headers)
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "unauthenticated"
+
+
+@pytest.mark.postgres
+def test_concurrent_fetches_on_two_replicas_sign_one_new_sequence(
+    pg_fleet: tuple[Fleet, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    fleet, _ = pg_fleet
+    agent, version = _logged_in_then_voided(fleet)
+    with Session(fleet.app.state.ctx.engine) as session:
+        sequence = session.get(Device, agent.device_id).ds_sequence  # type: ignore[union-attr]
+    replica_b, client_b = second_replica(fleet, tmp_path)
+    with client_b:
+        replica_b.desired(agent)  # replica B's login is cached too, its document voided next
+        replica_b.app.state.checkin_cache.invalidate(logins=False)
+        _cache(fleet).invalidate(logins=False)
+        clients = [fleet.client, client_b] * 8
+        with ThreadPoolExecutor(len(clients)) as pool:
+            answers = list(
+                pool.map(
+                    lambda c: c.get(f"{API}/device/desired-state", headers=agent.headers),
+                    clients,
+                )
+            )
+    assert {r.status_code for r in answers} == {200}
+    assert len({r.content for r in answers}) == 1
+    signed = answers[0].json()["signed"]
+    assert signed["sequence"] == sequence + 1
+    assert signed["slots"]["main"]["version"] == version

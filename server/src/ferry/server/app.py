@@ -35,6 +35,7 @@ from ferry.server.auth.service import ServerRole, create_token, has_any_token
 from ferry.server.blobs import routes as blob_routes
 from ferry.server.blobs.store import open_store
 from ferry.server.checkin import routes as checkin_routes
+from ferry.server.checkin.fast_compute import answer_computed_checkin
 from ferry.server.checkin.fast_path import answer_from_memory
 from ferry.server.checkin.fast_status import answer_status_post
 from ferry.server.core.context import AppContext
@@ -188,11 +189,14 @@ def _renew_keyring(ctx: AppContext) -> None:
 
 
 class FerryApp(FastAPI):
-    """FastAPI, with cached device check-ins, manifests and blob sizes answered, and status
-    batches of cached device logins taken, ahead of the middleware stack."""
+    """FastAPI, with cached device check-ins, manifests and blob sizes answered, and new
+    desired states and status batches of cached device logins taken, ahead of the
+    middleware stack."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if await answer_from_memory(self.state, scope, send):
+            return
+        if await answer_computed_checkin(self.state, scope, send):
             return
         onward = await answer_status_post(self.state, scope, receive, send)
         if onward is not None:

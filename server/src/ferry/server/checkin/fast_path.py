@@ -100,7 +100,7 @@ async def answer_cached_manifest(state: Any, scope: Scope, send: Send) -> bool:
     if not login.in_namespace(namespace):
         return False  # the route answers 403 in the one error shape
     headers = [(b"content-type", b"application/json"), *_immutable(digest, len(body))]
-    await _answer(state, scope, send, (_MANIFEST_ROUTE, login.name, started), headers, body)
+    await answer_ok(state, scope, send, (_MANIFEST_ROUTE, login.name, started), headers, body)
     return True
 
 
@@ -116,7 +116,7 @@ async def answer_cached_blob_head(state: Any, scope: Scope, send: Send) -> bool:
     if size is None or login is None:
         return False
     headers = [*_immutable(digest, size), (b"accept-ranges", b"bytes")]
-    await _answer(state, scope, send, (_BLOB_ROUTE, login.name, started), headers, b"")
+    await answer_ok(state, scope, send, (_BLOB_ROUTE, login.name, started), headers, b"")
     return True
 
 
@@ -128,7 +128,7 @@ def _immutable(digest: str, length: int) -> list[tuple[bytes, bytes]]:
     ]
 
 
-async def _answer(
+async def answer_ok(
     state: Any,
     scope: Scope,
     send: Send,

@@ -26,10 +26,9 @@ from starlette.types import Receive, Scope, Send
 
 from ferry.protocol.endpoints import API, STATUS
 from ferry.server.api.body_limits import DEVICE_BODY_LIMITS, read_capped, replay
-from ferry.server.checkin.fast_path import cached_login, debug_log
+from ferry.server.checkin.fast_path import answer_ok, cached_login
 from ferry.server.checkin.routes import accept_status
 from ferry.server.core.db import session_scope
-from ferry.server.core.observability import Metrics
 from ferry.server.fleet.credentials import device_id_of
 from ferry.server.fleet.schemas import StatusAccepted, StatusBatch
 
@@ -61,13 +60,7 @@ async def answer_status_post(
         return replay(body, receive)
     answer = accepted.model_dump_json().encode()
     headers = [(b"content-type", _JSON), (b"content-length", str(len(answer)).encode())]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": answer})
-    elapsed = time.perf_counter() - started
-    metrics: Metrics = state.ctx.metrics
-    metrics.requests.labels("POST", _ROUTE, "200").inc()
-    metrics.latency.labels("POST", _ROUTE).observe(elapsed)
-    debug_log(STATUS, _ROUTE, login.name, elapsed, "POST")
+    await answer_ok(state, scope, send, (_ROUTE, login.name, started), headers, answer)
     return None
 
 

@@ -53,7 +53,18 @@ ENVELOPE: dict[int | str, dict[str, Any]] = {
 def desired_state(
     request: Request, device_id: DeviceId, ctx: CtxDep, runtime: RuntimeDep
 ) -> Response:
-    """Compute (or re-sign) the document and remember it for the check-in cache.
+    """The device's signed desired state (`serve_desired_state`)."""
+    secret = bearer_secret(request.scope)
+    assert secret is not None  # the route's authentication read the same header
+    body = serve_desired_state(ctx, runtime, request.app.state.checkin_cache, device_id, secret)
+    return Response(body, media_type="application/json")
+
+
+def serve_desired_state(
+    ctx: AppContext, runtime: FleetRuntime, cache: CheckinCache, device_id: str, secret: str
+) -> bytes:
+    """Compute (or re-sign) the document and remember it for the check-in cache (the route,
+    and the fast path for cached logins in `ferry.server.checkin.fast_compute`).
 
     On SQLite, unchanged documents are read without the write lock (which would
     queue check-ins behind each other); a change is signed under the device's row
@@ -64,7 +75,6 @@ def desired_state(
     once per cache generation.
     """
     started = time.perf_counter()
-    cache: CheckinCache = request.app.state.checkin_cache
     generation = cache.generation  # before reading: a change committed meanwhile voids the entry
     now, ttl_s = runtime.now(), runtime.settings.desired_state_ttl_s
     served = None
@@ -81,8 +91,6 @@ def desired_state(
             )
     runtime.last_seen.touch(device_id, now)
     if runtime.settings.checkin_cache_poll_s > 0:
-        secret = bearer_secret(request.scope)
-        assert secret is not None  # the route's authentication read the same header
         cache.store(
             credential_key(secret),
             Entry(
@@ -94,7 +102,7 @@ def desired_state(
             ),
         )
     ctx.metrics.checkin_latency.labels("computed").observe(time.perf_counter() - started)
-    return Response(served.body, media_type="application/json")
+    return served.body
 
 
 def _director(
