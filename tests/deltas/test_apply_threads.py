@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +21,6 @@ from ferry.protocol.delta import (
     DeltaWrongBaseError,
     apply_delta_file,
 )
-from ferry.protocol.delta._apply import _SWITCH_INTERVAL
 from ferry.protocol.delta.encode import build_delta
 from tests.deltas.models import SMALL, join_delta, make_pair, split_delta
 
@@ -129,62 +127,3 @@ def test_the_read_ahead_keeps_a_slow_stream_in_order(
 
     _apply(old, new, pieces(), tmp_path / "out")
     assert (tmp_path / "out").read_bytes() == new.read_bytes()
-
-
-def _watched(raw: bytes, seen: list[float], gate: threading.Event | None = None) -> Iterator[bytes]:
-    """The delta in pieces, noting the switch interval mid-stream (and waiting at ``gate``)."""
-    half = len(raw) // 2
-    yield raw[:half]
-    seen.append(sys.getswitchinterval())
-    if gate is not None:
-        assert gate.wait(10)
-    yield raw[half:]
-
-
-def test_the_switch_interval_is_lowered_during_an_apply_and_restored_after(
-    built: tuple[Path, Path, bytes], tmp_path: Path
-) -> None:
-    old, new, raw = built
-    before = sys.getswitchinterval()
-    seen: list[float] = []
-    _apply(old, new, _watched(raw, seen), tmp_path / "out")
-    assert seen == [pytest.approx(min(before, _SWITCH_INTERVAL), abs=2e-6)] and seen[0] < before
-    assert sys.getswitchinterval() == before
-    with pytest.raises(DeltaCorruptError):
-        _apply(old, new, _watched(_forged_hash(raw, 0), seen), tmp_path / "bad")
-    assert sys.getswitchinterval() == before
-
-
-def test_overlapping_applies_restore_the_switch_interval_only_when_the_last_ends(
-    built: tuple[Path, Path, bytes], tmp_path: Path
-) -> None:
-    old, new, raw = built
-    before = sys.getswitchinterval()
-    gate, first_seen, second_seen = threading.Event(), [], []
-    first = threading.Thread(
-        target=_apply, args=(old, new, _watched(raw, first_seen, gate), tmp_path / "a")
-    )
-    first.start()
-    while not first_seen:
-        time.sleep(0.01)
-    _apply(old, new, _watched(raw, second_seen), tmp_path / "b")  # starts and ends inside
-    assert sys.getswitchinterval() == pytest.approx(_SWITCH_INTERVAL, abs=2e-6)  # first runs
-    gate.set()
-    first.join(10)
-    assert sys.getswitchinterval() == before
-    assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes() == new.read_bytes()
-
-
-def test_a_caller_s_lower_switch_interval_is_kept(
-    built: tuple[Path, Path, bytes], tmp_path: Path
-) -> None:
-    old, new, raw = built
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(_SWITCH_INTERVAL / 5)
-    try:
-        seen: list[float] = []
-        lowered = sys.getswitchinterval()
-        _apply(old, new, _watched(raw, seen), tmp_path / "out")
-        assert seen == [lowered] and sys.getswitchinterval() == lowered < _SWITCH_INTERVAL
-    finally:
-        sys.setswitchinterval(before)

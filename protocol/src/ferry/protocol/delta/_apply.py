@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
-import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -55,7 +54,6 @@ _READ = 64 << 10  # reading a whole-file bsdiff patch: small blocks, checked aga
 _PENDING = 2  # decoded chunks waiting for the hashing thread (memory: ≤ 2 chunks)
 _AHEAD = 1  # chunks read ahead of the decoding thread (each: ≤ 1 chunk and its base range)
 _HASH_BLOCK = 64 << 10  # hashing the old file: one reused buffer, far below any chunk
-_SWITCH_INTERVAL = 0.0005  # s: the longest a reading, hashing or writing thread waits for the GIL
 
 
 _LANE_CODECS: dict[Codec, Callable[[bytes, int], bytes | bytearray]] = {
@@ -163,7 +161,7 @@ def apply_delta_file(
     out = Path(out_path)
     part = out.with_name(out.name + ".delta-part")  # not ".part": that is a resumable download
     try:
-        with _GIL_HANDOFF, _open_delta(delta) as raw, open(part, "wb") as sink:
+        with _open_delta(delta) as raw, open(part, "wb") as sink:
             stream = _Stream(raw, delta_size, hashed=delta_sha256 is not None)
             _apply(stream, old_path, sink, expected_size, expected_sha256, limits)
             if not stream.at_end():
@@ -178,40 +176,6 @@ def apply_delta_file(
     except BaseException:
         part.unlink(missing_ok=True)
         raise
-
-
-class _GilHandoff:
-    """Lowers the interpreter's thread switch interval while any apply runs.
-
-    Pure-Python lane arithmetic holds the GIL without pause, and the read-ahead and
-    writer threads take it back after every read, decompression, hash and write:
-    each time they wait up to the switch interval (5 ms by default) for the
-    decoding thread to be told to let go, several times per 1 MiB chunk, so they
-    fell behind and the decoding thread waited for them. Applies in threads of one
-    process share it: the first one in lowers it, the last one out restores it.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._users = 0
-        self._saved: float | None = None  # the interval to restore, when this lowered it
-
-    def __enter__(self) -> None:
-        with self._lock:
-            if not self._users and (current := sys.getswitchinterval()) > _SWITCH_INTERVAL:
-                self._saved = current
-                sys.setswitchinterval(_SWITCH_INTERVAL)
-            self._users += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self._users -= 1
-            if not self._users and self._saved is not None:
-                sys.setswitchinterval(self._saved)
-                self._saved = None
-
-
-_GIL_HANDOFF = _GilHandoff()
 
 
 @contextmanager
