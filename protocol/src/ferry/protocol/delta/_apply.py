@@ -52,7 +52,7 @@ from ferry.protocol.delta.codec import (
 
 _READ = 64 << 10  # reading a whole-file bsdiff patch: small blocks, checked against its cap
 _PENDING = 2  # decoded chunks waiting for the hashing thread (memory: ≤ 2 chunks)
-_AHEAD = 1  # chunks read ahead of the decoding thread (each: ≤ 1 chunk and its base range)
+_AHEAD = 1  # unpacked chunks waiting for the decoding thread (≤ 1 chunk and its base range)
 _HASH_BLOCK = 64 << 10  # hashing the old file: one reused buffer, far below any chunk
 
 
@@ -329,8 +329,6 @@ class _ReadAhead:
     that thread's time (py-spy, pure-Python lanes). Records are still checked in
     order before their payload or base range is read; the first error, the
     stream's own included, is raised unchanged on the decoding thread, in order.
-    A chunk is read only once a slot is free, so at most ``_AHEAD`` chunks exist
-    beside the one being decoded (one chunk and its base range more in memory).
     """
 
     _DONE = object()
@@ -339,8 +337,7 @@ class _ReadAhead:
         self, stream: _Stream, header: DeltaHeader, old: BinaryIO | None, limits: DeltaLimits
     ) -> None:
         self._stream, self._header, self._old, self._limits = stream, header, old, limits
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._slots = threading.Semaphore(_AHEAD)
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=_AHEAD)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -356,7 +353,6 @@ class _ReadAhead:
 
     def __iter__(self) -> Iterator[Unpacked]:
         while (item := self._queue.get()) is not self._DONE:
-            self._slots.release()
             if isinstance(item, BaseException):
                 raise item
             yield cast(Unpacked, item)
@@ -364,27 +360,29 @@ class _ReadAhead:
     def _run(self) -> None:
         try:
             for unpacked in self._unpacked():
-                self._queue.put(unpacked)
-            self._queue.put(self._DONE)
+                if not self._put(unpacked):
+                    return
+            self._put(self._DONE)
         except BaseException as exc:  # noqa: BLE001 — raised on the decoding thread as it is
-            self._queue.put(exc)
+            self._put(exc)
 
     def _unpacked(self) -> Iterator[Unpacked]:
         stream, header, written = self._stream, self._header, 0
         for index in range(header.chunks):
-            if not self._free_slot():
-                return
             record = ChunkRecord.parse(stream.read_exact(RECORD.size, f"record of chunk {index}"))
             _check_record(record, index, written, header, self._limits)
             payload = stream.read_exact(record.payload_len, f"payload of chunk {index}")
             yield unpack_chunk(record, payload, _read_source(self._old, record))
             written += record.out_size
 
-    def _free_slot(self) -> bool:
-        """Wait until the decoding thread has taken a chunk; False once it stopped listening."""
+    def _put(self, item: object) -> bool:
+        """Queue ``item`` unless the decoding thread has stopped listening."""
         while not self._stop.is_set():
-            if self._slots.acquire(timeout=0.05):
+            try:
+                self._queue.put(item, timeout=0.05)
                 return True
+            except queue.Full:
+                continue
         return False
 
 
