@@ -52,7 +52,6 @@ from ferry.protocol.delta.codec import (
 
 _READ = 64 << 10  # reading a whole-file bsdiff patch: small blocks, checked against its cap
 _PENDING = 2  # decoded chunks waiting for the hashing thread (memory: ≤ 2 chunks)
-_AHEAD = 1  # unpacked chunks waiting for the decoding thread (≤ 1 chunk and its base range)
 _HASH_BLOCK = 64 << 10  # hashing the old file: one reused buffer, far below any chunk
 
 
@@ -310,80 +309,20 @@ def _apply_chunks(
     stream: _Stream, header: DeltaHeader, old: BinaryIO | None, sink: BinaryIO, limits: DeltaLimits
 ) -> None:
     written = 0
-    with _OutputCheck(sink) as check, _ReadAhead(stream, header, old, limits) as chunks:
-        for index, unpacked in enumerate(chunks):
-            check.put(index, unpacked.restore(), unpacked.record.sha256)
-            written += unpacked.record.out_size
+    with _OutputCheck(sink) as check:
+        for index in range(header.chunks):
+            record = ChunkRecord.parse(stream.read_exact(RECORD.size, f"record of chunk {index}"))
+            _check_record(record, index, written, header, limits)
+            payload = stream.read_exact(record.payload_len, f"payload of chunk {index}")
+            source = _read_source(old, record)
+            data = decode_chunk(record, payload, source)
+            check.put(index, data, record.sha256)
+            written += record.out_size
         whole = check.finish()
     if written != header.target_size:
         raise DeltaCorruptError(f"chunks make {written} bytes, header says {header.target_size}")
     if whole != header.target_sha256:
         raise DeltaResultMismatchError("the rebuilt artifact does not match the manifest sha256")
-
-
-class _ReadAhead:
-    """Reads, checks and unpacks the chunks in a thread, ``_AHEAD`` ahead of the decoding.
-
-    Reading the delta and the base range and decompressing release the GIL, and on
-    the decoding thread each such call then waited to take it back: a quarter of
-    that thread's time (py-spy, pure-Python lanes). Records are still checked in
-    order before their payload or base range is read; the first error, the
-    stream's own included, is raised unchanged on the decoding thread, in order.
-    """
-
-    _DONE = object()
-
-    def __init__(
-        self, stream: _Stream, header: DeltaHeader, old: BinaryIO | None, limits: DeltaLimits
-    ) -> None:
-        self._stream, self._header, self._old, self._limits = stream, header, old, limits
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=_AHEAD)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        """Stop the thread and wait for it: the stream and the old file are the caller's
-        again (a stream read in progress is waited for, as the caller would)."""
-        self._stop.set()
-        self._thread.join()
-
-    def __iter__(self) -> Iterator[Unpacked]:
-        while (item := self._queue.get()) is not self._DONE:
-            if isinstance(item, BaseException):
-                raise item
-            yield cast(Unpacked, item)
-
-    def _run(self) -> None:
-        try:
-            for unpacked in self._unpacked():
-                if not self._put(unpacked):
-                    return
-            self._put(self._DONE)
-        except BaseException as exc:  # noqa: BLE001 — raised on the decoding thread as it is
-            self._put(exc)
-
-    def _unpacked(self) -> Iterator[Unpacked]:
-        stream, header, written = self._stream, self._header, 0
-        for index in range(header.chunks):
-            record = ChunkRecord.parse(stream.read_exact(RECORD.size, f"record of chunk {index}"))
-            _check_record(record, index, written, header, self._limits)
-            payload = stream.read_exact(record.payload_len, f"payload of chunk {index}")
-            yield unpack_chunk(record, payload, _read_source(self._old, record))
-            written += record.out_size
-
-    def _put(self, item: object) -> bool:
-        """Queue ``item`` unless the decoding thread has stopped listening."""
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
 
 
 class _OutputCheck:
@@ -498,42 +437,21 @@ def _read_source(old: BinaryIO | None, record: ChunkRecord) -> bytes | None:
     return data
 
 
-class Unpacked:
-    """A chunk after its GIL-releasing steps (reads, decompression, bspatch), before
-    its lane arithmetic, which :meth:`restore` runs."""
-
-    __slots__ = ("data", "record", "source")
-
-    def __init__(self, record: ChunkRecord, data: bytes | bytearray, source: bytes | None) -> None:
-        self.record, self.data, self.source = record, data, source
-
-    def restore(self) -> bytes | bytearray:
-        """The chunk's output (not yet verified: the caller checks its sha256)."""
-        record = self.record
-        if record.codec is Codec.ZSTD or record.codec in _LANE_CODECS:
-            return restore_planes(self.data, self.source, record.op, record.width)
-        return self.data
-
-
-def unpack_chunk(record: ChunkRecord, payload: bytes, source: bytes | None) -> Unpacked:
-    """Everything of a chunk's decoding but its lane arithmetic."""
+def decode_chunk(record: ChunkRecord, payload: bytes, source: bytes | None) -> bytes | bytearray:
+    """One chunk's output (not yet verified: the caller checks its sha256)."""
     size = record.out_size
     if record.codec is Codec.COPY:
         assert source is not None
-        return Unpacked(record, source, None)
+        return source
     if record.codec is Codec.ZSTD:
-        return Unpacked(record, zstd_decompress(payload, size), None)
+        return restore_planes(zstd_decompress(payload, size), None, record.op, record.width)
     assert source is not None
     if record.codec in _LANE_CODECS:
-        return Unpacked(record, _LANE_CODECS[record.codec](payload, size), source)
+        unpack = _LANE_CODECS[record.codec]
+        return restore_planes(unpack(payload, size), source, record.op, record.width)
     if record.codec is Codec.ZSTD_REF:
-        return Unpacked(record, zstd_decompress(payload, size, source), None)
-    return Unpacked(record, bspatch(source, payload, size), None)
-
-
-def decode_chunk(record: ChunkRecord, payload: bytes, source: bytes | None) -> bytes | bytearray:
-    """One chunk's output (not yet verified: the caller checks its sha256)."""
-    return unpack_chunk(record, payload, source).restore()
+        return zstd_decompress(payload, size, source)
+    return bspatch(source, payload, size)
 
 
 def _apply_bsdiff40(
